@@ -1,0 +1,300 @@
+"""Learn2Reg task folders, both generations, read into one typed model.
+
+* current layout (2022 on): ``{TASK}_dataset.json`` + ``imagesTr/ labelsTr/ masksTr/
+  keypointsTr/ landmarksTr/`` (``imagesTs/`` for test), files ``{TASK}_{SSSS}_{MMMM}.nii.gz``;
+* 2020 layout: one folder per task, ``images/`` with ``img{SSSS}.nii.gz`` (inter-patient) or
+  ``img{SSSS}_fixed.nii.gz`` + ``img{SSSS}_moving.nii.gz`` (intra-patient), sibling folders
+  ``labels/ masks/ keypoints/ landmarks/`` with the same stems, ``pairs_val.csv`` (header
+  ``fixed,moving``, integer subject ids), optional ``pairs_test.csv`` and ``task.json``.
+
+Both become a :class:`Task` whose cases are keyed ``SSSS_MMMM`` (2020 inter-patient images
+are ``SSSS_0000``; intra-patient fixed/moving roles are ``_0000``/``_0001``). Loading touches
+no voxel data: structural problems (paths escaping the folder, unreadable pair lists) are
+collected in ``Task.problems`` so that ``validate`` can list every problem at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evaluation.io import DataError, read_json
+
+LAYOUT_L2R = "l2r"
+LAYOUT_2020 = "l2r2020"
+# Case field -> sibling folder stem ("labelsTr" / "labels", ...).
+SIBLINGS = {"label": "labels", "mask": "masks", "keypoints": "keypoints", "landmarks": "landmarks"}
+POINT_KINDS = ("keypoints", "landmarks")
+_CASE_RE = re.compile(r"(\d{4})_(\d{4})\.nii\.gz$")
+_2020_RE = re.compile(r"^img(\d{4})(?:_(fixed|moving))?\.nii\.gz$")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One image and what belongs to it. Paths are absolute; ``None`` = not provided."""
+
+    case_id: str  # "SSSS_MMMM"
+    image: Path
+    label: Path | None = None
+    mask: Path | None = None
+    keypoints: Path | None = None
+    landmarks: Path | None = None
+    split: str = "train"  # "train" | "test"
+
+    @property
+    def subject(self) -> str:
+        return self.case_id.split("_")[0]
+
+    @property
+    def modality(self) -> str:
+        return self.case_id.split("_")[1]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A registration pair: ``fixed`` and ``moving`` are case ids."""
+
+    fixed: str
+    moving: str
+
+    @property
+    def key(self) -> str:
+        """The evaluator's case key, ``SSSS_MMMM<--SSSS_MMMM`` (fixed <-- moving)."""
+        return f"{self.fixed}<--{self.moving}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A Learn2Reg task folder, read into one model (no voxel data loaded)."""
+
+    name: str
+    root: Path
+    layout: str
+    shape: tuple[int, int, int] | None
+    modality: dict[str, str]
+    labels: dict[int, str]
+    cases: dict[str, Case]
+    training: tuple[str, ...]
+    pairs: dict[str, tuple[Pair, ...]]  # "train" (intra-patient only), "val", "test"
+    intra_patient: bool
+    problems: tuple[str, ...] = field(default=())
+
+    def case(self, case_id: str) -> Case:
+        try:
+            return self.cases[case_id]
+        except KeyError:
+            raise DataError(f"{self.root}: no case {case_id!r} in task {self.name}") from None
+
+    def training_pairs(self) -> tuple[Pair, ...]:
+        """Intra-patient: the task's paired images; inter-patient: all ordered pairs of
+        distinct training subjects (both directions)."""
+        if self.intra_patient:
+            return self.pairs.get("train", ())
+        ids = sorted(self.training)
+        return tuple(Pair(f, m) for f in ids for m in ids if f != m)
+
+
+def load_task(root: str | Path) -> Task:
+    """Read a task folder of either layout; ``DataError`` if it is neither."""
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: task folder not found")
+    jsons = sorted(root.glob("*_dataset.json"))
+    if len(jsons) > 1:
+        raise DataError(f"{root}: several *_dataset.json files: {[p.name for p in jsons]}")
+    if jsons:
+        return _load_l2r(root, jsons[0])
+    if (root / "pairs_val.csv").exists() or (root / "images").is_dir():
+        return _load_2020(root)
+    raise DataError(f"{root}: neither a *_dataset.json (current layout) nor images/ + pairs_val.csv (2020 layout)")
+
+
+def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | None:
+    """Resolve a json path; record a problem if it escapes ``root`` (.., absolute, symlink)."""
+    if Path(rel).is_absolute():
+        problems.append(f"{where}: absolute path {rel!r} is not allowed (must stay inside {root})")
+        return None
+    resolved = (root / rel).resolve()
+    if not resolved.is_relative_to(root):
+        problems.append(f"{where}: path {rel!r} escapes the task folder {root}")
+        return None
+    return resolved
+
+
+def _case_id(path: Path) -> str:
+    match = _CASE_RE.search(path.name)
+    if not match:
+        raise DataError(f"{path}: file name does not end in _SSSS_MMMM.nii.gz")
+    return f"{match[1]}_{match[2]}"
+
+
+def _derived(image: Path, kind: str) -> Path:
+    """Sibling file of an image: replace 'images' by kind (and .nii.gz by .csv for points)."""
+    parent = image.parent.name.replace("images", kind)
+    name = image.name
+    if kind in POINT_KINDS:
+        name = name.replace(".nii.gz", ".csv")
+    return image.parent.parent / parent / name
+
+
+def _l2r_case(root: Path, entry: dict, split: str, problems: list[str], where: str) -> Case | None:
+    image = _inside(root, str(entry.get("image", "")), problems, where)
+    if image is None or not str(entry.get("image", "")):
+        if not entry.get("image"):
+            problems.append(f"{where}: entry without 'image'")
+        return None
+    extra: dict[str, Path | None] = {}
+    for key, kind in SIBLINGS.items():
+        if key in entry:
+            extra[key] = _inside(root, str(entry[key]), problems, f"{where} ({key})")
+        else:
+            derived = _derived(image, kind)
+            extra[key] = derived if derived.exists() else None
+    try:
+        case_id = _case_id(image)
+    except DataError as exc:
+        problems.append(str(exc))
+        return None
+    return Case(case_id, image, split=split, **extra)
+
+
+def _load_l2r(root: Path, json_path: Path) -> Task:
+    meta = read_json(json_path)
+    problems: list[str] = []
+    cases: dict[str, Case] = {}
+    training: list[str] = []
+    for split, key in (("train", "training"), ("test", "test")):
+        for i, entry in enumerate(meta.get(key, []) or []):
+            entry = entry if isinstance(entry, dict) else {"image": entry}
+            case = _l2r_case(root, entry, split, problems, f"{json_path.name} {key}[{i}]")
+            if case is not None:
+                cases[case.case_id] = case
+                if split == "train":
+                    training.append(case.case_id)
+    pairs: dict[str, tuple[Pair, ...]] = {}
+    for split, key in (("val", "registration_val"), ("test", "registration_test")):
+        found = []
+        for i, entry in enumerate(meta.get(key, []) or []):
+            where = f"{json_path.name} {key}[{i}]"
+            paths = [_inside(root, str(entry.get(r, "")), problems, where) for r in ("fixed", "moving")]
+            if None in paths:
+                continue
+            try:
+                found.append(Pair(_case_id(paths[0]), _case_id(paths[1])))
+            except DataError as exc:
+                problems.append(f"{where}: {exc}")
+        pairs[split] = tuple(found)
+    intra = str(meta.get("pairings", "unpaired")).lower() == "paired"
+    if intra:
+        pairs["train"] = _paired_training(meta, training)
+    shape = meta.get("tensorImageShape", {}).get("0")
+    return Task(
+        name=str(meta.get("name", json_path.name.removesuffix("_dataset.json"))),
+        root=root,
+        layout=LAYOUT_L2R,
+        shape=tuple(int(s) for s in shape) if shape else None,
+        modality={str(k): str(v) for k, v in (meta.get("modality") or {}).items()},
+        labels=_labels(meta.get("labels", {})),
+        cases=cases,
+        training=tuple(training),
+        pairs=pairs,
+        intra_patient=intra,
+        problems=tuple(problems),
+    )
+
+
+def _labels(raw: dict) -> dict[int, str]:
+    """``labels`` is ``{"0": {id: name}}`` in current files; flat ``{id: name}`` also accepted."""
+    if isinstance(raw, dict) and "0" in raw and isinstance(raw["0"], dict):
+        raw = raw["0"]
+    return {int(k): str(v) for k, v in (raw or {}).items() if int(k) != 0}
+
+
+def _paired_training(meta: dict, training: list[str]) -> tuple[Pair, ...]:
+    """Intra-patient training pairs: same subject, fixed/moving modality per
+    ``registration_direction`` (default fixed 0000, moving 0001)."""
+    direction = meta.get("registration_direction") or {}
+    fixed_m = f"{int(direction.get('fixed', 0)):04d}"
+    moving_m = f"{int(direction.get('moving', 1)):04d}"
+    ids = set(training)
+    subjects = sorted({c.split("_")[0] for c in training})
+    return tuple(
+        Pair(f"{s}_{fixed_m}", f"{s}_{moving_m}")
+        for s in subjects
+        if f"{s}_{fixed_m}" in ids and f"{s}_{moving_m}" in ids
+    )
+
+
+def _read_pairs_csv(path: Path, problems: list[str]) -> list[tuple[int, int]]:
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip().lower() for h in next(reader, [])]
+        if header != ["fixed", "moving"]:
+            problems.append(f"{path}: header must be 'fixed,moving', found {','.join(header)!r}")
+            return []
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            try:
+                rows.append((int(row[0]), int(row[1])))
+            except (ValueError, IndexError):
+                problems.append(f"{path}: line {lineno} is not two integer ids: {row}")
+    return rows
+
+
+def _load_2020(root: Path) -> Task:
+    problems: list[str] = []
+    meta = read_json(root / "task.json") if (root / "task.json").exists() else {}
+    cases: dict[str, Case] = {}
+    roles: set[str] = set()
+    pair_rows = {split: _read_pairs_csv(root / f"pairs_{split}.csv", problems) for split in ("val", "test")}
+    test_subjects = {f"{i:04d}" for row in pair_rows["test"] for i in row}
+    for image in sorted((root / "images").glob("*.nii.gz")):
+        match = _2020_RE.match(image.name)
+        if not match:
+            problems.append(f"{image}: name does not match img{{SSSS}}[_fixed|_moving].nii.gz")
+            continue
+        if image.is_symlink() and not image.resolve().is_relative_to(root):
+            problems.append(f"{image}: symlink points outside the task folder {root}")
+            continue
+        role = match[2] or ""
+        roles.add(role)
+        case_id = f"{match[1]}_{'0001' if role == 'moving' else '0000'}"
+        split = "test" if match[1] in test_subjects else "train"
+        extra = {}
+        for key, kind in SIBLINGS.items():
+            name = image.name.replace(".nii.gz", ".csv") if kind in POINT_KINDS else image.name
+            candidate = root / kind / name
+            # A sibling folder that exists promises a file for every training image.
+            expected = (root / kind).is_dir() and split == "train"
+            extra[key] = candidate if candidate.exists() or expected else None
+        cases[case_id] = Case(case_id, image, split=split, **extra)
+    intra = bool(roles - {""})
+    moving_m = "0001" if intra else "0000"
+    pairs = {
+        split: tuple(Pair(f"{f:04d}_0000", f"{m:04d}_{moving_m}") for f, m in rows) for split, rows in pair_rows.items()
+    }
+    training = tuple(c for c in sorted(cases) if cases[c].split == "train")
+    if intra:
+        pairs["train"] = tuple(
+            Pair(c, c.replace("_0000", "_0001")) for c in training if c.endswith("_0000") and c.replace("_0000", "_0001") in cases
+        )
+    shape = meta.get("shape")
+    return Task(
+        name=str(meta.get("name", root.name)),
+        root=root,
+        layout=LAYOUT_2020,
+        shape=tuple(int(s) for s in shape) if shape else None,
+        modality={str(k): str(v) for k, v in (meta.get("modality") or {}).items()},
+        labels=_labels(meta.get("labels", {})),
+        cases=cases,
+        training=training,
+        pairs=pairs,
+        intra_patient=intra,
+        problems=tuple(problems),
+    )

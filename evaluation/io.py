@@ -1,0 +1,186 @@
+"""The one I/O boundary: NIfTI images, point files, JSON, and atomic writes.
+
+Array order everywhere in this project is nibabel's: ``X x Y x Z`` (index ``i`` runs along
+the first axis, which is also SimpleITK's index ``i`` and ITK's fastest axis). Physical
+geometry is kept in ITK's LPS convention (``Geometry``), converted from nibabel's RAS affine
+here and nowhere else. numpy/nibabel only: no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import nibabel as nib
+import numpy as np
+
+# RAS (nibabel) <-> LPS (ITK): flip the first two world axes.
+_RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class DataError(ValueError):
+    """A file that exists but cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid in physical space (ITK/LPS convention, millimetres).
+
+    ``physical = origin + direction @ (spacing * index)`` with ``index`` in array order.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    direction: tuple[float, ...]  # 3x3 row-major
+    origin: tuple[float, float, float]
+
+    @property
+    def index_to_physical(self) -> np.ndarray:
+        """4x4 homogeneous matrix mapping voxel index (array order) to LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(self.direction).reshape(3, 3) @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    @classmethod
+    def from_affine(cls, affine_ras: np.ndarray, shape: tuple[int, ...]) -> Geometry:
+        """From a nibabel (RAS) voxel-to-world affine."""
+        lps = _RAS_TO_LPS @ np.asarray(affine_ras, dtype=np.float64)
+        rot = lps[:3, :3]
+        spacing = np.linalg.norm(rot, axis=0)
+        direction = rot / spacing
+        return cls(
+            shape=tuple(int(s) for s in shape[:3]),
+            spacing=tuple(float(s) for s in spacing),
+            direction=tuple(float(d) for d in direction.ravel()),
+            origin=tuple(float(o) for o in lps[:3, 3]),
+        )
+
+    @property
+    def affine_ras(self) -> np.ndarray:
+        """The nibabel (RAS) voxel-to-world affine of this grid."""
+        return _RAS_TO_LPS @ self.index_to_physical
+
+    @classmethod
+    def identity(cls, shape: tuple[int, ...], spacing: tuple[float, ...] = (1.0, 1.0, 1.0)) -> Geometry:
+        """Axis-aligned grid at the origin with the given spacing."""
+        return cls.from_affine(_RAS_TO_LPS @ np.diag([*spacing, 1.0]), shape)
+
+
+def load_nifti(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, Geometry]:
+    """Read a NIfTI file fully into memory.
+
+    Returns the array (``X x Y x Z[ x ...]``, cast to ``dtype``) and its geometry.
+    Raises ``DataError`` naming the file if it is missing, unreadable or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=dtype)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {exc})") from exc
+    return data, Geometry.from_affine(img.affine, data.shape)
+
+
+def read_nifti_header(path: str | Path) -> Geometry:
+    """Geometry from the header alone (cheap; does not read voxels)."""
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {exc})") from exc
+    return Geometry.from_affine(img.affine, img.shape)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
+
+    The temporary name keeps the target's suffixes so that writers that infer the format
+    from the extension (nibabel, numpy) behave as for the real name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temporary sibling for writing; it replaces ``path`` only on success."""
+    with atomic_path(path) as tmp, open(tmp, mode) as fh:
+        yield fh
+
+
+def save_nifti(path: str | Path, array: np.ndarray, geometry: Geometry | None = None) -> None:
+    """Write ``array`` as NIfTI atomically; identity geometry if none is given."""
+    geometry = geometry or Geometry.identity(array.shape)
+    img = nib.Nifti1Image(np.asarray(array), geometry.affine_ras)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def read_points(path: str | Path, columns: int = 3) -> np.ndarray:
+    """Read a Learn2Reg point file: CSV, no header, one point per row, voxel coordinates.
+
+    Returns ``N x columns`` float64. Raises ``DataError`` naming the file for a missing file,
+    non-numeric cells or a wrong column count.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    rows = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            cells = line.strip().split(",")
+            if len(cells) != columns:
+                raise DataError(f"{path}: line {lineno} has {len(cells)} columns, expected {columns}")
+            try:
+                rows.append([float(c) for c in cells])
+            except ValueError as exc:
+                raise DataError(f"{path}: line {lineno} is not numeric ({line.strip()!r})") from exc
+    points = np.asarray(rows, dtype=np.float64).reshape(-1, columns)
+    if not np.all(np.isfinite(points)):
+        raise DataError(f"{path}: contains NaN or Inf coordinates")
+    return points
+
+
+def write_points(path: str | Path, points: np.ndarray) -> None:
+    """Write ``N x 3`` points as a header-less CSV, atomically."""
+    with atomic_open(path) as fh:
+        np.savetxt(fh, np.asarray(points, dtype=np.float64), delimiter=",", fmt="%.6f")
+
+
+def read_json(path: str | Path) -> Any:
+    """Parse a JSON file; ``DataError`` naming the file if it is missing or invalid."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: invalid JSON ({exc})") from exc
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON (indented) atomically."""
+    with atomic_open(path) as fh:
+        json.dump(obj, fh, indent=2, allow_nan=True)
+        fh.write("\n")

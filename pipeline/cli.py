@@ -1,0 +1,55 @@
+"""Command-line entry: ``python -m pipeline COMMAND [options]``.
+
+Each command lives in its own module exposing ``build_parser(parser)`` and ``run(args) -> int``;
+only the chosen command's module is imported (so ``validate`` never loads torch). Exit codes:
+0 success, 1 a problem with the input or the run (message on stderr), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from evaluation.io import DataError
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.demo", "run the main job on the embedded demo tasks"),
+    "demo-data": ("pipeline.demo_data", "write the embedded demo tasks (deterministic from a seed)"),
+    "validate": ("pipeline.validate", "check a task folder and list every problem"),
+    "summary": ("pipeline.summary", "print a summary table of task folders"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Learn2Reg submission pipeline around LapIRN.",
+        epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
+    top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    if not argv or argv[0] in ("-h", "--help"):
+        top.print_help()
+        return 0 if argv else 2
+    verbose = "-v" in argv or "--verbose" in argv
+    argv = [a for a in argv if a not in ("-v", "--verbose")]
+    ns = top.parse_args(argv[:1])
+    module_name, help_text = COMMANDS[ns.command]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline {ns.command}", description=help_text)
+    module.build_parser(parser)
+    args = parser.parse_args(argv[1:])
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(module.run(args))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
