@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("pipeline.demo_data", "write the embedded demo tasks (deterministic from a seed)"),
     "validate": ("pipeline.validate", "check a task folder and list every problem"),
     "summary": ("pipeline.summary", "print a summary table of task folders"),
+    "preprocess": ("pipeline.preprocess", "resample, window and normalise a task into the cache"),
 }
 
 

@@ -1,0 +1,181 @@
+"""Preprocessing: optional half resolution, CT windowing, [0, 1] normalisation, disk cache.
+
+Network grids are corner-aligned with the original grids (``evaluation.contract``): at half
+resolution an ``N``-voxel axis becomes ``(N + 1) // 2`` voxels, images are resampled linearly,
+labels and masks by nearest neighbour, points scaled with ``scale_points``. Padding to the
+network's multiple happens inside the model (pad and crop back), never here.
+
+``python -m pipeline preprocess --data TASK_DIR --config CFG.json [--cache DIR]`` fills the
+cache for every case of a task; training and prediction read through the same cache, so a
+repeated run skips the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation.contract import resize_image, scale_points
+from evaluation.dataset import Case, Task, load_task
+from evaluation.io import DataError, atomic_path, load_nifti, read_points
+from pipeline.config import PreprocessConfig, load_config
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One case on the network grid. ``image`` float32 in [0, 1]; labels/masks uint8;
+    points ``N x 3`` voxel coordinates on the network grid; ``spacing`` in mm of that grid."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    mask: np.ndarray | None
+    keypoints: np.ndarray | None
+    landmarks: np.ndarray | None
+    spacing: tuple[float, float, float]
+    original_shape: tuple[int, int, int]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.image.shape)
+
+
+def network_shape(shape: tuple[int, ...], cfg: PreprocessConfig) -> tuple[int, int, int]:
+    """The network grid for an image grid: the same, or ``(N + 1) // 2`` per axis."""
+    return tuple((n + 1) // 2 if cfg.half_resolution else n for n in shape[:3])
+
+
+def normalise(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Intensities to [0, 1] with background 0: clip to ``cfg.window`` (CT, HU) or to
+    [min, percentile] (MR/US), then scale linearly."""
+    image = image.astype(np.float32, copy=False)
+    if cfg.window is not None:
+        lo, hi = (float(v) for v in cfg.window)
+    else:
+        lo, hi = float(image.min()), float(np.percentile(image, cfg.percentile))
+    if not hi > lo:
+        return np.zeros_like(image)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+
+
+def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
+    """Load and preprocess one case (raises ``DataError`` naming a bad file)."""
+    image, geom = load_nifti(case.image)
+    if image.ndim != 3:
+        raise DataError(f"{case.image}: expected a 3-D image, got shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{case.image}: contains NaN or Inf voxels")
+    shape = network_shape(image.shape, cfg)
+    resample = shape != image.shape
+
+    def labels(path: Path | None) -> np.ndarray | None:
+        if path is None:
+            return None
+        arr, _ = load_nifti(path, dtype=np.int32)
+        if arr.shape != image.shape:
+            raise DataError(f"{path}: shape {arr.shape} differs from its image {image.shape}")
+        return (resize_image(arr, shape, order=0) if resample else arr).astype(np.uint8)
+
+    def points(path: Path | None) -> np.ndarray | None:
+        if path is None:
+            return None
+        pts = read_points(path)
+        return scale_points(pts, image.shape, shape) if resample else pts
+
+    img = normalise(image, cfg)
+    if resample:
+        img = np.clip(resize_image(img, shape, order=1), 0.0, 1.0)
+    spacing = np.asarray(geom.spacing) * (np.asarray(image.shape) - 1) / np.maximum(np.asarray(shape) - 1, 1)
+    return Prepared(
+        case_id=case.case_id,
+        image=img.astype(np.float32),
+        label=labels(case.label),
+        mask=labels(case.mask),
+        keypoints=points(case.keypoints),
+        landmarks=points(case.landmarks),
+        spacing=tuple(float(s) for s in spacing),
+        original_shape=tuple(int(n) for n in image.shape),
+    )
+
+
+def _cache_file(cache_dir: Path, task: Task, case: Case, cfg: PreprocessConfig) -> Path:
+    """Cache path keyed by the preprocessing config and the source files' sizes and mtimes."""
+    stamp = [str(CACHE_VERSION), repr(cfg)]
+    for p in (case.image, case.label, case.mask, case.keypoints, case.landmarks):
+        if p is not None and p.exists():
+            st = p.stat()
+            stamp.append(f"{p.name}:{st.st_size}:{st.st_mtime_ns}")
+    key = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
+    return cache_dir / task.name / f"{case.case_id}_{key}.npz"
+
+
+def load_prepared(task: Task, case_id: str, cfg: PreprocessConfig, cache_dir: Path | None = None) -> Prepared:
+    """A preprocessed case, from the cache when present (written atomically otherwise)."""
+    case = task.case(case_id)
+    if cache_dir is None:
+        return prepare_case(case, cfg)
+    path = _cache_file(Path(cache_dir), task, case, cfg)
+    if path.exists():
+        with np.load(path, allow_pickle=False) as z:
+            get = {k: z[k] for k in z.files}
+        return Prepared(
+            case_id=case_id,
+            image=get["image"],
+            label=get.get("label"),
+            mask=get.get("mask"),
+            keypoints=get.get("keypoints"),
+            landmarks=get.get("landmarks"),
+            spacing=tuple(float(s) for s in get["spacing"]),
+            original_shape=tuple(int(n) for n in get["original_shape"]),
+        )
+    prepared = prepare_case(case, cfg)
+    arrays = {
+        k: v
+        for k, v in {
+            "image": prepared.image,
+            "label": prepared.label,
+            "mask": prepared.mask,
+            "keypoints": prepared.keypoints,
+            "landmarks": prepared.landmarks,
+            "spacing": np.asarray(prepared.spacing),
+            "original_shape": np.asarray(prepared.original_shape),
+        }.items()
+        if v is not None
+    }
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+    return prepared
+
+
+def preprocess_task(task_dir: Path, cfg: PreprocessConfig, cache_dir: Path) -> list[str]:
+    """Fill the cache for every case; returns the problems (one per failed case)."""
+    task = load_task(task_dir)
+    problems = []
+    for case_id in tqdm(sorted(task.cases), desc=f"preprocess {task.name}", unit="case"):
+        try:
+            load_prepared(task, case_id, cfg, cache_dir)
+        except DataError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="task folder")
+    parser.add_argument("--config", type=Path, required=True, help="run configuration (JSON)")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="cache folder (default ./cache)")
+
+
+def run(args: argparse.Namespace) -> int:
+    problems = preprocess_task(args.data, load_config(args.config).preprocess, args.cache)
+    for p in problems:
+        print(f"error: {p}")
+    return 1 if problems else 0
