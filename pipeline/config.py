@@ -55,6 +55,16 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """The seed paper's affine augmentation (see ``pipeline.augment``)."""
+
+    prob: float = 0.1
+    rotation_deg: float = 10.0
+    translation: float = 0.05  # normalised units (fraction of the half-extent)
+    scaling: float = 0.08
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Progressive schedule: ``steps_per_level[p]`` steps at level p+1, levels below frozen
     for the first ``freeze_steps`` of each level after the first."""
@@ -64,10 +74,7 @@ class TrainConfig:
     lr: float = 1e-4
     val_every: int = 1000
     checkpoint_every: int = 1000
-    augment_prob: float = 0.1
-    rotation_deg: float = 10.0
-    translation: float = 0.05
-    scaling: float = 0.08
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     exclude_val_subjects: bool = True
     seed: int = 0
     amp: str = "bf16"  # "bf16" | "fp16" | "none"; autocast is used on GPU only
@@ -110,6 +117,7 @@ def _coerce(cls: type, raw: Any, where: str) -> Any:
         raise DataError(f"{where}: expected an object, got {type(raw).__name__}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    raw = {k: v for k, v in raw.items() if not k.startswith("_")}  # "_comment" keys are notes
     unknown = sorted(set(raw) - names)
     if unknown:
         raise DataError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
