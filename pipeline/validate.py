@@ -1,0 +1,409 @@
+"""``python -m pipeline validate TASK_DIR [...]``: check Learn2Reg task folders, list every problem.
+
+A task folder of either layout (see :mod:`evaluation.dataset`) is checked completely before
+anything is reported, so one run names every problem at once, each with its file:
+
+* the dataset description: ``{TASK}_dataset.json`` keys (current layout) or ``task.json``
+  (2020 layout), paths escaping the folder, unreadable pair lists (``Task.problems``);
+* symlinks (files or folders) that resolve outside the task folder;
+* missing images, labels, masks and point files, pairs naming unknown cases;
+* NIfTI files that cannot be read completely (truncated gzip), image shape against the task
+  shape, label/mask shape against their image, NaN/Inf image voxels, negative or non-integer
+  labels, non-binary masks;
+* point files (``N x 3`` voxel coordinates): column count, numbers, points outside the image
+  extent ``[-0.5, s - 0.5]`` per axis (voxel centres are ``0 .. s-1``), and equal row counts
+  for the fixed and moving file of every evaluated pair.
+
+Only one volume is held in memory at a time. Warnings (e.g. no ``tensorImageShape``) are
+listed but do not make the check fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation.dataset import LAYOUT_2020, POINT_KINDS, SIBLINGS, Case, Pair, Task, _derived, load_task
+from evaluation.io import DataError, load_nifti, read_json, read_points
+
+log = logging.getLogger(__name__)
+
+ERROR = "error"
+WARNING = "warning"
+# 2020 layout: optional files whose absence is a warning, and why.
+_OPTIONAL_2020 = (
+    ("task.json", "image shapes are not checked against a task shape"),
+    ("pairs_val.csv", "the task has no validation pairs"),
+)
+# Half a voxel around the outermost voxel centres: the image's physical extent, in voxels.
+GRID_MARGIN = 0.5
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding: the file it is about and what is wrong with it."""
+
+    path: Path
+    message: str
+    severity: str = ERROR  # ERROR | WARNING
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == ERROR
+
+    def __str__(self) -> str:
+        prefix = "warning: " if self.severity == WARNING else ""
+        return f"{self.path}: {prefix}{self.message}"
+
+
+def _from_text(text: str, root: Path) -> Problem:
+    """A ``"PATH: message"`` string (DataError, Task.problems) as a Problem.
+
+    ``Task.problems`` of the current layout start with the json file name followed by the
+    entry (``"X_dataset.json training[3]: ..."``); those are attributed to the json file.
+    """
+    head, sep, message = text.partition(": ")
+    if sep and Path(head).is_absolute():
+        return Problem(Path(head), message)
+    first, _, rest = head.partition(" ")
+    if sep and first and (root / first).is_file():
+        return Problem(root / first, f"{rest}: {message}" if rest else message)
+    return Problem(root, text)
+
+
+# ---------------------------------------------------------------- the dataset description
+
+
+def _is_int(value: object) -> bool:
+    """An int, or a string of one (json object keys); not a bool."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.strip().lstrip("-").isdigit())
+
+
+def _check_shape_value(value: object, key: str) -> list[str]:
+    """``[X, Y, Z]`` positive integers (``{"0": [X, Y, Z]}`` for tensorImageShape)."""
+    if key == "tensorImageShape":
+        if not isinstance(value, dict) or "0" not in value:
+            return [f"'{key}' must be an object {{\"0\": [X, Y, Z]}}, found {value!r}"]
+        value = value["0"]
+    ok = isinstance(value, list) and len(value) == 3 and all(_is_int(v) and int(v) > 0 for v in value)
+    return [] if ok else [f"'{key}' must be three positive integers, found {value!r}"]
+
+
+def _check_labels_value(value: object) -> list[str]:
+    inner = value.get("0") if isinstance(value, dict) and isinstance(value.get("0"), dict) else value
+    if not isinstance(inner, dict) or not all(_is_int(k) and isinstance(v, str) for k, v in inner.items()):
+        return [f"'labels' must map integer label ids to names ({{\"0\": {{\"1\": \"name\"}}}}), found {value!r}"]
+    return []
+
+
+def _check_entries(meta: dict, key: str, fields: tuple[str, ...], required: bool) -> list[str]:
+    """A list of objects whose ``fields`` are path strings (``training``, ``registration_val``...)."""
+    entries = meta.get(key)
+    if entries is None:
+        return [f"required key '{key}' is missing"] if required else []
+    if not isinstance(entries, list) or (required and not entries):
+        return [f"'{key}' must be a non-empty list, found {entries!r}"[:200]]
+    found = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str) and fields == ("image",):
+            continue
+        if not isinstance(entry, dict):
+            found.append(f"{key}[{i}] must be an object, found {entry!r}")
+            continue
+        missing = [f for f in fields if not isinstance(entry.get(f), str) or not entry.get(f)]
+        if missing:
+            found.append(f"{key}[{i}] has no path for {', '.join(missing)}")
+        bad = [k for k, v in entry.items() if k not in fields and not isinstance(v, str)]
+        if bad:
+            found.append(f"{key}[{i}] has non-string paths for {', '.join(bad)}")
+    return found
+
+
+def _check_common(meta: dict, shape_key: str) -> list[tuple[str, str]]:
+    """(severity, message) for the keys both layouts' json share."""
+    found: list[tuple[str, str]] = []
+    if shape_key not in meta:
+        found.append((WARNING, f"no '{shape_key}': image shapes are not checked against a task shape"))
+    else:
+        found += [(ERROR, m) for m in _check_shape_value(meta[shape_key], shape_key)]
+    if "labels" in meta:
+        found += [(ERROR, m) for m in _check_labels_value(meta["labels"])]
+    if not isinstance(meta.get("modality", {}), dict):
+        found.append((ERROR, f"'modality' must be an object {{\"0\": \"CT\"}}, found {meta['modality']!r}"))
+    if not isinstance(meta.get("name", ""), str):
+        found.append((ERROR, f"'name' must be a string, found {meta['name']!r}"))
+    return found
+
+
+def _check_l2r_json(meta: dict) -> list[tuple[str, str]]:
+    """(severity, message) for the keys of a ``{TASK}_dataset.json``."""
+    found = _check_common(meta, "tensorImageShape")
+    if "name" not in meta:
+        found.append((WARNING, "no 'name' (the file name is used)"))
+    if meta.get("pairings", "unpaired") not in ("paired", "unpaired"):
+        found.append((ERROR, f"'pairings' must be 'paired' or 'unpaired', found {meta['pairings']!r}"))
+    direction = meta.get("registration_direction", {})
+    if not isinstance(direction, dict) or not all(_is_int(direction.get(k, 0)) for k in ("fixed", "moving")):
+        found.append((ERROR, f"'registration_direction' must be {{\"fixed\": int, \"moving\": int}}, found {direction!r}"))
+    for key, fields, required in (
+        ("training", ("image",), True),
+        ("test", ("image",), False),
+        ("registration_val", ("fixed", "moving"), True),
+        ("registration_test", ("fixed", "moving"), False),
+    ):
+        found += [(ERROR, m) for m in _check_entries(meta, key, fields, required)]
+    return found
+
+
+def check_description(root: Path) -> list[Problem]:
+    """Problems with the task's json description (keys missing or of the wrong kind)."""
+    jsons = sorted(root.glob("*_dataset.json"))
+    path = jsons[0] if len(jsons) == 1 else root / "task.json"
+    if not path.exists():
+        return []
+    try:
+        meta = read_json(path)
+    except DataError as exc:
+        return [_from_text(str(exc), root)]
+    if not isinstance(meta, dict):
+        return [Problem(path, "top level must be a JSON object")]
+    found = _check_l2r_json(meta) if path.name.endswith("_dataset.json") else _check_common(meta, "shape")
+    return [Problem(path, message, severity) for severity, message in found]
+
+
+# ---------------------------------------------------------------- files on disk
+
+
+def check_symlinks(root: Path) -> list[Problem]:
+    """Symlinks anywhere under ``root`` (files or folders) that resolve outside it or nowhere."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                continue
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                found.append(Problem(path, f"symlink resolves to {target}, outside the task folder {root}"))
+            elif not target.exists():
+                found.append(Problem(path, f"broken symlink (target {target} does not exist)"))
+    return found
+
+
+def _load(path: Path, found: list[Problem]) -> np.ndarray | None:
+    """The whole volume in its stored dtype, or None after recording why it cannot be read."""
+    try:
+        data, _ = load_nifti(path, dtype=None)
+    except DataError as exc:
+        found.append(_from_text(str(exc), path.parent))
+        return None
+    return data
+
+
+def _valid_shape(shape: tuple[int, ...] | None) -> bool:
+    """A task shape worth comparing with (an invalid one is reported once, by the json check)."""
+    return shape is not None and len(shape) == 3 and all(s > 0 for s in shape)
+
+
+def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[int, ...] | None:
+    data = _load(path, found)
+    if data is None:
+        return None
+    if data.ndim != 3:
+        found.append(Problem(path, f"expected a 3-D image, found shape {data.shape}"))
+    elif _valid_shape(task.shape) and data.shape != tuple(task.shape):
+        source = "tensorImageShape" if task.layout != LAYOUT_2020 else "the task shape"
+        found.append(Problem(path, f"shape {data.shape} differs from {source} {tuple(task.shape)}"))
+    if np.issubdtype(data.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(data)))
+        if bad:
+            found.append(Problem(path, f"{bad} NaN/Inf voxel(s)"))
+    return data.shape
+
+
+def _check_segmentation(path: Path, kind: str, image_shape: tuple[int, ...] | None, found: list[Problem]) -> None:
+    """Label maps: non-negative integers; masks: exactly {0, 1}; both: the image's shape."""
+    data = _load(path, found)
+    if data is None:
+        return
+    if image_shape is not None and data.shape != image_shape:
+        found.append(Problem(path, f"{kind} shape {data.shape} differs from its image's shape {image_shape}"))
+    if kind == "mask":
+        bad = (data != 0) & (data != 1)
+        if np.any(bad):
+            values = np.unique(data[bad])[:5]
+            found.append(Problem(path, f"mask is not binary: {int(np.count_nonzero(bad))} voxel(s) not 0/1 (e.g. {values.tolist()})"))
+        return
+    if np.issubdtype(data.dtype, np.floating):
+        bad = data != np.round(data)  # NaN counts as non-integer
+        if np.any(bad):
+            values = np.unique(data[bad])[:5]
+            found.append(Problem(path, f"label map has {int(np.count_nonzero(bad))} non-integer voxel(s) (e.g. {values.tolist()})"))
+    if data.size and np.nanmin(data) < 0:
+        found.append(Problem(path, f"label map has negative values (minimum {np.nanmin(data)})"))
+
+
+def _check_points(path: Path, image_shape: tuple[int, ...] | None, found: list[Problem]) -> int | None:
+    """Row count of a readable point file (``N x 3`` voxel coordinates), None otherwise."""
+    try:
+        points = read_points(path)
+    except DataError as exc:
+        found.append(_from_text(str(exc), path.parent))
+        return None
+    if len(points) == 0:
+        found.append(Problem(path, "point file has no points", WARNING))
+    if image_shape is not None and len(image_shape) == 3 and len(points):
+        upper = np.asarray(image_shape, dtype=np.float64) - 1 + GRID_MARGIN
+        outside = np.flatnonzero(np.any((points < -GRID_MARGIN) | (points > upper), axis=1))
+        if outside.size:
+            row = int(outside[0])
+            message = f"{outside.size} of {len(points)} point(s) outside the image grid {image_shape}"
+            found.append(Problem(path, f"{message} (first: line {row + 1}, {points[row].tolist()})"))
+    return len(points)
+
+
+def _check_case(case: Case, task: Task, found: list[Problem], counts: dict[tuple[str, str], int]) -> None:
+    """Every file of one case; one volume in memory at a time."""
+    shape = None
+    if not case.image.is_file():
+        found.append(Problem(case.image, f"image of case {case.case_id} not found"))
+    else:
+        shape = _check_image(case.image, task, found)
+    for kind in ("label", "mask", *POINT_KINDS):
+        path = getattr(case, kind)
+        if path is None:
+            continue
+        if not path.is_file():
+            found.append(Problem(path, f"{kind} file of case {case.case_id} not found"))
+        elif kind in POINT_KINDS:
+            rows = _check_points(path, shape, found)
+            if rows is not None:
+                counts[(case.case_id, kind)] = rows
+        else:
+            _check_segmentation(path, kind, shape, found)
+
+
+def check_unlisted(task: Task) -> list[Problem]:
+    """Current layout: a sibling folder (``labelsTr`` ...) with files for some images of a
+    folder but not for others, where the json does not list them (warning, one per folder)."""
+    if task.layout == LAYOUT_2020:  # there, an existing sibling folder makes files required
+        return []
+    groups: dict[tuple[Path, str], list[Case]] = {}
+    for case in task.cases.values():
+        for key, kind in SIBLINGS.items():
+            groups.setdefault((_derived(case.image, kind).parent, key), []).append(case)
+    found = []
+    for (folder, key), cases in sorted(groups.items()):
+        missing = sorted(c.case_id for c in cases if getattr(c, key) is None)
+        if folder.is_dir() and 0 < len(missing) < len(cases):
+            found.append(
+                Problem(folder, f"no {key} file for {len(missing)} of {len(cases)} images (e.g. {', '.join(missing[:3])})", WARNING)
+            )
+    return found
+
+
+def _pair_source(task: Task, split: str) -> Path:
+    if task.layout == LAYOUT_2020:
+        return task.root / f"pairs_{split}.csv"
+    jsons = sorted(task.root.glob("*_dataset.json"))
+    return jsons[0] if jsons else task.root
+
+
+def _check_pair(task: Task, pair: Pair, split: str, counts: dict[tuple[str, str], int]) -> list[Problem]:
+    """Known cases, and matching fixed/moving point files (row i corresponds to row i)."""
+    unknown = [role for role, cid in (("fixed", pair.fixed), ("moving", pair.moving)) if cid not in task.cases]
+    if unknown:
+        source = _pair_source(task, split)
+        return [
+            Problem(source, f"{split} pair {pair.key}: {role} case is not an image of the task (not listed in training/test)")
+            for role in unknown
+        ]
+    found = []
+    fixed, moving = task.cases[pair.fixed], task.cases[pair.moving]
+    for kind in POINT_KINDS:
+        f_path, m_path = getattr(fixed, kind), getattr(moving, kind)
+        if (f_path is None) != (m_path is None):
+            have, lack = (f_path, "moving") if f_path is not None else (m_path, "fixed")
+            found.append(Problem(have, f"{split} pair {pair.key}: the {lack} case has no {kind} file", WARNING))
+        n_f, n_m = counts.get((pair.fixed, kind)), counts.get((pair.moving, kind))
+        if n_f is not None and n_m is not None and n_f != n_m:
+            found.append(Problem(f_path, f"{split} pair {pair.key}: {n_f} {kind} rows, but moving file {m_path} has {n_m}"))
+    return found
+
+
+def _pairs_to_check(task: Task) -> Iterable[tuple[str, Pair]]:
+    """Evaluated pairs (val, test) and intra-patient training pairs; inter-patient training
+    pairs are all subject pairs, whose points do not correspond."""
+    for split in ("val", "test"):
+        for pair in task.pairs.get(split, ()):
+            yield split, pair
+    if task.intra_patient:
+        for pair in task.training_pairs():
+            yield "training", pair
+
+
+def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
+    """Every problem of one task folder (errors and warnings), in a stable order.
+
+    ``progress`` shows a per-case progress bar on stderr when it is a terminal.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return [Problem(root, "task folder not found")]
+    root = root.resolve()
+    found = check_description(root)
+    try:
+        task = load_task(root)
+    except DataError as exc:  # e.g. invalid json, already named by check_description
+        return list(dict.fromkeys([*found, _from_text(str(exc), root)]))
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # malformed json content
+        if not any(p.is_error for p in found):
+            found.append(Problem(root, f"task description cannot be read ({type(exc).__name__}: {exc})"))
+        return found
+    found += [_from_text(text, root) for text in task.problems]
+    named = {str(p.path) for p in found}  # a 2020 image symlink is already in task.problems
+    found += [p for p in check_symlinks(root) if str(p.path) not in named]
+    if task.layout == LAYOUT_2020:
+        found += [Problem(root / name, f"not found: {why}", WARNING) for name, why in _OPTIONAL_2020 if not (root / name).exists()]
+    counts: dict[tuple[str, str], int] = {}
+    for case_id in tqdm(sorted(task.cases), desc=task.name, disable=None if progress else True, file=sys.stderr):
+        log.debug("checking case %s", case_id)
+        _check_case(task.cases[case_id], task, found, counts)
+    found += check_unlisted(task)
+    for split, pair in _pairs_to_check(task):
+        found += _check_pair(task, pair, split, counts)
+    return found
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task_dirs", nargs="+", type=Path, metavar="TASK_DIR", help="task folder (either layout)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Problems go to stderr, one per line; one OK line per clean task on stdout.
+    Exit 1 if any task has an error (warnings alone do not fail)."""
+    failed = 0
+    for task_dir in args.task_dirs:
+        problems = validate_task(task_dir, progress=not args.no_progress)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        errors = sum(p.is_error for p in problems)
+        warnings = len(problems) - errors
+        if errors:
+            failed += 1
+            print(f"FAILED {task_dir}: {errors} problem(s), {warnings} warning(s)", file=sys.stderr)
+        else:
+            print(f"OK {task_dir}" + (f" ({warnings} warning(s))" if warnings else ""))
+    return 1 if failed else 0

@@ -1,0 +1,261 @@
+"""Leaderboard (evaluation.leaderboard + report): table means, Initial row, ranks from JSON, outputs, CLI errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evaluation import leaderboard, ranking
+from evaluation.io import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {"Initial": (10.0, 0.3, 9.0), "Good": (1.0, 0.8, 2.0), "Bad": (5.0, 0.6, 5.0)}  # TRE, DSC, HD95 offsets
+
+
+def key(c: int) -> str:
+    return f"{c + 1:04d}_0000<--{c + 11:04d}_0000"
+
+
+def lung_json(method: str, cases: range = range(4), points: int = 5) -> dict:
+    """TRE_lm = base + 0.1 c + 0.02 p; SDlogJ and runtime per case (runtime as a bare number for Bad)."""
+    tre0 = BASE[method][0]
+    out = {}
+    for c in cases:
+        tre = [tre0 + 0.1 * c + 0.02 * p for p in range(points)]
+        metrics = {"TRE_lm": {"mean": float(np.mean(tre)), "detailed": tre}, "num_foldings": {"mean": 0}}
+        if method != "Initial":
+            metrics["LogJacDetStd"] = {"mean": (0.05 if method == "Good" else 0.2) + 0.001 * c}
+            runtime = (1.0 if method == "Good" else 3.0) + 0.1 * c
+            metrics["runtime"] = runtime if method == "Bad" else {"mean": runtime}
+        else:
+            metrics["LogJacDetStd"] = {"mean": 0.0}
+        out[key(c)] = metrics
+    return {"name": "LungCT", "aggregates": {}, "cases": out, "eval_version": "test"}
+
+
+def oasis_json(method: str, n_cases: int = 5) -> dict:
+    """DSC = base + 0.01 c + 0.02 l (label 2 of case 0 undefined: NaN), HD95 alike, SDlogJ per case."""
+    _, dsc0, hd0 = BASE[method]
+    out = {}
+    for c in range(n_cases):
+        dsc = [dsc0 + 0.01 * c + 0.02 * lab for lab in range(3)]
+        hd = [hd0 + 0.1 * c + 0.2 * lab for lab in range(3)]
+        if c == 0:
+            dsc[2] = hd[2] = math.nan
+        out[key(c)] = {
+            "DSC": {"mean": float(np.nanmean(dsc)), "detailed": dsc},
+            "HD95": {"mean": float(np.nanmean(hd)), "detailed": hd},
+            "LogJacDetStd": {"mean": {"Initial": 0.0, "Good": 0.05, "Bad": 0.2}[method] + 0.001 * c},
+        }
+    return {"name": "OASIS", "aggregates": {"DSC": {"mean": -1.0}}, "cases": out, "eval_version": "test"}
+
+
+def dump(path: Path, obj: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))  # NaN written as NaN, as Python's json does
+    return path
+
+
+@pytest.fixture
+def specs(tmp_path: Path) -> dict[str, Path]:
+    """One folder per method; file names deliberately differ from the task names."""
+    folders = {}
+    for method in BASE:
+        folder = tmp_path / "results" / method
+        dump(folder / "lung_val.json", lung_json(method))
+        dump(folder / "abdomen_or_brain.json", oasis_json(method))
+        folders[method] = folder
+    return folders
+
+
+def load(specs: dict[str, Path]) -> leaderboard.Results:
+    return leaderboard.load_results([f"Good={specs['Good']}", f"Bad={specs['Bad']}"], initial=[str(specs["Initial"])])
+
+
+def test_table_values_are_hand_computed_means(specs: dict[str, Path]) -> None:
+    table = leaderboard.build_table(load(specs))
+    assert list(table.columns) == [
+        ("LungCT", "TRE_lm"), ("LungCT", "SDlogJ"), ("LungCT", "runtime"),
+        ("OASIS", "DSC"), ("OASIS", "SDlogJ"), ("OASIS", "runtime"),
+    ]  # fmt: skip
+    # TRE: base + 0.1 * mean(c = 0..3) + 0.02 * mean(p = 0..4) = base + 0.15 + 0.04
+    assert table.loc["Good", ("LungCT", "TRE_lm")] == pytest.approx(1.19)
+    assert table.loc["Initial", ("LungCT", "TRE_lm")] == pytest.approx(10.19)
+    assert table.loc["Good", ("LungCT", "SDlogJ")] == pytest.approx(0.0515)
+    assert table.loc["Good", ("LungCT", "runtime")] == pytest.approx(1.15)
+    assert table.loc["Bad", ("LungCT", "runtime")] == pytest.approx(3.15)  # bare-number runtime entries
+    # DSC case means: case 0 = mean of labels 0, 1 (label 2 NaN) = 0.81; cases 1..4 = 0.83 .. 0.86.
+    assert table.loc["Good", ("OASIS", "DSC")] == pytest.approx((0.81 + 0.83 + 0.84 + 0.85 + 0.86) / 5)
+    assert np.isnan(table.loc["Good", ("OASIS", "runtime")])  # no method reports it
+
+
+def test_initial_first_with_dashes(specs: dict[str, Path]) -> None:
+    results = leaderboard.load_results([f"Bad={specs['Bad']}", f"Initial={specs['Initial']}", f"Good={specs['Good']}"])
+    assert list(results) == ["Initial", "Bad", "Good"]
+    table = leaderboard.build_table(results)
+    assert table.loc["Initial"].isna().to_dict() == {
+        ("LungCT", "TRE_lm"): False, ("LungCT", "SDlogJ"): True, ("LungCT", "runtime"): True,
+        ("OASIS", "DSC"): False, ("OASIS", "SDlogJ"): True, ("OASIS", "runtime"): True,
+    }  # fmt: skip
+    md = leaderboard.write_leaderboard(results)
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| Method | LungCT TRE_lm (mm) | LungCT SDlogJ | LungCT s | OASIS DSC |")
+    assert rows[1] == "| Initial | 10.19 | - | - | 0.338 | - | - |"
+
+
+def test_rank_scores_from_result_files(specs: dict[str, Path]) -> None:
+    ranks = leaderboard.compute_ranks(load(specs))
+    cell = ranks.set_index(["method", "task", "metric"])["value"]
+    assert set(ranks.loc[ranks["task"] == "LungCT", "metric"]) == {"TRE", "TRE30", "SDlogJ", "runtime", "score"}
+    assert set(ranks.loc[ranks["task"] == "OASIS", "metric"]) == {"DSC", "DSC30", "HD95", "SDlogJ", "score"}
+    for task in ("LungCT", "OASIS"):
+        assert cell[("Good", task, "score")] == pytest.approx(1.0)
+        assert cell[("Bad", task, "score")] == pytest.approx(0.55)
+        assert cell[("Initial", task, "score")] == pytest.approx(0.1)
+    assert cell[("Bad", "overall", "mean")] == pytest.approx(0.55)
+
+
+def test_items_align_labels_and_drop_nothing_silently(specs: dict[str, Path]) -> None:
+    tables = leaderboard.item_tables(load(specs), "OASIS")
+    assert set(tables) == {"DSC", "HD95", "SDlogJ"}
+    dsc = tables["DSC"]
+    assert dsc.shape == (15, 3)  # 5 cases x 3 labels, all methods
+    assert dsc.loc[(key(1), "2"), "Good"] == pytest.approx(0.85)
+    assert dsc.loc[(key(0), "2")].isna().all()  # undefined for every method: dropped by the ranking
+    assert tables["SDlogJ"].shape == (5, 3)
+
+
+def test_missing_case_gets_worst_value(tmp_path: Path) -> None:
+    # "Sparse" is the best wherever it has values but lacks 3 of 4 cases; "Steady" has all.
+    sparse = lung_json("Good", cases=range(1))
+    steady = lung_json("Bad")
+    results = leaderboard.load_results(
+        [f"Sparse={dump(tmp_path / 's.json', sparse)}", f"Steady={dump(tmp_path / 'b.json', steady)}"]
+    )
+    tre = leaderboard.item_tables(results, "LungCT")["TRE"]
+    assert tre.shape == (20, 2) and int(tre["Sparse"].isna().sum()) == 15
+    cell = leaderboard.compute_ranks(results).set_index(["method", "task", "metric"])["value"]
+    assert cell[("Sparse", "LungCT", "TRE")] == pytest.approx(0.1)
+    assert cell[("Steady", "LungCT", "TRE")] == pytest.approx(1.0)
+    assert "TRE30" not in set(leaderboard.compute_ranks(results)["metric"])  # no Initial
+    # The table shows the mean over the cases the method has.
+    assert leaderboard.build_table(results).loc["Sparse", ("LungCT", "TRE_lm")] == pytest.approx(1.04)
+
+
+def test_task_rule_and_skipped_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "m"
+    unnamed = lung_json("Good")
+    del unnamed["name"]
+    dump(folder / "HippocampusMR.json", unnamed)  # no name: the file stem
+    dump(folder / "x.json", oasis_json("Good"))  # name wins over the stem
+    dump(folder / "config.json", {"task_name": "OASIS", "evaluation_methods": []})  # not a result
+    with caplog.at_level(logging.WARNING, logger="evaluation.leaderboard"):
+        results = leaderboard.load_results([str(folder)])
+    assert list(results) == ["m"]
+    assert sorted(results["m"]) == ["HippocampusMR", "OASIS"]
+    assert "config.json" in caplog.text
+
+
+def test_duplicate_task_is_an_error(tmp_path: Path) -> None:
+    a = dump(tmp_path / "a.json", lung_json("Good"))
+    b = dump(tmp_path / "b.json", lung_json("Bad"))
+    with pytest.raises(DataError, match=r"b\.json.*LungCT.*a\.json"):
+        leaderboard.load_results([f"M={a}", f"M={b}"])
+
+
+def test_csv_round_trips(specs: dict[str, Path], tmp_path: Path) -> None:
+    results = load(specs)
+    out = tmp_path / "out"
+    leaderboard.write_leaderboard(results, out)
+    csv = pd.read_csv(out / "leaderboard.csv")
+    assert list(csv.columns) == ["method", "task", "metric", "value"]
+    table = leaderboard.build_table(results)
+    values = csv.loc[~csv["metric"].str.startswith(leaderboard.RANK_PREFIX)]
+    back = values.pivot(index="method", columns=["task", "metric"], values="value")
+    back = back.reindex(index=table.index, columns=table.columns)
+    pd.testing.assert_frame_equal(back, table, check_names=False, rtol=1e-12)
+    ranks = csv.loc[csv["metric"].str.startswith(leaderboard.RANK_PREFIX)]
+    expected = leaderboard.compute_ranks(results)
+    assert len(ranks) == len(expected)
+    assert np.allclose(ranks["value"].to_numpy(), expected["value"].to_numpy())
+
+
+def test_html_is_self_contained(specs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    md = leaderboard.write_leaderboard(load(specs), out)
+    assert (out / "leaderboard.md").read_text() == md
+    page = (out / "leaderboard.html").read_text()
+    assert page.count("<table>") == 4  # leaderboard, rank summary, one per task
+    assert "<td>Initial</td><td>10.19</td><td>-</td><td>-</td>" in page
+    assert "<style>" in page and "<link" not in page and "<script" not in page
+    assert page.count('<img src="data:image/png;base64,') == 2  # one box plot per task
+    b64 = page.split('<img src="data:image/png;base64,', 1)[1].split('"', 1)[0]
+    assert base64.b64decode(b64).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_cli_writes_outputs(specs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    rc = leaderboard.main(
+        [f"Good={specs['Good']}", f"Bad={specs['Bad']}", "-o", str(out), "--initial", str(specs["Initial"])]
+    )
+    assert rc == 0
+    stdout = capsys.readouterr().out
+    assert "| Initial | 10.19 |" in stdout and "## Rank scores" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.html", "leaderboard.md"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "results path not found"),
+        ("{not json", "invalid JSON"),
+        ('{"name": "X", "aggregates": {}}', "no 'cases' object"),
+        ('{"name": "X", "cases": {"k": {"DSC": {"mean": "high"}}}}', "cases['k']['DSC'].mean is not a number"),
+        ('{"name": "X", "cases": {"k": {"TRE_lm": {"mean": 1, "detailed": [1, "x"]}}}}', "detailed[1] is not a number"),
+    ],
+)
+def test_cli_bad_input_fails_without_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    good = dump(tmp_path / "good.json", lung_json("Good"))
+    bad = tmp_path / "broken.json"
+    if content is not None:
+        bad.write_text(content)
+    out = tmp_path / "out"
+    rc = leaderboard.main([f"Good={good}", f"Broken={bad}", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.startswith("error: ") and str(bad) in err and message in err
+    assert not out.exists()
+
+
+def test_module_entry_point_and_no_torch(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    code = "\n".join(
+        [
+            "import runpy, sys",
+            f"sys.argv = ['leaderboard', 'A={missing}']",
+            "try:",
+            "    runpy.run_module('evaluation.leaderboard', run_name='__main__')",
+            "finally:",
+            "    assert 'torch' not in sys.modules and 'pipeline' not in sys.modules, 'imports torch/pipeline'",
+        ]
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert f"error: {missing}: results path not found" in proc.stderr
+
+
+def test_rank_config_initial_name_is_respected(specs: dict[str, Path]) -> None:
+    config = ranking.RankConfig(initial_name="Nobody")
+    notes = leaderboard.notes_for(load(specs), config)
+    assert any("DSC30/TRE30 are not ranked" in n for n in notes)
