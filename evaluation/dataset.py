@@ -97,22 +97,32 @@ class Task:
 
 
 def load_task(root: str | Path) -> Task:
-    """Read a task folder of either layout; ``DataError`` if it is neither."""
+    """Read a task folder of either layout; ``DataError`` naming the file if it is neither or
+    if its description is malformed beyond what ``Task.problems`` can carry."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise DataError(f"{root}: task folder not found")
     jsons = sorted(root.glob("*_dataset.json"))
     if len(jsons) > 1:
         raise DataError(f"{root}: several *_dataset.json files: {[p.name for p in jsons]}")
-    if jsons:
-        return _load_l2r(root, jsons[0])
-    if (root / "pairs_val.csv").exists() or (root / "images").is_dir():
-        return _load_2020(root)
+    description = jsons[0] if jsons else root / "task.json"
+    try:
+        if jsons:
+            return _load_l2r(root, jsons[0])
+        if (root / "pairs_val.csv").exists() or (root / "images").is_dir():
+            return _load_2020(root)
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"{description}: malformed task description ({type(exc).__name__}: {exc})") from exc
     raise DataError(f"{root}: neither a *_dataset.json (current layout) nor images/ + pairs_val.csv (2020 layout)")
 
 
 def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | None:
-    """Resolve a json path; record a problem if it escapes ``root`` (.., absolute, symlink)."""
+    """Resolve a json path; record a problem if it is empty or escapes ``root`` (.., absolute, symlink)."""
+    if not rel:
+        problems.append(f"{where}: missing path")
+        return None
     if Path(rel).is_absolute():
         problems.append(f"{where}: absolute path {rel!r} is not allowed (must stay inside {root})")
         return None
@@ -130,8 +140,8 @@ def _case_id(path: Path) -> str:
     return f"{match[1]}_{match[2]}"
 
 
-def _derived(image: Path, kind: str) -> Path:
-    """Sibling file of an image: replace 'images' by kind (and .nii.gz by .csv for points)."""
+def derived_path(image: Path, kind: str) -> Path:
+    """The official naming rule for a sibling file of an image: replace 'images' by kind (and .nii.gz by .csv for points)."""
     parent = image.parent.name.replace("images", kind)
     name = image.name
     if kind in POINT_KINDS:
@@ -140,17 +150,15 @@ def _derived(image: Path, kind: str) -> Path:
 
 
 def _l2r_case(root: Path, entry: dict, split: str, problems: list[str], where: str) -> Case | None:
-    image = _inside(root, str(entry.get("image", "")), problems, where)
-    if image is None or not str(entry.get("image", "")):
-        if not entry.get("image"):
-            problems.append(f"{where}: entry without 'image'")
+    image = _inside(root, str(entry.get("image", "")), problems, f"{where} (image)")
+    if image is None:
         return None
     extra: dict[str, Path | None] = {}
     for key, kind in SIBLINGS.items():
         if key in entry:
             extra[key] = _inside(root, str(entry[key]), problems, f"{where} ({key})")
         else:
-            derived = _derived(image, kind)
+            derived = derived_path(image, kind)
             extra[key] = derived if derived.exists() else None
     try:
         case_id = _case_id(image)
@@ -178,7 +186,10 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
         found = []
         for i, entry in enumerate(meta.get(key, []) or []):
             where = f"{json_path.name} {key}[{i}]"
-            paths = [_inside(root, str(entry.get(r, "")), problems, where) for r in ("fixed", "moving")]
+            if not isinstance(entry, dict):
+                problems.append(f"{where}: expected an object with 'fixed' and 'moving', got {entry!r}")
+                continue
+            paths = [_inside(root, str(entry.get(r, "")), problems, f"{where} ({r})") for r in ("fixed", "moving")]
             if None in paths:
                 continue
             try:

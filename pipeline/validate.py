@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.dataset import LAYOUT_2020, POINT_KINDS, SIBLINGS, Case, Pair, Task, _derived, load_task
+from evaluation.dataset import LAYOUT_2020, POINT_KINDS, SIBLINGS, Case, Pair, Task, derived_path, load_task
 from evaluation.io import DataError, load_nifti, read_json, read_points
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,7 @@ def check_unlisted(task: Task) -> list[Problem]:
     groups: dict[tuple[Path, str], list[Case]] = {}
     for case in task.cases.values():
         for key, kind in SIBLINGS.items():
-            groups.setdefault((_derived(case.image, kind).parent, key), []).append(case)
+            groups.setdefault((derived_path(case.image, kind).parent, key), []).append(case)
     found = []
     for (folder, key), cases in sorted(groups.items()):
         missing = sorted(c.case_id for c in cases if getattr(c, key) is None)

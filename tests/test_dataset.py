@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,26 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         fh.write("partial")
         raise RuntimeError("boom")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda m: m.update(tensorImageShape={"0": "abc"}), "malformed task description"),
+        (lambda m: m.update(labels={"0": {"x": "organ"}}), "malformed task description"),
+        (lambda m: m["registration_val"].append("oops"), "expected an object"),
+        (lambda m: m["registration_val"].append({"moving": "./imagesTr/Tiny_0001_0000.nii.gz"}), r"registration_val\[1\] \(fixed\): missing path"),
+    ],
+)
+def test_malformed_json_content_is_named_not_a_crash(tmp_path, edit, expected):
+    root = make_l2r(tmp_path, paired=False)
+    meta_path = root / "Tiny_dataset.json"
+    meta = json.loads(meta_path.read_text())
+    edit(meta)
+    meta_path.write_text(json.dumps(meta))
+    try:
+        problems = "\n".join(load_task(root).problems)
+    except DataError as exc:
+        problems = str(exc)
+        assert "Tiny_dataset.json" in problems
+    assert re.search(expected, problems)
