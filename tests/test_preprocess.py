@@ -49,7 +49,7 @@ def test_half_resolution_keeps_labels_points_and_spacing_consistent(tmp_path):
     np.testing.assert_allclose(p.keypoints, [[0, 0, 0], [8, 6, 4], [4, 3, 2]])  # corners map to corners
     np.testing.assert_allclose(p.spacing, (2.0, 4.0, 6.0))
     assert set(np.unique(p.mask)) == {0, 1} and p.mask.dtype == np.uint8
-    assert 0.0 <= p.image.min() and p.image.max() <= 1.0
+    assert p.image.min() >= 0.0 and p.image.max() <= 1.0
     inside = p.mask.astype(bool)
     assert p.image[inside].mean() > 0.5 > p.image[~inside].mean()
 

@@ -1,0 +1,64 @@
+"""The ``Initial`` row: the zero field, evaluated like any submission.
+
+``python -m evaluation.initial -d TASK_DIR -o OUT.json [--split val|test]`` writes zero fields
+for every pair into a temporary folder (in the task's own format) and evaluates them, so a
+leaderboard's first row needs nothing but the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluation.contract import disp_filename_2020, disp_filename_l2r
+from evaluation.dataset import LAYOUT_2020, load_task
+from evaluation.evaluate import evaluate
+from evaluation.io import DataError, read_nifti_header, save_nifti, write_json
+
+
+def write_zero_submission(data_dir: str | Path, out_dir: str | Path, split: str = "val") -> Path:
+    """Zero fields (full resolution, the task's file names and format) for every ``split`` pair."""
+    task = load_task(data_dir)
+    pairs = task.pairs.get(split, ())
+    if not pairs:
+        raise DataError(f"{task.root}: the task has no {split} pairs")
+    out_dir = Path(out_dir)
+    for pair in pairs:
+        shape = read_nifti_header(task.case(pair.fixed).image).shape
+        if task.layout == LAYOUT_2020:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(out_dir / disp_filename_2020(pair.fixed, pair.moving), arr_0=np.zeros((3, *shape), np.float16))
+        else:
+            save_nifti(out_dir / disp_filename_l2r(pair.fixed, pair.moving), np.zeros((*shape, 3), np.float32))
+    return out_dir
+
+
+def evaluate_initial(data_dir: str | Path, split: str = "val", config: str | Path | None = None, workers: int | None = None) -> dict[str, Any]:
+    """The official-schema result of the zero field on ``split`` pairs."""
+    with tempfile.TemporaryDirectory(prefix="l2r-initial-") as tmp:
+        write_zero_submission(data_dir, tmp, split)
+        return evaluate(tmp, data_dir, config, split=split, workers=workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evaluation.initial", description=__doc__.splitlines()[0])
+    parser.add_argument("-d", "--data", required=True, type=Path, help="task folder")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="result json")
+    parser.add_argument("-c", "--config", default=None, help="official evaluation config (default: derived)")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    args = parser.parse_args(argv)
+    try:
+        write_json(args.output, evaluate_initial(args.data, args.split, args.config))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""HD95 as the official Learn2Reg evaluator computes it (DeepMind's surface-distance method), fast.
+
+The method, in our words (positions are **voxel vertices**, not voxel centres):
+
+* a mask is cut into 2x2x2 neighbourhoods; the neighbourhood whose upper corner is voxel ``v``
+  (voxels ``v - 1`` .. ``v`` on every axis) gets an 8-bit code, bit ``7 - (4a + 2b + c)`` set when
+  voxel ``v - 1 + (a, b, c)`` is inside; vertex ``v`` is a *surface element* (surfel) when its
+  code is neither 0 nor 255;
+* each code has an area: the summed triangle areas of its marching-cubes patch, scaled by the
+  spacing (table below);
+* the distance of a surfel to the other surface is the Euclidean distance (mm, i.e. vertex index
+  times spacing) to the nearest surfel of the other mask;
+* the directed 95th percentile sorts surfels by (distance, area), takes the cumulative area
+  fraction and returns the first distance whose fraction reaches 0.95 (no interpolation); HD95 is
+  the larger of the two directions; an empty surface on either side gives ``inf``.
+
+The official evaluator calls it with spacing ``(1, 1, 1)``: HD95 in voxels. Speed-ups that give
+the same numbers: surfels are found per structure inside its own bounding box (+1 vertex), and the
+nearest distances come from a distance transform of the other surface on the box of both surfaces
+only (the reference transforms the box of both masks), or from a k-d tree when that box is sparse
+(structures far apart). Every distance is computed from integer offsets as the distance transform
+does, so the numbers are bit-identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+# Surfel areas of DeepMind's surface-distance lookup table (Apache-2.0), as data: for codes
+# 0..127, the triangles of the code's marching-cubes patch, each as |area vector| x 8 (three
+# digits, one per axis; "-" = no surface). Code c >= 128 has the same patch as 255 - c.
+_TRIANGLES_0_127 = (  # one entry per code, separated by spaces
+    '- 111 111 220,220 111 202,202 111,111 400,222,111 111 111,111 202,202 400,222,111 220,220 400,222,111 '
+    '400,222,111 400,400 111 022,022 111,111 040,222,111 111,111 004,222,111 111,111,111 111,222,222,111 111,111 '
+    '022,022,111 202,202,111 111,333,022,202 111,220,220 333,022,111,220 400,111,222,111 400,111,222 111 111,111 '
+    '022,022 040,111,222 111,111 111,202,202 022,022,111 333,022,111,202 111,111 111,111,111 004,222,111 '
+    '222,222,111,111 111,220,220 400,222,111,111 022,333,111,220 400,222,111 220,220 040,222,111 040,111,222 '
+    '040,040 220,220,111 333,202,111,220 111,040,222,111 040,222,111 111,220,220 040,222,111,111 333,220,111,202 '
+    '040,222,111 220,220,220,220 220,220,111 111,220,220 220,220 111 111,111 111,111 111,220,220 022,022 '
+    '004,222,111 022,022,111 333,022,111,220 111,111 111,111,111 111,202,202 400,222,111,111 040,222,111 '
+    '222,222,111,111 202,333,022,111 400,222,111 202,202 004,222,111 111,202,202 202,333,220,111 004,222,111 '
+    '004,004 111,111,222,004 111,222,004 202,202,111 004,222,111,111 202,202,202,202 111,202,202 202,333,220,111 '
+    '004,222,111 111,202,202 202,202 111,111 111,111,111 111,022,022 040,111,222,111 022,022,111 004,222,111,111 '
+    '022,022,022,022 022,022,111 111,111,111 111,111,111,111 004,222,111,111 111,111,111 040,222,111,111 '
+    '111,111,111 022,022,111 111,111 400,222,111 222,111,222,111 333,022,111,202 040,222,111 333,220,022,111 '
+    '111,222,004 111,022,022 022,022 400,222,111,111 111,111,111 202,202,111 111,111 220,220,111 111,111 111,111 '
+    '111'
+)
+
+Spacing = Sequence[float]
+
+
+def surfel_area_table(spacing: Spacing = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Area (mm^2) of the surface patch of every neighbourhood code, ``(256,)`` float64.
+
+    A triangle's area vector ``n`` (voxel units) scales to ``(n0 s1 s2, n1 s0 s2, n2 s0 s1)``;
+    the patch area is the sum of the norms, accumulated in the reference order (bit-identical).
+    """
+    s0, s1, s2 = (float(s) for s in spacing)
+    half = np.zeros(128)
+    for code, entry in enumerate(_TRIANGLES_0_127.split()):
+        total = 0.0
+        for tri in entry.split(","):
+            if tri == "-":
+                continue
+            n = np.array([int(tri[0]) / 8 * s1 * s2, int(tri[1]) / 8 * s0 * s2, int(tri[2]) / 8 * s0 * s1])
+            total += np.linalg.norm(n)
+        half[code] = total
+    return np.concatenate([half, half[::-1]])
+
+
+def neighbour_codes(mask: np.ndarray) -> np.ndarray:
+    """8-bit neighbourhood codes of a 3-D boolean ``mask`` (``a x b x c``).
+
+    Returns ``(a+1) x (b+1) x (c+1)`` uint8: entry ``v`` encodes voxels ``v-1 .. v`` (outside
+    the array counts as background), bit ``7 - (4i + 2j + k)`` for voxel ``v - 1 + (i, j, k)``.
+    """
+    padded = np.zeros(tuple(n + 2 for n in mask.shape), dtype=np.uint8)
+    padded[1:-1, 1:-1, 1:-1] = mask
+    a, b, c = mask.shape
+    codes = np.zeros((a + 1, b + 1, c + 1), dtype=np.uint8)
+    for i in (0, 1):
+        for j in (0, 1):
+            for k in (0, 1):
+                bit = np.uint8(7 - (4 * i + 2 * j + k))
+                codes |= padded[i : i + a + 1, j : j + b + 1, k : k + c + 1] << bit
+    return codes
+
+
+@dataclass(frozen=True)
+class Surface:
+    """Surfels of one mask: ``vertices`` ``N x 3`` int64 (global vertex index, array order)
+    and their neighbourhood ``codes`` ``(N,)`` uint8 (areas come from a table per spacing)."""
+
+    vertices: np.ndarray
+    codes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.codes.shape[0])
+
+    def areas(self, area_table: np.ndarray) -> np.ndarray:
+        """Area of every surfel (mm^2 of the spacing ``area_table`` was made with)."""
+        return area_table[self.codes]
+
+
+def extract_surface(mask: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> Surface:
+    """Surfels of a boolean ``mask`` cropped from a larger volume at ``offset`` (voxels).
+
+    The crop must contain the whole structure (its bounding box is enough): vertex ``v`` of
+    the crop is global vertex ``offset + v``.
+    """
+    codes = neighbour_codes(mask)
+    border = (codes != 0) & (codes != 255)
+    idx = np.nonzero(border)
+    vertices = np.stack(idx, axis=1).astype(np.int64) + np.asarray(offset, dtype=np.int64)
+    return Surface(vertices, codes[idx])
+
+
+EDT_BOX_PER_SURFEL = 10.0  # distance transform when the surfels' box is at most this many voxels per surfel
+
+
+def pair_distances(a: Surface, b: Surface, spacing: Spacing = (1.0, 1.0, 1.0), method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-surfel distances (mm) both ways: ``a -> b`` for every surfel of ``a`` and
+    ``b -> a``; ``inf`` for all surfels of one side when the other side is empty.
+
+    ``method``: ``"edt"`` (Euclidean distance transform of the other surface on the box of both
+    surfaces, as the reference does on the masks' box), ``"kdtree"`` (nearest neighbour search),
+    ``"auto"``: the distance transform unless the box is sparse (far-apart structures). Both are
+    exact and compute each distance as ``sqrt(sum((d_i s_i)^2))`` from integer offsets ``d``.
+    """
+    if len(a) == 0 or len(b) == 0:
+        return np.full(len(a), np.inf), np.full(len(b), np.inf)
+    lo = np.minimum(a.vertices.min(axis=0), b.vertices.min(axis=0))
+    box = np.maximum(a.vertices.max(axis=0), b.vertices.max(axis=0)) + 1 - lo
+    if method == "auto":
+        method = "edt" if float(np.prod(box)) <= EDT_BOX_PER_SURFEL * (len(a) + len(b)) else "kdtree"
+    if method == "edt":
+        return _edt_distances(a, b, lo, box, spacing), _edt_distances(b, a, lo, box, spacing)
+    if method == "kdtree":
+        return _tree_distances(a, b, spacing), _tree_distances(b, a, spacing)
+    raise ValueError(f"unknown distance method {method!r} (auto, edt, kdtree)")
+
+
+def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray, spacing: Spacing) -> np.ndarray:
+    grid = np.ones(tuple(int(n) for n in box), dtype=bool)
+    grid[tuple((target.vertices - lo).T)] = False
+    dist = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing])
+    return dist[tuple((source.vertices - lo).T)]
+
+
+def _tree_distances(source: Surface, target: Surface, spacing: Spacing) -> np.ndarray:
+    scale = np.asarray(spacing, dtype=np.float64)
+    tree = cKDTree(target.vertices * scale, leafsize=32, balanced_tree=False, compact_nodes=False)
+    _, nearest = tree.query(source.vertices * scale, k=1)
+    # From the integer offsets, in the distance transform's order: sqrt(sum((d_i s_i)^2)).
+    delta = (target.vertices[nearest] - source.vertices).astype(np.float64) * scale
+    return np.sqrt(np.add.reduce(delta * delta, axis=1))
+
+
+def directed_percentile(distances: np.ndarray, areas: np.ndarray, percent: float = 95.0) -> float:
+    """Area-weighted percentile of one direction, as the reference: sort by (distance, area),
+    first distance whose cumulative area fraction reaches ``percent``; ``inf`` if empty."""
+    if distances.shape[0] == 0:
+        return float("inf")
+    order = np.lexsort((areas, distances))
+    pairs = np.stack([distances, areas], axis=1)[order]  # same layout as the reference's sorted array
+    sorted_d, sorted_a = pairs[:, 0], pairs[:, 1]
+    cumulative = np.cumsum(sorted_a) / np.sum(sorted_a)
+    idx = int(np.searchsorted(cumulative, percent / 100.0))
+    return float(sorted_d[min(idx, len(sorted_d) - 1)])
+
+
+def robust_hausdorff(
+    a: Surface,
+    b: Surface,
+    percent: float = 95.0,
+    spacing: Spacing = (1.0, 1.0, 1.0),
+    area_table: np.ndarray | None = None,
+    distances: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
+    """Symmetric robust Hausdorff distance (mm of ``spacing``) between two surfaces; ``inf`` if
+    either is empty. ``area_table`` defaults to ``surfel_area_table(spacing)``; ``distances``
+    are precomputed :func:`pair_distances` for this spacing."""
+    if len(a) == 0 or len(b) == 0:
+        return float("inf")
+    table = surfel_area_table(spacing) if area_table is None else area_table
+    a_to_b, b_to_a = pair_distances(a, b, spacing) if distances is None else distances
+    return max(directed_percentile(a_to_b, a.areas(table), percent), directed_percentile(b_to_a, b.areas(table), percent))
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Tight bounding box of a boolean 3-D mask as slices; ``None`` if empty."""
+    box = []
+    for axis in range(3):
+        proj = np.any(mask, axis=tuple(a for a in range(3) if a != axis))
+        hits = np.flatnonzero(proj)
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def mask_surface(mask: np.ndarray, box: tuple[slice, ...] | None = None) -> Surface:
+    """Surfels of a full-volume boolean ``mask``, computed inside ``box`` (found if not given)."""
+    box = bounding_box(mask) if box is None else box
+    if box is None:
+        return Surface(np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.uint8))
+    return extract_surface(mask[box], [s.start for s in box])
+
+
+def hd95(mask_gt: np.ndarray, mask_pred: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0), percent: float = 95.0) -> float:
+    """HD95 between two full-volume boolean masks (mm of ``spacing``; voxels for the default),
+    the official definition: ``inf`` when either mask is empty."""
+    return robust_hausdorff(mask_surface(mask_gt), mask_surface(mask_pred), percent, spacing)
+
+
+def surface_distances(mask_gt: np.ndarray, mask_pred: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0)) -> dict[str, np.ndarray]:
+    """Sorted surfel distances and areas in both directions (the reference's intermediate result):
+    keys ``distances_gt_to_pred``, ``distances_pred_to_gt``, ``surfel_areas_gt``, ``surfel_areas_pred``."""
+    table = surfel_area_table(spacing)
+    gt, pred = mask_surface(mask_gt), mask_surface(mask_pred)
+    out = {}
+    for name, src, dist in zip(("gt_to_pred", "pred_to_gt"), (gt, pred), pair_distances(gt, pred, spacing), strict=True):
+        areas = src.areas(table)
+        order = np.lexsort((areas, dist))
+        out[f"distances_{name}"] = dist[order]
+        out[f"surfel_areas_{name.split('_')[0]}"] = areas[order]
+    return out
