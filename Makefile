@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	$(PY) -m pipeline demo --out $(DEMO_OUT)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n 2 --dist loadgroup tests
+	$(PY) -m pytest -n 2 --dist loadfile tests
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -m "not slow and not docker" tests

@@ -113,8 +113,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file a normal mode
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

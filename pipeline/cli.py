@@ -21,6 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("pipeline.validate", "check a task folder and list every problem"),
     "summary": ("pipeline.summary", "print a summary table of task folders"),
     "preprocess": ("pipeline.preprocess", "resample, window and normalise a task into the cache"),
+    "train": ("pipeline.train", "train LapIRN on a task (progressive, resumable, torchrun-ready)"),
+    "predict": ("pipeline.predict", "write challenge-format fields and runtimes for a task's pairs"),
+    "leaderboard": ("evaluation.leaderboard", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),
 }
 
 

@@ -45,13 +45,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Similarity pyramid (local NCC), smoothness lambda / 2^(L-p), Dice on labels, anti-folding."""
+    """LapIRN's loss (see ``pipeline.losses.level_loss``): similarity pyramid of local NCC
+    (windows fixed by the level, eps 1e-5), smoothness lambda / 2^(L-p) in the public code's
+    units (``smooth_unit`` 2), Dice on warped labels (> 0 only where the task has training
+    labels), anti-folding penalty, similarity inside the fixed mask (``use_mask``)."""
 
-    ncc_windows: tuple[int, ...] = (7, 5, 3)  # finest scale first
+    eps: float = 1e-5
     smooth: float = 1.0
-    dice: float = 0.0  # > 0 only where the task has training labels
+    smooth_unit: float = 2.0
+    dice: float = 0.0
     antifold: float = 0.0
-    use_mask: bool = False  # similarity only inside the fixed mask
+    use_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class PredictConfig:
     affine_only: bool = False
     instance_opt_steps: int = 0
     instance_opt_lr: float = 0.1
+    instance_opt_smooth: float = 4.0  # smoothness weight (loss.smooth_unit units); > training's keeps SDlogJ down
     amp: str = "bf16"
 
 

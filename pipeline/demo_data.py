@@ -11,8 +11,8 @@ T1   DemoCuRIOUS         task_01  64x64x64    1 x 1 x 1   MR (fixed) vs US-like 
 T2   DemoLungCT          task_02  64x64x64    1.75^2x2.5  exhale (fixed) vs inhale (moving) CT, 6
                                                           subjects, lung masks, 100 keypoints, 30
                                                           landmarks
-T3   DemoAbdomenCTCT     task_03  64x48x80    5 x 5 x 5   inter-patient CT, 8 subjects, 13 organs
-T4   DemoHippocampusMR   task_04  48x48x48    1 x 1 x 1   inter-patient MR, 8 subjects, 2 labels
+T3   DemoAbdomenCTCT     task_03  64x48x80    5 x 5 x 5   inter-patient CT, 20 subjects, 13 organs
+T4   DemoHippocampusMR   task_04  48x48x48    1 x 1 x 1   inter-patient MR, 20 subjects, 2 labels
 ===  ==================  =======  ==========  ==========  ==========================================
 
 The last subjects of each task are held out for the validation pairs (they stay listed in
@@ -91,13 +91,13 @@ SPECS: tuple[DemoTaskSpec, ...] = (
     ),
     DemoTaskSpec(
         key="T3", name="DemoAbdomenCTCT", folder_2020="task_03", shape=(64, 48, 80), spacing=(5.0, 5.0, 5.0),
-        subjects=8, val_subjects=3, paired=False, modality={"0": "CT"}, labels=ABDOMEN_LABELS, masked=False,
+        subjects=20, val_subjects=3, paired=False, modality={"0": "CT"}, labels=ABDOMEN_LABELS, masked=False,
         description="Synthetic abdomen CT, inter-patient, 13 organ labels",
         make_subject=abdomen_subject,
     ),
     DemoTaskSpec(
         key="T4", name="DemoHippocampusMR", folder_2020="task_04", shape=(48, 48, 48), spacing=(1.0, 1.0, 1.0),
-        subjects=8, val_subjects=3, paired=False, modality={"0": "MR"}, labels=HIPPOCAMPUS_LABELS, masked=False,
+        subjects=20, val_subjects=3, paired=False, modality={"0": "MR"}, labels=HIPPOCAMPUS_LABELS, masked=False,
         description="Synthetic hippocampus MR crops, inter-patient, labels head and body/tail",
         make_subject=hippocampus_subject,
     ),

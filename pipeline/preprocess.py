@@ -67,6 +67,16 @@ def normalise(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
+def network_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """An image (``X x Y x Z``, scanner units) as network input: normalised to [0, 1], on the
+    network grid (:func:`network_shape`)."""
+    img = normalise(image, cfg)
+    shape = network_shape(image.shape, cfg)
+    if shape != image.shape:
+        img = np.clip(resize_image(img, shape, order=1), 0.0, 1.0)
+    return img.astype(np.float32)
+
+
 def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     """Load and preprocess one case (raises ``DataError`` naming a bad file)."""
     image, geom = load_nifti(case.image)
@@ -91,13 +101,10 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
         pts = read_points(path)
         return scale_points(pts, image.shape, shape) if resample else pts
 
-    img = normalise(image, cfg)
-    if resample:
-        img = np.clip(resize_image(img, shape, order=1), 0.0, 1.0)
     spacing = np.asarray(geom.spacing) * (np.asarray(image.shape) - 1) / np.maximum(np.asarray(shape) - 1, 1)
     return Prepared(
         case_id=case.case_id,
-        image=img.astype(np.float32),
+        image=network_image(image, cfg),
         label=labels(case.label),
         mask=labels(case.mask),
         keypoints=points(case.keypoints),

@@ -178,3 +178,16 @@ def test_malformed_json_content_is_named_not_a_crash(tmp_path, edit, expected):
         problems = str(exc)
         assert "Tiny_dataset.json" in problems
     assert re.search(expected, problems)
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from evaluation.io import write_json
+
+    umask = os.umask(0o022)
+    try:
+        write_json(tmp_path / "x.json", {"a": 1})
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

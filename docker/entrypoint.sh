@@ -1,0 +1,15 @@
+#!/bin/sh
+# Image entrypoint (exec form in the Dockerfile): `evaluate ...` and `leaderboard ...` run the
+# evaluation package (python -m evaluation.evaluate / evaluation.leaderboard); anything else is a
+# pipeline command (python -m pipeline COMMAND ...). `exec` hands PID 1's signals to Python.
+set -eu
+case "${1:-}" in
+    evaluate | leaderboard)
+        stage="$1"
+        shift
+        exec python -m "evaluation.${stage}" "$@"
+        ;;
+    *)
+        exec python -m pipeline "$@"
+        ;;
+esac
