@@ -8,7 +8,7 @@ key  name                2020     shape       spacing mm  content
 ===  ==================  =======  ==========  ==========  ==========================================
 T1   DemoCuRIOUS         task_01  64x64x64    1 x 1 x 1   MR (fixed) vs US-like (moving), 4 subjects,
                                                           20 landmarks each
-T2   DemoLungCT          task_02  64x64x64    1.75^2x2.5  exhale (fixed) vs inhale (moving) CT, 6
+T2   DemoLungCT          task_02  64x64x64    1.75^2x2.5  exhale (fixed) vs inhale (moving) CT, 12
                                                           subjects, lung masks, 100 keypoints, 30
                                                           landmarks
 T3   DemoAbdomenCTCT     task_03  64x48x80    5 x 5 x 5   inter-patient CT, 20 subjects, 13 organs
@@ -85,7 +85,7 @@ SPECS: tuple[DemoTaskSpec, ...] = (
     ),
     DemoTaskSpec(
         key="T2", name="DemoLungCT", folder_2020="task_02", shape=(64, 64, 64), spacing=(1.75, 1.75, 2.5),
-        subjects=6, val_subjects=2, paired=True, modality={"0": "CT", "1": "CT"}, labels={}, masked=True,
+        subjects=12, val_subjects=2, paired=True, modality={"0": "CT", "1": "CT"}, labels={}, masked=True,
         description="Synthetic lung CT, exhale (fixed) and inhale (moving), lung masks, keypoints, landmarks",
         make_subject=lung_subject,
     ),

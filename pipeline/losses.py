@@ -17,11 +17,10 @@ Choices that differ from the public LapIRN code, on purpose:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import LossConfig
 from pipeline.contract import warp_torch
 
 
@@ -225,27 +224,10 @@ def anti_folding(field: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ wrapper
 
 
-@dataclass(frozen=True)
-class LossConfig:
-    """Weights of LapIRN's training loss.
-
-    ``smooth`` is lambda in the public code's units (``smooth_unit`` 2.0, see
-    :func:`smoothness`): 1.0 for displacement, 3.5 for the diffeomorphic variant; at level
-    ``p`` of ``levels`` it is divided by ``2^(levels - p)``. ``dice`` weights the soft Dice of
-    warped labels (seed paper; 0 = off), ``antifold`` the folding penalty (0 = off).
-    """
-
-    levels: int = 3
-    eps: float = 1e-5
-    smooth: float = 1.0
-    smooth_unit: float = 2.0
-    dice: float = 0.0
-    antifold: float = 0.0
-
-
 def level_loss(
     cfg: LossConfig,
     level: int,
+    levels: int,
     warped: torch.Tensor,
     fixed: torch.Tensor,
     field: torch.Tensor,
@@ -262,8 +244,8 @@ def level_loss(
     velocity for the diffeomorphic variant, as the public code does); ``mask`` fixed-image
     mask for the similarity; one-hot labels (level grid) for the Dice term.
     """
-    if not 1 <= level <= cfg.levels:
-        raise ValueError(f"level must be in 1..{cfg.levels}, got {level}")
+    if not 1 <= level <= levels:
+        raise ValueError(f"level must be in 1..{levels}, got {level}")
     parts = {"similarity": similarity_pyramid(warped, fixed, level, cfg.eps, mask)}
     reg = field if reg_field is None else reg_field
     parts["smooth"] = smoothness(reg, cfg.smooth_unit)
@@ -274,7 +256,7 @@ def level_loss(
             raise ValueError("the Dice term needs moving_onehot and fixed_onehot")
         parts["dice"] = dice_loss(moving_onehot, fixed_onehot, field)
     parts["antifold"] = anti_folding(field) if cfg.antifold > 0 else zero
-    smooth_weight = cfg.smooth / 2 ** (cfg.levels - level)
+    smooth_weight = cfg.smooth / 2 ** (levels - level)
     parts["total"] = (
         parts["similarity"] + smooth_weight * parts["smooth"] + cfg.dice * parts["dice"] + cfg.antifold * parts["antifold"]
     )

@@ -15,6 +15,7 @@ the pairs are sharded across ranks and rank 0 writes every file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import time
@@ -31,7 +32,6 @@ from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import RunConfig, load_config
 from pipeline.distributed import DistInfo, any_flag, gather_checksums, init_distributed, pick_device, shutdown
 from pipeline.lapirn import LapIRN, LapIRNConfig
-from pipeline.losses import LossConfig as LevelLossConfig
 from pipeline.losses import level_loss, one_hot
 from pipeline.training_data import TrainingData, load_training_data, tensor
 from pipeline.training_log import TrainingLog
@@ -48,10 +48,7 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         self.model = LapIRN(LapIRNConfig(**vars(cfg.model))).to(device)
         self.levels = cfg.model.levels
-        self.loss_cfg = LevelLossConfig(
-            levels=self.levels, eps=cfg.loss.eps, smooth=cfg.loss.smooth, smooth_unit=cfg.loss.smooth_unit,
-            dice=cfg.loss.dice if data.num_classes > 1 else 0.0, antifold=cfg.loss.antifold,
-        )
+        self.loss_cfg = cfg.loss if data.num_classes > 1 else dataclasses.replace(cfg.loss, dice=0.0)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.state = {"level": 1, "step": 0, "global_step": 0, "best_score": float("-inf"), "best_step": -1}
         self.optimizer: torch.optim.Optimizer | None = None
@@ -129,7 +126,7 @@ class Trainer:
             out = self.wrapped(moving, fixed, level=level)
             lv = out.final
             extra = self.level_extras(level, fixed_case, moving_label)
-            parts = level_loss(self.loss_cfg, level, lv.warped.float(), lv.fixed.float(), lv.field.float(),
+            parts = level_loss(self.loss_cfg, level, self.levels, lv.warped.float(), lv.fixed.float(), lv.field.float(),
                                reg_field=None if lv.velocity_field is None else lv.velocity_field.float(), **extra)
         self.optimizer.zero_grad(set_to_none=True)
         parts["total"].backward()

@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from evaluation import contract as C
 from pipeline import losses as L
+from pipeline.config import LossConfig
 from pipeline.contract import field_from_numpy
 
 
@@ -215,15 +216,15 @@ def test_level_loss_weights_the_parts_as_configured():
     a = np.array([[0.1, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, -0.1]])
     field = linear_field(a, img.shape[2:])
     smooth_value = 4 * float((a**2).sum() / 9)  # unit 2.0
-    cfg = L.LossConfig(levels=3, smooth=1.0)
+    cfg = LossConfig(smooth=1.0)
     for level, divisor in [(3, 1), (2, 2), (1, 4)]:
-        parts = L.level_loss(cfg, level, img, img, field)
+        parts = L.level_loss(cfg, level, 3, img, img, field)
         assert parts["smooth"].item() == pytest.approx(smooth_value, rel=1e-5)
         sim = L.similarity_pyramid(img, img, level).item()
         assert parts["total"].item() == pytest.approx(sim + smooth_value / divisor, rel=1e-5)
         assert parts["dice"].item() == 0.0 and parts["antifold"].item() == 0.0
     with pytest.raises(ValueError, match="Dice term"):
-        L.level_loss(L.LossConfig(dice=1.0), 3, img, img, field)
+        L.level_loss(LossConfig(dice=1.0), 3, 3, img, img, field)
     with pytest.raises(ValueError, match="level"):
-        L.level_loss(cfg, 4, img, img, field)
+        L.level_loss(cfg, 4, 3, img, img, field)
 
