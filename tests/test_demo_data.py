@@ -304,7 +304,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["demo-data", "--out", str(tmp_path), "--tasks", "T4", "--seed", "1"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "DemoHippocampusMR")
     task = load_task(tmp_path / "DemoHippocampusMR")
-    assert len(task.training) == 8 and len(task.pairs["val"]) == 3 and task.problems == ()
+    assert len(task.training) == SPEC_BY_KEY["T4"].subjects == 20 and len(task.pairs["val"]) == 3 and task.problems == ()
     assert main(["demo-data", "--out", str(tmp_path), "--tasks", "T1,T9"]) == 1
     assert "--tasks" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:
