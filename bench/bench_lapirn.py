@@ -9,6 +9,11 @@ Each configuration (and, on CUDA, each variant) runs in its own child process, s
 memory of one does not leak into the next: on CPU the child's max RSS (``ru_maxrss``) after its
 forward phase and after its training phase; on CUDA also ``torch.cuda.max_memory_allocated``.
 Times are medians over the timed repeats after the warm-up calls.
+
+Children run with ``OMP_WAIT_POLICY=PASSIVE`` unless the caller sets it: with OpenMP's default
+spin-waiting, two torch threads on a machine where another process holds one of the two cores
+run a LapIRN training step more than 10x slower (measured: 4.2 s instead of 0.35 s at 32^3),
+so contended timings would mean nothing; with passive waiting they degrade to one core's speed.
 """
 
 from __future__ import annotations
@@ -105,16 +110,15 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def run_case(case: Case) -> dict[str, Any]:
-    """Time one case in this process (the child) and return its measurements."""
+def _workload(case: Case) -> tuple[Any, Any, Any]:
+    """Model, inputs and optimiser of ``case``: returns ``(model, forward, train_step)`` callables."""
     import torch
 
+    from pipeline.config import LossConfig
     from pipeline.lapirn import LapIRN, LapIRNConfig
-    from pipeline.losses import LossConfig, level_loss
+    from pipeline.losses import level_loss
 
-    torch.set_num_threads(case.threads)
     device = torch.device(case.device)
-    base_rss = _rss_mb()
     gen = torch.Generator().manual_seed(0)
     moving = torch.rand(1, 1, *case.shape, generator=gen).to(device)
     fixed = torch.rand(1, 1, *case.shape, generator=gen).to(device)
@@ -123,6 +127,7 @@ def run_case(case: Case) -> dict[str, Any]:
     net = torch.compile(model) if case.variant == "compile" else model
     dtype = torch.bfloat16 if case.variant == "bf16" else None
     loss_cfg = LossConfig()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def autocast() -> Any:
         return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -131,35 +136,39 @@ def run_case(case: Case) -> dict[str, Any]:
         with torch.inference_mode(), autocast():
             net(moving, fixed)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast():
-            out = net(moving, fixed)
-        final = out.final
-        loss = level_loss(loss_cfg, 3, final.warped.float(), final.fixed.float(), final.field.float())["total"]
+            final = net(moving, fixed).final
+        loss = level_loss(loss_cfg, 3, 3, final.warped.float(), final.fixed.float(), final.field.float())["total"]
         loss.backward()
         optimizer.step()
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    model.eval()
-    fwd, fwd_cpu, fwd_first = _timed(forward, case.warmup_forward, case.repeats_forward, case.device)
-    result: dict[str, Any] = {"forward_s": fwd, "forward_cpu_s": fwd_cpu, "forward_first_s": fwd_first}
-    result["forward_peak_rss_mb"] = _rss_mb()
-    if device.type == "cuda":
-        result["forward_peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        torch.cuda.reset_peak_memory_stats()
-    model.train()
-    trn, trn_cpu, trn_first = _timed(train_step, case.warmup_train, case.repeats_train, case.device)
-    result.update({"train_step_s": trn, "train_step_cpu_s": trn_cpu, "train_first_s": trn_first})
-    result["train_peak_rss_mb"] = _rss_mb()
-    if device.type == "cuda":
-        result["train_peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    result["base_rss_mb"] = base_rss
-    for key, values in [("forward", fwd), ("forward_cpu", fwd_cpu), ("train_step", trn), ("train_step_cpu", trn_cpu)]:
-        result[f"{key}_median_s"] = statistics.median(values) if values else None
+    return model, forward, train_step
+
+
+def run_case(case: Case) -> dict[str, Any]:
+    """Time one case in this process (the child) and return its measurements."""
+    import torch
+
+    torch.set_num_threads(case.threads)
+    cuda = case.device.startswith("cuda")
+    result: dict[str, Any] = {"base_rss_mb": _rss_mb()}
+    model, forward, train_step = _workload(case)
+    phases = [("forward", forward, case.warmup_forward, case.repeats_forward, model.eval),
+              ("train_step", train_step, case.warmup_train, case.repeats_train, model.train)]
+    for name, fn, warmup, repeats, set_mode in phases:
+        set_mode()
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        wall, cpu, first = _timed(fn, warmup, repeats, case.device)
+        short = name.split("_")[0]  # forward | train
+        result.update({f"{name}_s": wall, f"{name}_cpu_s": cpu, f"{short}_first_s": first if warmup else None})
+        result[f"{name}_median_s"] = statistics.median(wall) if wall else None
+        result[f"{name}_cpu_median_s"] = statistics.median(cpu) if cpu else None
+        result[f"{short}_peak_rss_mb"] = _rss_mb()
+        if cuda:
+            result[f"{short}_peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
@@ -169,6 +178,7 @@ def run_case(case: Case) -> dict[str, Any]:
 def spawn(case: Case, timeout_s: float) -> dict[str, Any]:
     """Run ``case`` in a fresh child process; its measurements, or an ``error`` entry."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(case.threads))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(case))]
     started = time.perf_counter()
     try:
@@ -201,6 +211,7 @@ def environment(device: str, threads: int) -> dict[str, Any]:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_average_before": list(os.getloadavg()),
@@ -220,7 +231,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# LapIRN benchmark ({env['device']})",
         "",
-        f"- CPU: {env['cpu']} ({env['cpu_count']} cores visible), torch threads: {env['threads']}",
+        f"- CPU: {env['cpu']} ({env['cpu_count']} cores visible), torch threads: {env['threads']},"
+        f" OMP_WAIT_POLICY={env.get('omp_wait_policy', 'default')}",
         f"- torch {env['torch']}, Python {env['python']}" + (f", GPU: {env['gpu']}" if "gpu" in env else ""),
         f"- load average before / after: {env['load_average_before']} / {env.get('load_average_after')}",
         "- times: median of the timed repeats after warm-up, wall-clock seconds (process CPU seconds in brackets;"
@@ -245,7 +257,7 @@ def markdown(report: dict[str, Any]) -> str:
             f" | {_fmt(res.get('forward_peak_cuda_mb'), 0)} / {_fmt(res.get('train_peak_cuda_mb'), 0)} |"
         )
     if report.get("notes"):
-        lines += ["", *[f"{n}" for n in report["notes"]]]
+        lines += ["", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"
 
 
