@@ -64,8 +64,10 @@ class LapIRNConfig:
 
     @property
     def pad_multiple(self) -> int:
-        """Inputs are padded to a multiple of ``2^(levels + 1)`` (16 for 3 levels, as the public code requires)."""
-        return 2 ** (self.levels + 1)
+        """Inputs are padded to a multiple of ``2^levels`` (8 for 3 levels): level 1 works at
+        ``1 / 2^(levels-1)`` and its CRN halves that once more, so its grid must be even. The
+        public code asks for 16; padding less keeps e.g. a 24^3 input at 24^3 instead of 32^3."""
+        return 2**self.levels
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
