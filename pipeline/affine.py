@@ -8,7 +8,8 @@ The seed paper's task-1 method. Frames:
 * it is optimised in physical units that are well scaled for L-BFGS: translation ``t`` in
   mm, the linear part as the displacement (mm) it causes at a radius ``r`` (half the fixed
   image's mean extent): rigid ``L = exp([w / r]_x)`` (rotation vector), affine
-  ``L = I + D / r``;
+  ``L = I + D / r``; affine mode optimises the coarsest level(s) rigidly, then all 12
+  parameters with a bound on how far the linear part may move per level;
 * results leave as a SimpleITK transform (``Euler3DTransform`` / ``AffineTransform``) and as the
   contract's voxel matrix (fixed voxel -> moving voxel, ``physical_to_voxel_affine``).
 
@@ -18,17 +19,18 @@ moving gradient by the chain rule); scipy's L-BFGS-B drives the parameters with 
 gradients. Options: an initial translation from the image or foreground centres, an
 exhaustive translation search before L-BFGS (for starts far from the answer), fields of view
 (ultrasound fans: zeros outside) and a fixed mask. SimpleITK is used for what it is best at:
-transforms, ``.tfm`` files and a resampling that cross-checks the contract (end of module).
+transforms (:func:`make_transform`); ``.tfm`` files and a resampling that cross-checks the
+contract live in :mod:`pipeline.align`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,14 +39,15 @@ import torch
 from scipy import ndimage, optimize
 
 from evaluation.contract import affine_to_field, physical_to_voxel_affine, resize_image
-from evaluation.io import DataError, Geometry, atomic_path
-from pipeline.ngf import METRICS, NGFProblem, make_level
+from evaluation.io import Geometry
+from pipeline.ngf import METRICS, NGFProblem, level_shapes, make_level
 
 log = logging.getLogger(__name__)
 
 MODES = ("rigid", "affine")
 INITS = ("none", "center", "com")
 SEARCH_SAMPLES = 32_768  # sample points per evaluation during the translation search
+ToMatrix = Callable[[torch.Tensor], torch.Tensor]  # parameters (6 or 12) -> physical 4x4
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class AffineConfig:
     mode: str = "rigid"  # "rigid" (6 DoF) | "affine" (12 DoF)
     levels: int = 3  # resolution levels, each half the previous one's size
     iterations: tuple[int, ...] = (60, 40, 20)  # L-BFGS iterations per level, coarse to fine
-    metric: str = "ngf-normalized"  # "ngf-normalized" | "ngf" (see pipeline.ngf)
+    metric: str = "auto"  # "ngf" | "ngf-normalized" (pipeline.ngf) | "auto" (see resolved_metric)
     eps: float = 4.0  # NGF edge parameter, relative to each image's mean gradient norm
     smoothing: float = 0.7  # Gaussian sigma (level voxels) before sampling each level
     samples: int = 200_000  # random sample points per level (one per voxel if fewer voxels)
@@ -71,6 +74,8 @@ class AffineConfig:
     fov_margin: float = 2.0  # level voxels inside a field-of-view border left out of the metric
     tolerance: float = 1e-9  # L-BFGS-B relative function tolerance (ftol)
     seed: int = 0  # sample points
+    threads: int = 1  # torch CPU threads while registering (0 = leave as is); the ops are small, and
+    # more threads only add synchronisation, which stalls badly when other processes share the cores
     use_fixed_mask: bool = False  # stage only: weight the NGF by the fixed mask when a task has one
 
     def __post_init__(self) -> None:
@@ -78,8 +83,8 @@ class AffineConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.metric not in ("auto", *METRICS):
+            raise ValueError(f"metric must be 'auto' or one of {METRICS}, got {self.metric!r}")
         if self.levels < 1 or len(self.iterations) != self.levels:
             raise ValueError(f"need one iteration count per level: levels={self.levels}, iterations={self.iterations}")
         if any(int(i) < 1 for i in self.iterations) or self.eps <= 0 or self.smoothing < 0:
@@ -88,8 +93,18 @@ class AffineConfig:
             raise ValueError("max_voxels and samples must be >= 64, min_size >= 2")
         if min(self.search_radius, self.search_level, self.fov_margin, self.rigid_levels) < 0:
             raise ValueError("search_radius, search_level, fov_margin and rigid_levels must be >= 0")
+        if self.threads < 0:
+            raise ValueError("threads must be >= 0")
         if self.search_step <= 0 or self.max_linear_step <= 0:
             raise ValueError("search_step and max_linear_step must be > 0")
+
+    def resolved_metric(self) -> str:
+        """The NGF form used: ``auto`` is the normalised form, except with a field of view (a
+        partial overlap by design), where the classical form is used: the normalised one can
+        gain there by moving structure out of the overlap (see :mod:`pipeline.ngf`)."""
+        if self.metric != "auto":
+            return self.metric
+        return "ngf" if self.moving_fov or self.fixed_fov else "ngf-normalized"
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AffineConfig:
@@ -115,6 +130,7 @@ class AffineResult:
     """Outcome of :func:`register_affine`."""
 
     mode: str
+    metric: str  # the NGF form used ("ngf" | "ngf-normalized")
     matrix: np.ndarray  # 4x4: fixed physical (LPS mm) -> moving physical
     center: tuple[float, float, float]  # centre of rotation (fixed image centre, LPS mm)
     voxel_matrix: np.ndarray  # 4x4: fixed voxel (array order) -> moving voxel
@@ -137,6 +153,7 @@ class AffineResult:
         """JSON-ready summary (matrices as nested lists)."""
         return {
             "mode": self.mode,
+            "metric": self.metric,
             "matrix_physical": self.matrix.tolist(),
             "center_physical": list(self.center),
             "voxel_matrix": self.voxel_matrix.tolist(),
@@ -146,19 +163,6 @@ class AffineResult:
             "runtime_s": self.runtime_s,
             "evaluations": list(self.evaluations),
         }
-
-
-# ------------------------------------------------------------------------- levels
-
-
-def _level_shapes(shape: tuple[int, ...], config: AffineConfig) -> list[tuple[int, int, int]]:
-    """Grid sizes, coarse to fine: the finest is capped at ``max_voxels``, each coarser one halves."""
-    base = max(1.0, (float(np.prod(shape)) / config.max_voxels) ** (1.0 / 3.0))
-    out = []
-    for level in reversed(range(config.levels)):
-        factor = base * 2.0**level
-        out.append(tuple(max(min(n, config.min_size), int(round((n - 1) / factor)) + 1) for n in shape))
-    return out
 
 
 # ------------------------------------------------------------------------- parameters
@@ -180,7 +184,7 @@ def _physical_matrix(params: torch.Tensor, mode: str, center: torch.Tensor, radi
     return torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=params.dtype)], dim=0)
 
 
-def _to_affine_params(x: np.ndarray, to_matrix, center: np.ndarray, radius: float) -> np.ndarray:
+def _to_affine_params(x: np.ndarray, to_matrix: ToMatrix, radius: float) -> np.ndarray:
     """Rigid parameters (6) -> the affine parameters (12) of the same transform; affine ones unchanged."""
     if len(x) == 12:
         return x
@@ -188,29 +192,25 @@ def _to_affine_params(x: np.ndarray, to_matrix, center: np.ndarray, radius: floa
     return np.concatenate([((linear - np.eye(3)) * radius).ravel(), x[-3:]])
 
 
-def _foreground_center(image: np.ndarray, geom: Geometry) -> np.ndarray:
-    """Physical centre (mm) of the voxels brighter than the image mean (grid centre if none)."""
+def _center(image: np.ndarray, geom: Geometry, foreground: bool = False) -> np.ndarray:
+    """Physical (mm) centre of the grid or, with ``foreground``, of the voxels above the image mean."""
     mask = image > image.mean()
-    index = np.array(ndimage.center_of_mass(mask)) if mask.any() else (np.asarray(image.shape) - 1) / 2.0
+    index = ndimage.center_of_mass(mask) if foreground and mask.any() else (np.asarray(image.shape) - 1) / 2.0
     return (geom.index_to_physical @ np.append(index, 1.0))[:3]
 
 
-def _initial_translation(fixed, moving, fixed_geom, moving_geom, init: str) -> np.ndarray:
+def _initial_translation(fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, moving_geom: Geometry, init: str) -> np.ndarray:
     """Translation (mm) that maps the fixed centre onto the moving centre, per ``init``."""
     if init == "none":
         return np.zeros(3)
-    if init == "center":
-        c_f = (fixed_geom.index_to_physical @ np.append((np.asarray(fixed.shape) - 1) / 2.0, 1.0))[:3]
-        c_m = (moving_geom.index_to_physical @ np.append((np.asarray(moving.shape) - 1) / 2.0, 1.0))[:3]
-        return c_m - c_f
-    return _foreground_center(moving, moving_geom) - _foreground_center(fixed, fixed_geom)
+    return _center(moving, moving_geom, init == "com") - _center(fixed, fixed_geom, init == "com")
 
 
 # ------------------------------------------------------------------------- driver
 
 
 def _optimize(
-    problem: NGFProblem, to_matrix, x0: np.ndarray, iterations: int, ftol: float, bounds: list | None = None
+    problem: NGFProblem, to_matrix: ToMatrix, x0: np.ndarray, iterations: int, ftol: float, bounds: list | None = None
 ) -> tuple[np.ndarray, int]:
     """L-BFGS-B on one level (optional ``(low, high)`` bounds per parameter); returns the best
     parameters and the number of evaluations."""
@@ -228,7 +228,7 @@ def _optimize(
     return np.asarray(res.x, dtype=np.float64), int(res.nfev)
 
 
-def _translation_search(problem: NGFProblem, to_matrix, x0: np.ndarray, radius: float, step: float) -> np.ndarray:
+def _translation_search(problem: NGFProblem, to_matrix: ToMatrix, x0: np.ndarray, radius: float, step: float) -> np.ndarray:
     """Exhaustive search of translations ``x0 + d`` (``d`` on a cubic grid, ``|d_k| <= radius`` mm);
     returns the parameters with the lowest NGF."""
     offsets = np.arange(-radius, radius + 1e-9, step)
@@ -249,12 +249,15 @@ def _first_level(config: AffineConfig) -> int:
     return min(config.search_level, config.levels - 1) if config.search_radius > 0 else 0
 
 
-def _levels(fixed, moving, fixed_geom, moving_geom, config: AffineConfig, fixed_mask: np.ndarray | None):
+def _levels(
+    fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, moving_geom: Geometry, config: AffineConfig, fixed_mask: np.ndarray | None
+) -> Iterator[tuple[Any, Any, torch.Tensor | None, int]]:
     """Yield ``(fixed level, moving level, fixed weight on the level grid, iterations)``, coarse to
     fine; ``(None, None, None, 0)`` for levels skipped because of the translation search."""
     fov_f = fixed != 0 if config.fixed_fov else None
     fov_m = moving != 0 if config.moving_fov else None
-    shapes = zip(_level_shapes(fixed.shape, config), _level_shapes(moving.shape, config), config.iterations, strict=True)
+    plan = [level_shapes(img.shape, config.levels, config.max_voxels, config.min_size) for img in (fixed, moving)]
+    shapes = zip(*plan, config.iterations, strict=True)
     for index, (shape_f, shape_m, iters) in enumerate(shapes):
         if index < _first_level(config):
             yield None, None, None, 0
@@ -270,7 +273,10 @@ def _levels(fixed, moving, fixed_geom, moving_geom, config: AffineConfig, fixed_
         )
 
 
-def _check_inputs(fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, moving_geom: Geometry) -> None:
+def _check_inputs(
+    fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, moving_geom: Geometry, fixed_mask: np.ndarray | None
+) -> None:
+    """``ValueError`` for arrays that cannot be registered (dimension, size, geometry, NaN, mask)."""
     for name, img, geom in (("fixed", fixed, fixed_geom), ("moving", moving, moving_geom)):
         if img.ndim != 3 or min(img.shape) < 4:
             raise ValueError(f"{name} image must be 3-D with every axis >= 4 voxels, got shape {img.shape}")
@@ -278,6 +284,21 @@ def _check_inputs(fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, m
             raise ValueError(f"{name} image shape {img.shape} differs from its geometry {geom.shape}")
         if not np.all(np.isfinite(img)):
             raise ValueError(f"{name} image contains NaN or Inf")
+    if fixed_mask is not None and tuple(fixed_mask.shape) != tuple(fixed.shape):
+        raise ValueError(f"fixed mask shape {fixed_mask.shape} differs from the fixed image {fixed.shape}")
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (0: unchanged), then restore the setting."""
+    previous = torch.get_num_threads()
+    if count > 0 and count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def register_affine(
@@ -293,13 +314,17 @@ def register_affine(
     ``fixed_mask`` (optional, fixed grid, nonzero = inside) weights the NGF. Returns the
     transform fixed physical -> moving physical, its voxel matrix and metrics.
     """
+    with _torch_threads(config.threads):
+        return _register(fixed, moving, fixed_geom, moving_geom, config, fixed_mask)
+
+
+def _register(
+    fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, moving_geom: Geometry, config: AffineConfig, fixed_mask: np.ndarray | None
+) -> AffineResult:
     start = time.perf_counter()
-    _check_inputs(fixed, moving, fixed_geom, moving_geom)
-    if fixed_mask is not None and tuple(fixed_mask.shape) != tuple(fixed.shape):
-        raise ValueError(f"fixed mask shape {fixed_mask.shape} differs from the fixed image {fixed.shape}")
+    _check_inputs(fixed, moving, fixed_geom, moving_geom, fixed_mask)
     fixed, moving = np.asarray(fixed, np.float32), np.asarray(moving, np.float32)
-    g_f = fixed_geom.index_to_physical
-    center_np = (g_f @ np.append((np.asarray(fixed.shape) - 1) / 2.0, 1.0))[:3]
+    center_np = _center(fixed, fixed_geom)
     radius = float(np.mean((np.asarray(fixed.shape) - 1) * np.asarray(fixed_geom.spacing))) / 2.0
     center = torch.from_numpy(center_np)
 
@@ -308,37 +333,20 @@ def register_affine(
 
     x = np.zeros(6)
     x[-3:] = _initial_translation(fixed, moving, fixed_geom, moving_geom, config.init)
-    evaluations: list[int] = []
-    problem = None
-    first = _first_level(config)
-    for index, (level_f, level_m, weight, iters) in enumerate(_levels(fixed, moving, fixed_geom, moving_geom, config, fixed_mask)):
-        if level_f is None:  # coarser than the translation search: skipped
-            evaluations.append(0)
-            continue
-        rng = np.random.default_rng([config.seed, index])
-        if index == first and config.search_radius > 0:
-            coarse = NGFProblem(level_f, level_m, config.eps, config.metric, min(config.samples, SEARCH_SAMPLES), rng, weight)
-            x = _translation_search(coarse, to_matrix, x, config.search_radius, config.search_step)
-        bounds = None
-        if config.mode == "affine" and (index - first >= config.rigid_levels or index == config.levels - 1):
-            x = _to_affine_params(x, to_matrix, center_np, radius)
-            step = config.max_linear_step * radius
-            bounds = [(v - step, v + step) for v in x[:9]] + [(None, None)] * 3
-        problem = NGFProblem(level_f, level_m, config.eps, config.metric, config.samples, rng, weight)
-        x, nfev = _optimize(problem, to_matrix, x, int(iters), config.tolerance, bounds)
-        evaluations.append(nfev)
+    levels = _levels(fixed, moving, fixed_geom, moving_geom, config, fixed_mask)
+    x, problem, evaluations = _run_levels(levels, config, to_matrix, x, radius)
     with torch.no_grad():
         matrix = to_matrix(torch.from_numpy(x)).numpy()
         metric_initial = float(problem.loss(torch.eye(4, dtype=torch.float64)))
         metric_final = float(problem.loss(torch.from_numpy(matrix)))
-    voxel = physical_to_voxel_affine(matrix, g_f, moving_geom.index_to_physical)
     runtime = time.perf_counter() - start
     log.info("%s registration: NGF %.4f -> %.4f in %.2f s", config.mode, metric_initial, metric_final, runtime)
     return AffineResult(
         mode=config.mode,
+        metric=config.resolved_metric(),
         matrix=matrix,
         center=tuple(float(c) for c in center_np),
-        voxel_matrix=voxel,
+        voxel_matrix=physical_to_voxel_affine(matrix, fixed_geom.index_to_physical, moving_geom.index_to_physical),
         fixed_shape=tuple(int(n) for n in fixed.shape),
         metric_initial=metric_initial,
         metric_final=metric_final,
@@ -347,7 +355,33 @@ def register_affine(
     )
 
 
-# ------------------------------------------------------------------------- SimpleITK bridge
+def _run_levels(
+    levels: Iterator, config: AffineConfig, to_matrix: ToMatrix, x: np.ndarray, radius: float
+) -> tuple[np.ndarray, NGFProblem, list[int]]:
+    """Coarse to fine: optional translation search, then L-BFGS per level (rigid, then affine in
+    affine mode). Returns the parameters, the finest level's problem and evaluations per level."""
+    evaluations: list[int] = []
+    problem, metric, first = None, config.resolved_metric(), _first_level(config)
+    for index, (level_f, level_m, weight, iters) in enumerate(levels):
+        if level_f is None:  # coarser than the translation search: skipped
+            evaluations.append(0)
+            continue
+        rng = np.random.default_rng([config.seed, index])
+        if index == first and config.search_radius > 0:
+            coarse = NGFProblem(level_f, level_m, config.eps, metric, min(config.samples, SEARCH_SAMPLES), rng, weight)
+            x = _translation_search(coarse, to_matrix, x, config.search_radius, config.search_step)
+        bounds = None
+        if config.mode == "affine" and (index - first >= config.rigid_levels or index == config.levels - 1):
+            x = _to_affine_params(x, to_matrix, radius)
+            step = config.max_linear_step * radius
+            bounds = [(v - step, v + step) for v in x[:9]] + [(None, None)] * 3
+        problem = NGFProblem(level_f, level_m, config.eps, metric, config.samples, rng, weight)
+        x, nfev = _optimize(problem, to_matrix, x, int(iters), config.tolerance, bounds)
+        evaluations.append(nfev)
+    return x, problem, evaluations
+
+
+# ------------------------------------------------------------------------- SimpleITK
 
 
 def make_transform(matrix: np.ndarray, center: tuple[float, ...], mode: str) -> sitk.Transform:
@@ -368,52 +402,3 @@ def make_transform(matrix: np.ndarray, center: tuple[float, ...], mode: str) -> 
         transform.SetMatrix(linear.ravel().tolist())
     transform.SetTranslation(translation.tolist())
     return transform
-
-
-def transform_matrix(transform: sitk.Transform) -> np.ndarray:
-    """Physical 4x4 of any linear SimpleITK transform (read off by mapping the origin and unit vectors)."""
-    origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
-    m = np.eye(4)
-    for axis in range(3):
-        m[:3, axis] = np.asarray(transform.TransformPoint(tuple(float(v) for v in np.eye(3)[axis]))) - origin
-    m[:3, 3] = origin
-    return m
-
-
-def write_transform(path: str | Path, transform: sitk.Transform) -> None:
-    """``sitk.WriteTransform`` to ``path`` (``.tfm``), atomically."""
-    with atomic_path(path) as tmp:
-        sitk.WriteTransform(transform, str(tmp))
-
-
-def read_transform(path: str | Path) -> sitk.Transform:
-    """``sitk.ReadTransform``; ``DataError`` naming the file if it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        return sitk.ReadTransform(str(path))
-    except RuntimeError as exc:
-        raise DataError(f"{path}: unreadable transform file ({exc})") from exc
-
-
-def to_sitk_image(array: np.ndarray, geom: Geometry) -> sitk.Image:
-    """SimpleITK image of an ``X x Y x Z`` array with its LPS geometry (sitk index ``(i, j, k)`` = array order)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
-    image.SetSpacing(tuple(float(s) for s in geom.spacing))
-    image.SetOrigin(tuple(float(o) for o in geom.origin))
-    image.SetDirection(tuple(float(d) for d in geom.direction))
-    return image
-
-
-def resample_sitk(
-    moving: np.ndarray, moving_geom: Geometry, fixed_geom: Geometry, transform: sitk.Transform, default: float = 0.0
-) -> np.ndarray:
-    """Moving image resampled by SimpleITK (linear) on the fixed grid -> ``X x Y x Z`` float32."""
-    reference = sitk.Image([int(n) for n in fixed_geom.shape], sitk.sitkFloat32)
-    reference.SetSpacing(tuple(float(s) for s in fixed_geom.spacing))
-    reference.SetOrigin(tuple(float(o) for o in fixed_geom.origin))
-    reference.SetDirection(tuple(float(d) for d in fixed_geom.direction))
-    source = to_sitk_image(np.asarray(moving, dtype=np.float32), moving_geom)
-    out = sitk.Resample(source, reference, transform, sitk.sitkLinear, default, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)

@@ -91,6 +91,7 @@ class PredictConfig:
     network; instance optimisation refines each field at test time."""
 
     affine: str = "none"  # "none" | "rigid" | "affine"
+    affine_search_mm: float = 0.0  # exhaustive translation search radius before L-BFGS (0 = off)
     affine_only: bool = False
     instance_opt_steps: int = 0
     instance_opt_lr: float = 0.1

@@ -7,13 +7,14 @@ norm, :func:`edge_parameter`) the normalised gradient is
 inversions cost nothing, which is what makes NGF multi-modal) two forms are offered:
 
 * ``"ngf"`` (the classical one): ``D = mean_x w (1 - c) / mean_x w``;
-* ``"ngf-normalized"`` (default of the registration): ``D = 1 - sum w c / sqrt(sum w |n_F|^4 *
-  sum w |n_M|^4)``. By Cauchy-Schwarz ``D`` is in ``[0, 1]``, 0 when the edge maps agree in
-  direction *and* strength. The classical form rewards a moving image whose edges get broader
-  or stronger (it never pays for moving edges where the fixed image is flat), so with 12 DoF it
-  drifts towards magnifying the moving image (about 10 % in volume on our phantoms); the
-  normalisation removes that drift and keeps the classical form's indifference to flat,
-  noisy regions.
+* ``"ngf-normalized"``: ``D = 1 - sum w c / sqrt(sum w |n_F|^4 * sum w |n_M|^4)``. By
+  Cauchy-Schwarz ``D`` is in ``[0, 1]``, 0 when the edge maps agree in direction *and*
+  strength. The classical form rewards a moving image whose edges get broader or stronger (it
+  never pays for moving edges where the fixed image is flat), so with 12 DoF it drifts towards
+  magnifying the moving image (about 10 % in volume on our phantoms); the normalisation
+  removes that drift. Its price: the moving sum depends on the overlap, so with a partial
+  field of view (ultrasound) it can gain by moving structure out of the overlap. Hence
+  ``pipeline.affine`` uses this form by default and the classical one with a field of view.
 
 Gradients are in intensity per mm in the physical (LPS) frame. For registration the metric is
 evaluated at stratified random points of the fixed grid (:class:`NGFProblem`): the warped
@@ -110,6 +111,17 @@ class ImageLevel:
     index_to_physical: np.ndarray
     spacing: tuple[float, float, float]
     fov: torch.Tensor | None = None
+
+
+def level_shapes(shape: Sequence[int], levels: int, max_voxels: int, min_size: int) -> list[tuple[int, int, int]]:
+    """Pyramid grid sizes, coarse to fine: the finest has at most about ``max_voxels`` voxels
+    (the image's own size if smaller), each coarser one about half as many per axis; no axis
+    shorter than ``min(min_size, its size)``."""
+    base = max(1.0, (float(np.prod(shape)) / max_voxels) ** (1.0 / 3.0))
+    return [
+        tuple(max(min(n, min_size), int(round((n - 1) / (base * 2.0**level))) + 1) for n in shape)
+        for level in reversed(range(levels))
+    ]
 
 
 def make_level(

@@ -42,6 +42,7 @@ from evaluation.dataset import LAYOUT_2020, Pair, Task, load_task
 from evaluation.io import DataError, atomic_path, load_nifti, read_json, save_nifti
 from evaluation.submission import read_manifest, write_manifest
 from pipeline.affine import AffineConfig, register_affine
+from pipeline.align import pair_config
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.contract import field_to_numpy
@@ -122,7 +123,9 @@ def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> 
     matrix = None
     if p.cfg.predict.affine != "none":
         mask = load_nifti(fixed_case.mask)[0] if fixed_case.mask is not None else None
-        result = register_affine(fixed, moving, fgeom, mgeom, AffineConfig(mode=p.cfg.predict.affine), fixed_mask=mask)
+        base = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm)
+        config = pair_config(p.task, pair, base, "auto")  # ultrasound fields of view by modality
+        result = register_affine(fixed, moving, fgeom, mgeom, config, fixed_mask=mask)
         matrix, timings["affine_s"] = result.voxel_matrix, result.runtime_s
         moving = warp(moving, result.field())
     elif moving.shape != fixed.shape:
