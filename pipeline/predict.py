@@ -227,7 +227,8 @@ def _merge_rank_manifests(out_dir: Path, world: int) -> None:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, default=None, help="training run folder (config.json + checkpoints/)")
+    parser.add_argument("--run", "--run-dir", dest="run", type=Path, default=None,
+                        help="training run folder (config.json + checkpoints/); under torchrun write --run-dir")
     parser.add_argument("--config", type=Path, default=None, help="configuration file (affine-only tasks need no run)")
     parser.add_argument("--data", type=Path, required=True, help="task folder")
     parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,3 +140,30 @@ def test_affine_only_configuration_needs_no_run_and_recovers_a_translation(tmp_p
     u, _ = load_nifti(out / disp_filename_l2r("0004_0000", "0005_0000"))
     core = u[6:-6, 5:-5, 6:-6].reshape(-1, 3)
     np.testing.assert_allclose(core.mean(axis=0), (-2.0, 1.0, -1.5), atol=0.3)
+
+
+@pytest.mark.slow
+def test_torchrun_shards_the_pairs_and_merges_one_manifest(trained, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    task, run = trained
+    data = tmp_path / "task"
+    make_blob_task(data)
+    meta = json.loads((data / "Blob_dataset.json").read_text())
+    meta["registration_val"].append({"fixed": "./imagesTr/Blob_0001_0000.nii.gz", "moving": "./imagesTr/Blob_0002_0000.nii.gz"})
+    (data / "Blob_dataset.json").write_text(json.dumps(meta))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "sub"
+    # --run-dir, not --run: torchrun's own parser would take "--run" for an abbreviation of --run-path
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipeline", "predict", "--data", str(data),
+           "--run-dir", str(run), "--out", str(out), "--device", "cpu"]
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [read_manifest(out / f"runtimes.rank{r}.json")["runtimes"] for r in (0, 1)]
+    assert [len(r) for r in ranks] == [1, 1] and set(ranks[0]) != set(ranks[1])  # one pair per rank
+    merged = read_manifest(out / "runtimes.json")["runtimes"]
+    assert set(merged) == {"0004_0000<--0005_0000", "0001_0000<--0002_0000"}
+    assert {"0004_0000<--0005_0000", "0001_0000<--0002_0000"} == set(evaluate(out, data, workers=1)["cases"])
