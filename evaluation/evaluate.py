@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from evaluation import metrics
+from evaluation.cli import run_cli
 from evaluation.config import EvalConfig, EvalPair, Method, derive_config, read_config
 from evaluation.io import DataError, load_nifti, read_nifti_header, read_points, write_json
 from evaluation.submission import (
@@ -334,15 +335,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m evaluation.evaluate``: exit 0 ok, 1 bad input (message on stderr), 2 usage."""
-    parser = argparse.ArgumentParser(prog="python -m evaluation.evaluate", description="Learn2Reg evaluation (official metrics, fast).")
-    build_parser(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli("python -m evaluation.evaluate", "Learn2Reg evaluation (official metrics, fast).", build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.cli import run_cli
 from evaluation.contract import disp_filename_2020, disp_filename_l2r
 from evaluation.dataset import LAYOUT_2020, load_task
 from evaluation.evaluate import evaluate
@@ -45,19 +46,20 @@ def evaluate_initial(data_dir: str | Path, split: str = "val", config: str | Pat
         return evaluate(tmp, data_dir, config, split=split, workers=workers)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.initial", description=__doc__.splitlines()[0])
+def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--data", required=True, type=Path, help="task folder")
     parser.add_argument("-o", "--output", required=True, type=Path, help="result json")
     parser.add_argument("-c", "--config", default=None, help="official evaluation config (default: derived)")
     parser.add_argument("--split", choices=("val", "test"), default="val")
-    args = parser.parse_args(argv)
-    try:
-        write_json(args.output, evaluate_initial(args.data, args.split, args.config))
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    write_json(args.output, evaluate_initial(args.data, args.split, args.config))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("python -m evaluation.initial", __doc__.splitlines()[0], build_parser, run, argv)
 
 
 if __name__ == "__main__":

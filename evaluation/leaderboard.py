@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import ranking, report
+from evaluation.cli import run_cli
 from evaluation.io import DataError, atomic_open, read_json
 
 log = logging.getLogger(__name__)
@@ -351,15 +352,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m evaluation.leaderboard``."""
-    parser = argparse.ArgumentParser(prog="python -m evaluation.leaderboard", description=__doc__.splitlines()[0])
-    build_parser(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli("python -m evaluation.leaderboard", __doc__.splitlines()[0], build_parser, run, argv)
 
 
 if __name__ == "__main__":
