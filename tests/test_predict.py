@@ -20,6 +20,16 @@ from pipeline.predict import predict
 from pipeline.train import train
 from tests.test_train import SHAPE, TINY, make_blob_task
 
+
+def task_with_two_val_pairs(root: Path) -> Path:
+    """The blob task with a second validation pair, 0001_0000 <-- 0002_0000."""
+    make_blob_task(root)
+    meta = json.loads((root / "Blob_dataset.json").read_text())
+    meta["registration_val"].append({"fixed": "./imagesTr/Blob_0001_0000.nii.gz", "moving": "./imagesTr/Blob_0002_0000.nii.gz"})
+    (root / "Blob_dataset.json").write_text(json.dumps(meta))
+    return root
+
+
 FAST = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 1, 1], "freeze_steps": 1}}
 
 
@@ -89,11 +99,7 @@ def test_predict_resumes_and_recomputes_when_the_configuration_changes(trained, 
 
 def test_a_bad_pair_is_reported_by_name_and_the_others_still_run(trained, tmp_path, capsys):
     task, run = trained
-    broken = tmp_path / "task"
-    make_blob_task(broken)
-    meta = json.loads((broken / "Blob_dataset.json").read_text())
-    meta["registration_val"].append({"fixed": "./imagesTr/Blob_0001_0000.nii.gz", "moving": "./imagesTr/Blob_0002_0000.nii.gz"})
-    (broken / "Blob_dataset.json").write_text(json.dumps(meta))
+    broken = task_with_two_val_pairs(tmp_path / "task")
     bad = np.ones(SHAPE, np.float32)
     bad[3, 3, 3] = np.nan
     save_nifti(broken / "imagesTr" / "Blob_0001_0000.nii.gz", bad, Geometry.identity(SHAPE))
@@ -149,11 +155,7 @@ def test_torchrun_shards_the_pairs_and_merges_one_manifest(trained, tmp_path):
     import sys
 
     task, run = trained
-    data = tmp_path / "task"
-    make_blob_task(data)
-    meta = json.loads((data / "Blob_dataset.json").read_text())
-    meta["registration_val"].append({"fixed": "./imagesTr/Blob_0001_0000.nii.gz", "moving": "./imagesTr/Blob_0002_0000.nii.gz"})
-    (data / "Blob_dataset.json").write_text(json.dumps(meta))
+    data = task_with_two_val_pairs(tmp_path / "task")
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "sub"
     # --run-dir, not --run: torchrun's own parser would take "--run" for an abbreviation of --run-path
