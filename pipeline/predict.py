@@ -46,10 +46,10 @@ from pipeline.align import pair_config
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.contract import field_to_numpy
-from pipeline.distributed import DistInfo, init_distributed, pick_device, shutdown
+from pipeline.distributed import DistInfo, autocast, init_distributed, pick_device, shutdown
 from pipeline.instance_opt import refine_field
 from pipeline.lapirn import LapIRN, LapIRNConfig
-from pipeline.preprocess import network_image
+from pipeline.preprocess import load_image, network_image
 from pipeline.validation import full_resolution_field
 
 log = logging.getLogger(__name__)
@@ -112,13 +112,8 @@ def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> 
     """Register one pair and write its field; returns the runtimes in seconds."""
     start = time.perf_counter()
     fixed_case, moving_case = p.task.case(pair.fixed), p.task.case(pair.moving)
-    fixed, fgeom = load_nifti(fixed_case.image)
-    moving, mgeom = load_nifti(moving_case.image)
-    for case, arr in ((fixed_case, fixed), (moving_case, moving)):
-        if arr.ndim != 3:
-            raise DataError(f"{case.image}: expected a 3-D image, got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise DataError(f"{case.image}: contains NaN or Inf voxels")
+    fixed, fgeom = load_image(fixed_case.image)
+    moving, mgeom = load_image(moving_case.image)
     timings = {"affine_s": 0.0, "network_s": 0.0, "instance_opt_s": 0.0}
     matrix = None
     if p.cfg.predict.affine != "none":
@@ -149,7 +144,7 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, fixed_cas
     m = torch.from_numpy(network_image(moving, p.cfg.preprocess))[None, None].to(p.device)
     p.sync()
     t0 = time.perf_counter()
-    with torch.no_grad(), autocast(p):
+    with torch.no_grad(), autocast(p.device, p.cfg.predict.amp):
         field = full_resolution_field(p.model, p.model(m, f)).float()
     p.sync()
     timings["network_s"] = time.perf_counter() - t0
@@ -163,12 +158,6 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, fixed_cas
         p.sync()
         timings["instance_opt_s"] = time.perf_counter() - t0
     return resample_field(field_to_numpy(field), fixed.shape)
-
-
-def autocast(p: Predictor):
-    if p.device.type != "cuda" or p.cfg.predict.amp == "none":
-        return torch.autocast(device_type="cpu", enabled=False)
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if p.cfg.predict.amp == "bf16" else torch.float16)
 
 
 def predict(

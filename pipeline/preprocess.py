@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from evaluation.contract import resize_image, scale_points
 from evaluation.dataset import Case, Task, load_task
-from evaluation.io import DataError, atomic_path, load_nifti, read_points
+from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_points
 from pipeline.config import PreprocessConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,19 @@ def network_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return img.astype(np.float32)
 
 
+def load_image(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A registration input: a 3-D NIfTI without NaN/Inf (``DataError`` naming the file)."""
+    image, geom = load_nifti(path)
+    if image.ndim != 3:
+        raise DataError(f"{path}: expected a 3-D image, got shape {image.shape}")
+    if not np.all(np.isfinite(image)):
+        raise DataError(f"{path}: contains NaN or Inf voxels")
+    return image, geom
+
+
 def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     """Load and preprocess one case (raises ``DataError`` naming a bad file)."""
-    image, geom = load_nifti(case.image)
-    if image.ndim != 3:
-        raise DataError(f"{case.image}: expected a 3-D image, got shape {image.shape}")
-    if not np.all(np.isfinite(image)):
-        raise DataError(f"{case.image}: contains NaN or Inf voxels")
+    image, geom = load_image(case.image)
     shape = network_shape(image.shape, cfg)
     resample = shape != image.shape
 

@@ -30,7 +30,7 @@ from evaluation.io import DataError, write_json
 from pipeline.augment import augment, sample_affine
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import RunConfig, load_config
-from pipeline.distributed import DistInfo, any_flag, gather_checksums, init_distributed, pick_device, shutdown
+from pipeline.distributed import DistInfo, any_flag, autocast, gather_checksums, init_distributed, pick_device, shutdown
 from pipeline.lapirn import LapIRN, LapIRNConfig
 from pipeline.losses import level_loss, one_hot
 from pipeline.training_data import TrainingData, load_training_data, tensor
@@ -122,7 +122,7 @@ class Trainer:
         matrix = sample_affine(tuple(moving.shape[2:]), self.gen, self.cfg.train.augment)
         if matrix is not None:
             moving, moving_label, _, _ = augment(matrix, moving, moving_label)
-        with self.autocast():
+        with autocast(self.device, self.cfg.train.amp):
             out = self.wrapped(moving, fixed, level=level)
             lv = out.final
             extra = self.level_extras(level, fixed_case, moving_label)
@@ -142,12 +142,6 @@ class Trainer:
             extra["fixed_onehot"] = self.model.pyramid(one_hot(tensor(fixed_case.label, self.device), k))[level - 1]
             extra["moving_onehot"] = self.model.pyramid(one_hot(moving_label, k))[level - 1]
         return extra
-
-    def autocast(self):
-        amp = self.cfg.train.amp
-        if self.device.type != "cuda" or amp == "none":
-            return torch.autocast(device_type="cpu", enabled=False)
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
     # ------------------------------------------------------------------ the loop
 

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from evaluation.contract import sample_field
+from evaluation.metrics import dice, label_counts, nanmean
 from pipeline.contract import field_from_numpy, field_to_numpy, flow_to_voxel, warp_torch
 from pipeline.lapirn import LapIRN, LapIRNOutput, crop, upsample_flow
 from pipeline.training_data import TrainingData, tensor
@@ -20,17 +21,6 @@ def full_resolution_field(model: LapIRN, out: LapIRNOutput) -> torch.Tensor:
     return crop(flow_to_voxel(flow), out.pad_spec, 1)
 
 
-def dice_per_label(fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray) -> list[float]:
-    """Dice of fixed vs warped for every label present in both the fixed and the moving map
-    (the official rule; background excluded). A label that vanished after warping scores 0."""
-    present = np.intersect1d(np.unique(fixed), np.unique(moving))
-    out = []
-    for lab in present[present != 0]:
-        a, b = fixed == lab, warped == lab
-        out.append(float(2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())))
-    return out
-
-
 @torch.no_grad()
 def pair_metrics(field: torch.Tensor | None, data: TrainingData, fixed_id: str, moving_id: str, device: torch.device) -> dict[str, float]:
     fixed, moving = data.cases[fixed_id], data.cases[moving_id]
@@ -38,8 +28,10 @@ def pair_metrics(field: torch.Tensor | None, data: TrainingData, fixed_id: str, 
     metrics = {"val_dice": np.nan, "val_tre_mm": np.nan}
     if fixed.label is not None and moving.label is not None:
         warped = warp_torch(tensor(moving.label, device).float(), field_from_numpy(u, device), mode="nearest")
-        scores = dice_per_label(fixed.label, moving.label, warped[0, 0].cpu().numpy().astype(fixed.label.dtype))
-        metrics["val_dice"] = float(np.mean(scores)) if scores else np.nan
+        warped_np = warped[0, 0].cpu().numpy().astype(fixed.label.dtype)
+        labels = sorted(set(np.unique(fixed.label)) - {0})
+        # the official DSC: labels absent in fixed or moving are NaN and left out of the mean
+        metrics["val_dice"] = nanmean(dice(label_counts(fixed.label, moving.label, warped_np, labels))) if labels else np.nan
     for kind in ("landmarks", "keypoints"):
         fp, mp = getattr(fixed, kind), getattr(moving, kind)
         if fp is not None and mp is not None and len(fp) == len(mp):
