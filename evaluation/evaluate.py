@@ -235,7 +235,7 @@ def _load_labels(path: Path | None, grid: tuple[int, ...] | None) -> tuple[np.nd
     or (for the fixed labels) a grid other than the field's."""
     if path is None:
         raise DataError("label map not configured")
-    arr, geometry = load_nifti(path, dtype=None)
+    arr, geometry = load_nifti(path, dtype=None, copy=False)
     if arr.ndim != 3 or (grid is not None and arr.shape != tuple(grid)):
         raise DataError(f"{path}: label map shape {arr.shape} differs from the field grid {grid}")
     if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
@@ -244,7 +244,7 @@ def _load_labels(path: Path | None, grid: tuple[int, ...] | None) -> tuple[np.nd
     if lo < 0:
         raise DataError(f"{path}: label map has negative values (min {lo})")
     dtype = np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32
-    return np.ascontiguousarray(arr, dtype=dtype), geometry
+    return np.asarray(arr, dtype=dtype), geometry  # memory order kept (NIfTI: Fortran, like the fields)
 
 
 def _load_mask(pair: EvalPair, u: np.ndarray) -> np.ndarray | None:
@@ -252,7 +252,7 @@ def _load_mask(pair: EvalPair, u: np.ndarray) -> np.ndarray | None:
     if pair.fixed_mask is None or not pair.fixed_mask.is_file():
         log.warning("%s: no fixed mask (%s); SDlogJ unmasked", pair.key, pair.fixed_mask)
         return None
-    mask, _ = load_nifti(pair.fixed_mask, dtype=np.float32)
+    mask, _ = load_nifti(pair.fixed_mask, dtype=np.float32, copy=False)
     if mask.shape != u.shape[:3]:
         raise DataError(f"{pair.fixed_mask}: mask shape {mask.shape} differs from the field grid {u.shape[:3]}")
     return mask

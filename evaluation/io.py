@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,13 @@ from typing import IO, Any
 
 import nibabel as nib
 import numpy as np
+
+try:  # Intel ISA-L: gzip decoding ~1.4x faster than zlib (the largest cost of reading a field)
+    from isal import isal_zlib as _zlib
+    from isal.igzip import decompress as _gunzip
+except ImportError:  # pragma: no cover - isal is pinned in requirements.txt
+    import zlib as _zlib
+    from gzip import decompress as _gunzip
 
 # RAS (nibabel) <-> LPS (ITK): flip the first two world axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -73,21 +81,56 @@ class Geometry:
         return cls.from_affine(_RAS_TO_LPS @ np.diag([*spacing, 1.0]), shape)
 
 
-def load_nifti(path: str | Path, dtype: Any = np.float32) -> tuple[np.ndarray, Geometry]:
+def load_nifti(path: str | Path, dtype: Any = np.float32, copy: bool = True) -> tuple[np.ndarray, Geometry]:
     """Read a NIfTI file fully into memory.
 
-    Returns the array (``X x Y x Z[ x ...]``, cast to ``dtype``) and its geometry.
-    Raises ``DataError`` naming the file if it is missing, unreadable or truncated.
+    Returns the array (``X x Y x Z[ x ...]``, cast to ``dtype``; ``None`` keeps the stored type)
+    and its geometry. ``copy=False`` lets a ``.nii.gz`` array be a read-only view of the
+    decompressed file (no copy: the evaluator's fast path). Raises ``DataError`` naming the file if
+    it is missing, unreadable or truncated.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=dtype)
-    except Exception as exc:  # nibabel raises many types for corrupt files
+        if path.name.endswith(".gz"):
+            img, data = _from_gzip(path, copy)
+        else:
+            img = nib.load(str(path))
+            data = img.dataobj
+        data = np.asarray(data, dtype=dtype)
+    except Exception as exc:  # nibabel, gzip and numpy raise many types for corrupt files
         raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {exc})") from exc
     return data, Geometry.from_affine(img.affine, data.shape)
+
+
+def _from_gzip(path: Path, copy: bool) -> tuple[nib.Nifti1Image, Any]:
+    """A ``.nii.gz`` decompressed in one call; its data as nibabel's proxy (``copy``, or scaled
+    data) or as an array on the decompressed bytes (read-only, stored type)."""
+    raw = gunzip_file(path)
+    sizeof_hdr = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
+    klass = nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image if 348 in sizeof_hdr else None
+    if klass is None:
+        raise ValueError("not a NIfTI-1/2 header")
+    img = klass.from_bytes(raw)
+    proxy = img.dataobj
+    if copy or (proxy.slope, proxy.inter) != (1.0, 0.0):
+        return img, proxy
+    view = np.ndarray(proxy.shape, dtype=proxy.dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
+    return img, view
+
+
+def gunzip_file(path: Path) -> bytes:
+    """The decompressed content of a gzip file, decoded straight from a memory map in one call;
+    files of several gzip members are decoded member by member. Raises ``EOFError`` if truncated."""
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        stream = _zlib.decompressobj(31)  # 31: gzip header and trailer
+        data = stream.decompress(mapped)
+        if not stream.eof:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        if stream.unused_data.strip(b"\0"):  # more members follow (rare: pigz, bgzip)
+            return _gunzip(bytes(mapped))
+        return data
 
 
 def read_nifti_header(path: str | Path) -> Geometry:

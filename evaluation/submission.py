@@ -238,7 +238,7 @@ def load_field(path: Path, fmt: str, expected_shape: tuple[int, ...]) -> np.ndar
             raise DataError(f"{path}: dtype {disp.dtype} is not numeric")
         disp = disp.astype(np.float32, copy=False)
     else:
-        disp, _ = load_nifti(path, dtype=np.float32)
+        disp, _ = load_nifti(path, dtype=np.float32, copy=False)  # read-only view: nothing writes into it
     if tuple(disp.shape) != tuple(expected_shape):
         raise DataError(f"{path}: shape {_fmt(disp.shape)}; expected {_fmt(expected_shape)} (fixed grid x 3)")
     _check_finite(path, disp)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -144,6 +146,36 @@ def test_io_errors_name_the_file(tmp_path):
     img.write_bytes(img.read_bytes()[:200])
     with pytest.raises(DataError, match=r"img\.nii\.gz: unreadable or truncated"):
         load_nifti(img)
+
+
+@pytest.mark.parametrize("copy", [True, False])
+def test_nifti_gz_fast_path_equals_nibabel(tmp_path, copy):
+    """.nii.gz are decoded in one call (copy=False: a read-only view of the bytes). Same arrays
+    as nibabel's own reader for NIfTI-1 and -2, scaled data and multi-member gzip files."""
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((5, 6, 7, 3)).astype(np.float32)
+    scaled = nib.Nifti1Image(rng.integers(-900, 900, (6, 5, 4)).astype(np.int16), np.diag([2.0, 1.0, 3.0, 1.0]))
+    scaled.header.set_slope_inter(0.25, -3.0)
+    images = {"n1": nib.Nifti1Image(data, np.eye(4)), "n2": nib.Nifti2Image(data, np.eye(4)), "scaled": scaled}
+    for name, image in images.items():
+        nib.save(image, tmp_path / f"{name}.nii.gz")
+    plain = gzip.decompress((tmp_path / "n1.nii.gz").read_bytes())
+    (tmp_path / "multi.nii.gz").write_bytes(gzip.compress(plain[:400]) + gzip.compress(plain[400:]))
+    for name in ("n1", "n2", "scaled", "multi"):
+        path = tmp_path / f"{name}.nii.gz"
+        expected = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        got, geometry = load_nifti(path, copy=copy)
+        np.testing.assert_array_equal(got, expected)
+        assert got.shape == expected.shape and geometry.shape == expected.shape[:3]
+        assert got.flags.writeable == (copy or name == "scaled")  # scaled data are always a new array
+    stored, _ = load_nifti(tmp_path / "scaled.nii.gz", dtype=None, copy=copy)
+    assert stored.dtype == np.float64  # nibabel's scaling rule: scaled int16 -> float64
+    np.testing.assert_array_equal(stored, np.asarray(nib.load(tmp_path / "scaled.nii.gz").dataobj))
+    whole = gzip.compress(plain)
+    for broken in (b"", whole[:-4], b"not gzip" * 9, gzip.compress(plain[:300])):  # empty, cut, not gzip, short data
+        (tmp_path / "bad.nii.gz").write_bytes(broken)
+        with pytest.raises(DataError, match=r"bad\.nii\.gz: unreadable or truncated NIfTI"):
+            load_nifti(tmp_path / "bad.nii.gz", copy=copy)
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):

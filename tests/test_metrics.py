@@ -59,15 +59,19 @@ def test_folded_field_true_fraction_while_official_count_stays_zero():
     assert (stats.num_foldings_true, stats.folding_fraction) == (ref_folds, ref_fraction)
 
 
-@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("masked", [None, "box", "blobs"])
 @pytest.mark.parametrize("order", ["C", "F"])  # F: NIfTI data, walked along the last axis
 def test_sdlogj_bit_identical_to_the_official_formula(masked, order):
     u = np.asarray(_smooth_field((20, 22, 18), 1.5, seed=4), order=order)
     mask = None
-    if masked:
+    if masked == "box":
         mask = np.zeros(u.shape[:3], order=order)
         mask[3:15, 5:20, 2:12] = 1
         mask[4:6, 6:8, 3:5] = 2  # official: only mask == 1 counts
+    elif masked == "blobs":  # scattered pieces: planes without mask voxels, holes, ragged rectangles
+        blobs = ndimage.gaussian_filter(np.random.default_rng(5).standard_normal(u.shape[:3]), 1.5) > 0.12
+        mask = np.asarray(blobs, dtype=np.float32, order=order)
+        mask[:, :, 9] = 0
     stats = metrics.jacobian_stats(u, mask)
     official, official_folds, det = ref.sdlogj(u.astype(np.float64), mask)
     np.testing.assert_array_equal(metrics.jacobian_det_interior(u), det)
@@ -234,9 +238,16 @@ def test_cropped_label_warp_equals_the_contract_warp(seed):
     u[..., 0] += 4.0
     expected = contract.warp_labels(moving, u)
     np.testing.assert_array_equal(metrics.warp_labels(moving, u), expected)
-    np.testing.assert_array_equal(metrics.warp_labels(moving, u, chunk_voxels=300), expected)  # many chunks
+    # NIfTI layout (Fortran order) of the field and of the labels: same result, field's order
+    fortran = metrics.warp_labels(np.asfortranarray(moving), np.asfortranarray(u))
+    np.testing.assert_array_equal(fortran, expected)
+    assert fortran.flags.f_contiguous
+    np.testing.assert_array_equal(metrics.warp_labels(moving, u[::-1, :, ::2]), contract.warp_labels(moving, u[::-1, :, ::2]))
     empty = np.zeros_like(moving)
     np.testing.assert_array_equal(metrics.warp_labels(empty, u), np.zeros(u.shape[:3], np.uint8))
     half = u.copy()
     half[...] = 0.5  # exact ties of the nearest-neighbour rounding
     np.testing.assert_array_equal(metrics.warp_labels(moving, half), contract.warp_labels(moving, half))
+    # ties, and coordinates just outside the grid (-1e-12 reads 0, -0.0 reads voxel 0), per axis
+    ties = rng.choice(np.array([-1.5, -0.5, -1e-12, 0.0, 0.5, 1.5, 2.5], np.float32), size=(18, 20, 16, 3))
+    np.testing.assert_array_equal(metrics.warp_labels(moving + 1, ties), contract.warp_labels(moving + 1, ties))
