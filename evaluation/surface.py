@@ -147,10 +147,15 @@ def pair_distances(a: Surface, b: Surface, spacing: Spacing = (1.0, 1.0, 1.0), m
 
 
 def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray, spacing: Spacing) -> np.ndarray:
+    """Distances at the source surfels from the distance transform's feature transform (nearest
+    target vertex of every box voxel), with the transform's own formula, only where needed."""
     grid = np.ones(tuple(int(n) for n in box), dtype=bool)
     grid[tuple((target.vertices - lo).T)] = False
-    dist = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing])
-    return dist[tuple((source.vertices - lo).T)]
+    nearest = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing], return_distances=False, return_indices=True)
+    at = (source.vertices - lo).T
+    delta = (nearest[(slice(None), *at)] - at).astype(np.float64)
+    delta *= np.asarray(spacing, dtype=np.float64)[:, None]
+    return np.sqrt(np.add.reduce(delta * delta, axis=0))
 
 
 def _tree_distances(source: Surface, target: Surface, spacing: Spacing) -> np.ndarray:
