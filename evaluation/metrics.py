@@ -15,6 +15,7 @@ voxels of the same region with det J > 0), ``num_foldings_true`` and ``folding_f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -221,8 +222,7 @@ def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None, slab: int = 1)
     ``slab`` planes (cache-sized buffers) along the field's slowest axis in memory (axis 0 for C
     order, axis 2 for NIfTI's Fortran order), so no full-size float64 Jacobian is ever held. With
     a mask, each slab is computed only inside the bounding rectangle of its mask voxels (the other
-    voxels do not count), and the official ``num_foldings`` (always 0: counted after the +3 and
-    clipping) over the voxels computed.
+    voxels do not count).
     """
     contract.check_field(u)
     if min(u.shape[:3]) <= 2 * CROP:
@@ -231,15 +231,14 @@ def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None, slab: int = 1)
     v, c = u.transpose(*perm, 3), CROP
     inner = tuple(n - 2 * c for n in v.shape[:3])
     region = None if mask is None else np.ascontiguousarray(mask.transpose(perm)[c:-c, c:-c, c:-c] == 1)
-    log_shifted = np.empty(int(np.prod(inner)) if region is None else int(np.count_nonzero(region)))
+    log_shifted = np.empty(math.prod(inner) if region is None else int(np.count_nonzero(region)))
     work = _DetBuffers(slab * inner[1] * inner[2])
-    filled, shifted_folds, folds, n_pos, s1, s2 = 0, 0, 0, 0, 0.0, 0.0
+    filled, folds, n_pos, s1, s2 = 0, 0, 0, 0.0, 0.0
     for i0, i1, rows, cols in _slab_windows(inner, slab, region):
         det = _det_slab(v, i0, i1, rows, cols, work, perm)
         tmp, pos = work.take("t1", det.shape), work.take("pos", det.shape)
         np.add(det, DET_SHIFT, out=tmp)
         np.clip(tmp, *LOG_CLIP, out=tmp)
-        shifted_folds += int(np.count_nonzero(tmp <= 0))
         np.log(tmp, out=tmp)
         inside = None if region is None else region[i0:i1, rows, cols]
         values = tmp.ravel() if inside is None else tmp[inside]
@@ -257,7 +256,9 @@ def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None, slab: int = 1)
     sdlogj = float(log_shifted.std()) if voxels else float("nan")
     true_std = float(np.sqrt(max(s2 / n_pos - (s1 / n_pos) ** 2, 0.0))) if n_pos else float("nan")
     fraction = folds / voxels if voxels else float("nan")
-    return JacobianStats(sdlogj, float(shifted_folds), true_std, folds, fraction, voxels)
+    # The official num_foldings counts det + 3 <= 0 after the clip to [1e-9, 1e9]: 0 by construction
+    # (finite fields give finite determinants), so it is not counted voxel by voxel.
+    return JacobianStats(sdlogj, 0.0, true_std, folds, fraction, voxels)
 
 
 def _slab_windows(inner: tuple[int, ...], slab: int, region: np.ndarray | None) -> Iterator[tuple[int, int, slice, slice]]:
@@ -301,7 +302,7 @@ class _DetBuffers:
         self.buffers.update(t1=np.empty(size), t2=np.empty(size), det=np.empty(size), pos=np.empty(size, dtype=bool))
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        return self.buffers[name][: int(np.prod(shape))].reshape(shape)
+        return self.buffers[name][: math.prod(shape)].reshape(shape)
 
 
 # (upper, lower) neighbour slices of the central difference along each axis, in a slab padded by 1
