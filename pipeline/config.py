@@ -71,11 +71,18 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Progressive schedule: ``steps_per_level[p]`` steps at level p+1, levels below frozen
-    for the first ``freeze_steps`` of each level after the first."""
+    for the first ``freeze_steps`` of each level after the first. Learning rate per level
+    (each level starts a fresh Adam): ``lr`` throughout (``lr_schedule`` "constant", the
+    authors' code) or a linear warm-up over ``warmup_steps`` then a cosine decay to 0 at the
+    level's last step ("cosine"). ``cpu_threads``: with the CLI's passive OpenMP waiting, every
+    parallel region wakes its sleeping threads; LapIRN's many small ops make one thread faster
+    than two on the demo grids (see ``configs/demo_t4_hippocampus.json``)."""
 
     steps_per_level: tuple[int, ...] = (30000, 30000, 60000)
     freeze_steps: int = 2000
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # "constant" | "cosine"
+    warmup_steps: int = 0
     val_every: int = 1000
     checkpoint_every: int = 1000
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -83,6 +90,13 @@ class TrainConfig:
     seed: int = 0
     amp: str = "bf16"  # "bf16" | "fp16" | "none"; autocast is used on GPU only
     deterministic: bool = False
+    cpu_threads: int = 0  # torch intra-op threads while training on CPU (0: torch's default)
+
+    def __post_init__(self) -> None:
+        if self.cpu_threads < 0:
+            raise DataError(f"train.cpu_threads: expected 0 (torch's default) or a positive count, got {self.cpu_threads}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise DataError(f"train.lr_schedule: expected \"constant\" or \"cosine\", got {self.lr_schedule!r}")
 
 
 @dataclass(frozen=True)

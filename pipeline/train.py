@@ -2,8 +2,10 @@
 
 Progressive LapIRN training (level 1, then level 2 with level 1 frozen for the first
 ``freeze_steps``, then level 3 likewise), Adam (a fresh optimiser per level, as the authors'
-code), ordered training pairs of the task, the seed paper's affine augmentation, validation
-Dice/TRE every ``val_every`` steps with the best checkpoint kept, autocast on GPU.
+code; constant or warm-up + cosine learning rate per level), ordered training pairs of the task,
+the seed paper's affine augmentation, validation Dice/TRE every ``val_every`` steps with the
+best checkpoint kept, autocast on GPU. The Dice term of every level is scored on the input
+grid (the level's field upsampled), see ``pipeline.losses.level_loss``.
 
 Faults: checkpoints are atomic; ``--resume`` restores model, optimiser, schedule position and
 the random generator, so a resumed run ends with the same weights as an uninterrupted one
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -29,15 +32,26 @@ from evaluation.dataset import load_task
 from evaluation.io import DataError, write_json
 from pipeline.augment import augment, sample_affine
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.config import RunConfig, load_config
+from pipeline.config import RunConfig, TrainConfig, load_config
 from pipeline.distributed import DistInfo, any_flag, autocast, gather_checksums, init_distributed, pick_device, shutdown
 from pipeline.lapirn import LapIRN, LapIRNConfig
 from pipeline.losses import level_loss, one_hot
 from pipeline.training_data import TrainingData, load_training_data, tensor
 from pipeline.training_log import TrainingLog
-from pipeline.validation import validate_pairs
+from pipeline.validation import full_resolution_field, validate_pairs
 
 log = logging.getLogger(__name__)
+
+
+def learning_rate(cfg: TrainConfig, level: int, step: int) -> float:
+    """Adam's learning rate for 0-based ``step`` of ``level`` (see ``TrainConfig``): a pure
+    function of the position, so a resumed run follows the same schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps_per_level[level - 1] - cfg.warmup_steps, 1)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
 
 
 class Trainer:
@@ -126,6 +140,8 @@ class Trainer:
             out = self.wrapped(moving, fixed, level=level)
             lv = out.final
             extra = self.level_extras(level, fixed_case, moving_label)
+            if "fixed_onehot" in extra:
+                extra["dice_field"] = full_resolution_field(self.model, out).float()
             parts = level_loss(self.loss_cfg, level, self.levels, lv.warped.float(), lv.fixed.float(), lv.field.float(),
                                reg_field=None if lv.velocity_field is None else lv.velocity_field.float(), **extra)
         self.optimizer.zero_grad(set_to_none=True)
@@ -138,9 +154,10 @@ class Trainer:
         if self.cfg.loss.use_mask and fixed_case.mask is not None:
             extra["mask"] = self.model.pyramid(tensor(fixed_case.mask, self.device).float())[level - 1]
         if self.loss_cfg.dice > 0 and fixed_case.label is not None and moving_label is not None:
+            # on the input grid at every level (warped by the level's upsampled field, see level_loss)
             k = self.data.num_classes
-            extra["fixed_onehot"] = self.model.pyramid(one_hot(tensor(fixed_case.label, self.device), k))[level - 1]
-            extra["moving_onehot"] = self.model.pyramid(one_hot(moving_label, k))[level - 1]
+            extra["fixed_onehot"] = one_hot(tensor(fixed_case.label, self.device), k)
+            extra["moving_onehot"] = one_hot(moving_label, k)
         return extra
 
     # ------------------------------------------------------------------ the loop
@@ -166,6 +183,9 @@ class Trainer:
             self.set_phase(level, first, new_level=self.optimizer is None or first == 0)
             for step in range(first, steps[level - 1]):
                 self.set_phase(level, step)
+                lr = learning_rate(self.cfg.train, level, step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 t0 = time.perf_counter()
                 parts = self.train_step(level)
                 self.state.update(step=step + 1, global_step=self.state["global_step"] + 1)
@@ -175,7 +195,7 @@ class Trainer:
                 if self.info.is_main:
                     tlog.add(global_step=self.state["global_step"], level=level, step=step + 1, kind="train",
                              loss=parts["total"], similarity=parts["similarity"], smooth=parts["smooth"],
-                             dice=parts["dice"], antifold=parts["antifold"], steps_per_s=rate,
+                             dice=parts["dice"], antifold=parts["antifold"], lr=lr, steps_per_s=rate,
                              elapsed_s=time.perf_counter() - start)
                 self.after_step(level, step + 1, steps[level - 1], tlog)
                 if any_flag(self.stop_signal is not None, self.info, self.device):
@@ -257,9 +277,13 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             trainer.restore(resume_from)
         tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None)
         previous = {s: signal.signal(s, lambda signum, _f: setattr(trainer, "stop_signal", signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+        threads = torch.get_num_threads()
+        if dev.type == "cpu" and cfg.train.cpu_threads:
+            torch.set_num_threads(cfg.train.cpu_threads)
         try:
             return trainer.run(tlog)
         finally:
+            torch.set_num_threads(threads)
             for s, handler in previous.items():
                 signal.signal(s, handler)
     finally:

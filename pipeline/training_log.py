@@ -16,7 +16,7 @@ from evaluation.io import atomic_open, atomic_path  # noqa: E402
 
 COLUMNS = [
     "global_step", "level", "step", "kind", "loss", "similarity", "smooth", "dice", "antifold",
-    "steps_per_s", "val_dice", "val_tre_mm", "val_score", "elapsed_s",
+    "lr", "steps_per_s", "val_dice", "val_tre_mm", "val_score", "elapsed_s",
 ]
 
 

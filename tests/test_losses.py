@@ -91,6 +91,20 @@ def test_ncc_rejects_bad_input():
         L.box_sum(textured(), 4)
 
 
+@pytest.mark.parametrize("shape, window", [((9, 12, 7), 1), ((9, 12, 7), 3), ((9, 12, 7), 7), ((3, 2, 4), 5)])
+def test_box_sum_is_the_zero_padded_box_filter_and_self_adjoint(shape, window):
+    x, y = textured(shape, seed=11).double(), textured(shape, seed=12).double()  # (3, 2, 4): smaller than the box
+    x = torch.cat([x, 2 * x - 0.5], dim=1)  # two channels, negative values
+    ones = np.ones((window,) * 3)
+    for c in range(2):
+        expected = ndimage.correlate(x[0, c].numpy(), ones, mode="constant", cval=0.0)
+        assert np.allclose(L.box_sum(x, window)[0, c].numpy(), expected, atol=1e-9)
+    # the box filter is symmetric, so its backward is the filter itself: <B x, y> = <x, B y>
+    xg = x[:, :1].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad((L.box_sum(xg, window) * y).sum(), xg)
+    assert torch.allclose(grad, L.box_sum(y, window), atol=1e-9)
+
+
 def test_similarity_pyramid_is_the_weighted_sum_of_ncc_over_scales():
     a, b = textured(seed=6), textured(seed=7)
     assert L.similarity_pyramid(a, b, 1).item() == pytest.approx(L.local_ncc(a, b, 3).item(), rel=1e-6)
@@ -228,3 +242,20 @@ def test_level_loss_weights_the_parts_as_configured():
     with pytest.raises(ValueError, match="level"):
         L.level_loss(cfg, 4, 3, img, img, field)
 
+
+
+def test_level_loss_warps_the_labels_with_the_dice_field_on_its_own_grid():
+    """A coarse level (6^3 images) with labels and ``dice_field`` on the finer input grid: the
+    Dice term is the input-grid one (a 2-voxel shift of a box, undone exactly by the field)."""
+    img = textured((6, 6, 6), seed=13)
+    level_field = torch.zeros(1, 3, 6, 6, 6)
+    fixed = L.one_hot(box_labels((12, 12, 12), [(1, (slice(2, 8), slice(3, 9), slice(2, 10)))]), 2)
+    moving = L.one_hot(box_labels((12, 12, 12), [(1, (slice(4, 10), slice(3, 9), slice(2, 10)))]), 2)
+    shift = torch.zeros(1, 3, 12, 12, 12)
+    shift[:, 0] = 2.0
+    cfg = LossConfig(dice=1.0)
+    aligned = L.level_loss(cfg, 1, 3, img, img, level_field, moving_onehot=moving, fixed_onehot=fixed, dice_field=shift)
+    assert aligned["dice"].item() == pytest.approx(0.0, abs=1e-5)
+    unaligned = L.level_loss(cfg, 1, 3, img, img, level_field, moving_onehot=moving, fixed_onehot=fixed, dice_field=shift * 0)
+    assert unaligned["dice"].item() == pytest.approx(1 - 4 / 6, abs=1e-5)  # overlap 4 of 6 rows
+    assert unaligned["total"].item() == pytest.approx(aligned["total"].item() + unaligned["dice"].item(), abs=1e-5)

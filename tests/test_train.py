@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,16 +13,20 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import ndimage
 
 from evaluation.dataset import load_task
 from evaluation.io import DataError, Geometry, save_nifti
+from evaluation.metrics import dice, label_counts
 from pipeline.checkpoint import load_checkpoint
-from pipeline.config import config_from_dict
-from pipeline.train import train
-from pipeline.training_data import split_pairs
+from pipeline.config import TrainConfig, config_from_dict
+from pipeline.distributed import DistInfo
+from pipeline.losses import one_hot, soft_dice
+from pipeline.train import Trainer, learning_rate, train
+from pipeline.training_data import load_training_data, split_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (20, 16, 24)
@@ -113,12 +119,74 @@ def test_frozen_levels_do_not_change_during_the_freeze_steps(blob_task, tmp_path
     assert any(not torch.equal(w_l1[k], w_a[k]) for k in l2_keys)
 
 
+def test_learning_rate_schedules():
+    const = TrainConfig(steps_per_level=(10, 10, 10), lr=1e-3)
+    assert [learning_rate(const, 2, s) for s in (0, 5, 9)] == [1e-3] * 3
+    cos = TrainConfig(steps_per_level=(4, 12, 6), lr=1e-3, lr_schedule="cosine", warmup_steps=2)
+    assert learning_rate(cos, 2, 0) == pytest.approx(0.5e-3) and learning_rate(cos, 2, 1) == pytest.approx(1e-3)
+    assert learning_rate(cos, 2, 2) == pytest.approx(1e-3)  # the decay starts after the warm-up
+    assert learning_rate(cos, 2, 7) == pytest.approx(0.5e-3)  # half-way through the 10 decay steps
+    assert learning_rate(cos, 2, 11) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.9)))
+    assert learning_rate(cos, 3, 2) == pytest.approx(1e-3)  # every level starts again (fresh Adam)
+    with pytest.raises(DataError, match="lr_schedule"):
+        config_from_dict({"train": {"lr_schedule": "step"}})
+
+
+def test_the_optimiser_follows_the_schedule_and_the_log_records_it(blob_task, tmp_path):
+    raw = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 3, 4], "lr_schedule": "cosine", "warmup_steps": 1}}
+    cfg = config_from_dict(raw)
+    assert train(blob_task, cfg, tmp_path / "run", device="cpu") == 0
+    rows = pd.read_csv(tmp_path / "run" / "log.csv").query("kind == 'train'")
+    expected = [learning_rate(cfg.train, int(r.level), int(r.step) - 1) for r in rows.itertuples()]
+    assert rows["lr"].tolist() == pytest.approx(expected)
+    assert len(set(expected)) > 3  # really a schedule
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(expected[-1])
+
+
+def test_cpu_threads_hold_while_training_only(blob_task, tmp_path, monkeypatch):
+    seen = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, level: seen.append(torch.get_num_threads()) or step(self, level))
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    cfg = config_from_dict({**TINY, "train": {**TINY["train"], "steps_per_level": [1, 1, 1], "cpu_threads": want}})
+    assert train(blob_task, cfg, tmp_path / "run", device="cpu") == 0
+    assert seen == [want] * 3 and torch.get_num_threads() == before
+    with pytest.raises(DataError, match="cpu_threads"):
+        config_from_dict({"train": {"cpu_threads": -1}})
+
+
+def test_coarse_levels_score_the_dice_term_on_the_input_grid(blob_task, tmp_path):
+    """With identity fields the warped one-hot labels are the moving labels themselves, so the
+    Dice term at level 1 must be exactly 1 - Dice of the two label maps on the network grid
+    (labels averaged down to level 1 could not reach that value)."""
+    raw = {**TINY, "train": {**TINY["train"], "augment": {"prob": 0.0}}}
+    cfg = config_from_dict(raw)
+    data = load_training_data(load_task(blob_task), cfg, tmp_path / "cache")
+    data = dataclasses.replace(data, train_pairs=data.train_pairs[:1])
+    trainer = Trainer(tmp_path / "run", data, cfg, torch.device("cpu"), DistInfo())
+    with torch.no_grad():
+        for net in trainer.model.nets:
+            net.head[2].weight.zero_()  # every level's residual is 0
+    trainer.set_phase(1, 0, new_level=True)
+    parts = trainer.train_step(1)
+    (fixed_id, moving_id), = data.train_pairs
+    fixed, moving = data.cases[fixed_id].label, data.cases[moving_id].label
+    expected = 1.0 - np.mean(dice(label_counts(fixed, moving, moving, [1, 2])))
+    assert parts["dice"] == pytest.approx(expected, abs=1e-5)
+    # why: labels averaged down to level 1 (5 x 4 x 6) keep a large soft Dice loss even when aligned
+    pooled = trainer.model.pyramid(one_hot(torch.from_numpy(fixed)[None, None], 3))[0]
+    assert soft_dice(pooled, pooled).item() > 0.5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killed_run_resumes_to_the_same_final_weights(blob_task, tmp_path, sig):
+    raw = {**TINY, "train": {**TINY["train"], "lr_schedule": "cosine", "warmup_steps": 2}}  # the schedule resumes too
     cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(json.dumps(TINY))
-    train(blob_task, config_from_dict(TINY), tmp_path / "straight", device="cpu")
+    cfg_path.write_text(json.dumps(raw))
+    train(blob_task, config_from_dict(raw), tmp_path / "straight", device="cpu")
     run = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cli("train", "--data", str(blob_task), "--config", str(cfg_path), "--out", str(run), "--device", "cpu"),
