@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = top.parse_args(argv[:1])
     module_name, help_text = COMMANDS[ns.command]
     # Before torch loads: OpenMP threads that spin while waiting make a shared 2-core machine
-    # up to 12x slower (measured); passive waiting costs nothing when the cores are free.
+    # up to 12x slower (measured). Passive waiting is not free when the cores are idle: 2-thread
+    # steps of many small ops pay 35-45 % for waking the sleeping threads (demo T3 level 3: 146 vs
+    # 108 ms), which is why the demo configs train with train.cpu_threads = 1. Set
+    # OMP_WAIT_POLICY=ACTIVE on a dedicated machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"python -m pipeline {ns.command}", description=help_text)
