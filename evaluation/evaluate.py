@@ -183,7 +183,7 @@ def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
         ours.update(SDlogJ_true=stats.sdlogj_true, num_foldings_true=stats.num_foldings_true, folding_fraction=stats.folding_fraction)
     label_methods = [m for m in job.methods if m.metric in ("dice", "hd95")]
     if label_methods:
-        order = "F" if u.flags.f_contiguous and not u.flags.c_contiguous else "C"
+        order = metrics.memory_order(u)
         fixed, geometry = _load_labels(pair.fixed_label, u.shape[:3], order)
         moving, _ = _load_labels(pair.moving_label, None, order)
         warped = metrics.warp_labels(moving, u)

@@ -75,7 +75,7 @@ def warp_labels(moving: np.ndarray, u: np.ndarray, margin: int = 2) -> np.ndarra
     """
     contract.check_field(u)
     box = surface.bounding_box(moving != 0)
-    out = np.zeros(u.shape[:3], dtype=moving.dtype, order="F" if _walk_order(u) == (2, 1, 0) else "C")
+    out = np.zeros(u.shape[:3], dtype=moving.dtype, order=memory_order(u))
     if box is None:
         return out
     lo, hi = [], []
@@ -288,9 +288,14 @@ def jacobian_det_interior(u: np.ndarray, slab: int = 1) -> np.ndarray:
     return np.concatenate(slabs).transpose(perm)  # perm is its own inverse
 
 
+def memory_order(u: np.ndarray) -> str:
+    """``"F"`` for a Fortran-ordered array (NIfTI data), else ``"C"``."""
+    return "F" if u.flags.f_contiguous and not u.flags.c_contiguous else "C"
+
+
 def _walk_order(u: np.ndarray) -> tuple[int, int, int]:
     """Spatial axes, slowest in memory first: reversed for Fortran-ordered (NIfTI) fields."""
-    return (2, 1, 0) if u.flags.f_contiguous and not u.flags.c_contiguous else (0, 1, 2)
+    return (2, 1, 0) if memory_order(u) == "F" else (0, 1, 2)
 
 
 class _DetBuffers:
@@ -418,7 +423,7 @@ def _sample_kernel(u: np.ndarray, points: np.ndarray) -> np.ndarray:
     length = 2 * TRE_RADIUS + 2
     start = np.floor(points).astype(int) - TRE_RADIUS
     start = np.clip(start, 0, np.maximum(np.asarray(shape) - length, 0))
-    fortran = u.flags.f_contiguous and not u.flags.c_contiguous
+    fortran = memory_order(u) == "F"
     out = np.empty((points.shape[0], 3))
     for p in np.argsort(points[:, _walk_order(u)[0]], kind="stable"):
         sl = tuple(slice(int(start[p, a]), int(min(start[p, a] + length, shape[a]))) for a in range(3))

@@ -153,17 +153,20 @@ def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.nda
     grid[tuple((target.vertices - lo).T)] = False
     nearest = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing], return_distances=False, return_indices=True)
     at = (source.vertices - lo).T
-    delta = (nearest[(slice(None), *at)] - at).astype(np.float64)
-    delta *= np.asarray(spacing, dtype=np.float64)[:, None]
-    return np.sqrt(np.add.reduce(delta * delta, axis=0))
+    return _offset_lengths((nearest[(slice(None), *at)] - at).T, spacing)
 
 
 def _tree_distances(source: Surface, target: Surface, spacing: Spacing) -> np.ndarray:
     scale = np.asarray(spacing, dtype=np.float64)
     tree = cKDTree(target.vertices * scale, leafsize=32, balanced_tree=False, compact_nodes=False)
     _, nearest = tree.query(source.vertices * scale, k=1)
-    # From the integer offsets, in the distance transform's order: sqrt(sum((d_i s_i)^2)).
-    delta = (target.vertices[nearest] - source.vertices).astype(np.float64) * scale
+    return _offset_lengths(target.vertices[nearest] - source.vertices, spacing)
+
+
+def _offset_lengths(offsets: np.ndarray, spacing: Spacing) -> np.ndarray:
+    """Lengths (mm) of integer vertex offsets ``N x 3``, in the distance transform's own order
+    of operations: ``sqrt(sum((d_i s_i)^2))`` (so both distance methods agree bit for bit)."""
+    delta = offsets.astype(np.float64) * np.asarray(spacing, dtype=np.float64)
     return np.sqrt(np.add.reduce(delta * delta, axis=1))
 
 
