@@ -243,7 +243,6 @@ def test_level_loss_weights_the_parts_as_configured():
         L.level_loss(cfg, 4, 3, img, img, field)
 
 
-
 def test_level_loss_warps_the_labels_with_the_dice_field_on_its_own_grid():
     """A coarse level (6^3 images) with labels and ``dice_field`` on the finer input grid: the
     Dice term is the input-grid one (a 2-voxel shift of a box, undone exactly by the field)."""
