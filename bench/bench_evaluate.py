@@ -268,7 +268,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     lines += [
         "",
         f"Seconds per pair are wall time of whole runs (read, validate, all metrics, write nothing) divided by the pairs; "
-        f"reading one field alone takes {read['nii']:.2f} s from .nii.gz (one-call ISA-L inflate) and {read['npz']:.2f} s from .npz here. "
+        f"reading one field alone takes {read['nii']:.2f} s from .nii.gz (ISA-L, inflated straight into the array) and {read['npz']:.2f} s from .npz here. "
         "Peak memory: max RSS of the run's main process, of its largest worker process, and the largest sum of the "
         "resident memory of all its processes at one time (sampled every 50 ms).",
     ]

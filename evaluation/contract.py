@@ -184,7 +184,7 @@ def from_2020(disp: np.ndarray, full_resolution: bool = False) -> np.ndarray:
 def jacobian_determinant(u: np.ndarray) -> np.ndarray:
     """det(I + grad u) on the whole grid (``X x Y x Z``), central differences inside and
     one-sided at the faces (``np.gradient``). The official SDlogJ uses its own stencil (see
-    ``evaluation.metrics``); this is the plain mathematical quantity."""
+    ``evaluation.jacobian``); this is the plain mathematical quantity."""
     check_field(u)
     grads = [np.gradient(u[..., k].astype(np.float64)) for k in range(3)]  # grads[k][j] = du_k/dx_j
     j = np.empty(u.shape[:3] + (3, 3))

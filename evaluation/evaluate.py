@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evaluation import metrics
+from evaluation import jacobian, metrics
 from evaluation.cli import run_cli
 from evaluation.config import EvalConfig, EvalPair, Method, derive_config, read_config
 from evaluation.io import DataError, load_nifti, read_nifti_header, read_points, write_json
@@ -178,7 +178,7 @@ def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
     """All configured metrics of one pair, in config order (``num_foldings`` after SDlogJ), then ours."""
     pair, found, ours = job.pair, {}, {}
     if any(m.metric == "sdlogj" for m in job.methods):
-        stats = metrics.jacobian_stats(u, _load_mask(pair, u) if job.masked else None)
+        stats = jacobian.jacobian_stats(u, _load_mask(pair, u) if job.masked else None)
         found["sdlogj"] = stats
         ours.update(SDlogJ_true=stats.sdlogj_true, num_foldings_true=stats.num_foldings_true, folding_fraction=stats.folding_fraction)
     label_methods = [m for m in job.methods if m.metric in ("dice", "hd95")]
@@ -255,7 +255,7 @@ def _load_mask(pair: EvalPair, u: np.ndarray) -> np.ndarray | None:
     if pair.fixed_mask is None or not pair.fixed_mask.is_file():
         log.warning("%s: no fixed mask (%s); SDlogJ unmasked", pair.key, pair.fixed_mask)
         return None
-    mask, _ = load_nifti(pair.fixed_mask, dtype=np.float32, copy=False)
+    mask, _ = load_nifti(pair.fixed_mask, dtype=None, copy=False)  # stored type: only == 1 is asked
     if mask.shape != u.shape[:3]:
         raise DataError(f"{pair.fixed_mask}: mask shape {mask.shape} differs from the field grid {u.shape[:3]}")
     return mask

@@ -10,13 +10,12 @@ in voxels; SDlogJ is ``std(log(clip(det(J) + 3, 1e-9, 1e9)))`` over the field cr
 (and masked by the fixed mask == 1 when configured); ``num_foldings`` is counted after the +3 and
 clipping and is therefore always 0. Ours, named as such: ``SDlogJ_true`` (std of log det J over the
 voxels of the same region with det J > 0), ``num_foldings_true`` and ``folding_fraction`` (det J <= 0),
-``*_mm`` HD95 with the fixed image's spacing.
+``*_mm`` HD95 with the fixed image's spacing. The Jacobian statistics live in ``evaluation.jacobian``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +23,6 @@ from scipy import ndimage
 
 from evaluation import contract, surface
 
-LOG_CLIP = (1e-9, 1e9)  # official clip of det + 3 before the log
-DET_SHIFT = 3.0  # official (quirky) shift of det J before the log
-CROP = 2  # voxels dropped on every face before SDlogJ
 TRE_RADIUS = 14  # half-width (voxels) of the fast TRE kernel: truncation ~2e-9 of max |u| (bench field)
 
 
@@ -74,7 +70,7 @@ def warp_labels(moving: np.ndarray, u: np.ndarray, margin: int = 2) -> np.ndarra
     contract's warp (tested, ties and borders included); the result has the field's memory order.
     """
     contract.check_field(u)
-    box = surface.bounding_box(moving != 0)
+    box = surface.bounding_box(moving)
     out = np.zeros(u.shape[:3], dtype=moving.dtype, order=memory_order(u))
     if box is None:
         return out
@@ -89,31 +85,40 @@ def warp_labels(moving: np.ndarray, u: np.ndarray, margin: int = 2) -> np.ndarra
         moving = np.ascontiguousarray(moving)
     flat_moving = moving.ravel(order="K")  # memory order, so that strides index it
     stride = [s // moving.itemsize for s in moving.strides]
-    perm = _walk_order(u)
+    perm = walk_order(u)
     crop = tuple(slice(lo[a], hi[a]) for a in perm)
     v, dst = u.transpose(*perm, 3)[crop], out.transpose(perm)[crop]
     # voxel coordinate of each view axis, broadcast against a plane (view axes 1, 2)
     grids = [np.arange(lo[a], hi[a], dtype=np.float64) for a in perm]
     plane_grid = [None, grids[1][:, None], grids[2][None, :]]
     plane = v.shape[1:3]
-    coord, flag, inside = np.empty(plane), np.empty(plane, dtype=bool), np.empty(plane, dtype=bool)
-    index, part = np.empty(plane, dtype=np.intp), np.empty(plane, dtype=np.intp)
+    coord, flat_index = np.empty(plane), np.empty(plane)
+    inside, flag, index = np.empty(plane, dtype=bool), np.empty(plane, dtype=bool), np.empty(plane, dtype=np.intp)
     for i in range(v.shape[0]):
-        index.fill(0)
-        inside.fill(True)
+        clipped = False
         for b, a in enumerate(perm):  # view axis b is field (and moving) axis a
-            offset = grids[0][i] if b == 0 else plane_grid[b]
-            np.add(v[i, :, :, a], offset, out=coord, dtype=np.float64)
-            inside &= np.greater_equal(coord, 0.0, out=flag)
-            inside &= np.less_equal(coord, moving.shape[a] - 1, out=flag)
-            np.clip(coord, 0.0, moving.shape[a] - 1, out=coord)  # outside voxels: any valid index
+            np.copyto(coord, v[i, :, :, a])  # float64, then + the voxel coordinate: the official x + u(x)
+            coord += grids[0][i] if b == 0 else plane_grid[b]
+            top = moving.shape[a] - 1
+            if float(coord.min()) < 0.0 or float(coord.max()) > top:  # some voxels map outside
+                np.greater_equal(coord, 0.0, out=inside if not clipped else flag)
+                if clipped:
+                    inside &= flag
+                inside &= np.less_equal(coord, top, out=flag)
+                np.maximum(coord, 0.0, out=coord)  # outside voxels: any valid index
+                np.minimum(coord, top, out=coord)
+                clipped = True
             coord += 0.5
             np.floor(coord, out=coord)
-            part[...] = coord
-            part *= stride[a]
-            index += part
+            coord *= stride[a]  # exact: integers far below 2^53
+            if b == 0:
+                flat_index[...] = coord
+            else:
+                flat_index += coord
+        index[...] = flat_index
         np.take(flat_moving, index, out=dst[i])
-        dst[i][~inside] = 0
+        if clipped:
+            dst[i][~inside] = 0
     return out
 
 
@@ -132,8 +137,15 @@ def label_counts(fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, labe
     (f, m, w), index = _indexed((fixed, moving, warped), labels)
     k = int(max(f.max(initial=0), w.max(initial=0), m.max(initial=0), max(index))) + 1
     code_dtype = np.uint16 if k * k <= 65536 else np.uint32 if k * k < 2**32 else np.uint64
+    # counted inside the box of the nonzero values only; the voxels outside are (0, 0)
+    box = nonzero_box(f, w)
+    f, w = (f, w) if box is None else (f[box], w[box])
     joint = np.bincount((f.astype(code_dtype) * code_dtype(k) + w).ravel(order="K"), minlength=k * k).reshape(k, k)
-    moving_counts = np.bincount(m.ravel(order="K"), minlength=k)
+    joint[0, 0] += fixed.size - f.size
+    box = nonzero_box(m)
+    m_box = m if box is None else m[box]
+    moving_counts = np.bincount(m_box.ravel(order="K"), minlength=k)
+    moving_counts[0] += m.size - m_box.size
     idx = np.asarray(index)
     return LabelCounts(labels, joint.sum(axis=1)[idx], moving_counts[idx], joint.sum(axis=0)[idx], joint[idx, idx])
 
@@ -164,23 +176,46 @@ def hd95(
     Returns one list per spacing, NaN where the label is not present, ``inf`` where it vanished.
     """
     (f, w), index = _indexed((fixed, warped), counts.labels)
-    boxes_f, boxes_w = ndimage.find_objects(f), ndimage.find_objects(w)
-    tables = [surface.surfel_area_table(s) for s in spacings]
-    out: list[list[float]] = [[] for _ in spacings]
+    boxes_f, boxes_w = object_boxes(f), object_boxes(w)
+    unique = list(dict.fromkeys(tuple(float(v) for v in s) for s in spacings))  # e.g. 1 mm images: computed once
+    found: dict[tuple[float, ...], list[float]] = {s: [] for s in unique}
     for ok, value in zip(counts.present, index, strict=True):
         if not ok:
-            for values in out:
+            for values in found.values():
                 values.append(float("nan"))
             continue
         a, b = _label_surface(f, boxes_f, value), _label_surface(w, boxes_w, value)
         voxel = surface.pair_distances(a, b)
-        for values, spacing, table in zip(out, spacings, tables, strict=True):
-            if float(min(spacing)) == float(max(spacing)):  # isotropic: the voxel distances, scaled
-                dist = voxel if float(spacing[0]) == 1.0 else (voxel[0] * float(spacing[0]), voxel[1] * float(spacing[0]))
+        for spacing, values in found.items():
+            if min(spacing) == max(spacing):  # isotropic: the voxel distances, scaled
+                dist = voxel if spacing[0] == 1.0 else (voxel[0] * spacing[0], voxel[1] * spacing[0])
             else:
                 dist = surface.pair_distances(a, b, spacing)
-            values.append(surface.robust_hausdorff(a, b, 95.0, spacing, table, dist))
-    return out
+            values.append(surface.robust_hausdorff(a, b, 95.0, spacing, surface.surfel_area_table(spacing), dist))
+    return [list(found[tuple(float(v) for v in s)]) for s in spacings]
+
+
+def nonzero_box(*maps: np.ndarray) -> tuple[slice, ...] | None:
+    """Smallest box holding every nonzero voxel of the (same-shape) ``maps``, as slices;
+    ``None`` if there is none, the whole grid if some map is not 3-D. A few ms per map, and
+    the label statistics then run on the labelled part of the grid only (typically 10-30 %)."""
+    if any(m.ndim != 3 for m in maps):
+        return tuple(slice(0, n) for n in maps[0].shape)
+    boxes = [b for b in (surface.bounding_box(m) for m in maps) if b is not None]
+    if not boxes:
+        return None
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+
+
+def object_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
+    """``scipy.ndimage.find_objects(labels)``, searched inside the box of the nonzero voxels."""
+    box = nonzero_box(labels)
+    if box is None:
+        return []
+    return [
+        None if found is None else tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(found, box, strict=True))
+        for found in ndimage.find_objects(labels[box])
+    ]
 
 
 def _label_surface(labels: np.ndarray, boxes: list, value: int) -> surface.Surface:
@@ -192,100 +227,7 @@ def _label_surface(labels: np.ndarray, boxes: list, value: int) -> surface.Surfa
     return surface.extract_surface(labels[box] == value, [s.start for s in box])
 
 
-# ----------------------------------------------------------------------------- Jacobian
-
-
-@dataclass(frozen=True)
-class JacobianStats:
-    """Jacobian-determinant statistics over the field cropped by ``CROP`` voxels (and masked).
-
-    ``sdlogj`` and ``num_foldings`` are the official numbers (+3 quirk; the latter is always 0);
-    the ``*_true`` ones use det(I + grad u) itself: ``sdlogj_true`` over the voxels with det > 0
-    (population std of log det), ``num_foldings_true`` counts det <= 0, ``folding_fraction`` is
-    that count over the number of voxels in the region.
-    """
-
-    sdlogj: float
-    num_foldings: float
-    sdlogj_true: float
-    num_foldings_true: int
-    folding_fraction: float
-    voxels: int
-
-
-def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None, slab: int = 1) -> JacobianStats:
-    """Official SDlogJ (bit-identical determinants) and our corrected statistics.
-
-    ``u``: ``X x Y x Z x 3`` voxel field; ``mask``: fixed mask on the same grid (voxels == 1
-    count) or ``None``. Central differences ``(u[i+1] - u[i-1]) / 2`` on the interior equal the
-    official zero-padded correlation after the 2-voxel crop; computed in float64 slabs of
-    ``slab`` planes (cache-sized buffers) along the field's slowest axis in memory (axis 0 for C
-    order, axis 2 for NIfTI's Fortran order), so no full-size float64 Jacobian is ever held. With
-    a mask, each slab is computed only inside the bounding rectangle of its mask voxels (the other
-    voxels do not count).
-    """
-    contract.check_field(u)
-    if min(u.shape[:3]) <= 2 * CROP:
-        raise ValueError(f"field {u.shape[:3]} is too small for the {CROP}-voxel crop of SDlogJ")
-    perm = _walk_order(u)
-    v, c = u.transpose(*perm, 3), CROP
-    inner = tuple(n - 2 * c for n in v.shape[:3])
-    region = None if mask is None else np.ascontiguousarray(mask.transpose(perm)[c:-c, c:-c, c:-c] == 1)
-    log_shifted = np.empty(math.prod(inner) if region is None else int(np.count_nonzero(region)))
-    work = _DetBuffers(slab * inner[1] * inner[2])
-    filled, folds, n_pos, s1, s2 = 0, 0, 0, 0.0, 0.0
-    for i0, i1, rows, cols in _slab_windows(inner, slab, region):
-        det = _det_slab(v, i0, i1, rows, cols, work, perm)
-        tmp, pos = work.take("t1", det.shape), work.take("pos", det.shape)
-        np.add(det, DET_SHIFT, out=tmp)
-        np.clip(tmp, *LOG_CLIP, out=tmp)
-        np.log(tmp, out=tmp)
-        inside = None if region is None else region[i0:i1, rows, cols]
-        values = tmp.ravel() if inside is None else tmp[inside]
-        log_shifted[filled : filled + values.size] = values
-        filled += values.size
-        np.greater(det, 0, out=pos)
-        if inside is not None:
-            pos &= inside
-        n = int(np.count_nonzero(pos))
-        np.log(det, out=tmp, where=pos)
-        folds, n_pos = folds + values.size - n, n_pos + n
-        s1 += float(np.sum(tmp, where=pos))
-        s2 += float(np.sum(np.square(tmp, out=tmp, where=pos), where=pos))
-    voxels = int(log_shifted.size)
-    sdlogj = float(log_shifted.std()) if voxels else float("nan")
-    true_std = float(np.sqrt(max(s2 / n_pos - (s1 / n_pos) ** 2, 0.0))) if n_pos else float("nan")
-    fraction = folds / voxels if voxels else float("nan")
-    # The official num_foldings counts det + 3 <= 0 after the clip to [1e-9, 1e9]: 0 by construction
-    # (finite fields give finite determinants), so it is not counted voxel by voxel.
-    return JacobianStats(sdlogj, 0.0, true_std, folds, fraction, voxels)
-
-
-def _slab_windows(inner: tuple[int, ...], slab: int, region: np.ndarray | None) -> Iterator[tuple[int, int, slice, slice]]:
-    """``(i0, i1, rows, cols)`` per slab of interior planes: the whole plane, or (``region``
-    given) the bounding rectangle of the slab's region voxels; slabs without any are skipped."""
-    rows_any = None if region is None else region.any(axis=2)
-    cols_any = None if region is None else region.any(axis=1)
-    for i0 in range(0, inner[0], slab):
-        i1 = min(i0 + slab, inner[0])
-        if region is None:
-            yield i0, i1, slice(0, inner[1]), slice(0, inner[2])
-            continue
-        r, k = np.flatnonzero(rows_any[i0:i1].any(axis=0)), np.flatnonzero(cols_any[i0:i1].any(axis=0))
-        if r.size:
-            yield i0, i1, slice(int(r[0]), int(r[-1]) + 1), slice(int(k[0]), int(k[-1]) + 1)
-
-
-def jacobian_det_interior(u: np.ndarray, slab: int = 1) -> np.ndarray:
-    """The official determinant grid: det(I + grad u) with official central differences on the
-    field cropped by ``CROP`` voxels per face -> ``(X-4) x (Y-4) x (Z-4)`` float64 (no +3)."""
-    contract.check_field(u)
-    perm = _walk_order(u)
-    v = u.transpose(*perm, 3)
-    inner = tuple(n - 2 * CROP for n in v.shape[:3])
-    work = _DetBuffers(slab * inner[1] * inner[2])
-    slabs = [_det_slab(v, i0, i1, rows, cols, work, perm).copy() for i0, i1, rows, cols in _slab_windows(inner, slab, None)]
-    return np.concatenate(slabs).transpose(perm)  # perm is its own inverse
+# ----------------------------------------------------------------------------- memory layout
 
 
 def memory_order(u: np.ndarray) -> str:
@@ -293,65 +235,9 @@ def memory_order(u: np.ndarray) -> str:
     return "F" if u.flags.f_contiguous and not u.flags.c_contiguous else "C"
 
 
-def _walk_order(u: np.ndarray) -> tuple[int, int, int]:
+def walk_order(u: np.ndarray) -> tuple[int, int, int]:
     """Spatial axes, slowest in memory first: reversed for Fortran-ordered (NIfTI) fields."""
     return (2, 1, 0) if memory_order(u) == "F" else (0, 1, 2)
-
-
-class _DetBuffers:
-    """Reusable flat float64 work arrays for :func:`_det_slab` (``size`` elements each), handed
-    out as contiguous arrays of the shape needed."""
-
-    def __init__(self, size: int) -> None:
-        self.buffers = {f"g{a}{comp}": np.empty(size) for a in range(3) for comp in range(3)}
-        self.buffers.update(t1=np.empty(size), t2=np.empty(size), det=np.empty(size), pos=np.empty(size, dtype=bool))
-
-    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        return self.buffers[name][: math.prod(shape)].reshape(shape)
-
-
-# (upper, lower) neighbour slices of the central difference along each axis, in a slab padded by 1
-_DIFF = [
-    ((slice(2, None), slice(1, -1), slice(1, -1)), (slice(0, -2), slice(1, -1), slice(1, -1))),
-    ((slice(1, -1), slice(2, None), slice(1, -1)), (slice(1, -1), slice(0, -2), slice(1, -1))),
-    ((slice(1, -1), slice(1, -1), slice(2, None)), (slice(1, -1), slice(1, -1), slice(0, -2))),
-]
-
-
-def _det_slab(
-    v: np.ndarray, i0: int, i1: int, rows: slice, cols: slice, work: _DetBuffers, perm: tuple[int, int, int]
-) -> np.ndarray:
-    """det(I + grad u) at interior planes ``i0..i1-1``, rows ``rows`` and columns ``cols`` (interior
-    indices, i.e. after the ``CROP``) of the view ``v = u.transpose(*perm, 3)``; float64, an array
-    in ``work`` (valid until the next call).
-
-    ``j[a][c] = delta_ac + (u_c[x + e_a] - u_c[x - e_a]) / 2`` for *field* axis ``a`` (view axis
-    ``b`` is field axis ``perm[b]``), as the official ``-0.5 u[i-1] + 0.5 u[i+1]`` in float64; the
-    cofactor expansion is the official one, term by term. It runs on ``2 j`` (the differences
-    themselves, 2 on the diagonal) and scales the determinant by 1/8 at the end: scaling by powers
-    of two commutes with rounding, so the result is bit-identical and saves nine passes.
-    """
-    c = CROP
-    shape = (i1 - i0, rows.stop - rows.start, cols.stop - cols.start)
-    j = [[work.take(f"g{a}{comp}", shape) for comp in range(3)] for a in range(3)]
-    for comp in range(3):
-        w = v[i0 + c - 1 : i1 + c + 1, rows.start + c - 1 : rows.stop + c + 1, cols.start + c - 1 : cols.stop + c + 1, comp]
-        for b, (hi, lo) in enumerate(_DIFF):
-            out = j[perm[b]][comp]
-            np.subtract(w[hi], w[lo], out=out, dtype=np.float64)
-        j[comp][comp] += 2.0
-    t1, t2, det = work.take("t1", shape), work.take("t2", shape), work.take("det", shape)
-    np.multiply(j[1][1], j[2][2], out=t1)
-    t1 -= np.multiply(j[1][2], j[2][1], out=t2)
-    np.multiply(j[0][0], t1, out=det)
-    np.multiply(j[0][1], j[2][2], out=t1)
-    t1 -= np.multiply(j[0][2], j[2][1], out=t2)
-    det -= np.multiply(j[1][0], t1, out=t1)
-    np.multiply(j[0][1], j[1][2], out=t1)
-    t1 -= np.multiply(j[0][2], j[1][1], out=t2)
-    det += np.multiply(j[2][0], t1, out=t1)
-    det *= 0.125
-    return det
 
 
 # ----------------------------------------------------------------------------- TRE
@@ -425,7 +311,7 @@ def _sample_kernel(u: np.ndarray, points: np.ndarray) -> np.ndarray:
     start = np.clip(start, 0, np.maximum(np.asarray(shape) - length, 0))
     fortran = memory_order(u) == "F"
     out = np.empty((points.shape[0], 3))
-    for p in np.argsort(points[:, _walk_order(u)[0]], kind="stable"):
+    for p in np.argsort(points[:, walk_order(u)[0]], kind="stable"):
         sl = tuple(slice(int(start[p, a]), int(min(start[p, a] + length, shape[a]))) for a in range(3))
         wx, wy, wz = (weights[a][p, sl[a]] for a in range(3))
         if fortran:  # NIfTI layout: per component, x runs are contiguous; contract x first

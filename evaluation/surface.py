@@ -24,12 +24,17 @@ does, so the numbers are bit-identical.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
+
+try:  # seung-lab's exact Euclidean distance transform: HD95's largest cost, ~2x faster than scipy's
+    import edt as _edt
+except ImportError:  # pragma: no cover - edt is pinned in requirements.txt
+    _edt = None
 
 # Surfel areas of DeepMind's surface-distance lookup table (Apache-2.0), as data: for codes
 # 0..127, the triangles of the code's marching-cubes patch, each as |area vector| x 8 (three
@@ -60,8 +65,14 @@ def surfel_area_table(spacing: Spacing = (1.0, 1.0, 1.0)) -> np.ndarray:
 
     A triangle's area vector ``n`` (voxel units) scales to ``(n0 s1 s2, n1 s0 s2, n2 s0 s1)``;
     the patch area is the sum of the norms, accumulated in the reference order (bit-identical).
+    Tables are kept per spacing (read-only arrays).
     """
-    s0, s1, s2 = (float(s) for s in spacing)
+    return _area_table(tuple(float(s) for s in spacing))
+
+
+@functools.lru_cache(maxsize=64)
+def _area_table(spacing: tuple[float, ...]) -> np.ndarray:
+    s0, s1, s2 = spacing
     half = np.zeros(128)
     for code, entry in enumerate(_TRIANGLES_0_127.split()):
         total = 0.0
@@ -71,7 +82,9 @@ def surfel_area_table(spacing: Spacing = (1.0, 1.0, 1.0)) -> np.ndarray:
             n = np.array([int(tri[0]) / 8 * s1 * s2, int(tri[1]) / 8 * s0 * s2, int(tri[2]) / 8 * s0 * s1])
             total += np.linalg.norm(n)
         half[code] = total
-    return np.concatenate([half, half[::-1]])
+    table = np.concatenate([half, half[::-1]])
+    table.flags.writeable = False
+    return table
 
 
 def neighbour_codes(mask: np.ndarray) -> np.ndarray:
@@ -148,8 +161,18 @@ def pair_distances(a: Surface, b: Surface, spacing: Spacing = (1.0, 1.0, 1.0), m
 
 def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray, spacing: Spacing) -> np.ndarray:
     """Distances at the source surfels from the distance transform's feature transform (nearest
-    target vertex of every box voxel), with the transform's own formula, only where needed."""
-    grid = np.ones(tuple(int(n) for n in box), dtype=bool)
+    target vertex of every box voxel), with the transform's own formula, only where needed.
+
+    With voxel units (the official spacing) the squared distances are integers: the ``edt``
+    package's transform (2x faster than scipy's here) gives them exactly while they stay below
+    2^24 (its float32 output), and ``sqrt`` of the integer is bit for bit the reference's value."""
+    shape = tuple(int(n) for n in box)
+    if _edt is not None and all(float(s) == 1.0 for s in spacing) and sum((n - 1) ** 2 for n in shape) < 2**24:
+        grid8 = np.ones(shape, dtype=np.uint8)
+        grid8[tuple((target.vertices - lo).T)] = 0
+        squared = _edt.edtsq(grid8, black_border=False, parallel=1)
+        return np.sqrt(squared[tuple((source.vertices - lo).T)].astype(np.float64))
+    grid = np.ones(shape, dtype=bool)
     grid[tuple((target.vertices - lo).T)] = False
     nearest = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing], return_distances=False, return_indices=True)
     at = (source.vertices - lo).T
@@ -157,6 +180,8 @@ def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.nda
 
 
 def _tree_distances(source: Surface, target: Surface, spacing: Spacing) -> np.ndarray:
+    from scipy.spatial import cKDTree  # here: importing scipy.spatial costs ~0.1 s at start-up
+
     scale = np.asarray(spacing, dtype=np.float64)
     tree = cKDTree(target.vertices * scale, leafsize=32, balanced_tree=False, compact_nodes=False)
     _, nearest = tree.query(source.vertices * scale, k=1)
@@ -202,15 +227,23 @@ def robust_hausdorff(
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Tight bounding box of a boolean 3-D mask as slices; ``None`` if empty."""
-    box = []
-    for axis in range(3):
-        proj = np.any(mask, axis=tuple(a for a in range(3) if a != axis))
-        hits = np.flatnonzero(proj)
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+    """Tight bounding box of the nonzero voxels of a 3-D array (a boolean mask or an unsigned
+    label map; other types are compared with 0 first) as slices; ``None`` if there are none.
+
+    Reductions run along memory order (max over whole planes, then over the planes' span), ~10x
+    faster than ``np.any`` over the other two axes for each axis."""
+    arr = mask if mask.dtype == bool or np.issubdtype(mask.dtype, np.unsignedinteger) else mask != 0
+    if arr.size == 0:
+        return None
+    perm = (2, 1, 0) if arr.flags.f_contiguous and not arr.flags.c_contiguous else (0, 1, 2)
+    v = arr.transpose(perm)  # slowest axis first
+    planes = np.flatnonzero(v.reshape(v.shape[0], -1).max(axis=1))
+    if planes.size == 0:
+        return None
+    profile = v[planes[0] : planes[-1] + 1].max(axis=0)
+    hits = [planes, np.flatnonzero(profile.max(axis=1)), np.flatnonzero(profile.max(axis=0))]
+    box = [slice(int(h[0]), int(h[-1]) + 1) for h in hits]
+    return tuple(box[perm.index(axis)] for axis in range(3))
 
 
 def mask_surface(mask: np.ndarray, box: tuple[slice, ...] | None = None) -> Surface:

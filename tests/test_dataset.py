@@ -150,8 +150,9 @@ def test_io_errors_name_the_file(tmp_path):
 
 @pytest.mark.parametrize("copy", [True, False])
 def test_nifti_gz_fast_path_equals_nibabel(tmp_path, copy):
-    """.nii.gz are decoded in one call (copy=False: a read-only view of the bytes). Same arrays
-    as nibabel's own reader for NIfTI-1 and -2, scaled data and multi-member gzip files."""
+    """.nii.gz are inflated in one pass into a new array (copy=False: a read-only view of it). Same
+    arrays as nibabel's own reader for NIfTI-1 and -2, scaled data, multi-member and zero-padded
+    gzip files; damaged files are errors naming the file."""
     rng = np.random.default_rng(0)
     data = rng.standard_normal((5, 6, 7, 3)).astype(np.float32)
     scaled = nib.Nifti1Image(rng.integers(-900, 900, (6, 5, 4)).astype(np.int16), np.diag([2.0, 1.0, 3.0, 1.0]))
@@ -161,7 +162,8 @@ def test_nifti_gz_fast_path_equals_nibabel(tmp_path, copy):
         nib.save(image, tmp_path / f"{name}.nii.gz")
     plain = gzip.decompress((tmp_path / "n1.nii.gz").read_bytes())
     (tmp_path / "multi.nii.gz").write_bytes(gzip.compress(plain[:400]) + gzip.compress(plain[400:]))
-    for name in ("n1", "n2", "scaled", "multi"):
+    (tmp_path / "padded.nii.gz").write_bytes(gzip.compress(plain) + bytes(16))  # zero padding after the member
+    for name in ("n1", "n2", "scaled", "multi", "padded"):
         path = tmp_path / f"{name}.nii.gz"
         expected = np.asarray(nib.load(path).dataobj, dtype=np.float32)
         got, geometry = load_nifti(path, copy=copy)
@@ -172,7 +174,10 @@ def test_nifti_gz_fast_path_equals_nibabel(tmp_path, copy):
     assert stored.dtype == np.float64  # nibabel's scaling rule: scaled int16 -> float64
     np.testing.assert_array_equal(stored, np.asarray(nib.load(tmp_path / "scaled.nii.gz").dataobj))
     whole = gzip.compress(plain)
-    for broken in (b"", whole[:-4], b"not gzip" * 9, gzip.compress(plain[:300])):  # empty, cut, not gzip, short data
+    bad_crc = whole[:-8] + bytes(4) + whole[-4:]
+    bad_size = whole[:-4] + (len(plain) + 1).to_bytes(4, "little")
+    # empty, cut, not gzip, short data, CRC and length fields that disagree with the data
+    for broken in (b"", whole[:-4], b"not gzip" * 9, gzip.compress(plain[:300]), bad_crc, bad_size):
         (tmp_path / "bad.nii.gz").write_bytes(broken)
         with pytest.raises(DataError, match=r"bad\.nii\.gz: unreadable or truncated NIfTI"):
             load_nifti(tmp_path / "bad.nii.gz", copy=copy)

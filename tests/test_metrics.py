@@ -1,4 +1,4 @@
-"""Metrics (evaluation.metrics): analytic cases and cross-checks with tests/official_reference.py."""
+"""Metrics (evaluation.metrics, evaluation.jacobian): analytic cases and cross-checks with tests/official_reference.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from evaluation import contract, metrics
+from evaluation import contract, jacobian, metrics
 from tests import official_reference as ref
 
 
@@ -28,7 +28,7 @@ def _box(shape, lo, hi, value=1) -> np.ndarray:
 
 
 def test_zero_field_has_unit_jacobian_and_zero_sdlogj():
-    stats = metrics.jacobian_stats(np.zeros((9, 10, 11, 3), np.float32))
+    stats = jacobian.jacobian_stats(np.zeros((9, 10, 11, 3), np.float32))
     assert stats.sdlogj == 0.0 and stats.sdlogj_true == 0.0
     assert stats.num_foldings == 0.0 and stats.num_foldings_true == 0 and stats.folding_fraction == 0.0
     assert stats.voxels == 5 * 6 * 7
@@ -37,10 +37,10 @@ def test_zero_field_has_unit_jacobian_and_zero_sdlogj():
 def test_affine_field_has_det_a_everywhere_inside():
     a = np.array([[1.1, 0.2, 0.0, 1.0], [-0.1, 0.9, 0.3, 0.0], [0.05, 0.0, 1.2, -2.0]])
     u = contract.affine_to_field(a, (12, 13, 14))
-    det = metrics.jacobian_det_interior(u)
+    det = jacobian.jacobian_det_interior(u)
     assert det.shape == (8, 9, 10)
     np.testing.assert_allclose(det, np.linalg.det(a[:, :3]), rtol=1e-5)  # field stored as float32
-    stats = metrics.jacobian_stats(u)
+    stats = jacobian.jacobian_stats(u)
     assert stats.sdlogj == pytest.approx(0.0, abs=1e-6) and stats.sdlogj_true == pytest.approx(0.0, abs=1e-6)
 
 
@@ -49,8 +49,8 @@ def test_folded_field_true_fraction_while_official_count_stays_zero():
     x = np.arange(16, dtype=np.float32)[:, None, None]
     u = np.zeros((16, 8, 8, 3), np.float32)
     u[..., 0] = np.where(x >= 8, 2 * (8 - x), 0.0)  # phi_0(x) = x + u = 16 - x for x >= 8
-    det = metrics.jacobian_det_interior(u)
-    stats = metrics.jacobian_stats(u)
+    det = jacobian.jacobian_det_interior(u)
+    stats = jacobian.jacobian_stats(u)
     assert stats.num_foldings == 0.0  # the official quirk: counted after +3 and clipping
     assert stats.num_foldings_true == int((det <= 0).sum()) > 0
     # planes 9..13 have det -1, plane 8 sees the kink ((-2 + 0)/2 -> det 0): 6 of 12 planes fold
@@ -72,9 +72,9 @@ def test_sdlogj_bit_identical_to_the_official_formula(masked, order):
         blobs = ndimage.gaussian_filter(np.random.default_rng(5).standard_normal(u.shape[:3]), 1.5) > 0.12
         mask = np.asarray(blobs, dtype=np.float32, order=order)
         mask[:, :, 9] = 0
-    stats = metrics.jacobian_stats(u, mask)
+    stats = jacobian.jacobian_stats(u, mask)
     official, official_folds, det = ref.sdlogj(u.astype(np.float64), mask)
-    np.testing.assert_array_equal(metrics.jacobian_det_interior(u), det)
+    np.testing.assert_array_equal(jacobian.jacobian_det_interior(u), det)
     assert stats.sdlogj == pytest.approx(official, rel=1e-12)
     assert stats.num_foldings == official_folds == 0.0
     true_std, folds, fraction = ref.true_jacobian(det, mask)
@@ -84,7 +84,7 @@ def test_sdlogj_bit_identical_to_the_official_formula(masked, order):
 
 def test_strong_random_field_folds():
     u = _smooth_field((20, 20, 20), 4.0, seed=1, sigma=1.5)
-    stats = metrics.jacobian_stats(u)
+    stats = jacobian.jacobian_stats(u)
     det = ref.sdlogj(u.astype(np.float64), None)[2]
     assert stats.num_foldings_true == int((det <= 0).sum()) > 0
     assert stats.num_foldings == 0.0
@@ -120,6 +120,29 @@ def test_label_counts_match_brute_force():
     mean, theirs = ref.compute_dice(fixed, moving, warped, labels)
     np.testing.assert_array_equal(ours, theirs)
     assert metrics.nanmean(ours) == mean
+
+
+@pytest.mark.parametrize("labels", [(1, 2, 3, 4), (0, 2), (2, 300)])
+def test_counts_and_object_boxes_inside_the_labelled_box_equal_whole_grid_ones(labels):
+    """Labels fill a corner of the grid: counting and ``find_objects`` run on the labelled box only,
+    with the rest added as background; same numbers as over the whole grid (background as a label
+    and the compacting path for wide label values included)."""
+    rng = np.random.default_rng(len(labels))
+    maps = []
+    for shift in (0, 1, 2):
+        m = np.zeros((20, 22, 18), np.uint16 if max(labels) > 255 else np.uint8, order="F")
+        m[3 + shift : 11, 12 : 19 - shift, 2:9] = rng.choice([0, *labels], size=(8 - shift, 7 - shift, 7))
+        maps.append(m)
+    fixed, moving, warped = maps
+    counts = metrics.label_counts(fixed, moving, warped, labels)
+    for i, lab in enumerate(labels):
+        assert counts.fixed[i] == (fixed == lab).sum() and counts.moving[i] == (moving == lab).sum()
+        assert counts.warped[i] == (warped == lab).sum() and counts.overlap[i] == ((fixed == lab) & (warped == lab)).sum()
+    for m in maps:
+        values = metrics.compact_labels(m, labels) if m.dtype != np.uint8 else m
+        assert metrics.object_boxes(values) == ndimage.find_objects(values)
+    assert metrics.object_boxes(np.zeros((4, 4, 4), np.uint8)) == [] == ndimage.find_objects(np.zeros((4, 4, 4), np.uint8))
+    assert metrics.nonzero_box(np.zeros((4, 4, 4), np.uint8)) is None
 
 
 def test_missing_label_is_nan_and_ignored_vanished_label_is_zero_and_inf():

@@ -102,12 +102,50 @@ def test_surface_distances_match_the_reference_lists():
 
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 1.2, 2.0)])
-def test_distance_transform_and_kdtree_give_identical_distances(spacing):
+@pytest.mark.parametrize("edt_package", [True, False])  # voxel units: the edt package's transform, else scipy's
+def test_distance_transform_and_kdtree_give_identical_distances(spacing, edt_package, monkeypatch):
+    if not edt_package:
+        monkeypatch.setattr(surface, "_edt", None)
+    else:
+        assert surface._edt is not None  # pinned in requirements.txt
     a, b = _blob(11)
     sa, sb = surface.mask_surface(a), surface.mask_surface(b)
     edt, tree = surface.pair_distances(sa, sb, spacing, "edt"), surface.pair_distances(sa, sb, spacing, "kdtree")
     for x, y in zip(edt, tree, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("shape", [(1, 9, 7), (12, 1, 1), (5, 6, 7), (40, 3, 50)])
+def test_edt_package_and_scipy_feature_transform_agree_bit_for_bit(shape, monkeypatch):
+    """Random scattered surfels in flat, thin and ordinary boxes: exact squared distances."""
+    rng = np.random.default_rng(sum(shape))
+    n = int(np.prod(shape))
+    verts = np.stack(np.unravel_index(rng.choice(n, size=max(2, n // 7), replace=False), shape), axis=1)
+    half = len(verts) // 2
+    a = surface.Surface(verts[:half].astype(np.int64), np.full(half, 1, np.uint8))
+    b = surface.Surface(verts[half:].astype(np.int64), np.full(len(verts) - half, 1, np.uint8))
+    fast = surface.pair_distances(a, b, method="edt")
+    monkeypatch.setattr(surface, "_edt", None)
+    slow = surface.pair_distances(a, b, method="edt")
+    for x, y in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.uint16, np.int16, np.float32])
+def test_bounding_box_equals_the_extent_of_the_nonzero_voxels(order, dtype):
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        arr = np.zeros((9, 11, 13), dtype=dtype, order=order)
+        lo = rng.integers(0, 6, 3)
+        hi = lo + rng.integers(1, 4, 3)
+        k = 4
+        idx = tuple(rng.integers(a, b, k) for a, b in zip(lo, hi, strict=True))
+        arr[idx] = -1 if np.issubdtype(np.dtype(dtype), np.signedinteger) else 1
+        nz = np.nonzero(arr)
+        expected = tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)
+        assert surface.bounding_box(arr) == expected
+    assert surface.bounding_box(np.zeros((4, 5, 6), dtype=dtype, order=order)) is None
 
 
 def test_far_apart_structures_use_the_tree_and_match_the_reference():
