@@ -199,26 +199,39 @@ def _child_run(args: argparse.Namespace, peak: DescendantPeak) -> None:
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "cases": len(result["cases"]), "maxrss_mb": own, "worker_maxrss_mb": workers, "total_rss_mb": max(peak.total_mb, own), "first_case": first}))
 
 
-def measure(kind: str, task: Path, sub: Path, workers: int, repeats: int, config: Path | None = None) -> dict[str, Any]:
-    """Median of ``repeats`` child runs -> seconds per case, peak memory, the last aggregates."""
-    runs = []
-    for _ in range(repeats):
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--task", str(task), "--sub", str(sub), "--workers", str(workers)]
-        if config is not None:
-            cmd += ["--config", str(config)]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, cwd=REPO)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+def run_child(kind: str, task: Path, sub: Path, workers: int, config: Path | None = None) -> dict[str, Any]:
+    """One measured run in a fresh child process -> its json line (wall, CPU, memory, first case)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--task", str(task), "--sub", str(sub), "--workers", str(workers)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, cwd=REPO)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def summarize(kind: str, fmt: str, workers: int, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians (and all values) of seconds per case over ``runs``, peak memory over all of them."""
     per_case = [r["wall_s"] / r["cases"] for r in runs]
     cpu_per_case = [r["cpu_s"] / r["cases"] for r in runs]
     return {
-        "kind": kind, "workers": workers, "cases": runs[-1]["cases"], "repeats": repeats, "format": sub.name,
+        "kind": kind, "workers": workers, "cases": runs[-1]["cases"], "repeats": len(runs), "format": fmt,
         "s_per_case_median": statistics.median(per_case), "s_per_case_all": per_case,
         "cpu_s_per_case_median": statistics.median(cpu_per_case),
         "peak_mb_main": max(r["maxrss_mb"] for r in runs), "peak_mb_worker": max(r["worker_maxrss_mb"] for r in runs),
         "peak_mb_total": max(r["total_rss_mb"] for r in runs),
         "first_case": runs[-1]["first_case"],
     }  # fmt: skip
+
+
+def measure_ours(task: Path, subs: dict[str, Path], repeats: int) -> list[dict[str, Any]]:
+    """Every (format, workers) configuration ``repeats`` times, in interleaved rounds, so that a
+    noisy spell on the machine (a shared VM) hits all configurations alike."""
+    configs = [("nii", 1), ("nii", 2), ("npz", 1), ("npz", 2)]
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {c: [] for c in configs}
+    for _ in range(repeats):
+        for fmt, workers in configs:
+            runs[(fmt, workers)].append(run_child("ours", task, subs[fmt], workers))
+    return [summarize("ours", fmt, workers, runs[(fmt, workers)]) for fmt, workers in configs]
 
 
 def _timed(fn: Any) -> float:
@@ -239,14 +252,15 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
         "# Evaluator benchmark (CPU)", "",
         f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; load average before {results['machine']['load_avg']}, after {results['load_avg_after']}.",
         f"Case: {'x'.join(map(str, results['shape']))}, 13 labels (DSC, HD95), masked SDlogJ, 500 keypoints (TRE); {results['pairs']} pairs.", "",
-        "| run | field format | workers | wall s / pair | speed-up (wall) | CPU s / pair | speed-up (CPU) | peak MB (main / largest worker / all together) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | field format | workers | wall s / pair (median) | runs: min - max | speed-up (wall) | CPU s / pair | speed-up (CPU) | peak MB (main / largest worker / all together) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     ref_cpu = results["reference"]["cpu_s_per_case_median"]
     for r in [results["reference"], *results["ours"]]:
         name = "reference (official formulas)" if r["kind"] == "reference" else "ours"
         lines.append(
-            f"| {name} | {r['format']} | {r['workers']} | {r['s_per_case_median']:.3f} | {ref / r['s_per_case_median']:.1f}x | "
+            f"| {name} | {r['format']} | {r['workers']} | {r['s_per_case_median']:.3f} | "
+            f"{min(r['s_per_case_all']):.3f} - {max(r['s_per_case_all']):.3f} ({len(r['s_per_case_all'])}) | {ref / r['s_per_case_median']:.1f}x | "
             f"{r['cpu_s_per_case_median']:.3f} | {ref_cpu / r['cpu_s_per_case_median']:.1f}x | "
             f"{r['peak_mb_main']:.0f} / {r['peak_mb_worker']:.0f} / {r.get('peak_mb_total', float('nan')):.0f} |"
         )
@@ -267,16 +281,17 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     read = results["read_field_s"]
     lines += [
         "",
-        f"Seconds per pair are wall time of whole runs (read, validate, all metrics, write nothing) divided by the pairs; "
+        f"Seconds per pair are wall time of whole runs (read, validate, all metrics, write nothing) divided by the pairs, "
+        "the median over the runs (ours: the configurations' runs interleaved, round after round); "
         f"reading one field alone takes {read['nii']:.2f} s from .nii.gz (ISA-L, inflated straight into the array) and {read['npz']:.2f} s from .npz here. "
         "Peak memory: max RSS of the run's main process, of its largest worker process, and the largest sum of the "
         "resident memory of all its processes at one time (sampled every 50 ms).",
     ]
-    load = max(results["machine"]["load_avg"][0], results["load_avg_after"][0])
+    load = results["machine"]["load_avg"][0]  # before: afterwards it also counts the benchmark's own runs
     if load > 0.5 * results["machine"]["cores"]:
         lines += [
             "",
-            f"The machine was busy with other jobs during this run (1-min load average up to {load:.1f} on "
+            f"The machine was busy with other jobs when this run started (1-min load average {load:.1f} on "
             f"{results['machine']['cores']} cores): wall times are inflated and 2 workers do not get 2 cores; "
             "CPU seconds per pair (all processes of the run) are the less load-sensitive comparison.",
         ]
@@ -296,7 +311,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--pairs", type=int, default=4, help="pairs evaluated per run (default 4)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per configuration (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per configuration, interleaved (default 5)")
     parser.add_argument("--quick", action="store_true", help="small volume smoke test (written only with --out)")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     args = parser.parse_args()
@@ -317,14 +332,13 @@ def main() -> None:
         one_cfg = json.loads(config.read_text())
         one_cfg["eval_pairs"] = one_cfg["eval_pairs"][:1]
         (Path(tmp) / "one.json").write_text(json.dumps(one_cfg))
-        results["reference"] = measure("reference", task, one, 1, 1, Path(tmp) / "one.json")
-        results["reference"]["format"] = "nii"
+        results["reference"] = summarize("reference", "nii", 1, [run_child("reference", task, one, 1, Path(tmp) / "one.json")])
         field = next(one.iterdir())
         results["read_field_s"] = {
             "nii": statistics.median(_timed(lambda: io.load_nifti(field)) for _ in range(3)),
             "npz": statistics.median(_timed(lambda: np.load(subs["npz"] / field.name.replace(".nii.gz", ".npz"))["arr_0"]) for _ in range(3)),
         }
-        results["ours"] = [measure("ours", task, subs[fmt], w, args.repeats) for fmt, w in (("nii", 1), ("nii", 2), ("npz", 1), ("npz", 2))]
+        results["ours"] = measure_ours(task, subs, args.repeats)
     results["load_avg_after"] = os.getloadavg()
     for r in results["ours"]:
         print(f"ours {r['format']} workers={r['workers']}: {r['s_per_case_median']:.3f} s/case, peak {r['peak_mb_main']:.0f}/{r['peak_mb_worker']:.0f} MB")
