@@ -36,6 +36,17 @@ def check_field(u: np.ndarray, shape: Shape | None = None) -> None:
         raise ValueError(f"field grid {u.shape[:3]} differs from the fixed image grid {tuple(shape)}")
 
 
+def memory_order(arr: np.ndarray) -> str:
+    """``"F"`` for a Fortran-ordered array (NIfTI data, fields and label maps alike), else ``"C"``."""
+    return "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
+
+
+def walk_order(arr: np.ndarray) -> tuple[int, int, int]:
+    """The three spatial axes, slowest in memory first: reversed for Fortran-ordered (NIfTI) arrays.
+    Voxel-wise loops go plane by plane along the first, so that each plane is contiguous."""
+    return (2, 1, 0) if memory_order(arr) == "F" else (0, 1, 2)
+
+
 def warp(moving: np.ndarray, u: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
     """Warp ``moving`` (``X' x Y' x Z'``) by ``u`` (on the fixed grid): ``moving(x + u(x))``.
 

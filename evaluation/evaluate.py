@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from evaluation import jacobian, metrics
+from evaluation import contract, jacobian, metrics
 from evaluation.cli import run_cli
 from evaluation.config import EvalConfig, EvalPair, Method, derive_config, read_config
 from evaluation.io import DataError, load_nifti, read_nifti_header, read_points, write_json
@@ -183,7 +183,7 @@ def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
         ours.update(SDlogJ_true=stats.sdlogj_true, num_foldings_true=stats.num_foldings_true, folding_fraction=stats.folding_fraction)
     label_methods = [m for m in job.methods if m.metric in ("dice", "hd95")]
     if label_methods:
-        order = metrics.memory_order(u)
+        order = contract.memory_order(u)
         fixed, geometry = _load_labels(pair.fixed_label, u.shape[:3], order)
         moving, _ = _load_labels(pair.moving_label, None, order)
         warped = metrics.warp_labels(moving, u)

@@ -84,9 +84,10 @@ def load_nifti(path: str | Path, dtype: Any = np.float32, copy: bool = True) -> 
     """Read a NIfTI file fully into memory.
 
     Returns the array (``X x Y x Z[ x ...]``, cast to ``dtype``; ``None`` keeps the stored type)
-    and its geometry. ``copy=False`` lets a ``.nii.gz`` array be a read-only view of the
-    decompressed file (no copy: the evaluator's fast path). Raises ``DataError`` naming the file if
-    it is missing, unreadable or truncated.
+    and its geometry. A ``.nii.gz`` is inflated into a new buffer that only the returned array
+    uses, so no copy is made either way; ``copy=False`` returns it read-only (for callers that
+    only read, like the evaluator). Raises ``DataError`` naming the file if it is missing,
+    unreadable or truncated.
     """
     path = Path(path)
     if not path.is_file():

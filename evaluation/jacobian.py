@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from evaluation import contract
-from evaluation.metrics import walk_order
 
 LOG_CLIP = (1e-9, 1e9)  # official clip of det + 3 before the log
 DET_SHIFT = 3.0  # official (quirky) shift of det J before the log
@@ -124,7 +123,7 @@ class _DetPlanes:
     """
 
     def __init__(self, u: np.ndarray, mask: np.ndarray | None) -> None:
-        self.perm = walk_order(u)
+        self.perm = contract.walk_order(u)
         self.v = u.transpose(*self.perm, 3)
         self.shape = self.v.shape[:3]
         c = CROP

@@ -71,7 +71,7 @@ def warp_labels(moving: np.ndarray, u: np.ndarray, margin: int = 2) -> np.ndarra
     """
     contract.check_field(u)
     box = surface.bounding_box(moving)
-    out = np.zeros(u.shape[:3], dtype=moving.dtype, order=memory_order(u))
+    out = np.zeros(u.shape[:3], dtype=moving.dtype, order=contract.memory_order(u))
     if box is None:
         return out
     lo, hi = [], []
@@ -85,7 +85,7 @@ def warp_labels(moving: np.ndarray, u: np.ndarray, margin: int = 2) -> np.ndarra
         moving = np.ascontiguousarray(moving)
     flat_moving = moving.ravel(order="K")  # memory order, so that strides index it
     stride = [s // moving.itemsize for s in moving.strides]
-    perm = walk_order(u)
+    perm = contract.walk_order(u)
     crop = tuple(slice(lo[a], hi[a]) for a in perm)
     v, dst = u.transpose(*perm, 3)[crop], out.transpose(perm)[crop]
     # voxel coordinate of each view axis, broadcast against a plane (view axes 1, 2)
@@ -177,8 +177,8 @@ def hd95(
     """
     (f, w), index = _indexed((fixed, warped), counts.labels)
     boxes_f, boxes_w = object_boxes(f), object_boxes(w)
-    unique = list(dict.fromkeys(tuple(float(v) for v in s) for s in spacings))  # e.g. 1 mm images: computed once
-    found: dict[tuple[float, ...], list[float]] = {s: [] for s in unique}
+    keys = [tuple(float(v) for v in s) for s in spacings]
+    found: dict[tuple[float, ...], list[float]] = {k: [] for k in keys}  # a repeated spacing (1 mm images) once
     for ok, value in zip(counts.present, index, strict=True):
         if not ok:
             for values in found.values():
@@ -192,7 +192,7 @@ def hd95(
             else:
                 dist = surface.pair_distances(a, b, spacing)
             values.append(surface.robust_hausdorff(a, b, 95.0, spacing, surface.surfel_area_table(spacing), dist))
-    return [list(found[tuple(float(v) for v in s)]) for s in spacings]
+    return [list(found[k]) for k in keys]
 
 
 def nonzero_box(*maps: np.ndarray) -> tuple[slice, ...] | None:
@@ -225,19 +225,6 @@ def _label_surface(labels: np.ndarray, boxes: list, value: int) -> surface.Surfa
     if box is None:
         return surface.Surface(np.zeros((0, 3), dtype=np.int64), np.zeros(0, dtype=np.uint8))
     return surface.extract_surface(labels[box] == value, [s.start for s in box])
-
-
-# ----------------------------------------------------------------------------- memory layout
-
-
-def memory_order(u: np.ndarray) -> str:
-    """``"F"`` for a Fortran-ordered array (NIfTI data), else ``"C"``."""
-    return "F" if u.flags.f_contiguous and not u.flags.c_contiguous else "C"
-
-
-def walk_order(u: np.ndarray) -> tuple[int, int, int]:
-    """Spatial axes, slowest in memory first: reversed for Fortran-ordered (NIfTI) fields."""
-    return (2, 1, 0) if memory_order(u) == "F" else (0, 1, 2)
 
 
 # ----------------------------------------------------------------------------- TRE
@@ -309,9 +296,9 @@ def _sample_kernel(u: np.ndarray, points: np.ndarray) -> np.ndarray:
     length = 2 * TRE_RADIUS + 2
     start = np.floor(points).astype(int) - TRE_RADIUS
     start = np.clip(start, 0, np.maximum(np.asarray(shape) - length, 0))
-    fortran = memory_order(u) == "F"
+    fortran = contract.memory_order(u) == "F"
     out = np.empty((points.shape[0], 3))
-    for p in np.argsort(points[:, walk_order(u)[0]], kind="stable"):
+    for p in np.argsort(points[:, contract.walk_order(u)[0]], kind="stable"):
         sl = tuple(slice(int(start[p, a]), int(min(start[p, a] + length, shape[a]))) for a in range(3))
         wx, wy, wz = (weights[a][p, sl[a]] for a in range(3))
         if fortran:  # NIfTI layout: per component, x runs are contiguous; contract x first

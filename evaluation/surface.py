@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from evaluation import contract
+
 try:  # seung-lab's exact Euclidean distance transform: HD95's largest cost, ~2x faster than scipy's
     import edt as _edt
 except ImportError:  # pragma: no cover - edt is pinned in requirements.txt
@@ -167,15 +169,13 @@ def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.nda
     package's transform (2x faster than scipy's here) gives them exactly while they stay below
     2^24 (its float32 output), and ``sqrt`` of the integer is bit for bit the reference's value."""
     shape = tuple(int(n) for n in box)
-    if _edt is not None and all(float(s) == 1.0 for s in spacing) and sum((n - 1) ** 2 for n in shape) < 2**24:
-        grid8 = np.ones(shape, dtype=np.uint8)
-        grid8[tuple((target.vertices - lo).T)] = 0
-        squared = _edt.edtsq(grid8, black_border=False, parallel=1)
-        return np.sqrt(squared[tuple((source.vertices - lo).T)].astype(np.float64))
-    grid = np.ones(shape, dtype=bool)
-    grid[tuple((target.vertices - lo).T)] = False
-    nearest = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing], return_distances=False, return_indices=True)
+    grid = np.ones(shape, dtype=np.uint8)  # 0 at the target's vertices
+    grid[tuple((target.vertices - lo).T)] = 0
     at = (source.vertices - lo).T
+    if _edt is not None and all(float(s) == 1.0 for s in spacing) and sum((n - 1) ** 2 for n in shape) < 2**24:
+        squared = _edt.edtsq(grid, black_border=False, parallel=1)
+        return np.sqrt(squared[tuple(at)].astype(np.float64))
+    nearest = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing], return_distances=False, return_indices=True)
     return _offset_lengths((nearest[(slice(None), *at)] - at).T, spacing)
 
 
@@ -235,7 +235,7 @@ def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     arr = mask if mask.dtype == bool or np.issubdtype(mask.dtype, np.unsignedinteger) else mask != 0
     if arr.size == 0:
         return None
-    perm = (2, 1, 0) if arr.flags.f_contiguous and not arr.flags.c_contiguous else (0, 1, 2)
+    perm = contract.walk_order(arr)
     v = arr.transpose(perm)  # slowest axis first
     planes = np.flatnonzero(v.reshape(v.shape[0], -1).max(axis=1))
     if planes.size == 0:
