@@ -181,7 +181,7 @@ def _child_run(args: argparse.Namespace, peak: DescendantPeak) -> None:
     import surface_distance  # noqa: F401  (imports outside the timed region)
 
     from evaluation.evaluate import evaluate
-    from tests.official_reference import evaluate_reference
+    from tests.evaluation.official_reference import evaluate_reference
 
     cpu0 = sum(u.ru_utime + u.ru_stime for u in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
     t0 = time.perf_counter()

@@ -115,8 +115,8 @@ def _workload(case: Case) -> tuple[Any, Any, Any]:
     import torch
 
     from pipeline.config import LossConfig
-    from pipeline.lapirn import LapIRN, LapIRNConfig
-    from pipeline.losses import level_loss
+    from pipeline.model.lapirn import LapIRN, LapIRNConfig
+    from pipeline.model.losses import level_loss
 
     device = torch.device(case.device)
     gen = torch.Generator().manual_seed(0)

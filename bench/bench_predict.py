@@ -4,7 +4,7 @@
   field written at 192x160x256;
 * task 4: 64x64x64 MR pair, full resolution, start_channel 7.
 
-End to end = ``pipeline.predict.predict_pair`` (read both NIfTI files, preprocess, forward,
+End to end = ``pipeline.prediction.predict.predict_pair`` (read both NIfTI files, preprocess, forward,
 resample the field to full resolution, write it in the challenge format) with randomly
 initialised weights (timing does not depend on them). Network-only = the forward pass with
 GPU synchronisation. Medians over repeats after a warm-up; results to bench/results/.
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluation.dataset import load_task  # noqa: E402
 from evaluation.io import Geometry, save_nifti  # noqa: E402
 from pipeline.config import config_from_dict  # noqa: E402
-from pipeline.lapirn import LapIRN, LapIRNConfig  # noqa: E402
-from pipeline.predict import Predictor, predict_pair  # noqa: E402
+from pipeline.model.lapirn import LapIRN, LapIRNConfig  # noqa: E402
+from pipeline.prediction.predict import Predictor, predict_pair  # noqa: E402
 
 SETTINGS = {
     "task3": {"shape": (192, 160, 256), "half": True, "start_channel": 28, "window": [-500, 800]},

@@ -9,7 +9,7 @@ Grid resampling is corner-aligned everywhere (``scipy.ndimage.zoom`` with its de
 ``grid_mode=False``, torch ``align_corners=True``): voxel ``i`` of an ``n``-grid sits at
 ``i * (N - 1) / (n - 1)`` of an ``N``-grid. Images, labels, points and fields all follow it.
 
-``pipeline.contract`` adds the torch counterparts; the evaluator and the pipeline agree
+``pipeline.model.contract`` adds the torch counterparts; the evaluator and the pipeline agree
 because both use the rules written here.
 """
 

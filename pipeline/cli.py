@@ -17,14 +17,14 @@ from evaluation.io import DataError
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("pipeline.demo", "run the main job on the embedded demo tasks"),
-    "demo-data": ("pipeline.demo_data", "write the embedded demo tasks (deterministic from a seed)"),
-    "validate": ("pipeline.validate", "check a task folder and list every problem"),
-    "summary": ("pipeline.summary", "print a summary table of task folders"),
-    "preprocess": ("pipeline.preprocess", "resample, window and normalise a task into the cache"),
-    "train": ("pipeline.train", "train LapIRN on a task (progressive, resumable, torchrun-ready)"),
-    "align": ("pipeline.align", "affine pre-alignment (NGF + L-BFGS)"),
-    "predict": ("pipeline.predict", "write challenge-format fields and runtimes for a task's pairs"),
+    "demo": ("pipeline.demo.job", "run the main job on the embedded demo tasks"),
+    "demo-data": ("pipeline.demo.tasks", "write the embedded demo tasks (deterministic from a seed)"),
+    "validate": ("pipeline.data.validate", "check a task folder and list every problem"),
+    "summary": ("pipeline.data.summary", "print a summary table of task folders"),
+    "preprocess": ("pipeline.data.preprocess", "resample, window and normalise a task into the cache"),
+    "train": ("pipeline.training.train", "train LapIRN on a task (progressive, resumable, torchrun-ready)"),
+    "align": ("pipeline.affine.align", "affine pre-alignment (NGF + L-BFGS)"),
+    "predict": ("pipeline.prediction.predict", "write challenge-format fields and runtimes for a task's pairs"),
     "leaderboard": ("evaluation.leaderboard", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),
 }
 

@@ -45,7 +45,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """LapIRN's loss (see ``pipeline.losses.level_loss``): similarity pyramid of local NCC
+    """LapIRN's loss (see ``pipeline.model.losses.level_loss``): similarity pyramid of local NCC
     (windows fixed by the level, eps 1e-5), smoothness lambda / 2^(L-p) in the public code's
     units (``smooth_unit`` 2), Dice on warped labels (> 0 only where the task has training
     labels), anti-folding penalty, similarity inside the fixed mask (``use_mask``)."""
@@ -60,7 +60,7 @@ class LossConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The seed paper's affine augmentation (see ``pipeline.augment``)."""
+    """The seed paper's affine augmentation (see ``pipeline.training.augment``)."""
 
     prob: float = 0.1
     rotation_deg: float = 10.0

@@ -1,0 +1,238 @@
+"""``python -m pipeline align``: affine pre-alignment of a task's pairs (NGF + L-BFGS).
+
+For every pair of a split (``evaluation.dataset``), :func:`pipeline.affine.registration.register_affine`
+finds the transform fixed mm -> moving mm, and the stage writes, each file atomically::
+
+    OUT/transforms/{fixed}_{moving}.tfm                  SimpleITK transform (Euler3D / Affine)
+    OUT/transforms/{fixed}_{moving}.json                 voxel + physical matrices, metrics, TRE
+    OUT/images/{fixed}_{moving}_moving_aligned.nii.gz    moving image on the fixed grid
+    OUT/align_summary.json                               resolved config, per-pair results, errors
+
+The aligned image is ``evaluation.contract.warp(moving, affine_to_field(voxel_matrix))``. When
+both cases have landmarks, the official TRE (``evaluation.metrics.tre``, mm) before and after
+alignment is recorded. A pair whose input is unusable is reported (file and problem) and
+skipped; the others are still processed and the command exits with 1.
+
+SimpleITK I/O lives here too: ``.tfm`` files, SimpleITK images built from our arrays and LPS
+geometry (SimpleITK's index ``(i, j, k)`` is our array order; ``GetArrayFromImage`` returns
+``z, y, x``), and a SimpleITK resampling that tests hold against the contract's ``warp``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from evaluation.contract import warp
+from evaluation.dataset import Case, Pair, Task, load_task
+from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
+from evaluation.metrics import tre
+from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "test", "train")
+FOV_CHOICES = ("auto", "on", "off")
+ULTRASOUND = {"US", "IUS", "ULTRASOUND", "3DUS"}
+
+
+# ------------------------------------------------------------------------- SimpleITK I/O
+
+
+def transform_matrix(transform: sitk.Transform) -> np.ndarray:
+    """Physical 4x4 of any linear SimpleITK transform (read off by mapping the origin and unit vectors)."""
+    origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
+    m = np.eye(4)
+    for axis in range(3):
+        m[:3, axis] = np.asarray(transform.TransformPoint(tuple(float(v) for v in np.eye(3)[axis]))) - origin
+    m[:3, 3] = origin
+    return m
+
+
+def write_transform(path: str | Path, transform: sitk.Transform) -> None:
+    """``sitk.WriteTransform`` to ``path`` (``.tfm``), atomically."""
+    with atomic_path(path) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
+
+
+def read_transform(path: str | Path) -> sitk.Transform:
+    """``sitk.ReadTransform``; ``DataError`` naming the file if it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        return sitk.ReadTransform(str(path))
+    except RuntimeError as exc:
+        raise DataError(f"{path}: unreadable transform file ({exc})") from exc
+
+
+def to_sitk_image(array: np.ndarray, geom: Geometry) -> sitk.Image:
+    """SimpleITK image of an ``X x Y x Z`` array with its LPS geometry (sitk index ``(i, j, k)`` = array order)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    image.SetSpacing(tuple(float(s) for s in geom.spacing))
+    image.SetOrigin(tuple(float(o) for o in geom.origin))
+    image.SetDirection(tuple(float(d) for d in geom.direction))
+    return image
+
+
+def resample_sitk(
+    moving: np.ndarray, moving_geom: Geometry, fixed_geom: Geometry, transform: sitk.Transform, default: float = 0.0
+) -> np.ndarray:
+    """Moving image resampled by SimpleITK (linear) on the fixed grid -> ``X x Y x Z`` float32."""
+    reference = to_sitk_image(np.zeros(fixed_geom.shape, np.float32), fixed_geom)
+    source = to_sitk_image(np.asarray(moving, dtype=np.float32), moving_geom)
+    out = sitk.Resample(source, reference, transform, sitk.sitkLinear, default, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+# ------------------------------------------------------------------------- stage
+
+
+def pair_stem(pair: Pair) -> str:
+    """File stem of a pair's outputs: ``{fixed}_{moving}`` (case ids ``SSSS_MMMM``)."""
+    return f"{pair.fixed}_{pair.moving}"
+
+
+def split_pairs(task: Task, split: str) -> tuple[Pair, ...]:
+    """The pairs of ``split`` ("val", "test", or "train": the task's training pairs)."""
+    if split not in SPLITS:
+        raise DataError(f"--split: unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    return task.training_pairs() if split == "train" else task.pairs.get(split, ())
+
+
+def is_ultrasound(task: Task, case: Case) -> bool:
+    """Whether the task's ``modality`` entry for the case's modality id names ultrasound."""
+    name = task.modality.get(str(int(case.modality)), task.modality.get(case.modality, ""))
+    return name.strip().upper() in ULTRASOUND
+
+
+def pair_config(task: Task, pair: Pair, config: AffineConfig, fov: str) -> AffineConfig:
+    """``config`` with the fields of view set per ``fov``: "on", "off", or "auto" (on for
+    ultrasound images, per the task's modality table)."""
+    if fov == "auto":
+        moving_fov, fixed_fov = is_ultrasound(task, task.case(pair.moving)), is_ultrasound(task, task.case(pair.fixed))
+    else:
+        moving_fov = fixed_fov = fov == "on"
+    return dataclasses.replace(config, moving_fov=moving_fov, fixed_fov=fixed_fov)
+
+
+def _landmark_tre(fixed_case: Case, moving_case: Case, moving_spacing, result: AffineResult) -> dict[str, float]:
+    """Mean official TRE (mm) before (zero field) and after alignment, if both cases have landmarks."""
+    if fixed_case.landmarks is None or moving_case.landmarks is None:
+        return {}
+    fixed_pts, moving_pts = read_points(fixed_case.landmarks), read_points(moving_case.landmarks)
+    if fixed_pts.shape != moving_pts.shape:
+        raise DataError(f"{moving_case.landmarks}: {len(moving_pts)} landmarks, but {fixed_case.landmarks} has {len(fixed_pts)}")
+    u = result.field()
+    return {
+        "tre_initial_mm": float(np.mean(tre(np.zeros_like(u), fixed_pts, moving_pts, moving_spacing))),
+        "tre_aligned_mm": float(np.mean(tre(u, fixed_pts, moving_pts, moving_spacing))),
+    }
+
+
+def align_pair(task: Task, pair: Pair, out: Path, config: AffineConfig) -> dict[str, Any]:
+    """Register one pair and write its three files; returns its summary entry.
+
+    Raises ``DataError`` (naming the file) for unusable input; nothing is written then.
+    """
+    fixed_case, moving_case = task.case(pair.fixed), task.case(pair.moving)
+    fixed, fixed_geom = load_nifti(fixed_case.image)
+    moving, moving_geom = load_nifti(moving_case.image)
+    mask = None
+    if config.use_fixed_mask and fixed_case.mask is not None:
+        mask, _ = load_nifti(fixed_case.mask)
+        if mask.shape != fixed.shape:
+            raise DataError(f"{fixed_case.mask}: shape {mask.shape} differs from its image {fixed.shape}")
+    try:
+        result = register_affine(fixed, moving, fixed_geom, moving_geom, config, fixed_mask=mask)
+    except ValueError as exc:
+        raise DataError(f"{fixed_case.image} / {moving_case.image}: {exc}") from exc
+    entry = {"fixed": pair.fixed, "moving": pair.moving, **result.to_dict()}
+    entry.update(_landmark_tre(fixed_case, moving_case, moving_geom.spacing, result))
+    entry["config"] = config.to_dict()
+    stem = pair_stem(pair)
+    save_nifti(out / "images" / f"{stem}_moving_aligned.nii.gz", warp(moving, result.field()), fixed_geom)
+    write_json(out / "transforms" / f"{stem}.json", entry)
+    write_transform(out / "transforms" / f"{stem}.tfm", result.transform)
+    return entry
+
+
+def align_task(
+    data: str | Path, out: str | Path, split: str = "val", config: AffineConfig | None = None, fov: str = "auto", progress: bool = False
+) -> dict[str, Any]:
+    """Align every pair of ``split`` of the task in ``data``; write under ``out`` (module docstring).
+
+    Returns the summary (also written to ``out/align_summary.json``); its ``errors`` maps pair
+    keys to messages for pairs that could not be processed.
+    """
+    if fov not in FOV_CHOICES:
+        raise DataError(f"--fov: unknown choice {fov!r} (choose from {', '.join(FOV_CHOICES)})")
+    config = config or AffineConfig()
+    task = load_task(data)
+    pairs = split_pairs(task, split)
+    if not pairs:
+        raise DataError(f"{task.root}: task {task.name} has no {split} pairs")
+    out = Path(out)
+    summary: dict[str, Any] = {"task": task.name, "data": str(task.root), "split": split, "fov": fov, "config": config.to_dict()}
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    start = time.perf_counter()
+    iterator = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, desc=f"align {task.name}", unit="pair")
+    for pair in iterator:
+        try:
+            results[pair.key] = align_pair(task, pair, out, pair_config(task, pair, config, fov))
+        except DataError as exc:
+            log.error("%s: %s", pair.key, exc)
+            errors[pair.key] = str(exc)
+    summary.update(pairs=results, errors=errors, runtime_s=time.perf_counter() - start)
+    write_json(out / "align_summary.json", summary)
+    return summary
+
+
+def _config_from_args(args: argparse.Namespace) -> AffineConfig:
+    """Config file (if any), then the command-line overrides."""
+    raw = read_json(args.config) if args.config else {}
+    if not isinstance(raw, dict):
+        raise DataError(f"{args.config}: must hold a JSON object of affine settings")
+    overrides = {"mode": args.mode, "search_radius": args.search, "init": args.init, "use_fixed_mask": args.mask or None, "threads": args.threads}
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return AffineConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{args.config or 'command line'}: invalid affine settings ({exc})") from exc
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="task folder (either layout)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--split", choices=SPLITS, default="val", help="which pairs (default val)")
+    parser.add_argument("--mode", choices=("rigid", "affine"), default=None, help="6 or 12 DoF (default: config, else rigid)")
+    parser.add_argument("--config", type=Path, default=None, help="JSON file of AffineConfig settings")
+    parser.add_argument("--search", type=float, default=None, metavar="MM", help="translation search radius in mm (0 = off)")
+    parser.add_argument("--init", choices=("none", "center", "com"), default=None, help="initial translation")
+    parser.add_argument("--fov", choices=FOV_CHOICES, default="auto", help="zeros outside an ultrasound field of view (auto: by modality)")
+    parser.add_argument("--mask", action="store_true", help="weight the metric by the fixed mask where the task has one")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while registering (default: config, else 1)")
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = align_task(args.data, args.out, args.split, _config_from_args(args), args.fov, progress=True)
+    for key, entry in summary["pairs"].items():
+        tre_text = f", TRE {entry['tre_initial_mm']:.2f} -> {entry['tre_aligned_mm']:.2f} mm" if "tre_aligned_mm" in entry else ""
+        print(f"{key}: NGF {entry['metric_initial']:.4f} -> {entry['metric_final']:.4f} in {entry['runtime_s']:.1f} s{tre_text}")
+    for key, message in summary["errors"].items():
+        print(f"error: {key}: {message}", file=sys.stderr)
+    print(f"{len(summary['pairs'])} pair(s) aligned, {len(summary['errors'])} failed; summary in {Path(args.out) / 'align_summary.json'}")
+    return 1 if summary["errors"] else 0

@@ -1,0 +1,236 @@
+"""Prediction stage: ``python -m pipeline predict --run RUN --data TASK_DIR --out OUT --split val|test``.
+
+For each pair: read the images, optional affine pre-alignment (NGF + L-BFGS), preprocess as in
+training, LapIRN forward (GPU when available), optional instance optimisation, resample the
+field to the fixed image's full grid and compose it with the affine part through the contract,
+then write it in the task's challenge format:
+
+* current layout: ``OUT/disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` (``X x Y x Z x 3`` float32);
+* 2020 layout: ``OUT/disp_{fix:04d}_{mov:04d}.npz`` (key ``arr_0``, float16, channels first, half
+  resolution when the task runs at half resolution, as in 2020).
+
+Every file is written atomically. ``OUT/runtimes.json`` (``evaluation.submission`` schema) records
+per pair the end-to-end and network-only runtimes (GPU-synchronised), the device, the
+checkpoint and a configuration hash; pairs already written under the same hash are skipped, so
+an interrupted prediction resumes. A pair that cannot be processed is reported by name with the
+reason; the others still run and the command exits 1. Under ``torchrun`` the pairs are sharded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from evaluation.contract import (
+    compose_affine,
+    disp_filename_2020,
+    disp_filename_l2r,
+    resample_field,
+    resize_image,
+    to_2020,
+    warp,
+)
+from evaluation.dataset import LAYOUT_2020, Pair, Task, load_task
+from evaluation.io import DataError, atomic_path, load_nifti, read_json, save_nifti
+from evaluation.submission import read_manifest, write_manifest
+from pipeline.affine.align import pair_config
+from pipeline.affine.registration import AffineConfig, register_affine
+from pipeline.config import RunConfig, config_from_dict
+from pipeline.data.preprocess import load_image, network_image
+from pipeline.distributed import DistInfo, autocast, init_distributed, pick_device, shutdown
+from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.contract import field_to_numpy
+from pipeline.model.instance_opt import refine_field
+from pipeline.model.lapirn import LapIRN, LapIRNConfig
+from pipeline.training.validation import full_resolution_field
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictor:
+    """Everything one prediction run needs; ``model`` is ``None`` for affine-only configs."""
+
+    task: Task
+    cfg: RunConfig
+    model: LapIRN | None
+    device: torch.device
+    checkpoint: str
+    config_hash: str
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def load_predictor(run_dir: Path | None, task: Task, device: torch.device, checkpoint: str, overrides: dict) -> Predictor:
+    """Model and configuration of a run folder (``run_dir=None``: a config-only, affine-only run)."""
+    ckpt_path = None
+    if run_dir is not None and (run_dir / "config.json").exists():
+        raw = read_json(run_dir / "config.json")
+    elif overrides.get("config_file"):
+        raw = read_json(overrides["config_file"])
+    else:
+        raise DataError(f"{run_dir}: not a run folder (no config.json)")
+    raw.setdefault("predict", {}).update({k: v for k, v in overrides.items() if k != "config_file" and v is not None})
+    cfg = config_from_dict(raw, where=f"{run_dir}/config.json")
+    model = None
+    stamp = ""
+    if not cfg.predict.affine_only:
+        ckpt_path = Path(checkpoint) if checkpoint not in ("best", "last") else Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+        model = LapIRN(LapIRNConfig.from_dict(ckpt["model_config"])).to(device).eval()
+        model.load_state_dict(ckpt["model"])
+        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+    digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
+    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest)
+
+
+def output_name(task: Task, pair: Pair) -> str:
+    return disp_filename_2020(pair.fixed, pair.moving) if task.layout == LAYOUT_2020 else disp_filename_l2r(pair.fixed, pair.moving)
+
+
+def write_field(path: Path, u: np.ndarray, task: Task, half: bool) -> None:
+    """The task's challenge format, atomically."""
+    if task.layout == LAYOUT_2020:
+        arr = to_2020(u) if half else np.moveaxis(u, -1, 0).astype(np.float16)
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, arr_0=arr)
+    else:
+        save_nifti(path, u.astype(np.float32))
+
+
+def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> dict[str, float]:
+    """Register one pair and write its field; returns the runtimes in seconds."""
+    start = time.perf_counter()
+    fixed_case, moving_case = p.task.case(pair.fixed), p.task.case(pair.moving)
+    fixed, fgeom = load_image(fixed_case.image)
+    moving, mgeom = load_image(moving_case.image)
+    timings = {"affine_s": 0.0, "network_s": 0.0, "instance_opt_s": 0.0}
+    matrix = None
+    if p.cfg.predict.affine != "none":
+        mask = load_nifti(fixed_case.mask)[0] if fixed_case.mask is not None else None
+        base = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm)
+        config = pair_config(p.task, pair, base, "auto")  # ultrasound fields of view by modality
+        result = register_affine(fixed, moving, fgeom, mgeom, config, fixed_mask=mask)
+        matrix, timings["affine_s"] = result.voxel_matrix, result.runtime_s
+        moving = warp(moving, result.field())
+    elif moving.shape != fixed.shape:
+        raise DataError(f"{moving_case.image}: shape {moving.shape} differs from the fixed image {fixed.shape} (enable predict.affine to resample)")
+    if p.model is None:
+        u = np.zeros(fixed.shape + (3,), np.float32)
+    else:
+        u = network_field(p, fixed, moving, fixed_case, timings)
+    if matrix is not None:
+        u = compose_affine(u, matrix)
+    write_field(out_dir / output_name(p.task, pair), u, p.task, p.cfg.preprocess.half_resolution)
+    if save_warped:
+        save_nifti(out_dir / "warped" / f"{pair.fixed}_{pair.moving}_moving_warped.nii.gz", warp(load_nifti(moving_case.image)[0], u), fgeom)
+    timings["total_s"] = time.perf_counter() - start
+    return timings
+
+
+def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, fixed_case, timings: dict) -> np.ndarray:
+    """LapIRN (and optional instance optimisation) on the network grid -> full-grid voxel field."""
+    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess))[None, None].to(p.device)
+    m = torch.from_numpy(network_image(moving, p.cfg.preprocess))[None, None].to(p.device)
+    p.sync()
+    t0 = time.perf_counter()
+    with torch.no_grad(), autocast(p.device, p.cfg.predict.amp):
+        field = full_resolution_field(p.model, p.model(m, f)).float()
+    p.sync()
+    timings["network_s"] = time.perf_counter() - t0
+    if p.cfg.predict.instance_opt_steps > 0:
+        t0 = time.perf_counter()
+        mask = None
+        if p.cfg.loss.use_mask and fixed_case.mask is not None:
+            mask_net = resize_image(load_nifti(fixed_case.mask)[0], f.shape[2:], order=0)
+            mask = torch.from_numpy(mask_net > 0).float()[None, None].to(p.device)
+        field = refine_field(field, m, f, p.cfg, p.model.config.levels, mask)
+        p.sync()
+        timings["instance_opt_s"] = time.perf_counter() - t0
+    return resample_field(field_to_numpy(field), fixed.shape)
+
+
+def predict(
+    data_dir: Path, out_dir: Path, run_dir: Path | None = None, split: str = "val", device: str = "auto",
+    checkpoint: str = "best", save_warped: bool = False, **overrides,
+) -> int:
+    """Predict every pair of ``split``; returns the exit code (1 if any pair failed)."""
+    info: DistInfo = init_distributed("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    try:
+        task = load_task(data_dir)
+        pairs = task.pairs.get(split, ())
+        if not pairs:
+            raise DataError(f"{data_dir}: the task has no {split} pairs")
+        p = load_predictor(run_dir, task, pick_device(device, info), checkpoint, overrides)
+        manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
+        manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
+        mine = pairs[info.rank :: info.world_size]
+        problems = []
+        for pair in tqdm(mine, desc=f"predict {task.name}", unit="pair", disable=not info.is_main):
+            if pair.key in manifest["runtimes"] and (out_dir / output_name(task, pair)).exists():
+                continue  # written earlier under the same configuration
+            try:
+                manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir, save_warped)
+            except (DataError, ValueError) as exc:
+                problems.append(f"{pair.key}: {exc}")
+                continue
+            write_manifest(manifest_path, manifest)
+        write_manifest(manifest_path, manifest)
+        if info.enabled:
+            torch.distributed.barrier()
+            if info.is_main:
+                _merge_rank_manifests(out_dir, info.world_size)
+        for problem in problems:
+            print(f"error: {problem}")
+        return 1 if problems else 0
+    finally:
+        shutdown(info)
+
+
+def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
+    """Start from the earlier manifest when it was made under the same configuration."""
+    fresh = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
+             "checkpoint": p.checkpoint, "config_hash": p.config_hash, "runtimes": {}}
+    for path in (own, merged):
+        if path.exists():
+            old = read_manifest(path)
+            if old.get("config_hash") == p.config_hash:
+                fresh["runtimes"].update(old.get("runtimes", {}))
+    return fresh
+
+
+def _merge_rank_manifests(out_dir: Path, world: int) -> None:
+    parts = [read_manifest(out_dir / f"runtimes.rank{r}.json") for r in range(world)]
+    merged = {**parts[0], "runtimes": {k: v for part in parts for k, v in part["runtimes"].items()}}
+    write_manifest(out_dir / "runtimes.json", merged)
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", "--run-dir", dest="run", type=Path, default=None,
+                        help="training run folder (config.json + checkpoints/); under torchrun write --run-dir")
+    parser.add_argument("--config", type=Path, default=None, help="configuration file (affine-only tasks need no run)")
+    parser.add_argument("--data", type=Path, required=True, help="task folder")
+    parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")
+    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
+    parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    parser.add_argument("--save-warped", action="store_true", help="also write the warped moving images")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.run is None and args.config is None:
+        raise DataError("predict needs --run (a training run) or --config (an affine-only configuration)")
+    return predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
+                   affine=args.affine, instance_opt_steps=args.instance_opt_steps, config_file=args.config)

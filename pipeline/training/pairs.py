@@ -1,0 +1,66 @@
+"""Training pairs and preprocessed cases of a task, held in memory for the training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluation.dataset import Task
+from evaluation.io import DataError
+from pipeline.config import RunConfig
+from pipeline.data.preprocess import Prepared, load_prepared
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """``train_pairs``/``val_pairs``: (fixed id, moving id); ``num_classes``: one-hot channels
+    (max label id + 1; 1 when the task has no labels)."""
+
+    task: Task
+    cases: dict[str, Prepared]
+    train_pairs: tuple[tuple[str, str], ...]
+    val_pairs: tuple[tuple[str, str], ...]
+    num_classes: int
+
+    def describe(self) -> dict:
+        """The dataset description written into the run folder."""
+        t = self.task
+        return {
+            "name": t.name, "root": str(t.root), "layout": t.layout, "shape": t.shape, "labels": t.labels,
+            "intra_patient": t.intra_patient, "num_classes": self.num_classes,
+            "network_shape": {c: list(p.shape) for c, p in sorted(self.cases.items())},
+            "train_pairs": [list(p) for p in self.train_pairs], "val_pairs": [list(p) for p in self.val_pairs],
+        }
+
+
+def split_pairs(task: Task, exclude_val_subjects: bool) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """All training pairs of the task (minus those touching validation subjects) and the val pairs."""
+    val = tuple((p.fixed, p.moving) for p in task.pairs.get("val", ()))
+    held_out = {c.split("_")[0] for pair in val for c in pair} if exclude_val_subjects else set()
+    train = tuple(
+        (p.fixed, p.moving) for p in task.training_pairs()
+        if p.fixed.split("_")[0] not in held_out and p.moving.split("_")[0] not in held_out
+    )
+    if not train:
+        raise DataError(f"{task.root}: no training pairs left (held-out validation subjects: {sorted(held_out)})")
+    return train, val
+
+
+def load_training_data(task: Task, cfg: RunConfig, cache: Path | None) -> TrainingData:
+    """Preprocess (through the cache) every case used by a training or validation pair."""
+    train, val = split_pairs(task, cfg.train.exclude_val_subjects)
+    ids = sorted({c for pair in train + val for c in pair})
+    cases = {c: load_prepared(task, c, cfg.preprocess, cache) for c in ids}
+    label_max = max((int(p.label.max()) for p in cases.values() if p.label is not None), default=0)
+    num_classes = max([label_max, *task.labels]) + 1 if (label_max or task.labels) else 1
+    if cfg.loss.dice > 0 and not any(cases[f].label is not None for f, _ in train):
+        raise DataError(f"{task.root}: the configuration asks for Dice supervision but the training images have no labels")
+    return TrainingData(task, cases, train, val, num_classes)
+
+
+def tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``X x Y x Z`` array -> ``1 x 1 x X x Y x Z`` tensor on ``device`` (dtype kept)."""
+    return torch.from_numpy(np.ascontiguousarray(array))[None, None].to(device)

@@ -1,0 +1,303 @@
+"""Training stage: ``python -m pipeline train --data TASK_DIR --config CFG.json --out RUN_DIR``.
+
+Progressive LapIRN training (level 1, then level 2 with level 1 frozen for the first
+``freeze_steps``, then level 3 likewise), Adam (a fresh optimiser per level, as the authors'
+code; constant or warm-up + cosine learning rate per level), ordered training pairs of the task,
+the seed paper's affine augmentation, validation Dice/TRE every ``val_every`` steps with the
+best checkpoint kept, autocast on GPU. The Dice term of every level is scored on the input
+grid (the level's field upsampled), see ``pipeline.model.losses.level_loss``.
+
+Faults: checkpoints are atomic; ``--resume`` restores model, optimiser, schedule position and
+the random generator, so a resumed run ends with the same weights as an uninterrupted one
+(deterministic mode on CPU); SIGTERM/SIGINT save ``last.pt`` before exiting (code 143/130).
+Under ``torchrun`` the model is wrapped in DistributedDataParallel (nccl on GPU, gloo on CPU),
+the pairs are sharded across ranks and rank 0 writes every file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from evaluation.dataset import load_task
+from evaluation.io import DataError, write_json
+from pipeline.config import RunConfig, TrainConfig, load_config
+from pipeline.distributed import DistInfo, any_flag, autocast, gather_checksums, init_distributed, pick_device, shutdown
+from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.model.lapirn import LapIRN, LapIRNConfig
+from pipeline.model.losses import level_loss, one_hot
+from pipeline.training.augment import augment, sample_affine
+from pipeline.training.log import TrainingLog
+from pipeline.training.pairs import TrainingData, load_training_data, tensor
+from pipeline.training.validation import full_resolution_field, validate_pairs
+
+log = logging.getLogger(__name__)
+
+
+def learning_rate(cfg: TrainConfig, level: int, step: int) -> float:
+    """Adam's learning rate for 0-based ``step`` of ``level`` (see ``TrainConfig``): a pure
+    function of the position, so a resumed run follows the same schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.steps_per_level[level - 1] - cfg.warmup_steps, 1)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
+
+
+class Trainer:
+    """One training run in ``run_dir``; ``run()`` returns the exit code."""
+
+    def __init__(self, run_dir: Path, data: TrainingData, cfg: RunConfig, device: torch.device, info: DistInfo) -> None:
+        self.run_dir, self.data, self.cfg, self.device, self.info = run_dir, data, cfg, device, info
+        torch.manual_seed(cfg.train.seed)
+        self.model = LapIRN(LapIRNConfig(**vars(cfg.model))).to(device)
+        self.levels = cfg.model.levels
+        self.loss_cfg = cfg.loss if data.num_classes > 1 else dataclasses.replace(cfg.loss, dice=0.0)
+        self.gen = torch.Generator().manual_seed(cfg.train.seed)
+        self.state = {"level": 1, "step": 0, "global_step": 0, "best_score": float("-inf"), "best_step": -1}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.wrapped: torch.nn.Module = self.model
+        self.phase: tuple[int, bool] | None = None
+        self.stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def payload(self) -> dict:
+        return {
+            "model_config": self.model.config.to_dict(),
+            "run_config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "state": dict(self.state),
+            "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
+            "task": self.data.task.name,
+        }
+
+    def save(self, name: str) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.run_dir / "checkpoints" / name, self.payload())
+
+    def restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if ckpt["model_config"] != self.model.config.to_dict():
+            raise DataError(f"{path}: model config {ckpt['model_config']} differs from the run's {self.model.config.to_dict()}")
+        self.model.load_state_dict(ckpt["model"])
+        self.state.update(ckpt["state"])
+        self.gen.set_state(ckpt["rng"]["generator"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.set_phase(self.state["level"], self.state["step"], new_level=True)
+        if ckpt["optimizer"] is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        log.info("resumed from %s at level %d step %d", path, self.state["level"], self.state["step"])
+
+    # ------------------------------------------------------------------ schedule
+
+    def set_phase(self, level: int, step: int, new_level: bool = False) -> None:
+        """Trainable levels for (level, step): level alone while the lower ones are frozen,
+        then 1..level. Levels above are never trainable (unused in the forward)."""
+        frozen = level > 1 and step < self.cfg.train.freeze_steps
+        phase = (level, frozen)
+        if phase == self.phase and not new_level:
+            return
+        lowest = level if frozen else 1
+        for p, net in enumerate(self.model.nets, start=1):
+            net.requires_grad_(lowest <= p <= level)
+        if new_level or self.optimizer is None:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.wrapped = DDP(self.model, device_ids=ids)
+        self.phase = phase
+
+    # ------------------------------------------------------------------ one step
+
+    def sample_pair(self) -> tuple[str, str]:
+        """Same random stream on every rank; each rank reads its own shard of the pairs."""
+        shard = self.data.train_pairs[self.info.rank :: self.info.world_size] or self.data.train_pairs
+        idx = int(torch.randint(1 << 30, (1,), generator=self.gen)) % len(shard)
+        return shard[idx]
+
+    def train_step(self, level: int) -> dict[str, float]:
+        fixed_id, moving_id = self.sample_pair()
+        fixed_case, moving_case = self.data.cases[fixed_id], self.data.cases[moving_id]
+        fixed = tensor(fixed_case.image, self.device)
+        moving = tensor(moving_case.image, self.device)
+        moving_label = tensor(moving_case.label, self.device) if moving_case.label is not None else None
+        matrix = sample_affine(tuple(moving.shape[2:]), self.gen, self.cfg.train.augment)
+        if matrix is not None:
+            moving, moving_label, _, _ = augment(matrix, moving, moving_label)
+        with autocast(self.device, self.cfg.train.amp):
+            out = self.wrapped(moving, fixed, level=level)
+            lv = out.final
+            extra = self.level_extras(level, fixed_case, moving_label)
+            if "fixed_onehot" in extra:
+                extra["dice_field"] = full_resolution_field(self.model, out).float()
+            parts = level_loss(self.loss_cfg, level, self.levels, lv.warped.float(), lv.fixed.float(), lv.field.float(),
+                               reg_field=None if lv.velocity_field is None else lv.velocity_field.float(), **extra)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        self.optimizer.step()
+        return {k: float(v.detach()) for k, v in parts.items()}
+
+    def level_extras(self, level: int, fixed_case, moving_label: torch.Tensor | None) -> dict:
+        extra: dict = {}
+        if self.cfg.loss.use_mask and fixed_case.mask is not None:
+            extra["mask"] = self.model.pyramid(tensor(fixed_case.mask, self.device).float())[level - 1]
+        if self.loss_cfg.dice > 0 and fixed_case.label is not None and moving_label is not None:
+            # on the input grid at every level (warped by the level's upsampled field, see level_loss)
+            k = self.data.num_classes
+            extra["fixed_onehot"] = one_hot(tensor(fixed_case.label, self.device), k)
+            extra["moving_onehot"] = one_hot(moving_label, k)
+        return extra
+
+    # ------------------------------------------------------------------ the loop
+
+    def validate(self, level: int) -> dict[str, float]:
+        self.model.eval()
+        try:
+            return validate_pairs(self.model, self.data, level, self.device)
+        finally:
+            self.model.train()
+
+    def run(self, tlog: TrainingLog) -> int:
+        steps = self.cfg.train.steps_per_level
+        start = time.perf_counter()
+        if self.state["global_step"] == 0 and self.info.is_main:
+            tlog.add(global_step=0, level=0, step=0, kind="initial", **self.validate_zero())
+        total = sum(steps[: self.levels])
+        bar = tqdm(total=total, initial=self.state["global_step"], disable=not self.info.is_main, unit="step")
+        self.model.train()
+        for level in range(self.state["level"], self.levels + 1):
+            first = self.state["step"] if level == self.state["level"] else 0
+            self.state.update(level=level, step=first)
+            self.set_phase(level, first, new_level=self.optimizer is None or first == 0)
+            for step in range(first, steps[level - 1]):
+                self.set_phase(level, step)
+                lr = learning_rate(self.cfg.train, level, step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                t0 = time.perf_counter()
+                parts = self.train_step(level)
+                self.state.update(step=step + 1, global_step=self.state["global_step"] + 1)
+                rate = 1.0 / max(time.perf_counter() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(level=level, step=step + 1, loss=f"{parts['total']:.4f}", it_s=f"{rate:.1f}")
+                if self.info.is_main:
+                    tlog.add(global_step=self.state["global_step"], level=level, step=step + 1, kind="train",
+                             loss=parts["total"], similarity=parts["similarity"], smooth=parts["smooth"],
+                             dice=parts["dice"], antifold=parts["antifold"], lr=lr, steps_per_s=rate,
+                             elapsed_s=time.perf_counter() - start)
+                self.after_step(level, step + 1, steps[level - 1], tlog)
+                if any_flag(self.stop_signal is not None, self.info, self.device):
+                    self.save("last.pt")
+                    if self.info.is_main:
+                        tlog.write()
+                    bar.close()
+                    sig = self.stop_signal or signal.SIGTERM
+                    log.warning("stopped by signal %d at global step %d; resume with --resume", sig, self.state["global_step"])
+                    return 128 + int(sig)
+            if level < self.levels:  # the next level starts with a fresh optimiser
+                self.state.update(level=level + 1, step=0)
+                self.optimizer = None
+        bar.close()
+        self.finish(tlog)
+        return 0
+
+    def after_step(self, level: int, step: int, level_steps: int, tlog: TrainingLog) -> None:
+        g, t = self.state["global_step"], self.cfg.train
+        if step % t.val_every == 0 or step == level_steps:
+            metrics = self.validate(level) if self.info.is_main else {}
+            if self.info.is_main:
+                tlog.add(global_step=g, level=level, step=step, kind="val", **metrics)
+                tlog.write()
+                if level == self.levels and metrics["val_score"] > self.state["best_score"]:
+                    self.state.update(best_score=metrics["val_score"], best_step=g)
+                    self.save("best.pt")
+        if step % t.checkpoint_every == 0 or step == level_steps:
+            self.save("last.pt")
+
+    def validate_zero(self) -> dict[str, float]:
+        return validate_pairs(None, self.data, self.levels, self.device)
+
+    def finish(self, tlog: TrainingLog) -> None:
+        """Final checkpoint, log, and (distributed) a check that every rank holds the same weights."""
+        self.save("last.pt")
+        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
+        checksum = float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)).sum())
+        sums = gather_checksums(checksum, self.info, self.device)
+        if self.info.is_main:
+            if not (self.run_dir / "checkpoints" / "best.pt").exists():
+                self.save("best.pt")
+            tlog.write()
+            write_json(self.run_dir / "final.json", {"state": self.state, "rank_checksums": sums, "world_size": self.info.world_size})
+
+
+# ---------------------------------------------------------------------- the stage
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
+    """Refuse to overwrite a run; return the checkpoint to resume from (if resuming)."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume:
+        if not last.exists():
+            raise DataError(f"{last}: nothing to resume (no checkpoint in {run_dir})")
+        return last
+    if last.exists():
+        raise DataError(f"{run_dir}: already holds a training run; pass --resume to continue it or choose another --out")
+    return None
+
+
+def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None) -> int:
+    """Train LapIRN on a task folder into ``run_dir``; returns the exit code."""
+    if cfg.predict.affine_only:
+        raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
+    info = init_distributed("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    try:
+        dev = pick_device(device, info)
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True)
+        task = load_task(data_dir)
+        resume_from = prepare_run_dir(run_dir, resume)
+        data = load_training_data(task, cfg, cache or run_dir / "cache")
+        if info.is_main:
+            write_json(run_dir / "config.json", cfg.to_dict())
+            write_json(run_dir / "dataset.json", data.describe())
+        trainer = Trainer(run_dir, data, cfg, dev, info)
+        if resume_from is not None:
+            trainer.restore(resume_from)
+        tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None)
+        previous = {s: signal.signal(s, lambda signum, _f: setattr(trainer, "stop_signal", signum)) for s in (signal.SIGTERM, signal.SIGINT)}
+        threads = torch.get_num_threads()
+        if dev.type == "cpu" and cfg.train.cpu_threads:
+            torch.set_num_threads(cfg.train.cpu_threads)
+        try:
+            return trainer.run(tlog)
+        finally:
+            torch.set_num_threads(threads)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    finally:
+        shutdown(info)
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="task folder (either layout)")
+    parser.add_argument("--config", type=Path, required=True, help="run configuration (JSON, see configs/)")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, plots)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default RUN/cache)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache)

@@ -1,0 +1,179 @@
+"""HD95 (evaluation.surface) against hand-derived values and DeepMind's surface-distance package."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from evaluation import surface
+from tests.evaluation.official_reference import deepmind_compat
+
+sd = pytest.importorskip("surface_distance")
+
+
+def _oracle_hd95(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
+    with deepmind_compat():
+        return float(sd.compute_robust_hausdorff(sd.compute_surface_distances(a, b, np.asarray(spacing, float)), 95.0))
+
+
+def _sphere(shape, centre, radius) -> np.ndarray:
+    g = np.indices(shape, dtype=float)
+    return ((g - np.asarray(centre, float)[:, None, None, None]) ** 2).sum(0) <= radius**2
+
+
+def _blob(seed: int, shape=(26, 30, 34)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    g = ndimage.gaussian_filter(rng.standard_normal(shape), 2.5)
+    a = g > rng.uniform(0.0, 0.05)
+    b = np.roll(g, int(rng.integers(-3, 4)), axis=int(rng.integers(0, 3))) > rng.uniform(0.0, 0.05)
+    return a, b
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.5), (1.5, 1.5, 1.5)])
+def test_area_table_is_bit_identical_to_deepmind(spacing):
+    from surface_distance import lookup_tables
+
+    ours = surface.surfel_area_table(spacing)
+    theirs = lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
+    assert ours.shape == (256,)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_area_table_analytic_entries():
+    table = surface.surfel_area_table()
+    assert table[0] == table[255] == 0.0
+    # one corner inside: the corner triangle through three edge midpoints, sqrt(3)/8
+    assert table[1] == pytest.approx(np.sqrt(3) / 8)
+    # a face of four voxels inside (codes 0b00001111 = one half of the cube): a unit square
+    assert table[0b00001111] == pytest.approx(1.0)
+
+
+def test_neighbour_codes_equal_the_correlation_of_the_reference():
+    from surface_distance import lookup_tables
+
+    mask = np.random.default_rng(3).random((7, 8, 9)) > 0.5
+    padded = np.zeros((8, 9, 10), np.uint8)
+    padded[:-1, :-1, :-1] = mask
+    expected = ndimage.correlate(padded, lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL, mode="constant", cval=0)
+    np.testing.assert_array_equal(surface.neighbour_codes(mask), expected)
+
+
+def test_one_voxel_shift_of_a_sphere_is_one_voxel():
+    a = _sphere((24, 24, 24), (11.3, 12, 11.7), 6)
+    b = np.roll(a, 1, axis=0)
+    assert surface.hd95(a, b) == 1.0
+    assert _oracle_hd95(a, b) == 1.0
+    # isotropic 2 mm voxels: every distance doubles
+    assert surface.hd95(a, b, spacing=(2.0, 2.0, 2.0)) == 2.0
+
+
+def test_identical_masks_give_zero_and_translation_invariance():
+    a = _sphere((20, 20, 20), (9, 10, 10.5), 5)
+    assert surface.hd95(a, a) == 0.0
+    big = np.zeros((40, 37, 33), bool)
+    big[7:27, 11:31, 5:25] = a
+    b = np.roll(a, 1, axis=2)
+    big_b = np.zeros_like(big)
+    big_b[7:27, 11:31, 5:25] = b
+    assert surface.hd95(big, big_b) == surface.hd95(a, b) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hd95_equals_deepmind_exactly_in_voxels(seed):
+    a, b = _blob(seed)
+    assert surface.hd95(a, b) == _oracle_hd95(a, b)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_hd95_mm_equals_deepmind_with_spacing(seed):
+    a, b = _blob(100 + seed)
+    spacing = (0.8, 1.2, 2.0)
+    assert surface.hd95(a, b, spacing) == pytest.approx(_oracle_hd95(a, b, spacing), rel=1e-12)
+
+
+def test_surface_distances_match_the_reference_lists():
+    a, b = _blob(7, shape=(18, 20, 22))
+    ours = surface.surface_distances(a, b)
+    with deepmind_compat():
+        theirs = sd.compute_surface_distances(a, b, np.ones(3))
+    for key in ("distances_gt_to_pred", "distances_pred_to_gt", "surfel_areas_gt", "surfel_areas_pred"):
+        np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 1.2, 2.0)])
+@pytest.mark.parametrize("edt_package", [True, False])  # voxel units: the edt package's transform, else scipy's
+def test_distance_transform_and_kdtree_give_identical_distances(spacing, edt_package, monkeypatch):
+    if not edt_package:
+        monkeypatch.setattr(surface, "_edt", None)
+    else:
+        assert surface._edt is not None  # pinned in requirements.txt
+    a, b = _blob(11)
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    edt, tree = surface.pair_distances(sa, sb, spacing, "edt"), surface.pair_distances(sa, sb, spacing, "kdtree")
+    for x, y in zip(edt, tree, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("shape", [(1, 9, 7), (12, 1, 1), (5, 6, 7), (40, 3, 50)])
+def test_edt_package_and_scipy_feature_transform_agree_bit_for_bit(shape, monkeypatch):
+    """Random scattered surfels in flat, thin and ordinary boxes: exact squared distances."""
+    rng = np.random.default_rng(sum(shape))
+    n = int(np.prod(shape))
+    verts = np.stack(np.unravel_index(rng.choice(n, size=max(2, n // 7), replace=False), shape), axis=1)
+    half = len(verts) // 2
+    a = surface.Surface(verts[:half].astype(np.int64), np.full(half, 1, np.uint8))
+    b = surface.Surface(verts[half:].astype(np.int64), np.full(len(verts) - half, 1, np.uint8))
+    fast = surface.pair_distances(a, b, method="edt")
+    monkeypatch.setattr(surface, "_edt", None)
+    slow = surface.pair_distances(a, b, method="edt")
+    for x, y in zip(fast, slow, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.uint16, np.int16, np.float32])
+def test_bounding_box_equals_the_extent_of_the_nonzero_voxels(order, dtype):
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        arr = np.zeros((9, 11, 13), dtype=dtype, order=order)
+        lo = rng.integers(0, 6, 3)
+        hi = lo + rng.integers(1, 4, 3)
+        k = 4
+        idx = tuple(rng.integers(a, b, k) for a, b in zip(lo, hi, strict=True))
+        arr[idx] = -1 if np.issubdtype(np.dtype(dtype), np.signedinteger) else 1
+        nz = np.nonzero(arr)
+        expected = tuple(slice(int(i.min()), int(i.max()) + 1) for i in nz)
+        assert surface.bounding_box(arr) == expected
+    assert surface.bounding_box(np.zeros((4, 5, 6), dtype=dtype, order=order)) is None
+
+
+def test_far_apart_structures_use_the_tree_and_match_the_reference():
+    a = np.zeros((80, 40, 40), bool)
+    b = np.zeros_like(a)
+    a[2:6, 2:6, 2:6] = True
+    b[70:75, 30:34, 31:35] = True
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    assert np.prod([74, 33, 34]) > surface.EDT_BOX_PER_SURFEL * (len(sa) + len(sb))  # sparse box: the k-d tree
+    assert surface.hd95(a, b) == _oracle_hd95(a, b)
+    with pytest.raises(ValueError):
+        surface.pair_distances(surface.mask_surface(a), surface.mask_surface(b), method="nope")
+
+
+def test_empty_side_gives_inf_like_the_reference():
+    a = _sphere((16, 16, 16), (8, 8, 8), 4)
+    empty = np.zeros_like(a)
+    assert surface.hd95(a, empty) == np.inf
+    assert surface.hd95(empty, a) == np.inf
+    assert _oracle_hd95(a, empty) == np.inf
+
+
+def test_directed_percentile_no_interpolation():
+    # 20 equal areas: the first distance whose cumulative fraction reaches 0.95 is the 19th
+    d = np.arange(20, dtype=float)
+    assert surface.directed_percentile(d[::-1].copy(), np.ones(20)) == 18.0
+    # a heavy surfel shifts the percentile onto itself
+    areas = np.ones(20)
+    areas[15] = 100.0  # cumulative fraction 15/119 before it, 115/119 > 0.95 with it
+    assert surface.directed_percentile(d, areas) == 15.0
+    assert surface.directed_percentile(np.zeros(0), np.zeros(0)) == np.inf

@@ -1,0 +1,88 @@
+"""Preprocessing: windowing, normalisation, half resolution, points, cache, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation.io import DataError, Geometry, save_nifti
+from pipeline.config import PreprocessConfig
+from pipeline.data.preprocess import load_prepared, network_shape, normalise, prepare_case
+from tests.evaluation.test_dataset import make_l2r
+
+
+def test_ct_window_maps_linearly_to_unit_range_with_air_at_zero():
+    hu = np.array([-1000.0, -500.0, 150.0, 800.0, 2000.0])
+    out = normalise(hu, PreprocessConfig(window=(-500, 800)))
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0])
+
+
+def test_mr_normalisation_puts_background_at_zero_and_the_percentile_at_one():
+    img = np.concatenate([np.zeros(50), np.linspace(10, 110, 101)])
+    out = normalise(img, PreprocessConfig(percentile=100.0))
+    assert out.min() == 0.0 and out[:50].max() == 0.0 and out.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(out[50:], np.linspace(10, 110, 101) / 110, rtol=1e-6)
+
+
+def test_network_shape_half_resolution_any_size():
+    assert network_shape((192, 160, 256), PreprocessConfig(half_resolution=True)) == (96, 80, 128)
+    assert network_shape((37, 41, 29), PreprocessConfig(half_resolution=True)) == (19, 21, 15)
+    assert network_shape((37, 41, 29), PreprocessConfig()) == (37, 41, 29)
+
+
+def test_half_resolution_keeps_labels_points_and_spacing_consistent(tmp_path):
+    root = make_l2r(tmp_path, paired=True)
+    shape = (17, 13, 9)
+    geom = Geometry.identity(shape, (1.0, 2.0, 3.0))
+    img = np.zeros(shape, np.float32)
+    img[4:9, 2:7, 2:5] = 100.0
+    lab = (img > 0).astype(np.uint8) * 3
+    stem = "Tiny_0001_0000"
+    save_nifti(root / "imagesTr" / f"{stem}.nii.gz", img, geom)
+    save_nifti(root / "masksTr" / f"{stem}.nii.gz", lab.clip(0, 1), geom)
+    np.savetxt(root / "keypointsTr" / f"{stem}.csv", [[0, 0, 0], [16, 12, 8], [8, 6, 4]], delimiter=",")
+    from evaluation.dataset import load_task
+
+    case = load_task(root).case("0001_0000")
+    p = prepare_case(case, PreprocessConfig(half_resolution=True, percentile=100.0))
+    assert p.shape == (9, 7, 5) and p.original_shape == shape
+    np.testing.assert_allclose(p.keypoints, [[0, 0, 0], [8, 6, 4], [4, 3, 2]])  # corners map to corners
+    np.testing.assert_allclose(p.spacing, (2.0, 4.0, 6.0))
+    assert set(np.unique(p.mask)) == {0, 1} and p.mask.dtype == np.uint8
+    assert p.image.min() >= 0.0 and p.image.max() <= 1.0
+    inside = p.mask.astype(bool)
+    assert p.image[inside].mean() > 0.5 > p.image[~inside].mean()
+
+
+def test_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path):
+    from evaluation.dataset import load_task
+
+    root = make_l2r(tmp_path / "d", paired=False)
+    task = load_task(root)
+    cfg = PreprocessConfig(window=(0.0, 2.0))
+    first = load_prepared(task, "0001_0000", cfg, tmp_path / "cache")
+    files = list((tmp_path / "cache").rglob("*.npz"))
+    assert len(files) == 1
+    again = load_prepared(task, "0001_0000", cfg, tmp_path / "cache")
+    np.testing.assert_array_equal(first.image, again.image)
+    np.testing.assert_array_equal(first.label, again.label)
+    assert list((tmp_path / "cache").rglob("*.npz")) == files  # read, not rewritten
+    save_nifti(task.case("0001_0000").image, np.full((6, 5, 4), 2.0, np.float32), Geometry.identity((6, 5, 4)))
+    changed = load_prepared(task, "0001_0000", cfg, tmp_path / "cache")
+    assert changed.image.max() == pytest.approx(1.0) and first.image.max() == pytest.approx(0.5)
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2
+
+
+def test_bad_input_names_the_file(tmp_path):
+    from evaluation.dataset import load_task
+
+    root = make_l2r(tmp_path, paired=False)
+    task = load_task(root)
+    bad = np.ones((6, 5, 4), np.float32)
+    bad[1, 1, 1] = np.nan
+    save_nifti(task.case("0002_0000").image, bad)
+    with pytest.raises(DataError, match=r"Tiny_0002_0000\.nii\.gz: contains NaN"):
+        prepare_case(task.case("0002_0000"), PreprocessConfig())
+    save_nifti(task.case("0003_0000").label, np.ones((3, 3, 3), np.uint8))
+    with pytest.raises(DataError, match=r"labelsTr/Tiny_0003_0000\.nii\.gz: shape"):
+        prepare_case(task.case("0003_0000"), PreprocessConfig())

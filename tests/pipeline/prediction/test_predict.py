@@ -1,0 +1,171 @@
+"""Prediction stage: both challenge formats accepted by the evaluator, runtimes manifest,
+resume, atomic writes, bad input, foreign checkpoints, affine-only configs."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.contract import disp_filename_l2r, from_2020
+from evaluation.evaluate import evaluate
+from evaluation.io import DataError, Geometry, load_nifti, save_nifti
+from evaluation.submission import read_manifest
+from pipeline.config import config_from_dict
+from pipeline.prediction.predict import predict
+from pipeline.training.train import train
+from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
+
+
+def task_with_two_val_pairs(root: Path) -> Path:
+    """The blob task with a second validation pair, 0001_0000 <-- 0002_0000."""
+    make_blob_task(root)
+    meta = json.loads((root / "Blob_dataset.json").read_text())
+    meta["registration_val"].append({"fixed": "./imagesTr/Blob_0001_0000.nii.gz", "moving": "./imagesTr/Blob_0002_0000.nii.gz"})
+    (root / "Blob_dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+FAST = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 1, 1], "freeze_steps": 1}}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained run and the task it was trained on (current layout)."""
+    root = tmp_path_factory.mktemp("pred")
+    task = make_blob_task(root / "task")
+    assert train(task, config_from_dict(FAST), root / "run", device="cpu") == 0
+    return task, root / "run"
+
+
+def test_predict_writes_a_current_format_submission_the_evaluator_accepts(trained, tmp_path):
+    task, run = trained
+    out = tmp_path / "sub"
+    assert predict(task, out, run, "val", device="cpu") == 0
+    field = out / disp_filename_l2r("0004_0000", "0005_0000")
+    u, _ = load_nifti(field)
+    assert u.shape == SHAPE + (3,) and u.dtype == np.float32 and np.isfinite(u).all()
+    manifest = read_manifest(out / "runtimes.json")
+    rt = manifest["runtimes"]["0004_0000<--0005_0000"]
+    assert rt["total_s"] >= rt["network_s"] > 0 and manifest["device"] == "cpu"
+    assert manifest["checkpoint"].endswith("best.pt") and len(manifest["config_hash"]) == 16
+    result = evaluate(out, task, workers=1)
+    case = result["cases"]["0004_0000<--0005_0000"]
+    assert {"DSC", "LogJacDetStd"} <= set(case) and case["runtime"]["mean"] == pytest.approx(rt["total_s"])
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # atomic writes leave no temporaries
+
+
+def test_predict_writes_a_2020_submission_at_full_resolution_when_the_task_does(trained, tmp_path):
+    _, run = trained
+    task2020 = make_blob_task(tmp_path / "task_04", layout="l2r2020")
+    out = tmp_path / "sub"
+    assert predict(task2020, out, run, "val", device="cpu") == 0
+    path = out / "disp_0004_0005.npz"
+    arr = np.load(path)["arr_0"]
+    assert arr.dtype == np.float16 and arr.shape == (3,) + SHAPE  # the run is at full resolution
+    result = evaluate(out, task2020, workers=1)
+    assert "0004_0000<--0005_0000" in result["cases"]
+
+
+def test_half_resolution_runs_write_half_resolution_2020_fields(tmp_path):
+    task2020 = make_blob_task(tmp_path / "task_03", layout="l2r2020")
+    cfg = {**FAST, "preprocess": {"half_resolution": True}}
+    assert train(task2020, config_from_dict(cfg), tmp_path / "run", device="cpu") == 0
+    out = tmp_path / "sub"
+    assert predict(task2020, out, tmp_path / "run", "val", device="cpu") == 0
+    arr = np.load(out / "disp_0004_0005.npz")["arr_0"]
+    assert arr.dtype == np.float16 and arr.shape == (3,) + tuple(n // 2 for n in SHAPE)
+    assert from_2020(arr).shape == SHAPE + (3,)
+    assert "0004_0000<--0005_0000" in evaluate(out, task2020, workers=1)["cases"]
+
+
+def test_predict_resumes_and_recomputes_when_the_configuration_changes(trained, tmp_path):
+    task, run = trained
+    out = tmp_path / "sub"
+    assert predict(task, out, run, "val", device="cpu") == 0
+    field = out / disp_filename_l2r("0004_0000", "0005_0000")
+    first = read_manifest(out / "runtimes.json")
+    stamp = field.stat().st_mtime_ns
+    assert predict(task, out, run, "val", device="cpu") == 0
+    assert field.stat().st_mtime_ns == stamp and read_manifest(out / "runtimes.json") == first  # skipped
+    assert predict(task, out, run, "val", device="cpu", instance_opt_steps=2) == 0
+    assert field.stat().st_mtime_ns != stamp
+    assert read_manifest(out / "runtimes.json")["config_hash"] != first["config_hash"]
+
+
+def test_a_bad_pair_is_reported_by_name_and_the_others_still_run(trained, tmp_path, capsys):
+    task, run = trained
+    broken = task_with_two_val_pairs(tmp_path / "task")
+    bad = np.ones(SHAPE, np.float32)
+    bad[3, 3, 3] = np.nan
+    save_nifti(broken / "imagesTr" / "Blob_0001_0000.nii.gz", bad, Geometry.identity(SHAPE))
+    out = tmp_path / "sub"
+    assert predict(broken, out, run, "val", device="cpu") == 1
+    printed = capsys.readouterr().out
+    assert "0001_0000<--0002_0000" in printed and "Blob_0001_0000.nii.gz: contains NaN" in printed
+    assert (out / disp_filename_l2r("0004_0000", "0005_0000")).exists()
+    assert not (out / disp_filename_l2r("0001_0000", "0002_0000")).exists()
+    assert list(read_manifest(out / "runtimes.json")["runtimes"]) == ["0004_0000<--0005_0000"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.parametrize("payload", ["plain", "pickle"])
+def test_a_checkpoint_that_is_not_ours_is_refused(trained, tmp_path, payload):
+    task, run = trained
+    fake = tmp_path / "fake.pt"
+    if payload == "plain":
+        torch.save({"state_dict": {}}, fake)
+        expected = "not a l2r-lapirn-checkpoint"
+    else:
+        fake.write_bytes(pickle.dumps({"model": _Evil()}))
+        expected = "not a loadable checkpoint"
+    with pytest.raises(DataError, match=expected):
+        predict(task, tmp_path / "sub", run, "val", device="cpu", checkpoint=str(fake))
+    assert not (tmp_path / "sub").exists() or not any((tmp_path / "sub").iterdir())
+
+
+def test_affine_only_configuration_needs_no_run_and_recovers_a_translation(tmp_path):
+    """Fixed = moving shifted by a known translation; the affine-only prediction finds it."""
+    root = make_blob_task(tmp_path / "task")
+    moving, geom = load_nifti(root / "imagesTr" / "Blob_0005_0000.nii.gz")
+    from scipy import ndimage
+
+    save_nifti(root / "imagesTr" / "Blob_0004_0000.nii.gz", ndimage.shift(moving, (2.0, -1.0, 1.5), order=1), geom)
+    cfg = tmp_path / "affine.json"
+    cfg.write_text(json.dumps({"predict": {"affine": "rigid", "affine_only": True}}))
+    out = tmp_path / "sub"
+    assert predict(root, out, None, "val", device="cpu", config_file=cfg) == 0
+    u, _ = load_nifti(out / disp_filename_l2r("0004_0000", "0005_0000"))
+    core = u[6:-6, 5:-5, 6:-6].reshape(-1, 3)
+    np.testing.assert_allclose(core.mean(axis=0), (-2.0, 1.0, -1.5), atol=0.3)
+
+
+@pytest.mark.slow
+def test_torchrun_shards_the_pairs_and_merges_one_manifest(trained, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    task, run = trained
+    data = task_with_two_val_pairs(tmp_path / "task")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "sub"
+    # --run-dir, not --run: torchrun's own parser would take "--run" for an abbreviation of --run-path
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipeline", "predict", "--data", str(data),
+           "--run-dir", str(run), "--out", str(out), "--device", "cpu"]
+    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [read_manifest(out / f"runtimes.rank{r}.json")["runtimes"] for r in (0, 1)]
+    assert [len(r) for r in ranks] == [1, 1] and set(ranks[0]) != set(ranks[1])  # one pair per rank
+    merged = read_manifest(out / "runtimes.json")["runtimes"]
+    assert set(merged) == {"0004_0000<--0005_0000", "0001_0000<--0002_0000"}
+    assert {"0004_0000<--0005_0000", "0001_0000<--0002_0000"} == set(evaluate(out, data, workers=1)["cases"])
