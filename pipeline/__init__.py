@@ -1,6 +1,16 @@
 """Learn2Reg submission pipeline around LapIRN.
 
-Stages (each an importable function with a thin CLI, talking only through files):
-demo-data, validate, preprocess, align, train, predict; ``evaluation`` scores the result.
+Sub-packages, each one concern, imports running one way (stages use the model and the data
+layer, never the reverse; nothing imports the demo; ``tests/pipeline/test_layout.py`` holds it):
+
+* ``model/``      LapIRN, losses, torch side of the field contract, checkpoints, instance optimisation
+* ``affine/``     NGF, rigid/affine registration and the ``align`` stage
+* ``data/``       preprocessing, ``validate``, ``summary``
+* ``training/``   the ``train`` stage
+* ``prediction/`` the ``predict`` stage
+* ``demo/``       phantoms, demo tasks and the demo job
+
+At the top: the command line (``cli``), the run configuration (``config``) and the
+``torchrun`` helpers (``distributed``). ``evaluation`` (numpy only) scores the result.
 Run ``python -m pipeline --help``.
 """

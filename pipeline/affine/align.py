@@ -21,7 +21,6 @@ geometry (SimpleITK's index ``(i, j, k)`` is our array order; ``GetArrayFromImag
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
@@ -35,13 +34,12 @@ from evaluation.contract import warp
 from evaluation.dataset import Case, Pair, Task, load_task
 from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
 from evaluation.metrics import tre
+from pipeline.affine.fov import FOV_CHOICES, pair_config
 from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("val", "test", "train")
-FOV_CHOICES = ("auto", "on", "off")
-ULTRASOUND = {"US", "IUS", "ULTRASOUND", "3DUS"}
 
 
 # ------------------------------------------------------------------------- SimpleITK I/O
@@ -106,22 +104,6 @@ def split_pairs(task: Task, split: str) -> tuple[Pair, ...]:
     if split not in SPLITS:
         raise DataError(f"--split: unknown split {split!r} (choose from {', '.join(SPLITS)})")
     return task.training_pairs() if split == "train" else task.pairs.get(split, ())
-
-
-def is_ultrasound(task: Task, case: Case) -> bool:
-    """Whether the task's ``modality`` entry for the case's modality id names ultrasound."""
-    name = task.modality.get(str(int(case.modality)), task.modality.get(case.modality, ""))
-    return name.strip().upper() in ULTRASOUND
-
-
-def pair_config(task: Task, pair: Pair, config: AffineConfig, fov: str) -> AffineConfig:
-    """``config`` with the fields of view set per ``fov``: "on", "off", or "auto" (on for
-    ultrasound images, per the task's modality table)."""
-    if fov == "auto":
-        moving_fov, fixed_fov = is_ultrasound(task, task.case(pair.moving)), is_ultrasound(task, task.case(pair.fixed))
-    else:
-        moving_fov = fixed_fov = fov == "on"
-    return dataclasses.replace(config, moving_fov=moving_fov, fixed_fov=fixed_fov)
 
 
 def _landmark_tre(fixed_case: Case, moving_case: Case, moving_spacing, result: AffineResult) -> dict[str, float]:

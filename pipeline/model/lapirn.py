@@ -370,3 +370,12 @@ class LapIRN(nn.Module):
             flow = scaling_and_squaring(total, self.config.ss_steps)
             return flow, total, skip, warp_flow(moving, flow)
         return total, None, skip, warp_flow(moving, total)
+
+
+def full_resolution_field(model: LapIRN, out: LapIRNOutput) -> torch.Tensor:
+    """Voxel field on the input grid from the finest level that ran: its flow is upsampled the
+    way the model hands it to the next level, converted on the padded grid, then cropped."""
+    flow = out.final.flow
+    for _ in range(model.config.levels - out.final.level):
+        flow = upsample_flow(flow)
+    return crop(flow_to_voxel(flow), out.pad_spec, 1)

@@ -41,7 +41,7 @@ from evaluation.contract import (
 from evaluation.dataset import LAYOUT_2020, Pair, Task, load_task
 from evaluation.io import DataError, atomic_path, load_nifti, read_json, save_nifti
 from evaluation.submission import read_manifest, write_manifest
-from pipeline.affine.align import pair_config
+from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.data.preprocess import load_image, network_image
@@ -49,8 +49,7 @@ from pipeline.distributed import DistInfo, autocast, init_distributed, pick_devi
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.model.contract import field_to_numpy
 from pipeline.model.instance_opt import refine_field
-from pipeline.model.lapirn import LapIRN, LapIRNConfig
-from pipeline.training.validation import full_resolution_field
+from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
 
 log = logging.getLogger(__name__)
 

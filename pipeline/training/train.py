@@ -33,12 +33,12 @@ from evaluation.io import DataError, write_json
 from pipeline.config import RunConfig, TrainConfig, load_config
 from pipeline.distributed import DistInfo, any_flag, autocast, gather_checksums, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.model.lapirn import LapIRN, LapIRNConfig
+from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
 from pipeline.model.losses import level_loss, one_hot
 from pipeline.training.augment import augment, sample_affine
 from pipeline.training.log import TrainingLog
 from pipeline.training.pairs import TrainingData, load_training_data, tensor
-from pipeline.training.validation import full_resolution_field, validate_pairs
+from pipeline.training.validation import validate_pairs
 
 log = logging.getLogger(__name__)
 

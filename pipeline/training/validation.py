@@ -7,18 +7,9 @@ import torch
 
 from evaluation.contract import sample_field
 from evaluation.metrics import dice, label_counts, nanmean
-from pipeline.model.contract import field_from_numpy, field_to_numpy, flow_to_voxel, warp_torch
-from pipeline.model.lapirn import LapIRN, LapIRNOutput, crop, upsample_flow
+from pipeline.model.contract import field_from_numpy, field_to_numpy, warp_torch
+from pipeline.model.lapirn import LapIRN, full_resolution_field
 from pipeline.training.pairs import TrainingData, tensor
-
-
-def full_resolution_field(model: LapIRN, out: LapIRNOutput) -> torch.Tensor:
-    """Voxel field on the input grid from the finest level that ran: its flow is upsampled the
-    way the model hands it to the next level, converted on the padded grid, then cropped."""
-    flow = out.final.flow
-    for _ in range(model.config.levels - out.final.level):
-        flow = upsample_flow(flow)
-    return crop(flow_to_voxel(flow), out.pad_spec, 1)
 
 
 @torch.no_grad()

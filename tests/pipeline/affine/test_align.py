@@ -17,14 +17,13 @@ from evaluation.io import DataError, Geometry, load_nifti, read_json, read_point
 from pipeline import cli
 from pipeline.affine.align import (
     align_task,
-    is_ultrasound,
-    pair_config,
     read_transform,
     resample_sitk,
     to_sitk_image,
     transform_matrix,
     write_transform,
 )
+from pipeline.affine.fov import is_ultrasound, pair_config
 from pipeline.affine.registration import AffineConfig, make_transform
 from tests.pipeline.affine.test_registration import SMALL_GEOM, centred_geometry, render, rigid, rotation_error_deg
 

@@ -1,0 +1,4 @@
+"""The training stage: the loop, training pairs, augmentation, validation during training, the log.
+
+May import ``pipeline.training``, ``pipeline.model``, ``pipeline.data``, the top-level helpers and ``evaluation``; never prediction or the demo.
+"""
