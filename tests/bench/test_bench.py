@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.paths import REPO
 
 
 def test_quick_evaluator_benchmark_reports_equal_metrics_and_memory(tmp_path):

@@ -16,8 +16,8 @@ import pytest
 
 from evaluation import leaderboard, ranking
 from evaluation.io import DataError
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BASE = {"Initial": (10.0, 0.3, 9.0), "Good": (1.0, 0.8, 2.0), "Bad": (5.0, 0.6, 5.0)}  # TRE, DSC, HD95 offsets
 
 

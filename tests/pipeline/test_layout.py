@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.paths import REPO as ROOT
+
 PIPELINE = ROOT / "pipeline"
 TOP_LEVEL = ("pipeline.cli", "pipeline.config", "pipeline.distributed")
 # package -> the pipeline modules it may import (prefixes); evaluation and third parties are always allowed

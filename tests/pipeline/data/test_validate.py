@@ -17,8 +17,8 @@ from evaluation.io import Geometry, save_nifti, write_points
 from pipeline.cli import main
 from pipeline.data.summary import format_summary, summarize
 from pipeline.data.validate import Problem, validate_task
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 8, 8)
 SPACING = (1.5, 1.5, 2.0)
 NAME = "Toy"

@@ -18,6 +18,7 @@ from evaluation.submission import read_manifest
 from pipeline.config import config_from_dict
 from pipeline.prediction.predict import predict
 from pipeline.training.train import train
+from tests.paths import REPO
 from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
 
 
@@ -161,7 +162,7 @@ def test_torchrun_shards_the_pairs_and_merges_one_manifest(trained, tmp_path):
     # --run-dir, not --run: torchrun's own parser would take "--run" for an abbreviation of --run-path
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "pipeline", "predict", "--data", str(data),
            "--run-dir", str(run), "--out", str(out), "--device", "cpu"]
-    done = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"},
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [read_manifest(out / f"runtimes.rank{r}.json")["runtimes"] for r in (0, 1)]

@@ -27,8 +27,8 @@ from pipeline.model.checkpoint import load_checkpoint
 from pipeline.model.losses import one_hot, soft_dice
 from pipeline.training.pairs import load_training_data, split_pairs
 from pipeline.training.train import Trainer, learning_rate, train
+from tests.paths import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (20, 16, 24)
 
 
