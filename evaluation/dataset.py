@@ -10,7 +10,13 @@
 Both become a :class:`Task` whose cases are keyed ``SSSS_MMMM`` (2020 inter-patient images
 are ``SSSS_0000``; intra-patient fixed/moving roles are ``_0000``/``_0001``). Loading touches
 no voxel data: structural problems (paths escaping the folder, unreadable pair lists) are
-collected in ``Task.problems`` so that ``validate`` can list every problem at once.
+collected in ``Task.problems`` so that ``validate`` can list every problem at once; those of
+registration pairs are also kept per split (``Task.pair_problems``), so that every stage that
+works on a split reports the pairs it cannot read instead of skipping them.
+
+Pairs may name images that lie in the task's image folders but are not listed under
+``training`` (held-out subjects; the official evaluator reads files by path): such an image
+becomes a case with ``listed=False``, usable for prediction and evaluation but never trained on.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Case:
     keypoints: Path | None = None
     landmarks: Path | None = None
     split: str = "train"  # "train" | "test"
+    listed: bool = True  # False: named only by a registration pair, not by training/test
 
     @property
     def subject(self) -> str:
@@ -80,6 +87,17 @@ class Task:
     pairs: dict[str, tuple[Pair, ...]]  # "train" (intra-patient only), "val", "test"
     intra_patient: bool
     problems: tuple[str, ...] = field(default=())
+    pair_problems: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> unreadable pair entries
+
+    def split_problems(self, split: str) -> tuple[str, ...]:
+        """Pair entries of ``split`` ("val", "test") that could not be read (file, entry, reason)."""
+        return self.pair_problems.get(split, ())
+
+    @property
+    def entry_problems(self) -> tuple[str, ...]:
+        """Problems of the image entries (``training``/``test``, 2020 image names), not of pairs."""
+        in_pairs = {p for probs in self.pair_problems.values() for p in probs}
+        return tuple(p for p in self.problems if p not in in_pairs)
 
     def case(self, case_id: str) -> Case:
         try:
@@ -182,21 +200,29 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
                 if split == "train":
                     training.append(case.case_id)
     pairs: dict[str, tuple[Pair, ...]] = {}
+    pair_problems: dict[str, tuple[str, ...]] = {}
     for split, key in (("val", "registration_val"), ("test", "registration_test")):
-        found = []
+        found, mine = [], []
         for i, entry in enumerate(meta.get(key, []) or []):
             where = f"{json_path.name} {key}[{i}]"
             if not isinstance(entry, dict):
-                problems.append(f"{where}: expected an object with 'fixed' and 'moving', got {entry!r}")
+                mine.append(f"{where}: expected an object with 'fixed' and 'moving', got {entry!r}")
                 continue
-            paths = [_inside(root, str(entry.get(r, "")), problems, f"{where} ({r})") for r in ("fixed", "moving")]
+            paths = [_inside(root, str(entry.get(r, "")), mine, f"{where} ({r})") for r in ("fixed", "moving")]
             if None in paths:
                 continue
             try:
-                found.append(Pair(_case_id(paths[0]), _case_id(paths[1])))
+                ids = [_case_id(path) for path in paths]
             except DataError as exc:
-                problems.append(f"{where}: {exc}")
+                mine.append(f"{where}: {exc}")
+                continue
+            for case_id, path in zip(ids, paths, strict=True):
+                if case_id not in cases:  # named by the pair only (e.g. a held-out subject in imagesTr)
+                    cases[case_id] = _unlisted_case(case_id, path)
+            found.append(Pair(*ids))
         pairs[split] = tuple(found)
+        pair_problems[split] = tuple(mine)
+        problems += mine
     intra = str(meta.get("pairings", "unpaired")).lower() == "paired"
     if intra:
         pairs["train"] = _paired_training(meta, training)
@@ -213,7 +239,15 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
         pairs=pairs,
         intra_patient=intra,
         problems=tuple(problems),
+        pair_problems=pair_problems,
     )
+
+
+def _unlisted_case(case_id: str, image: Path) -> Case:
+    """A case named only by a registration pair: its siblings by the official naming rule."""
+    extra = {key: derived_path(image, kind) for key, kind in SIBLINGS.items()}
+    split = "test" if image.parent.name.endswith("Ts") else "train"
+    return Case(case_id, image, split=split, listed=False, **{k: v if v.exists() else None for k, v in extra.items()})
 
 
 def _labels(raw: dict) -> dict[int, str]:
@@ -263,7 +297,9 @@ def _load_2020(root: Path) -> Task:
     meta = read_json(root / "task.json") if (root / "task.json").exists() else {}
     cases: dict[str, Case] = {}
     roles: set[str] = set()
-    pair_rows = {split: _read_pairs_csv(root / f"pairs_{split}.csv", problems) for split in ("val", "test")}
+    pair_problems: dict[str, list[str]] = {"val": [], "test": []}
+    pair_rows = {split: _read_pairs_csv(root / f"pairs_{split}.csv", pair_problems[split]) for split in pair_problems}
+    problems += [p for split in pair_problems for p in pair_problems[split]]
     test_subjects = {f"{i:04d}" for row in pair_rows["test"] for i in row}
     for image in sorted((root / "images").glob("*.nii.gz")):
         match = _2020_RE.match(image.name)
@@ -308,4 +344,5 @@ def _load_2020(root: Path) -> Task:
         pairs=pairs,
         intra_patient=intra,
         problems=tuple(problems),
+        pair_problems={split: tuple(found) for split, found in pair_problems.items()},
     )

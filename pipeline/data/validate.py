@@ -310,6 +310,17 @@ def check_unlisted(task: Task) -> list[Problem]:
     return found
 
 
+def check_pair_only_images(task: Task) -> list[Problem]:
+    """Images that registration pairs name but ``training``/``test`` do not list (held-out
+    subjects; the official evaluator reads them by path): a warning, once per image, when present."""
+    return [
+        Problem(case.image, f"named by a registration pair but not listed in {_pair_source(task, 'val').name} "
+                            "training/test: used for prediction and evaluation, never for training", WARNING)
+        for case_id, case in sorted(task.cases.items())
+        if not case.listed and case.image.is_file()
+    ]
+
+
 def _pair_source(task: Task, split: str) -> Path:
     if task.layout == LAYOUT_2020:
         return task.root / f"pairs_{split}.csv"
@@ -378,6 +389,7 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
         log.debug("checking case %s", case_id)
         _check_case(task.cases[case_id], task, found, counts)
     found += check_unlisted(task)
+    found += check_pair_only_images(task)
     for split, pair in _pairs_to_check(task):
         found += _check_pair(task, pair, split, counts)
     return found
