@@ -34,13 +34,18 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """LapIRN: ``levels`` pyramid levels, width ``start_channel`` (C = 4 * start_channel)."""
+    """LapIRN: ``levels`` pyramid levels, width ``start_channel`` (C = 4 * start_channel).
+    Numerics (see ``pipeline.model.lapirn``): ``align_corners`` of the trilinear upsampling of a
+    coarser level's flow (the authors' code: false), ``warp_padding`` of image warps ("border",
+    the authors' code, or "zeros")."""
 
     levels: int = 3
     start_channel: int = 7
     diffeomorphic: bool = False
     range_flow: float = 0.4
     ss_steps: int = 7
+    align_corners: bool = True
+    warp_padding: str = "border"
 
 
 @dataclass(frozen=True)
