@@ -33,7 +33,7 @@ from pipeline.prediction.predict import predict
 from pipeline.training.train import train
 
 log = logging.getLogger(__name__)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_CONFIGS = {"T1": "demo_t1_curious.json", "T2": "demo_t2_lung.json", "T3": "demo_t3_abdomen.json", "T4": "demo_t4_hippocampus.json"}
 INSTANCE_OPT_STEPS = 30
 
