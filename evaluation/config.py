@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation.dataset import Pair, Task, load_task
+from evaluation.dataset import Case, Pair, derived_path, load_task
 from evaluation.io import DataError, read_json, read_nifti_header
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class EvalConfig:
     expected_shape: tuple[int, int, int, int]
     pairs: tuple[EvalPair, ...]
     masked: bool = False
+    require_masks: bool = False  # derived configs: a missing fixed mask is an error, not the official warning
 
     def has(self, metric: str) -> bool:
         return any(m.metric == metric for m in self.methods)
@@ -235,40 +236,63 @@ def _point_path(root: Path, image_rel: str, dest: str, ids: list[str], problems:
 
 
 def derive_config(data_dir: str | Path, split: str = "val") -> EvalConfig:
-    """Evaluation config from the task's dataset description (either layout)."""
+    """Evaluation config from the task's dataset description (either layout).
+
+    Metrics follow the ground truth the pairs have: DSC/HD95 over ``Task.labels`` (or the label
+    ids found) when any pair has a label map, TRE per point kind when any pair has point files,
+    SDlogJ always, masked when any fixed image has a mask. A metric is never dropped for some
+    pairs: the files a pair lacks stay in the config under their official names, and the
+    evaluator lists every missing one at once (``evaluate.ground_truth_problems``). Pair entries
+    of ``split`` that could not be read raise ``DataError`` naming each.
+    """
     task = load_task(data_dir)
+    if task.split_problems(split):
+        raise DataError(f"{task.root}: {len(task.split_problems(split))} {split} pair(s) cannot be read:\n  "
+                        + "\n  ".join(task.split_problems(split)))
     pairs = task.pairs.get(split, ())
     if not pairs:
         raise DataError(f"{task.root}: task {task.name} has no {split} pairs")
-    eval_pairs = [_task_pair(task, p) for p in pairs]
+    cases = [(task.case(p.fixed), task.case(p.moving)) for p in pairs]
+    has = {kind: any(getattr(c, kind) is not None for pair in cases for c in pair) for kind in ("label", *POINT_DESTS)}
+    masked = any(f.mask is not None for f, _ in cases)
     methods = [Method(DERIVED_NAMES["sdlogj"], "sdlogj")]
-    labels = tuple(sorted(task.labels))
-    if labels and all(p.fixed_label and p.moving_label for p in eval_pairs):
+    if has["label"]:
+        labels = tuple(sorted(task.labels)) or _label_ids(cases)
         methods += [Method(DERIVED_NAMES["dice"], "dice", labels), Method(DERIVED_NAMES["hd95"], "hd95", labels)]
-    elif labels:
-        log.warning("%s: some %s pairs lack label maps: no DSC/HD95", task.root, split)
-    for dest in POINT_DESTS:
-        if all(p.point_files(dest) for p in eval_pairs):
-            methods.append(Method(DERIVED_NAMES[dest], "tre", dest=dest))
-    masked = any(p.fixed_mask is not None for p in eval_pairs)
+    elif task.labels:
+        log.info("%s: the task names labels but no %s pair has a label map: no DSC/HD95", task.root, split)
+    methods += [Method(DERIVED_NAMES[dest], "tre", dest=dest) for dest in POINT_DESTS if has[dest]]
+    eval_pairs = [_task_pair(pair, fixed, moving, has, masked) for pair, (fixed, moving) in zip(pairs, cases, strict=True)]
     shape = task.shape or read_nifti_header(eval_pairs[0].fixed_image).shape
-    return EvalConfig(task.name, tuple(methods), (*shape, 3), tuple(eval_pairs), masked)  # type: ignore[arg-type]
+    return EvalConfig(task.name, tuple(methods), (*shape, 3), tuple(eval_pairs), masked, require_masks=masked)  # type: ignore[arg-type]
 
 
-def _task_pair(task: Task, pair: Pair) -> EvalPair:
-    fixed, moving = task.case(pair.fixed), task.case(pair.moving)
-    points = []
-    for dest in POINT_DESTS:
-        f, m = getattr(fixed, dest), getattr(moving, dest)
-        if f is not None and m is not None and f.exists() and m.exists():
-            points.append((dest, f, m))
+def _label_ids(cases: list[tuple[Case, Case]]) -> tuple[int, ...]:
+    """Label ids of the first fixed label map (a task whose description names no labels)."""
+    import numpy as np
+
+    from evaluation.io import load_nifti
+
+    path = next(c.label for pair in cases for c in pair if c.label is not None)
+    values = np.unique(load_nifti(path, dtype=None, copy=False)[0])
+    return tuple(int(v) for v in values if v != 0)
+
+
+def _task_pair(pair: Pair, fixed: Case, moving: Case, has: dict[str, bool], masked: bool) -> EvalPair:
+    """A pair's ground truth: what the cases have, else the official file name where the task has it."""
+
+    def gt(case: Case, kind: str, folder: str) -> Path | None:
+        path = getattr(case, kind)
+        return path if path is not None or not has.get(kind, kind == "mask" and masked) else derived_path(case.image, folder)
+
+    points = tuple((d, gt(fixed, d, d), gt(moving, d, d)) for d in POINT_DESTS if has[d])
     return EvalPair(
         pair.fixed,
         pair.moving,
         fixed.image,
         moving.image,
-        fixed.label if fixed.label is not None and fixed.label.exists() else None,
-        moving.label if moving.label is not None and moving.label.exists() else None,
-        fixed.mask if fixed.mask is not None and fixed.mask.exists() else None,
-        tuple(points),
+        gt(fixed, "label", "labels"),
+        gt(moving, "label", "labels"),
+        gt(fixed, "mask", "masks"),
+        points,  # type: ignore[arg-type]
     )

@@ -89,11 +89,17 @@ def compose(u_first: np.ndarray, u_then: np.ndarray) -> np.ndarray:
     return (u_first + sampled).astype(np.float32)
 
 
-def compose_affine(u_first: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """``compose(u_first, affine_to_field(matrix))`` evaluated exactly (no interpolation)."""
+def compose_affine(u_first: np.ndarray, matrix: np.ndarray, step: Sequence[float] | None = None) -> np.ndarray:
+    """``compose(u_first, affine_to_field(matrix))`` evaluated exactly (no interpolation).
+
+    ``step``: when ``u_first`` is sampled on a coarser lattice of the fixed grid (a 2020
+    half-resolution field: values in fixed-grid voxels, lattice point ``i`` at fixed voxel
+    ``i * step``), the per-axis spacing of that lattice in fixed voxels; default 1 (the fixed grid).
+    """
     check_field(u_first)
     a = _as_4x4(matrix)
-    y = np.moveaxis(identity_grid(u_first.shape[:3], np.float64), 0, -1) + u_first
+    x = np.moveaxis(identity_grid(u_first.shape[:3], np.float64), 0, -1)
+    y = (x if step is None else x * np.asarray(step, dtype=np.float64)) + u_first
     return (u_first + y @ a[:3, :3].T + a[:3, 3] - y).astype(np.float32)
 
 
@@ -168,6 +174,23 @@ def resample_field(u: np.ndarray, shape: Shape, order: int = 1) -> np.ndarray:
     check_field(u)
     scale = grid_scale(u.shape[:3], shape)
     return np.stack([resize_image(u[..., k], shape, order) * scale[k] for k in range(3)], axis=-1).astype(np.float32)
+
+
+def field_on_grid(u: np.ndarray, shape: Shape, full_shape: Shape) -> np.ndarray:
+    """A field in the voxel units of its own grid -> sampled on the corner-aligned grid
+    ``shape`` with values in voxels of ``full_shape`` (the fixed image's grid).
+
+    Exact (values rescaled, no resampling) when ``u`` already lies on ``shape``: a network run
+    at half resolution gives the 2020 half-resolution field directly. Otherwise the field is
+    resampled to ``full_shape`` and, if ``shape`` is coarser, sampled down as :func:`to_2020` does.
+    """
+    check_field(u)
+    if tuple(u.shape[:3]) == tuple(shape):
+        return (u * grid_scale(u.shape[:3], full_shape)).astype(np.float32)
+    full = resample_field(u, full_shape)
+    if tuple(shape) == tuple(full_shape):
+        return full
+    return np.stack([resize_image(full[..., k], shape, order=2) for k in range(3)], axis=-1).astype(np.float32)
 
 
 def to_2020(u: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from evaluation import contract, jacobian, metrics
 from evaluation.cli import run_cli
 from evaluation.config import EvalConfig, EvalPair, Method, derive_config, read_config
-from evaluation.io import DataError, load_nifti, read_nifti_header, read_points, write_json
+from evaluation.io import DataError, check_output_path, load_nifti, read_nifti_header, read_points, write_json
 from evaluation.submission import (
     FORMATS,
     MANIFEST_NAME,
@@ -136,6 +136,8 @@ def ground_truth_problems(config: EvalConfig) -> list[str]:
                 files = pair.point_files(m.dest or "")
                 needed += list(files) if files else [None]
                 needed.append(pair.moving_image)
+        if config.masked and config.require_masks:
+            needed.append(pair.fixed_mask)
         for path in needed:
             if path is None or not path.is_file():
                 what = path if path is not None else f"{pair.key}: point files"
@@ -319,13 +321,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the json atomically, print the aggregates. ``DataError`` propagates."""
     options = Options(extras=not args.official_only, aggregate=args.aggregate, tre_method=args.tre_method)
+    out = Path(args.output_path)
+    out = out / (datetime.now().strftime("%Y%m%d_%H%M") + ".json") if out.is_dir() else check_output_path(out, folder=False)
     result = evaluate(
         args.input_path, args.gt_path, args.config_path, split=args.split, fmt=args.fmt, workers=args.workers,
         options=options, task_folder=args.task_folder, progress=sys.stderr.isatty(),
     )  # fmt: skip
-    out = Path(args.output_path)
-    if out.is_dir():
-        out = out / (datetime.now().strftime("%Y%m%d_%H%M") + ".json")
     write_json(out, result)
     if args.verbose:
         for key, case in result["cases"].items():

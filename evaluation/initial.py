@@ -19,7 +19,7 @@ from evaluation.cli import run_cli
 from evaluation.contract import disp_filename_2020, disp_filename_l2r
 from evaluation.dataset import LAYOUT_2020, load_task
 from evaluation.evaluate import evaluate
-from evaluation.io import DataError, read_nifti_header, save_nifti, write_json
+from evaluation.io import DataError, check_output_path, read_nifti_header, save_nifti, write_json
 
 
 def write_zero_submission(data_dir: str | Path, out_dir: str | Path, split: str = "val") -> Path:
@@ -54,6 +54,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_path(args.output, folder=False)
     write_json(args.output, evaluate_initial(args.data, args.split, args.config))
     return 0
 

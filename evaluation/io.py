@@ -9,6 +9,7 @@ here and nowhere else. numpy/nibabel only: no torch.
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import json
 import mmap
@@ -184,9 +185,30 @@ def read_nifti_header(path: str | Path) -> Geometry:
     return Geometry.from_affine(img.affine, img.shape)
 
 
+def check_output_path(path: str | Path, folder: bool) -> Path:
+    """Refuse, before any work, an output path that cannot be written: ``DataError`` naming it
+    when it exists as the wrong kind (a file where a folder is wanted, or the reverse), when one
+    of its parents is a file, or when the nearest existing parent is not writable. Returns it."""
+    path = Path(path)
+    kind = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise DataError(f"{path}: exists and is a {'file' if folder else 'folder'}, but a {kind} is needed here")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DataError(f"{path}: cannot be created: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise DataError(f"{path}: cannot be created: no write permission in {parent}")
+            break
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
+
+    Temporaries that an earlier, killed write of the same file left behind are removed first
+    (two processes writing one file at the same time is a conflict either way).
 
     The temporary name keeps the target's suffixes so that writers that infer the format
     from the extension (nibabel, numpy) behave as for the real name.
@@ -194,6 +216,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)  # an earlier write of this file killed mid-way (kill -9): never completes
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -34,7 +34,7 @@ import pandas as pd
 
 from evaluation import ranking, report
 from evaluation.cli import run_cli
-from evaluation.io import DataError, atomic_open, read_json
+from evaluation.io import DataError, atomic_open, check_output_path, read_json
 
 log = logging.getLogger(__name__)
 
@@ -345,6 +345,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the leaderboard Markdown (and write the files with ``--out``)."""
+    if args.out is not None:
+        check_output_path(args.out, folder=True)
     results = load_results(args.results, args.initial)
     print(write_leaderboard(results, args.out))
     return 0

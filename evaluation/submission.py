@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 
 from evaluation import contract
 from evaluation.config import EvalConfig, EvalPair
+from evaluation.dataset import LAYOUT_2020, Task
 from evaluation.io import DataError, load_nifti, read_json, write_json
 
 FORMAT_L2R = "l2r"
@@ -129,6 +131,18 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- locating fields
+
+
+def submission_shape(task: Task, fixed_shape: Sequence[int]) -> tuple[int, int, int]:
+    """The grid a task's fields are submitted on, fixed by the task, not by a configuration:
+    the fixed image grid, except Learn2Reg 2020 tasks 1-3 (folders ``task_01`` .. ``task_03``,
+    and any other 2020-layout folder), which take half of it; 2020 task 4 (``task_04``) is full."""
+    shape = tuple(int(n) for n in fixed_shape[:3])
+    if task.layout != LAYOUT_2020 or task.root.name == "task_04":
+        return shape  # type: ignore[return-value]
+    if any(n % 2 for n in shape):
+        raise DataError(f"{task.root}: the 2020 half-resolution format needs even image sizes, got {shape}")
+    return tuple(n // 2 for n in shape)  # type: ignore[return-value]
 
 
 def l2r_names(pair: EvalPair) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from evaluation.io import DataError, atomic_path
+from pipeline.model.lapirn import LapIRN, LapIRNConfig
 
 FORMAT = "l2r-lapirn-checkpoint"
 VERSION = 1
@@ -50,3 +51,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if key not in ckpt:
             raise DataError(f"{path}: checkpoint lacks {key!r}")
     return ckpt
+
+
+def load_state(model: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(ckpt["model"])``; ``DataError`` naming the file when the weights
+    belong to another network (missing, unexpected or differently shaped tensors)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: the weights do not fit this LapIRN ({str(exc).splitlines()[0][:300]})") from exc
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[LapIRN, dict[str, Any]]:
+    """The LapIRN a checkpoint describes (its stored constructor config), with its weights, in
+    eval mode on ``device``, and the checkpoint itself. ``DataError`` naming the file for a
+    foreign or malformed ``model_config`` or weights of another network."""
+    ckpt = load_checkpoint(path, map_location=device)
+    try:
+        config = LapIRNConfig.from_dict(ckpt["model_config"])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: model_config is not a LapIRN configuration ({exc})") from exc
+    model = LapIRN(config).to(device).eval()
+    load_state(model, ckpt, path)
+    return model, ckpt

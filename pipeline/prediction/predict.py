@@ -6,14 +6,19 @@ field to the fixed image's full grid and compose it with the affine part through
 then write it in the task's challenge format:
 
 * current layout: ``OUT/disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` (``X x Y x Z x 3`` float32);
-* 2020 layout: ``OUT/disp_{fix:04d}_{mov:04d}.npz`` (key ``arr_0``, float16, channels first, half
-  resolution when the task runs at half resolution, as in 2020).
+* 2020 layout: ``OUT/disp_{fix:04d}_{mov:04d}.npz`` (key ``arr_0``, float16, channels first) at
+  the resolution the task prescribes (``evaluation.submission.submission_shape``: half for tasks
+  1-3, full for task 4; no configuration changes it). A network run at half resolution gives the
+  half-resolution field directly (exact, no up- and downsampling).
 
 Every file is written atomically. ``OUT/runtimes.json`` (``evaluation.submission`` schema) records
 per pair the end-to-end and network-only runtimes (GPU-synchronised), the device, the
 checkpoint and a configuration hash; pairs already written under the same hash are skipped, so
-an interrupted prediction resumes. A pair that cannot be processed is reported by name with the
-reason; the others still run and the command exits 1. Under ``torchrun`` the pairs are sharded.
+an interrupted prediction resumes. A folder holding fields of another configuration is refused
+(``--overwrite`` removes them first), so every field in it keeps its record. A pair that cannot
+be processed, or a pair entry of the task that cannot be read, is reported by name with the
+reason on stderr; the others still run and the command exits 1. Under ``torchrun`` the pairs
+are sharded.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import dataclasses
 import hashlib
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -33,23 +39,24 @@ from evaluation.contract import (
     compose_affine,
     disp_filename_2020,
     disp_filename_l2r,
-    resample_field,
+    field_on_grid,
+    from_2020,
+    grid_scale,
     resize_image,
-    to_2020,
     warp,
 )
 from evaluation.dataset import LAYOUT_2020, Pair, Task, load_task
-from evaluation.io import DataError, atomic_path, load_nifti, read_json, save_nifti
-from evaluation.submission import read_manifest, write_manifest
+from evaluation.io import DataError, atomic_path, check_output_path, load_nifti, read_json, save_nifti
+from evaluation.submission import read_manifest, submission_shape, write_manifest
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.data.preprocess import load_image, network_image
 from pipeline.distributed import DistInfo, autocast, init_distributed, pick_device, shutdown
-from pipeline.model.checkpoint import load_checkpoint
+from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_to_numpy
 from pipeline.model.instance_opt import refine_field
-from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
+from pipeline.model.lapirn import LapIRN, full_resolution_field
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +80,25 @@ class Predictor:
 def load_predictor(run_dir: Path | None, task: Task, device: torch.device, checkpoint: str, overrides: dict) -> Predictor:
     """Model and configuration of a run folder (``run_dir=None``: a config-only, affine-only run)."""
     ckpt_path = None
-    if run_dir is not None and (run_dir / "config.json").exists():
-        raw = read_json(run_dir / "config.json")
-    elif overrides.get("config_file"):
-        raw = read_json(overrides["config_file"])
-    else:
-        raise DataError(f"{run_dir}: not a run folder (no config.json)")
+    source = Path(overrides["config_file"]) if overrides.get("config_file") else None
+    if run_dir is not None:
+        source = run_dir / "config.json"
+        if not source.is_file():
+            raise DataError(f"{run_dir}: not a run folder (no config.json)")
+    if source is None:
+        raise DataError("predict needs --run (a training run) or --config (an affine-only configuration)")
+    raw = read_json(source)
+    if not isinstance(raw, dict):
+        raise DataError(f"{source}: a configuration must be a JSON object")
     raw.setdefault("predict", {}).update({k: v for k, v in overrides.items() if k != "config_file" and v is not None})
-    cfg = config_from_dict(raw, where=f"{run_dir}/config.json")
+    cfg = config_from_dict(raw, where=str(source))
     model = None
     stamp = ""
     if not cfg.predict.affine_only:
-        ckpt_path = Path(checkpoint) if checkpoint not in ("best", "last") else Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        model = LapIRN(LapIRNConfig.from_dict(ckpt["model_config"])).to(device).eval()
-        model.load_state_dict(ckpt["model"])
+        if run_dir is None and checkpoint in ("best", "last"):
+            raise DataError(f"{source}: not an affine-only configuration (predict.affine_only): the network needs --run")
+        ckpt_path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
+        model, _ = model_from_checkpoint(ckpt_path, device)
         stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
     digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
     return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest)
@@ -97,12 +108,11 @@ def output_name(task: Task, pair: Pair) -> str:
     return disp_filename_2020(pair.fixed, pair.moving) if task.layout == LAYOUT_2020 else disp_filename_l2r(pair.fixed, pair.moving)
 
 
-def write_field(path: Path, u: np.ndarray, task: Task, half: bool) -> None:
-    """The task's challenge format, atomically."""
+def write_field(path: Path, u: np.ndarray, task: Task) -> None:
+    """The task's challenge format, atomically; ``u`` is already on the submission grid."""
     if task.layout == LAYOUT_2020:
-        arr = to_2020(u) if half else np.moveaxis(u, -1, 0).astype(np.float16)
         with atomic_path(path) as tmp:
-            np.savez_compressed(tmp, arr_0=arr)
+            np.savez_compressed(tmp, arr_0=np.moveaxis(u, -1, 0).astype(np.float16))
     else:
         save_nifti(path, u.astype(np.float32))
 
@@ -124,21 +134,23 @@ def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> 
         moving = warp(moving, result.field())
     elif moving.shape != fixed.shape:
         raise DataError(f"{moving_case.image}: shape {moving.shape} differs from the fixed image {fixed.shape} (enable predict.affine to resample)")
+    shape = submission_shape(p.task, fixed.shape)
     if p.model is None:
-        u = np.zeros(fixed.shape + (3,), np.float32)
+        u = np.zeros(shape + (3,), np.float32)
     else:
-        u = network_field(p, fixed, moving, fixed_case, timings)
+        u = field_on_grid(network_field(p, fixed, moving, fixed_case, timings), shape, fixed.shape)
     if matrix is not None:
-        u = compose_affine(u, matrix)
-    write_field(out_dir / output_name(p.task, pair), u, p.task, p.cfg.preprocess.half_resolution)
+        u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
+    write_field(out_dir / output_name(p.task, pair), u, p.task)
     if save_warped:
-        save_nifti(out_dir / "warped" / f"{pair.fixed}_{pair.moving}_moving_warped.nii.gz", warp(load_nifti(moving_case.image)[0], u), fgeom)
+        full = u if shape == fixed.shape else from_2020(np.moveaxis(u, -1, 0).astype(np.float16))  # as the evaluator reads it
+        save_nifti(out_dir / "warped" / f"{pair.fixed}_{pair.moving}_moving_warped.nii.gz", warp(load_nifti(moving_case.image)[0], full), fgeom)
     timings["total_s"] = time.perf_counter() - start
     return timings
 
 
 def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, fixed_case, timings: dict) -> np.ndarray:
-    """LapIRN (and optional instance optimisation) on the network grid -> full-grid voxel field."""
+    """LapIRN (and optional instance optimisation) -> the voxel field on the network grid."""
     f = torch.from_numpy(network_image(fixed, p.cfg.preprocess))[None, None].to(p.device)
     m = torch.from_numpy(network_image(moving, p.cfg.preprocess))[None, None].to(p.device)
     p.sync()
@@ -156,25 +168,28 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, fixed_cas
         field = refine_field(field, m, f, p.cfg, p.model.config.levels, mask)
         p.sync()
         timings["instance_opt_s"] = time.perf_counter() - t0
-    return resample_field(field_to_numpy(field), fixed.shape)
+    return field_to_numpy(field)
 
 
 def predict(
     data_dir: Path, out_dir: Path, run_dir: Path | None = None, split: str = "val", device: str = "auto",
-    checkpoint: str = "best", save_warped: bool = False, **overrides,
+    checkpoint: str = "best", save_warped: bool = False, overwrite: bool = False, **overrides,
 ) -> int:
-    """Predict every pair of ``split``; returns the exit code (1 if any pair failed)."""
+    """Predict every pair of ``split``; returns the exit code (1 if any pair failed or could not
+    be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``."""
+    check_output_path(out_dir, folder=True)
     info: DistInfo = init_distributed("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     try:
         task = load_task(data_dir)
-        pairs = task.pairs.get(split, ())
-        if not pairs:
+        pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
+        if not pairs and not unreadable:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
         p = load_predictor(run_dir, task, pick_device(device, info), checkpoint, overrides)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
+        prepare_out_dir(out_dir, p, task, overwrite, info)
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
         mine = pairs[info.rank :: info.world_size]
-        problems = []
+        problems = list(unreadable) if info.is_main else []
         for pair in tqdm(mine, desc=f"predict {task.name}", unit="pair", disable=not info.is_main):
             if pair.key in manifest["runtimes"] and (out_dir / output_name(task, pair)).exists():
                 continue  # written earlier under the same configuration
@@ -190,10 +205,44 @@ def predict(
             if info.is_main:
                 _merge_rank_manifests(out_dir, info.world_size)
         for problem in problems:
-            print(f"error: {problem}")
+            print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
     finally:
         shutdown(info)
+
+
+def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, info: DistInfo) -> None:
+    """Keep ``out_dir`` consistent before writing: temporaries of a killed earlier run are
+    removed; fields predicted under another configuration (recorded in a manifest there) are
+    refused, or removed with their manifests when ``overwrite`` (every rank decides the same;
+    rank 0 deletes)."""
+    manifests = [m for m in (out_dir / "runtimes.json", *sorted(out_dir.glob("runtimes.rank*.json"))) if m.is_file()]
+    foreign = {}
+    for path in manifests:
+        old = read_manifest(path)
+        if old.get("config_hash") != p.config_hash:
+            foreign[path] = [out_dir / _field_name(task, key) for key in old.get("runtimes", {})]
+    present = sorted({f for fields in foreign.values() for f in fields if f.exists()})
+    if present and not overwrite:
+        old = read_manifest(next(iter(foreign)))
+        raise DataError(
+            f"{out_dir}: holds {len(present)} field(s) predicted under another configuration (checkpoint "
+            f"{old.get('checkpoint')}, config hash {old.get('config_hash')}; this run: {p.checkpoint}, {p.config_hash}); "
+            "choose another --out, or pass --overwrite to replace them"
+        )
+    if info.is_main:
+        for stale in out_dir.glob(".*.tmp*"):
+            stale.unlink(missing_ok=True)  # a write interrupted by kill -9 never completes
+        for path in present + list(foreign):
+            log.info("removing %s (another configuration; --overwrite)", path)
+            path.unlink(missing_ok=True)
+    if info.enabled:
+        torch.distributed.barrier()
+
+
+def _field_name(task: Task, key: str) -> str:
+    fixed, _, moving = key.partition("<--")
+    return output_name(task, Pair(fixed, moving))
 
 
 def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
@@ -215,9 +264,10 @@ def _merge_rank_manifests(out_dir: Path, world: int) -> None:
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", "--run-dir", dest="run", type=Path, default=None,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", "--run-dir", dest="run", type=Path, default=None,
                         help="training run folder (config.json + checkpoints/); under torchrun write --run-dir")
-    parser.add_argument("--config", type=Path, default=None, help="configuration file (affine-only tasks need no run)")
+    source.add_argument("--config", type=Path, default=None, help="configuration file (affine-only tasks need no run)")
     parser.add_argument("--data", type=Path, required=True, help="task folder")
     parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")
     parser.add_argument("--split", choices=("val", "test"), default="val")
@@ -226,10 +276,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
     parser.add_argument("--save-warped", action="store_true", help="also write the warped moving images")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace fields that --out holds from another configuration (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.run is None and args.config is None:
-        raise DataError("predict needs --run (a training run) or --config (an affine-only configuration)")
     return predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
-                   affine=args.affine, instance_opt_steps=args.instance_opt_steps, config_file=args.config)
+                   args.overwrite, affine=args.affine, instance_opt_steps=args.instance_opt_steps, config_file=args.config)

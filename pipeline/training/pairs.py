@@ -25,6 +25,13 @@ class TrainingData:
     val_pairs: tuple[tuple[str, str], ...]
     num_classes: int
 
+    @property
+    def val_held_out(self) -> bool:
+        """Whether no subject of a validation pair is trained on (checkpoint selection is
+        meaningful only then; ``train.exclude_val_subjects`` false trains on them)."""
+        trained = {c.split("_")[0] for pair in self.train_pairs for c in pair}
+        return not any(c.split("_")[0] in trained for pair in self.val_pairs for c in pair)
+
     def describe(self) -> dict:
         """The dataset description written into the run folder."""
         t = self.task

@@ -32,12 +32,13 @@ from evaluation.dataset import load_task
 from evaluation.io import DataError, write_json
 from pipeline.config import RunConfig, TrainConfig, load_config
 from pipeline.distributed import DistInfo, any_flag, autocast, gather_checksums, init_distributed, pick_device, shutdown
-from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.model.checkpoint import load_checkpoint, load_state, save_checkpoint
 from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
 from pipeline.model.losses import level_loss, one_hot
 from pipeline.training.augment import augment, sample_affine
 from pipeline.training.log import TrainingLog
-from pipeline.training.pairs import TrainingData, load_training_data, tensor
+from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
+from pipeline.training.run_dir import check_resume, checkpoint_to_resume, fresh_run_dir, task_problems
 from pipeline.training.validation import validate_pairs
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location=self.device)
         if ckpt["model_config"] != self.model.config.to_dict():
             raise DataError(f"{path}: model config {ckpt['model_config']} differs from the run's {self.model.config.to_dict()}")
-        self.model.load_state_dict(ckpt["model"])
+        load_state(self.model, ckpt, path)
         self.state.update(ckpt["state"])
         self.gen.set_state(ckpt["rng"]["generator"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -220,11 +221,25 @@ class Trainer:
             if self.info.is_main:
                 tlog.add(global_step=g, level=level, step=step, kind="val", **metrics)
                 tlog.write()
-                if level == self.levels and metrics["val_score"] > self.state["best_score"]:
-                    self.state.update(best_score=metrics["val_score"], best_step=g)
-                    self.save("best.pt")
+                if level == self.levels:
+                    self.keep_best(metrics["val_score"], g)
         if step % t.checkpoint_every == 0 or step == level_steps:
             self.save("last.pt")
+
+    def keep_best(self, score: float, global_step: int) -> None:
+        """``best.pt``: the checkpoint with the highest held-out validation score; without a
+        score (no validation pairs, no labels or points on them) or without held-out pairs
+        (``train.exclude_val_subjects`` false), the latest checkpoint (best = last)."""
+        if not self.data.val_held_out or not math.isfinite(score):
+            if self.state["best_step"] < 0:
+                why = "no validation metric" if self.data.val_held_out else "the validation pairs are not held out"
+                log.info("best.pt follows the last checkpoint (%s)", why)
+            self.state.update(best_step=global_step)
+            self.save("best.pt")
+        elif score > self.state["best_score"]:
+            self.state.update(best_score=score, best_step=global_step)
+            log.info("new best checkpoint at step %d: validation score %.4f", global_step, score)
+            self.save("best.pt")
 
     def validate_zero(self) -> dict[str, float]:
         return validate_pairs(None, self.data, self.levels, self.device)
@@ -245,18 +260,6 @@ class Trainer:
 # ---------------------------------------------------------------------- the stage
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> Path | None:
-    """Refuse to overwrite a run; return the checkpoint to resume from (if resuming)."""
-    last = run_dir / "checkpoints" / "last.pt"
-    if resume:
-        if not last.exists():
-            raise DataError(f"{last}: nothing to resume (no checkpoint in {run_dir})")
-        return last
-    if last.exists():
-        raise DataError(f"{run_dir}: already holds a training run; pass --resume to continue it or choose another --out")
-    return None
-
-
 def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None) -> int:
     """Train LapIRN on a task folder into ``run_dir``; returns the exit code."""
     if cfg.predict.affine_only:
@@ -267,14 +270,19 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
         task = load_task(data_dir)
-        resume_from = prepare_run_dir(run_dir, resume)
-        data = load_training_data(task, cfg, cache or run_dir / "cache")
-        if info.is_main:
-            write_json(run_dir / "config.json", cfg.to_dict())
-            write_json(run_dir / "dataset.json", data.describe())
-        trainer = Trainer(run_dir, data, cfg, dev, info)
+        task_problems(task)
+        resume_from = checkpoint_to_resume(run_dir, resume)
         if resume_from is not None:
-            trainer.restore(resume_from)
+            train_pairs, val_pairs = split_pairs(task, cfg.train.exclude_val_subjects)
+            check_resume(run_dir, cfg, {"train_pairs": [list(p) for p in train_pairs], "val_pairs": [list(p) for p in val_pairs]})
+        with fresh_run_dir(run_dir):
+            data = load_training_data(task, cfg, cache or run_dir / "cache")
+            if info.is_main and resume_from is None:
+                write_json(run_dir / "config.json", cfg.to_dict())
+                write_json(run_dir / "dataset.json", data.describe())
+            trainer = Trainer(run_dir, data, cfg, dev, info)
+            if resume_from is not None:
+                trainer.restore(resume_from)
         tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None)
         previous = {s: signal.signal(s, lambda signum, _f: setattr(trainer, "stop_signal", signum)) for s in (signal.SIGTERM, signal.SIGINT)}
         threads = torch.get_num_threads()

@@ -35,7 +35,8 @@ def pair_metrics(field: torch.Tensor | None, data: TrainingData, fixed_id: str, 
 @torch.no_grad()
 def validate_pairs(model: LapIRN | None, data: TrainingData, level: int, device: torch.device) -> dict[str, float]:
     """Mean Dice / TRE over the validation pairs (``model=None``: the zero field). ``val_score``
-    is what the best checkpoint maximises: Dice where there are labels, else -TRE."""
+    is what the best checkpoint maximises: Dice where there are labels, else -TRE, NaN when
+    the pairs give neither (``best.pt`` then follows the last checkpoint)."""
     rows = []
     for fixed_id, moving_id in data.val_pairs:
         field = None
@@ -46,5 +47,5 @@ def validate_pairs(model: LapIRN | None, data: TrainingData, level: int, device:
         rows.append(pair_metrics(field, data, fixed_id, moving_id, device))
     dice = float(np.nanmean([r["val_dice"] for r in rows])) if any(np.isfinite(r["val_dice"]) for r in rows) else np.nan
     tre = float(np.nanmean([r["val_tre_mm"] for r in rows])) if any(np.isfinite(r["val_tre_mm"]) for r in rows) else np.nan
-    score = dice if np.isfinite(dice) else (-tre if np.isfinite(tre) else 0.0)
+    score = dice if np.isfinite(dice) else (-tre if np.isfinite(tre) else float("nan"))
     return {"val_dice": dice, "val_tre_mm": tre, "val_score": score}

@@ -84,7 +84,7 @@ def test_half_resolution_runs_write_half_resolution_2020_fields(tmp_path):
     assert "0004_0000<--0005_0000" in evaluate(out, task2020, workers=1)["cases"]
 
 
-def test_predict_resumes_and_recomputes_when_the_configuration_changes(trained, tmp_path):
+def test_predict_resumes_refuses_another_configuration_and_overwrites_only_when_asked(trained, tmp_path):
     task, run = trained
     out = tmp_path / "sub"
     assert predict(task, out, run, "val", device="cpu") == 0
@@ -93,7 +93,10 @@ def test_predict_resumes_and_recomputes_when_the_configuration_changes(trained, 
     stamp = field.stat().st_mtime_ns
     assert predict(task, out, run, "val", device="cpu") == 0
     assert field.stat().st_mtime_ns == stamp and read_manifest(out / "runtimes.json") == first  # skipped
-    assert predict(task, out, run, "val", device="cpu", instance_opt_steps=2) == 0
+    with pytest.raises(DataError, match="another configuration.*--overwrite"):
+        predict(task, out, run, "val", device="cpu", instance_opt_steps=2)
+    assert field.stat().st_mtime_ns == stamp and read_manifest(out / "runtimes.json") == first  # nothing touched
+    assert predict(task, out, run, "val", device="cpu", overwrite=True, instance_opt_steps=2) == 0
     assert field.stat().st_mtime_ns != stamp
     assert read_manifest(out / "runtimes.json")["config_hash"] != first["config_hash"]
 
@@ -106,7 +109,7 @@ def test_a_bad_pair_is_reported_by_name_and_the_others_still_run(trained, tmp_pa
     save_nifti(broken / "imagesTr" / "Blob_0001_0000.nii.gz", bad, Geometry.identity(SHAPE))
     out = tmp_path / "sub"
     assert predict(broken, out, run, "val", device="cpu") == 1
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err
     assert "0001_0000<--0002_0000" in printed and "Blob_0001_0000.nii.gz: contains NaN" in printed
     assert (out / disp_filename_l2r("0004_0000", "0005_0000")).exists()
     assert not (out / disp_filename_l2r("0001_0000", "0002_0000")).exists()
