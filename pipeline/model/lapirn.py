@@ -51,6 +51,8 @@ class LapIRNConfig:
     range_flow: float = 0.4
     ss_steps: int = 7
     in_channels: int = 1
+    align_corners: bool = True
+    warp_padding: str = "border"
 
     def __post_init__(self) -> None:
         if self.levels < 1 or self.start_channel < 1 or self.in_channels < 1 or self.ss_steps < 0:
