@@ -70,17 +70,27 @@ class Predictor:
             torch.cuda.synchronize(self.device)
 
 
-def load_predictor(run_dir: Path | None, task: Task, device: torch.device, checkpoint: str, overrides: dict) -> Predictor:
-    """Model and configuration of a run folder (``run_dir=None``: a config-only, affine-only run)."""
-    ckpt_path = None
+def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
+    """The configuration of a run folder (``run_dir/config.json``), else of ``config_file``, with
+    the command line's ``predict`` overrides; ``DataError`` naming the file lists every problem."""
     if run_dir is not None and (run_dir / "config.json").exists():
-        raw = read_json(run_dir / "config.json")
+        source = run_dir / "config.json"
     elif overrides.get("config_file"):
-        raw = read_json(overrides["config_file"])
+        source = Path(overrides["config_file"])
     else:
         raise DataError(f"{run_dir}: not a run folder (no config.json)")
-    raw.setdefault("predict", {}).update({k: v for k, v in overrides.items() if k != "config_file" and v is not None})
-    cfg = config_from_dict(raw, where=f"{run_dir}/config.json")
+    raw = read_json(source)
+    given = {k: v for k, v in overrides.items() if k != "config_file" and v is not None}
+    where = str(source)
+    if given and isinstance(raw, dict) and isinstance(raw.get("predict", {}), dict):
+        raw["predict"] = {**raw.get("predict", {}), **given}
+        where += " with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+    return config_from_dict(raw, where=where)
+
+
+def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task, device: torch.device, checkpoint: str) -> Predictor:
+    """Model of a run folder (``run_dir=None``: a config-only, affine-only run)."""
+    ckpt_path = None
     model = None
     stamp = ""
     if not cfg.predict.affine_only:
@@ -164,13 +174,14 @@ def predict(
     checkpoint: str = "best", save_warped: bool = False, **overrides,
 ) -> int:
     """Predict every pair of ``split``; returns the exit code (1 if any pair failed)."""
+    cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     info: DistInfo = init_distributed("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     try:
         task = load_task(data_dir)
         pairs = task.pairs.get(split, ())
         if not pairs:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
-        p = load_predictor(run_dir, task, pick_device(device, info), checkpoint, overrides)
+        p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
         mine = pairs[info.rank :: info.world_size]
