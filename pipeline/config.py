@@ -1,4 +1,4 @@
-"""Typed, frozen run configuration, loaded from JSON; unknown keys are rejected.
+"""Typed, frozen run configuration, loaded from JSON; every value is checked when it is loaded.
 
 A configuration file has up to five sections, each optional (defaults below):
 
@@ -6,125 +6,182 @@ A configuration file has up to five sections, each optional (defaults below):
 {"preprocess": {...}, "model": {...}, "loss": {...}, "train": {...}, "predict": {...}}
 ```
 
-Task configurations live in ``configs/`` (the four Learn2Reg 2020 tasks and the four demo
-tasks); the resolved configuration is written into every run folder.
+Task configurations live in ``configs/``; the resolved configuration is written into every
+run folder. Checks (:func:`load_config`), table-driven, every problem of a file listed at once
+(one ``FILE: key: value (allowed: ...)`` line each, in one ``DataError``):
+
+* unknown keys are refused (keys starting with ``_``, e.g. ``"_comment"``, are notes);
+* the **type** of each value follows its type hint: ``int`` only JSON integers (not ``true``,
+  not ``4.0``), ``float`` any finite number, ``bool`` only ``true``/``false``, ``str``,
+  ``tuple[int, ...]`` a list, ``tuple[float, float] | None`` ``null`` or a list of two numbers;
+* the **range** of each value comes from its field's ``metadata["allowed"]`` (:class:`Allowed`:
+  bounds on a number or on every item of a list, choices of a string, increasing items);
+* **rules across fields** (:data:`_RULES`): one ``train.steps_per_level`` entry per
+  ``model.levels``, a warm-up shorter than every trained level.
+
+The same checks run when a section is built in code (``DataError`` naming the class).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, get_type_hints
+from types import SimpleNamespace
+from typing import Any, get_args, get_type_hints
 
 from evaluation.io import DataError, read_json
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """How images become network input. ``window``: CT window in HU (clip, then [0, 1]);
-    without it, [min, 99.5th percentile] -> [0, 1] (background 0)."""
+class Allowed:
+    """What a field accepts beyond its type hint: bounds (``ge`` >=, ``gt`` >, ``le`` <=, ``lt`` <)
+    on a number or on every item of a list, ``choices`` of a string, list items ``increasing``."""
 
-    half_resolution: bool = False
-    window: tuple[float, float] | None = None
-    percentile: float = 99.5
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] = ()
+    increasing: bool = False
+
+    def bounds(self) -> list[tuple[str, Callable[[Any, Any], bool], float]]:
+        ops = (("ge", ">=", operator.ge), ("gt", ">", operator.gt), ("le", "<=", operator.le), ("lt", "<", operator.lt))
+        return [(sign, op, getattr(self, name)) for name, sign, op in ops if getattr(self, name) is not None]
+
+    def admits(self, number: float) -> bool:
+        return all(op(number, bound) for _, op, bound in self.bounds())
+
+    def describe_bounds(self) -> str:
+        return " and ".join(f"{sign} {bound}" for sign, _, bound in self.bounds())
+
+
+def _spec(default: Any, **allowed: Any) -> Any:
+    """A dataclass field with a default and what it accepts (:class:`Allowed` keywords)."""
+    return field(default=default, metadata={"allowed": Allowed(**allowed)})
+
+
+class _Checked:
+    """Mixin of the configuration dataclasses: every field's type and range checked on construction."""
+
+    def __post_init__(self) -> None:
+        problems = _field_problems(self, type(self).__name__)
+        if problems:
+            raise DataError("\n".join(problems))
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class PreprocessConfig(_Checked):
+    """How images become network input. ``window``: CT window in HU (clip, then [0, 1]);
+    without it, [min, ``percentile``-th percentile] -> [0, 1] (background 0)."""
+
+    half_resolution: bool = False
+    window: tuple[float, float] | None = _spec(None, increasing=True)
+    percentile: float = _spec(99.5, gt=0, le=100)
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Checked):
     """LapIRN: ``levels`` pyramid levels, width ``start_channel`` (C = 4 * start_channel).
     Numerics (see ``pipeline.model.lapirn``): ``align_corners`` of the trilinear upsampling of a
     coarser level's flow (the authors' code: false), ``warp_padding`` of image warps ("border",
-    the authors' code, or "zeros")."""
+    the authors' code, or "zeros"). Inputs are padded to a multiple of 2^levels, hence at most 5."""
 
-    levels: int = 3
-    start_channel: int = 7
+    levels: int = _spec(3, ge=1, le=5)
+    start_channel: int = _spec(7, ge=1)
     diffeomorphic: bool = False
-    range_flow: float = 0.4
-    ss_steps: int = 7
+    range_flow: float = _spec(0.4, gt=0)
+    ss_steps: int = _spec(7, ge=0)
     align_corners: bool = True
-    warp_padding: str = "border"
+    warp_padding: str = _spec("border", choices=("border", "zeros"))
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(_Checked):
     """LapIRN's loss (see ``pipeline.model.losses.level_loss``): similarity pyramid of local NCC
     (windows fixed by the level, eps 1e-5), smoothness lambda / 2^(L-p) in the public code's
     units (``smooth_unit`` 2), Dice on warped labels (> 0 only where the task has training
-    labels), anti-folding penalty, similarity inside the fixed mask (``use_mask``)."""
+    labels), anti-folding penalty, similarity inside the fixed mask (``use_mask``). Weights >= 0."""
 
-    eps: float = 1e-5
-    smooth: float = 1.0
-    smooth_unit: float = 2.0
-    dice: float = 0.0
-    antifold: float = 0.0
+    eps: float = _spec(1e-5, gt=0)
+    smooth: float = _spec(1.0, ge=0)
+    smooth_unit: float = _spec(2.0, gt=0)
+    dice: float = _spec(0.0, ge=0)
+    antifold: float = _spec(0.0, ge=0)
     use_mask: bool = False
 
 
 @dataclass(frozen=True)
-class AugmentConfig:
-    """The seed paper's affine augmentation (see ``pipeline.training.augment``)."""
+class AugmentConfig(_Checked):
+    """The seed paper's affine augmentation (see ``pipeline.training.augment``): with probability
+    ``prob``, rotations up to ``rotation_deg``, scaling 1 +- ``scaling`` (< 1: no flips or
+    collapse), translation up to ``translation`` (normalised units, fraction of the half-extent)."""
 
-    prob: float = 0.1
-    rotation_deg: float = 10.0
-    translation: float = 0.05  # normalised units (fraction of the half-extent)
-    scaling: float = 0.08
+    prob: float = _spec(0.1, ge=0, le=1)
+    rotation_deg: float = _spec(10.0, ge=0, le=180)
+    translation: float = _spec(0.05, ge=0, le=1)
+    scaling: float = _spec(0.08, ge=0, lt=1)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Progressive schedule: ``steps_per_level[p]`` steps at level p+1, levels below frozen
-    for the first ``freeze_steps`` of each level after the first. Learning rate per level
-    (each level starts a fresh Adam): ``lr`` throughout (``lr_schedule`` "constant", the
-    authors' code) or a linear warm-up over ``warmup_steps`` then a cosine decay to 0 at the
-    level's last step ("cosine"). ``cpu_threads``: with the CLI's passive OpenMP waiting, every
-    parallel region wakes its sleeping threads; LapIRN's many small ops make one thread faster
-    than two on the demo grids (see ``configs/demo_t4_hippocampus.json``)."""
+class TrainConfig(_Checked):
+    """Progressive schedule: ``steps_per_level[p]`` steps at level p+1 (0: the level is skipped),
+    levels below frozen for the first ``freeze_steps`` of each level after the first. Learning
+    rate per level (each level starts a fresh Adam): ``lr`` throughout (``lr_schedule``
+    "constant", the authors' code) or a linear warm-up over ``warmup_steps`` then a cosine decay
+    to 0 at the level's last step ("cosine"). ``cpu_threads``: with the CLI's passive OpenMP
+    waiting, every parallel region wakes its sleeping threads; LapIRN's many small ops make one
+    thread faster than two on the demo grids (see ``configs/demo_t4_hippocampus.json``)."""
 
-    steps_per_level: tuple[int, ...] = (30000, 30000, 60000)
-    freeze_steps: int = 2000
-    lr: float = 1e-4
-    lr_schedule: str = "constant"  # "constant" | "cosine"
-    warmup_steps: int = 0
-    val_every: int = 1000
-    checkpoint_every: int = 1000
+    steps_per_level: tuple[int, ...] = _spec((30000, 30000, 60000), ge=0)
+    freeze_steps: int = _spec(2000, ge=0)
+    lr: float = _spec(1e-4, gt=0)
+    lr_schedule: str = _spec("constant", choices=("constant", "cosine"))
+    warmup_steps: int = _spec(0, ge=0)
+    val_every: int = _spec(1000, ge=1)
+    checkpoint_every: int = _spec(1000, ge=1)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     exclude_val_subjects: bool = True
-    seed: int = 0
-    amp: str = "bf16"  # "bf16" | "fp16" | "none"; autocast is used on GPU only
+    seed: int = _spec(0, ge=0, le=2**32 - 1)
+    amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))  # autocast is used on GPU only
     deterministic: bool = False
-    cpu_threads: int = 0  # torch intra-op threads while training on CPU (0: torch's default)
-
-    def __post_init__(self) -> None:
-        if self.cpu_threads < 0:
-            raise DataError(f"train.cpu_threads: expected 0 (torch's default) or a positive count, got {self.cpu_threads}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise DataError(f"train.lr_schedule: expected \"constant\" or \"cosine\", got {self.lr_schedule!r}")
+    cpu_threads: int = _spec(0, ge=0)  # torch intra-op threads while training on CPU (0: torch's default)
 
 
 @dataclass(frozen=True)
-class PredictConfig:
+class PredictConfig(_Checked):
     """Inference: optional affine pre-alignment; ``affine_only`` (task 1 in the paper) skips the
     network; instance optimisation refines each field at test time."""
 
-    affine: str = "none"  # "none" | "rigid" | "affine"
-    affine_search_mm: float = 0.0  # exhaustive translation search radius before L-BFGS (0 = off)
+    affine: str = _spec("none", choices=("none", "rigid", "affine"))
+    affine_search_mm: float = _spec(0.0, ge=0)  # exhaustive translation search radius before L-BFGS (0 = off)
     affine_only: bool = False
-    instance_opt_steps: int = 0
-    instance_opt_lr: float = 0.1
-    instance_opt_smooth: float = 4.0  # smoothness weight (loss.smooth_unit units); > training's keeps SDlogJ down
-    amp: str = "bf16"
+    instance_opt_steps: int = _spec(0, ge=0)
+    instance_opt_lr: float = _spec(0.1, gt=0)
+    instance_opt_smooth: float = _spec(4.0, ge=0)  # smoothness weight (loss.smooth_unit units); > training's keeps SDlogJ down
+    amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(_Checked):
+    """The five sections; the rules across sections (:data:`_RULES`) are checked on construction."""
+
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def __post_init__(self) -> None:
+        problems = _field_problems(self, "RunConfig") + _rule_problems(self, set())
+        if problems:
+            raise DataError("\n".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -136,36 +193,166 @@ class RunConfig:
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _coerce(cls: type, raw: Any, where: str) -> Any:
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys and converting lists to tuples."""
+# ---------------------------------------------------------------------- one value against its field
+
+_ANY = Allowed()
+_SCALARS = {bool: ("true or false", ""), int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
+_hints = functools.cache(get_type_hints)
+
+
+def _show(value: Any) -> str:
+    """A value as it reads in the file (JSON)."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _optional(hint: Any) -> Any | None:
+    """``X`` of a hint ``X | None``; ``None`` for any other hint."""
+    args = get_args(hint)
+    return next(a for a in args if a is not type(None)) if type(None) in args else None
+
+
+def _describe(hint: Any, allowed: Allowed) -> str:
+    """What a field accepts, in words (``a list of integers >= 0``)."""
+    if _optional(hint) is not None:
+        return "null or " + _describe(_optional(hint), allowed)
+    if is_dataclass(hint):
+        return "an object with the keys " + ", ".join(f.name for f in fields(hint))
+    if hint is str and allowed.choices:
+        return "one of " + ", ".join(json.dumps(c) for c in allowed.choices)
+    bounds = (" " + allowed.describe_bounds()) if allowed.bounds() else ""
+    if hint in _SCALARS:
+        return _SCALARS[hint][0] + bounds
+    args = get_args(hint)
+    count = "" if args[-1] is Ellipsis else f"{len(args)} "
+    order = ", strictly increasing" if allowed.increasing else ""
+    return f"a list of {count}{_SCALARS[args[0]][1]}{bounds}{order}"
+
+
+def _scalar_ok(hint: type, allowed: Allowed, value: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str) and (not allowed.choices or value in allowed.choices)
+    if isinstance(value, bool) or not isinstance(value, int if hint is int else (int, float)):
+        return False
+    return (isinstance(value, int) or math.isfinite(value)) and allowed.admits(value)
+
+
+def _check(hint: Any, allowed: Allowed, value: Any, key: str) -> list[str]:
+    """Problems of one value (``KEY: VALUE (allowed: ...)``); a list's bad items are named by index."""
+    bad = [f"{key}: {_show(value)} (allowed: {_describe(hint, allowed)})"]
+    if _optional(hint) is not None:
+        return [] if value is None or not _check(_optional(hint), allowed, value, key) else bad
+    if is_dataclass(hint):
+        return [] if isinstance(value, hint) else bad
+    if hint in _SCALARS:
+        return [] if _scalar_ok(hint, allowed, value) else bad
+    args = get_args(hint)  # tuple[T, ...] or tuple[T1, T2, ...]
+    if not isinstance(value, (list, tuple)) or (args[-1] is not Ellipsis and len(value) != len(args)):
+        return bad
+    item_hints = [args[0]] * len(value) if args[-1] is Ellipsis else args
+    each = dataclasses.replace(allowed, increasing=False)
+    items = [p for i, (h, v) in enumerate(zip(item_hints, value, strict=True)) for p in _check(h, each, v, f"{key}[{i}]")]
+    if items:
+        return items
+    return bad if allowed.increasing and any(a >= b for a, b in zip(value, value[1:], strict=False)) else []
+
+
+def _field_problems(obj: Any, prefix: str) -> list[str]:
+    """Every field of a built dataclass against its type hint and ``metadata["allowed"]``."""
+    hints = _hints(type(obj))
+    return [p for f in fields(obj) for p in _check(hints[f.name], f.metadata.get("allowed", _ANY), getattr(obj, f.name), f"{prefix}.{f.name}")]
+
+
+# ---------------------------------------------------------------------- rules across fields
+
+
+def _steps_match_levels(c: Any) -> str | None:
+    steps, levels = c.train.steps_per_level, c.model.levels
+    if len(steps) != levels:
+        return f"train.steps_per_level: {_show(steps)} (allowed: a list of {levels} entries, one per model level (model.levels = {levels}))"
+    if not any(steps):
+        return f"train.steps_per_level: {_show(steps)} (allowed: at least one level with steps > 0)"
+    return None
+
+
+def _warmup_fits(c: Any) -> str | None:
+    t = c.train
+    if t.lr_schedule == "constant":
+        ok, allowed = t.warmup_steps == 0, '0 with train.lr_schedule "constant" (no warm-up)'
+    else:
+        trained = [s for s in t.steps_per_level if s > 0]
+        ok = not trained or t.warmup_steps < min(trained)
+        allowed = f"fewer than the steps of every trained level: < {min(trained, default=0)} (train.steps_per_level {_show(t.steps_per_level)})"
+    return None if ok else f"train.warmup_steps: {t.warmup_steps} (allowed: {allowed})"
+
+
+# (keys each rule reads, rule): a rule is skipped when one of its keys already has a problem
+_RULES: tuple[tuple[tuple[str, ...], Callable[[Any], str | None]], ...] = (
+    (("model.levels", "train.steps_per_level"), _steps_match_levels),
+    (("train.lr_schedule", "train.warmup_steps", "train.steps_per_level"), _warmup_fits),
+)
+
+
+def _rule_problems(c: Any, bad: set[str]) -> list[str]:
+    """Problems across fields of ``c`` (a ``RunConfig`` or its sections), skipping rules on ``bad`` keys."""
+    found = []
+    for keys, rule in _RULES:
+        if any(k == b or k.startswith(b + ".") for k in keys for b in bad):
+            continue
+        problem = rule(c)
+        if problem:
+            found.append(problem)
+    return found
+
+
+# ---------------------------------------------------------------------- loading
+
+
+def _values(cls: type, raw: Any, key: str, problems: list[str], bad: set[str]) -> dict[str, Any]:
+    """Keyword arguments of ``cls`` from a JSON object: lists become tuples; each unknown key or
+    bad value is recorded in ``problems`` (its key in ``bad``) and left out, so its default stands."""
+    names = [f.name for f in fields(cls)]
     if not isinstance(raw, dict):
-        raise DataError(f"{where}: expected an object, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    raw = {k: v for k, v in raw.items() if not k.startswith("_")}  # "_comment" keys are notes
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise DataError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+        problems.append(f"{key + ': ' if key else ''}{_show(raw)} (allowed: {_describe(cls, _ANY)})")
+        bad.add(key)
+        return {}
+    hints, allowed = _hints(cls), {f.name: f.metadata.get("allowed", _ANY) for f in fields(cls)}
     values = {}
-    for key, value in raw.items():
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = _coerce(hint, value, f"{where}.{key}")
-        elif isinstance(value, list):
-            values[key] = tuple(value)
-        elif value is not None and hint in (float, int) and not isinstance(value, (int, float)):
-            raise DataError(f"{where}.{key}: expected a number, got {value!r}")
-        elif value is not None and hint is bool and not isinstance(value, bool):
-            raise DataError(f"{where}.{key}: expected true/false, got {value!r}")
+    for name, value in raw.items():
+        dotted = f"{key}.{name}" if key else name
+        if name.startswith("_"):  # "_comment" keys are notes
+            continue
+        if name not in allowed:
+            problems.append(f"{dotted}: unknown key (allowed: {', '.join(names)})")
+        elif is_dataclass(hints[name]):
+            values[name] = hints[name](**_values(hints[name], value, dotted, problems, bad))
         else:
-            values[key] = value
-    return cls(**values)
+            value = tuple(value) if isinstance(value, list) else value
+            found = _check(hints[name], allowed[name], value, dotted)
+            problems.extend(found)
+            if found:
+                bad.add(dotted)
+            else:
+                values[name] = value
+    return values
 
 
-def config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
-    return _coerce(RunConfig, raw, where)
+def config_from_dict(raw: Any, where: str = "config") -> RunConfig:
+    """Build and check a configuration; ``DataError`` with one ``WHERE: key: ...`` line per problem."""
+    problems: list[str] = []
+    bad: set[str] = set()
+    values = _values(RunConfig, raw, "", problems, bad)
+    sections = SimpleNamespace(**{f.name: values[f.name] if f.name in values else f.default_factory() for f in fields(RunConfig)})
+    problems += _rule_problems(sections, bad)
+    if problems:
+        raise DataError("\n".join(f"{where}: {p}" for p in problems))
+    return RunConfig(**values)
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a JSON configuration; ``DataError`` naming the file for unknown keys or bad types."""
+    """Read a JSON configuration; ``DataError`` naming the file, each bad key and its value."""
     return config_from_dict(read_json(path), where=str(path))

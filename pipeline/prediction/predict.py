@@ -77,26 +77,34 @@ class Predictor:
             torch.cuda.synchronize(self.device)
 
 
-def load_predictor(run_dir: Path | None, task: Task, device: torch.device, checkpoint: str, overrides: dict) -> Predictor:
-    """Model and configuration of a run folder (``run_dir=None``: a config-only, affine-only run)."""
-    ckpt_path = None
-    source = Path(overrides["config_file"]) if overrides.get("config_file") else None
+def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
+    """The configuration of a run folder (``run_dir/config.json``), else of ``config_file``, with
+    the command line's ``predict`` overrides; ``DataError`` naming the file lists every problem."""
     if run_dir is not None:
         source = run_dir / "config.json"
         if not source.is_file():
             raise DataError(f"{run_dir}: not a run folder (no config.json)")
-    if source is None:
+    elif overrides.get("config_file"):
+        source = Path(overrides["config_file"])
+    else:
         raise DataError("predict needs --run (a training run) or --config (an affine-only configuration)")
     raw = read_json(source)
-    if not isinstance(raw, dict):
-        raise DataError(f"{source}: a configuration must be a JSON object")
-    raw.setdefault("predict", {}).update({k: v for k, v in overrides.items() if k != "config_file" and v is not None})
-    cfg = config_from_dict(raw, where=str(source))
+    given = {k: v for k, v in overrides.items() if k != "config_file" and v is not None}
+    where = str(source)
+    if given and isinstance(raw, dict) and isinstance(raw.get("predict", {}), dict):
+        raw["predict"] = {**raw.get("predict", {}), **given}
+        where += " with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+    return config_from_dict(raw, where=where)
+
+
+def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task, device: torch.device, checkpoint: str) -> Predictor:
+    """Model of a run folder (``run_dir=None``: a config-only, affine-only run)."""
+    ckpt_path = None
     model = None
     stamp = ""
     if not cfg.predict.affine_only:
         if run_dir is None and checkpoint in ("best", "last"):
-            raise DataError(f"{source}: not an affine-only configuration (predict.affine_only): the network needs --run")
+            raise DataError("--config: not an affine-only configuration (predict.affine_only): the network needs --run")
         ckpt_path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
         stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
@@ -177,6 +185,7 @@ def predict(
 ) -> int:
     """Predict every pair of ``split``; returns the exit code (1 if any pair failed or could not
     be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``."""
+    cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     check_output_path(out_dir, folder=True)
     info: DistInfo = init_distributed("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     try:
@@ -184,7 +193,7 @@ def predict(
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
         if not pairs and not unreadable:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
-        p = load_predictor(run_dir, task, pick_device(device, info), checkpoint, overrides)
+        p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
         prepare_out_dir(out_dir, p, task, overwrite, info)
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
