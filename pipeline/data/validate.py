@@ -9,7 +9,7 @@ anything is reported, so one run names every problem at once, each with its file
 * missing images, labels, masks and point files, pairs naming unknown cases;
 * NIfTI files that cannot be read completely (truncated gzip), image shape against the task
   shape, label/mask shape against their image, NaN/Inf image voxels, negative or non-integer
-  labels, non-binary masks;
+  labels, non-binary masks (the rules of ``evaluation.segmentation``);
 * point files (``N x 3`` voxel coordinates): column count, numbers, points outside the image
   extent ``[-0.5, s - 0.5]`` per axis (voxel centres are ``0 .. s-1``), and equal row counts
   for the fixed and moving file of every evaluated pair.
@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from evaluation.dataset import LAYOUT_2020, POINT_KINDS, SIBLINGS, Case, Pair, Task, derived_path, load_task
 from evaluation.io import DataError, load_nifti, read_json, read_points
+from evaluation.segmentation import label_problems, mask_problems
 
 log = logging.getLogger(__name__)
 
@@ -230,25 +231,14 @@ def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[int, ...
 
 
 def _check_segmentation(path: Path, kind: str, image_shape: tuple[int, ...] | None, found: list[Problem]) -> None:
-    """Label maps: non-negative integers; masks: exactly {0, 1}; both: the image's shape."""
+    """Label maps: non-negative integers; masks: exactly {0, 1} (``evaluation.segmentation``);
+    both: the image's shape."""
     data = _load(path, found)
     if data is None:
         return
     if image_shape is not None and data.shape != image_shape:
         found.append(Problem(path, f"{kind} shape {data.shape} differs from its image's shape {image_shape}"))
-    if kind == "mask":
-        bad = (data != 0) & (data != 1)
-        if np.any(bad):
-            values = np.unique(data[bad])[:5]
-            found.append(Problem(path, f"mask is not binary: {int(np.count_nonzero(bad))} voxel(s) not 0/1 (e.g. {values.tolist()})"))
-        return
-    if np.issubdtype(data.dtype, np.floating):
-        bad = data != np.round(data)  # NaN counts as non-integer
-        if np.any(bad):
-            values = np.unique(data[bad])[:5]
-            found.append(Problem(path, f"label map has {int(np.count_nonzero(bad))} non-integer voxel(s) (e.g. {values.tolist()})"))
-    if data.size and np.nanmin(data) < 0:
-        found.append(Problem(path, f"label map has negative values (minimum {np.nanmin(data)})"))
+    found += [Problem(path, m) for m in (mask_problems(data) if kind == "mask" else label_problems(data))]
 
 
 def _check_points(path: Path, image_shape: tuple[int, ...] | None, found: list[Problem]) -> int | None:
