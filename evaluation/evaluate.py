@@ -33,6 +33,7 @@ from evaluation import contract, jacobian, metrics
 from evaluation.cli import run_cli
 from evaluation.config import EvalConfig, EvalPair, Method, derive_config, read_config
 from evaluation.io import DataError, check_output_path, load_nifti, read_nifti_header, read_points, write_json
+from evaluation.segmentation import check_label_map, label_dtype, max_label
 from evaluation.submission import (
     FORMATS,
     MANIFEST_NAME,
@@ -243,13 +244,8 @@ def _load_labels(path: Path | None, grid: tuple[int, ...] | None, order: str = "
     arr, geometry = load_nifti(path, dtype=None, copy=False)
     if arr.ndim != 3 or (grid is not None and arr.shape != tuple(grid)):
         raise DataError(f"{path}: label map shape {arr.shape} differs from the field grid {grid}")
-    if not np.issubdtype(arr.dtype, np.integer) and not np.array_equal(arr, np.round(arr)):
-        raise DataError(f"{path}: label map has non-integer values")
-    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
-    if lo < 0:
-        raise DataError(f"{path}: label map has negative values (min {lo})")
-    dtype = np.uint8 if hi < 256 else np.uint16 if hi < 65536 else np.uint32
-    return np.asarray(arr, dtype=dtype, order=order), geometry
+    check_label_map(path, arr)
+    return np.asarray(arr, dtype=label_dtype(max_label(arr)), order=order), geometry
 
 
 def _load_mask(pair: EvalPair, u: np.ndarray) -> np.ndarray | None:

@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import tempfile
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,8 @@ def load_nifti(path: str | Path, dtype: Any = np.float32, copy: bool = True) -> 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: unreadable or truncated NIfTI (empty file, 0 bytes)")
     try:
         if path.name.endswith(".gz"):
             img, data = _from_gzip(path, copy)
@@ -139,7 +142,8 @@ def _endian(head: bytes, size: int) -> str:
 def gunzip_file(path: Path) -> np.ndarray:
     """The decompressed content of a gzip file (all members) as a new ``uint8`` array, inflated
     from a memory map straight into the array. Raises ``EOFError`` if truncated, ``OSError``
-    (``BadGzipFile``) on a CRC or length mismatch or data that is not gzip.
+    (``BadGzipFile``) on a CRC or length mismatch or data that is not gzip: the decoder's own
+    error, never a ``BufferError`` from closing the map (see :func:`_inflate`).
 
     The array is sized from the gzip trailer's length field; a new array rather than a ``bytes``
     result matters: numpy backs large arrays with huge pages, while the fresh 4 KiB pages of an
@@ -147,21 +151,53 @@ def gunzip_file(path: Path) -> np.ndarray:
     with open(path, "rb") as fh:
         if os.fstat(fh.fileno()).st_size == 0:
             return np.zeros(0, dtype=np.uint8)
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped, memoryview(mapped) as compressed:
-            if _GzipReader is None:  # pragma: no cover - isal is pinned in requirements.txt
-                return np.frombuffer(gzip.decompress(compressed), dtype=np.uint8)
-            reader = _GzipReader(compressed)
-            try:
-                # last member's length (mod 2^32); +1 byte shows whether more data follow
-                hint = min(int.from_bytes(compressed[-4:], "little"), 1032 * len(compressed))  # deflate's max ratio
-                out = np.empty(hint + 1, dtype=np.uint8)
-                filled = _read_into(reader, out)
-                if filled <= hint:
-                    return out[:filled]
-                rest = reader.readall()  # several members: the trailer gave the last one's length only
-                return np.concatenate([out, np.frombuffer(rest, dtype=np.uint8)])
-            finally:
-                del reader  # releases its view of the map before the map closes
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            data = _inflate(mapped)
+        except BaseException as exc:
+            # The frames of the traceback (_inflate, _read_into, gzip's) still hold the reader and
+            # memoryviews of the map, which then refuses to close ("cannot close exported pointers
+            # exist") and that BufferError would replace the real error. Clearing the finished
+            # frames' locals releases every view; the original exception is re-raised.
+            _clear_frames(exc)
+            with contextlib.suppress(BufferError):  # a view kept elsewhere: the GC closes the map
+                mapped.close()
+            raise
+        mapped.close()  # every view died with _inflate's frame
+        return data
+
+
+def _inflate(mapped: mmap.mmap) -> np.ndarray:
+    """Decompress a mapped gzip file. Every view of the map is a local of this frame (or of
+    :func:`_read_into`), so all of them are gone when it returns, or once the frames of a
+    raised exception are cleared (:func:`_clear_frames`); no ``with`` releases a view here,
+    since releasing one that the reader still exports would itself raise ``BufferError``."""
+    compressed = memoryview(mapped)
+    if _GzipReader is None:  # pragma: no cover - isal is pinned in requirements.txt
+        return np.frombuffer(gzip.decompress(compressed), dtype=np.uint8)
+    reader = _GzipReader(compressed)
+    # last member's length (mod 2^32); +1 byte shows whether more data follow
+    hint = min(int.from_bytes(compressed[-4:], "little"), 1032 * len(compressed))  # deflate's max ratio
+    out = np.empty(hint + 1, dtype=np.uint8)
+    filled = _read_into(reader, out)
+    if filled <= hint:
+        return out[:filled]
+    rest = reader.readall()  # several members: the trailer gave the last one's length only
+    return np.concatenate([out, np.frombuffer(rest, dtype=np.uint8)])
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of every finished frame in the tracebacks of ``exc`` and of the
+    exceptions chained to it (a running frame is left alone by ``traceback.clear_frames``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo += [e.__cause__, e.__context__]
 
 
 def _read_into(reader: Any, out: np.ndarray) -> int:

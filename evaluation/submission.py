@@ -6,7 +6,8 @@ Two formats (learn2reg.md section 1; the field contract is ``evaluation.contract
   ``X x Y x Z x 3``, voxel units, full resolution. The short name ``disp_{fixS}_{movS}`` is
   accepted only for ``_0000 -> _0001`` pairs. ``.npz`` is looked for before ``.nii.gz``, the
   short name before the long one (the official order).
-* ``l2r2020``: ``disp_{fixS}_{movS}.npz`` (key ``arr_0``), **float16**, channels first
+* ``l2r2020``: ``disp_{fixS}_{movS}.npz`` (key ``arr_0``, any other name is refused, as the
+  2020 evaluator reads ``["arr_0"]``), **float16**, channels first
   ``3 x X/2 x Y/2 x Z/2`` (upsampled exactly as the 2020 evaluator, ``contract.from_2020``), or
   ``3 x X x Y x Z`` at full resolution (task 4): decided by comparing with the fixed image shape.
   Files sit in the submission folder or in its ``task_NN`` sub-folder.
@@ -41,6 +42,7 @@ FORMAT_L2R = "l2r"
 FORMAT_2020 = "l2r2020"
 FORMATS = (FORMAT_L2R, FORMAT_2020)
 MANIFEST_NAME = "runtimes.json"
+KEY_2020 = "arr_0"  # the array name of a 2020 .npz (np.savez's default); current .npz: any single name
 _TASK_DIR_RE = re.compile(r"^task_\d{2}$")
 
 
@@ -202,28 +204,44 @@ def locate_fields(folder: Path, pairs: tuple[EvalPair, ...], fmt: str) -> tuple[
 # ----------------------------------------------------------------------------- loading / checking
 
 
-def npz_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of the single array in an ``.npz`` without reading its data."""
+def npz_header(path: Path, key: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the single array in an ``.npz`` without reading its data; ``key``
+    (e.g. ``arr_0``) is the name that array must have, any name if ``None``."""
     try:
         with zipfile.ZipFile(path) as zf:
             members = [n for n in zf.namelist() if n.endswith(".npy")]
             if len(members) != 1:
                 raise DataError(f"{path}: .npz must hold exactly one array, found {len(members)}")
+            _check_key(path, members[0].removesuffix(".npy"), key)
             with zf.open(members[0]) as fh:
                 version = np.lib.format.read_magic(fh)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, dtype = read(fh)
+    except DataError:  # a ValueError too: ours, already naming the file
+        raise
     except (zipfile.BadZipFile, ValueError, OSError) as exc:
         raise DataError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})") from exc
     return tuple(shape), np.dtype(dtype)
 
 
-def _load_npz(path: Path) -> np.ndarray:
+def _check_key(path: Path, found: str, expected: str | None) -> None:
+    if expected is not None and found != expected:
+        raise DataError(
+            f"{path}: the array is named {found!r}; 2020 fields must be stored under {expected!r} "
+            f"(np.savez(path, {expected}=field))"
+        )
+
+
+def _load_npz(path: Path, key: str | None = None) -> np.ndarray:
+    """The single array of an ``.npz``; ``key``: the name it must have (any if ``None``)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if len(data.files) != 1:
                 raise DataError(f"{path}: .npz must hold exactly one array, found {len(data.files)}")
+            _check_key(path, data.files[0], key)
             return data[data.files[0]]
+    except DataError:  # a ValueError too: ours, already naming the file
+        raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})") from exc
 
@@ -232,11 +250,12 @@ def load_field(path: Path, fmt: str, expected_shape: tuple[int, ...]) -> np.ndar
     """Load and validate one submitted field -> contract field ``X x Y x Z x 3`` float32.
 
     ``expected_shape`` is ``(X, Y, Z, 3)`` (the fixed grid). ``DataError`` naming the file for a
-    wrong shape, a wrong dtype (2020: float16 only) or NaN/Inf values.
+    wrong shape, a wrong dtype (2020: float16 only), a 2020 array not named ``arr_0``, or
+    NaN/Inf values.
     """
     grid = tuple(expected_shape[:3])
     if fmt == FORMAT_2020:
-        disp = _load_npz(path)
+        disp = _load_npz(path, KEY_2020)
         if disp.dtype != np.float16:
             raise DataError(f"{path}: dtype is {disp.dtype}; 2020 fields must be float16")
         if disp.ndim != 4 or disp.shape[0] != 3:
@@ -295,7 +314,7 @@ def check_submission(
 
 
 def _check_npz_header(path: Path, fmt: str, expected_shape: tuple[int, ...]) -> None:
-    shape, dtype = npz_header(path)
+    shape, dtype = npz_header(path, KEY_2020 if fmt == FORMAT_2020 else None)
     grid = tuple(expected_shape[:3])
     if fmt == FORMAT_2020:
         if dtype != np.float16:

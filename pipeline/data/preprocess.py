@@ -24,15 +24,20 @@ from tqdm import tqdm
 from evaluation.contract import resize_image, scale_points
 from evaluation.dataset import Case, Task, load_task
 from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_points
+from evaluation.segmentation import check_label_map, check_mask, label_dtype, max_label
 from pipeline.config import PreprocessConfig, load_config
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+# 2: label maps and masks are checked (earlier caches may hold labels cast without a check)
+CACHE_VERSION = 2
+# Largest label id training accepts: the Dice loss one-hot encodes 0..max label per voxel.
+MAX_TRAINING_LABEL = 1000
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """One case on the network grid. ``image`` float32 in [0, 1]; labels/masks uint8;
+    """One case on the network grid. ``image`` float32 in [0, 1]; labels the smallest unsigned
+    dtype that holds them (uint8, or uint16 above 255), masks uint8 0/1;
     points ``N x 3`` voxel coordinates on the network grid; ``spacing`` in mm of that grid."""
 
     case_id: str
@@ -87,19 +92,38 @@ def load_image(path: Path) -> tuple[np.ndarray, Geometry]:
     return image, geom
 
 
+def load_segmentation(path: Path, kind: str, image_shape: tuple[int, ...]) -> np.ndarray:
+    """A label map (``kind="label"``) or mask (``"mask"``) of an image, checked like ``validate``
+    checks it (``evaluation.segmentation``): labels non-negative integers up to
+    ``MAX_TRAINING_LABEL`` (stored as the smallest unsigned dtype that holds them), masks exactly
+    {0, 1} (uint8), the image's shape. ``DataError`` naming the file otherwise."""
+    arr, _ = load_nifti(path, dtype=None)
+    if arr.shape != tuple(image_shape):
+        raise DataError(f"{path}: shape {arr.shape} differs from its image {tuple(image_shape)}")
+    if kind == "mask":
+        check_mask(path, arr)
+        return arr.astype(np.uint8)
+    check_label_map(path, arr)
+    top = max_label(arr)
+    if top > MAX_TRAINING_LABEL:
+        raise DataError(
+            f"{path}: label {top} is too large: training one-hot encodes labels 0..max ({top + 1} channels per "
+            f"voxel); at most {MAX_TRAINING_LABEL} is supported (renumber the labels)"
+        )
+    return arr.astype(label_dtype(top))
+
+
 def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     """Load and preprocess one case (raises ``DataError`` naming a bad file)."""
     image, geom = load_image(case.image)
     shape = network_shape(image.shape, cfg)
     resample = shape != image.shape
 
-    def labels(path: Path | None) -> np.ndarray | None:
+    def segmentation(path: Path | None, kind: str) -> np.ndarray | None:
         if path is None:
             return None
-        arr, _ = load_nifti(path, dtype=np.int32)
-        if arr.shape != image.shape:
-            raise DataError(f"{path}: shape {arr.shape} differs from its image {image.shape}")
-        return (resize_image(arr, shape, order=0) if resample else arr).astype(np.uint8)
+        arr = load_segmentation(path, kind, image.shape)
+        return resize_image(arr, shape, order=0) if resample else arr
 
     def points(path: Path | None) -> np.ndarray | None:
         if path is None:
@@ -111,8 +135,8 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     return Prepared(
         case_id=case.case_id,
         image=network_image(image, cfg),
-        label=labels(case.label),
-        mask=labels(case.mask),
+        label=segmentation(case.label, "label"),
+        mask=segmentation(case.mask, "mask"),
         keypoints=points(case.keypoints),
         landmarks=points(case.landmarks),
         spacing=tuple(float(s) for s in spacing),

@@ -8,8 +8,10 @@ anything is reported, so one run names every problem at once, each with its file
 * symlinks (files or folders) that resolve outside the task folder;
 * missing images, labels, masks and point files, pairs naming unknown cases;
 * NIfTI files that cannot be read completely (truncated gzip), image shape against the task
-  shape, label/mask shape against their image, NaN/Inf image voxels, negative or non-integer
-  labels, non-binary masks;
+  shape, label/mask grid against their image's (shape; spacing, direction and origin within
+  ``SPACING_TOL``/``DIRECTION_TOL``/``ORIGIN_TOL``), NaN/Inf image voxels, negative or
+  non-integer labels, non-binary masks (the rules of ``evaluation.segmentation``);
+* registration pairs listed twice in a split, or in both the val and the test split (warnings);
 * point files (``N x 3`` voxel coordinates): column count, numbers, points outside the image
   extent ``[-0.5, s - 0.5]`` per axis (voxel centres are ``0 .. s-1``), and equal row counts
   for the fixed and moving file of every evaluated pair.
@@ -24,6 +26,7 @@ import argparse
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,8 @@ import numpy as np
 from tqdm import tqdm
 
 from evaluation.dataset import LAYOUT_2020, POINT_KINDS, SIBLINGS, Case, Pair, Task, derived_path, load_task
-from evaluation.io import DataError, load_nifti, read_json, read_points
+from evaluation.io import DataError, Geometry, load_nifti, read_json, read_points
+from evaluation.segmentation import label_problems, mask_problems
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,10 @@ _OPTIONAL_2020 = (
 )
 # Half a voxel around the outermost voxel centres: the image's physical extent, in voxels.
 GRID_MARGIN = 0.5
+# How far a label map's or mask's grid may be from its image's (header rounding, not a new grid).
+SPACING_TOL = 1e-4  # mm
+DIRECTION_TOL = 1e-5  # direction cosines
+ORIGIN_TOL = 1e-4  # mm
 
 
 @dataclass(frozen=True)
@@ -198,14 +206,13 @@ def check_symlinks(root: Path) -> list[Problem]:
     return found
 
 
-def _load(path: Path, found: list[Problem]) -> np.ndarray | None:
-    """The whole volume in its stored dtype, or None after recording why it cannot be read."""
+def _load(path: Path, found: list[Problem]) -> tuple[np.ndarray, Geometry] | None:
+    """The whole volume in its stored dtype and its grid, or None after recording why it cannot be read."""
     try:
-        data, _ = load_nifti(path, dtype=None)
+        return load_nifti(path, dtype=None)
     except DataError as exc:
         found.append(_from_text(str(exc), path.parent))
         return None
-    return data
 
 
 def _valid_shape(shape: tuple[int, ...] | None) -> bool:
@@ -213,10 +220,12 @@ def _valid_shape(shape: tuple[int, ...] | None) -> bool:
     return shape is not None and len(shape) == 3 and all(s > 0 for s in shape)
 
 
-def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[int, ...] | None:
-    data = _load(path, found)
-    if data is None:
+def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[tuple[int, ...], Geometry] | None:
+    """Shape against the task's, NaN/Inf voxels; the image's array shape and grid if it could be read."""
+    loaded = _load(path, found)
+    if loaded is None:
         return None
+    data, geometry = loaded
     if data.ndim != 3:
         found.append(Problem(path, f"expected a 3-D image, found shape {data.shape}"))
     elif _valid_shape(task.shape) and data.shape != tuple(task.shape):
@@ -226,29 +235,43 @@ def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[int, ...
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:
             found.append(Problem(path, f"{bad} NaN/Inf voxel(s)"))
-    return data.shape
+    return data.shape, geometry
 
 
-def _check_segmentation(path: Path, kind: str, image_shape: tuple[int, ...] | None, found: list[Problem]) -> None:
-    """Label maps: non-negative integers; masks: exactly {0, 1}; both: the image's shape."""
-    data = _load(path, found)
-    if data is None:
+def _check_segmentation(path: Path, kind: str, image: tuple[tuple[int, ...], Geometry] | None, found: list[Problem]) -> None:
+    """Label maps: non-negative integers; masks: exactly {0, 1} (``evaluation.segmentation``);
+    both: the image's grid (shape, then spacing, direction and origin within tolerance)."""
+    loaded = _load(path, found)
+    if loaded is None:
         return
-    if image_shape is not None and data.shape != image_shape:
-        found.append(Problem(path, f"{kind} shape {data.shape} differs from its image's shape {image_shape}"))
-    if kind == "mask":
-        bad = (data != 0) & (data != 1)
-        if np.any(bad):
-            values = np.unique(data[bad])[:5]
-            found.append(Problem(path, f"mask is not binary: {int(np.count_nonzero(bad))} voxel(s) not 0/1 (e.g. {values.tolist()})"))
-        return
-    if np.issubdtype(data.dtype, np.floating):
-        bad = data != np.round(data)  # NaN counts as non-integer
-        if np.any(bad):
-            values = np.unique(data[bad])[:5]
-            found.append(Problem(path, f"label map has {int(np.count_nonzero(bad))} non-integer voxel(s) (e.g. {values.tolist()})"))
-    if data.size and np.nanmin(data) < 0:
-        found.append(Problem(path, f"label map has negative values (minimum {np.nanmin(data)})"))
+    data, geometry = loaded
+    if image is not None:
+        found += [Problem(path, m) for m in grid_differences(kind, (data.shape, geometry), image)]
+    found += [Problem(path, m) for m in (mask_problems(data) if kind == "mask" else label_problems(data))]
+
+
+def _vector(values: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def grid_differences(
+    kind: str, grid: tuple[tuple[int, ...], Geometry], image: tuple[tuple[int, ...], Geometry]
+) -> list[str]:
+    """How the grid (array shape, geometry) of a label map or mask (``kind``) differs from its
+    image's, one message per property: the shape, or else spacing (> ``SPACING_TOL`` mm),
+    direction cosines (> ``DIRECTION_TOL``) and origin (> ``ORIGIN_TOL`` mm), each with both
+    values (LPS, as ``Geometry``)."""
+    if grid[0] != image[0]:
+        return [f"{kind} shape {grid[0]} differs from its image's shape {image[0]}"]
+    found = []
+    for name, tol, unit in (("spacing", SPACING_TOL, " mm"), ("direction", DIRECTION_TOL, ""), ("origin", ORIGIN_TOL, " mm")):
+        mine, theirs = getattr(grid[1], name), getattr(image[1], name)
+        if not np.allclose(mine, theirs, rtol=0.0, atol=tol):
+            found.append(
+                f"{kind} {name} {_vector(mine)}{unit} differs from its image's {name} {_vector(theirs)}{unit} "
+                f"(tolerance {tol:g}{unit})"
+            )
+    return found
 
 
 def _check_points(path: Path, image_shape: tuple[int, ...] | None, found: list[Problem]) -> int | None:
@@ -272,11 +295,11 @@ def _check_points(path: Path, image_shape: tuple[int, ...] | None, found: list[P
 
 def _check_case(case: Case, task: Task, found: list[Problem], counts: dict[tuple[str, str], int]) -> None:
     """Every file of one case; one volume in memory at a time."""
-    shape = None
+    image = None
     if not case.image.is_file():
         found.append(Problem(case.image, f"image of case {case.case_id} not found"))
     else:
-        shape = _check_image(case.image, task, found)
+        image = _check_image(case.image, task, found)
     for kind in ("label", "mask", *POINT_KINDS):
         path = getattr(case, kind)
         if path is None:
@@ -284,11 +307,11 @@ def _check_case(case: Case, task: Task, found: list[Problem], counts: dict[tuple
         if not path.is_file():
             found.append(Problem(path, f"{kind} file of case {case.case_id} not found"))
         elif kind in POINT_KINDS:
-            rows = _check_points(path, shape, found)
+            rows = _check_points(path, image[0] if image is not None else None, found)
             if rows is not None:
                 counts[(case.case_id, kind)] = rows
         else:
-            _check_segmentation(path, kind, shape, found)
+            _check_segmentation(path, kind, image, found)
 
 
 def check_unlisted(task: Task) -> list[Problem]:
@@ -328,6 +351,26 @@ def _pair_source(task: Task, split: str) -> Path:
     return jsons[0] if jsons else task.root
 
 
+def check_duplicate_pairs(task: Task) -> list[Problem]:
+    """Registration pairs (val, test) listed more than once in a split, or in both splits
+    (warnings: the pair would be predicted and evaluated twice, or tuned on and tested on)."""
+    found = []
+    for split in ("val", "test"):
+        counts = Counter(task.pairs.get(split, ()))
+        found += [
+            Problem(_pair_source(task, split), f"{split} pair {pair.key} is listed {n} times", WARNING)
+            for pair, n in counts.items()
+            if n > 1
+        ]
+    test = set(task.pairs.get("test", ()))
+    both = [pair for pair in dict.fromkeys(task.pairs.get("val", ())) if pair in test]
+    if both:
+        # 2020: two csv files; name the test list, where the pair should not be
+        where = _pair_source(task, "test")
+        found += [Problem(where, f"pair {pair.key} is both a val and a test pair", WARNING) for pair in both]
+    return found
+
+
 def _check_pair(task: Task, pair: Pair, split: str, counts: dict[tuple[str, str], int]) -> list[Problem]:
     """Known cases, and matching fixed/moving point files (row i corresponds to row i)."""
     unknown = [role for role, cid in (("fixed", pair.fixed), ("moving", pair.moving)) if cid not in task.cases]
@@ -352,9 +395,10 @@ def _check_pair(task: Task, pair: Pair, split: str, counts: dict[tuple[str, str]
 
 def _pairs_to_check(task: Task) -> Iterable[tuple[str, Pair]]:
     """Evaluated pairs (val, test) and intra-patient training pairs; inter-patient training
-    pairs are all subject pairs, whose points do not correspond."""
+    pairs are all subject pairs, whose points do not correspond. A pair listed twice is
+    checked once (:func:`check_duplicate_pairs` reports the repetition)."""
     for split in ("val", "test"):
-        for pair in task.pairs.get(split, ()):
+        for pair in dict.fromkeys(task.pairs.get(split, ())):
             yield split, pair
     if task.intra_patient:
         for pair in task.training_pairs():
@@ -390,6 +434,7 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
         _check_case(task.cases[case_id], task, found, counts)
     found += check_unlisted(task)
     found += check_pair_only_images(task)
+    found += check_duplicate_pairs(task)
     for split, pair in _pairs_to_check(task):
         found += _check_pair(task, pair, split, counts)
     return found

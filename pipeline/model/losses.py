@@ -134,12 +134,14 @@ def similarity_pyramid(
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Integer label map ``B x 1 x X x Y x Z`` -> float one-hot ``B x num_classes x X x Y x Z`` (channel 0 = background)."""
+    """Integer label map ``B x 1 x X x Y x Z`` (any integer dtype, uint16 included) -> float
+    one-hot ``B x num_classes x X x Y x Z`` (channel 0 = background)."""
     if labels.ndim != 5 or labels.shape[1] != 1:
         raise ValueError(f"labels must be B x 1 x X x Y x Z, got {tuple(labels.shape)}")
+    labels = labels.long()  # torch has no min/max for uint16/uint32 tensors
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes - 1}], got [{int(labels.min())}, {int(labels.max())}]")
-    return F.one_hot(labels[:, 0].long(), num_classes).permute(0, 4, 1, 2, 3).float()
+    return F.one_hot(labels[:, 0], num_classes).permute(0, 4, 1, 2, 3).float()
 
 
 def soft_dice(

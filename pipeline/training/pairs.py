@@ -11,7 +11,7 @@ import torch
 from evaluation.dataset import Task
 from evaluation.io import DataError
 from pipeline.config import RunConfig
-from pipeline.data.preprocess import Prepared, load_prepared
+from pipeline.data.preprocess import MAX_TRAINING_LABEL, Prepared, load_prepared
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,11 @@ def load_training_data(task: Task, cfg: RunConfig, cache: Path | None) -> Traini
     cases = {c: load_prepared(task, c, cfg.preprocess, cache) for c in ids}
     label_max = max((int(p.label.max()) for p in cases.values() if p.label is not None), default=0)
     num_classes = max([label_max, *task.labels]) + 1 if (label_max or task.labels) else 1
+    if num_classes - 1 > MAX_TRAINING_LABEL:  # the label maps were checked: a label id of the description
+        raise DataError(
+            f"{task.root}: the task description names label {num_classes - 1}; training one-hot encodes labels "
+            f"0..max, at most {MAX_TRAINING_LABEL} is supported"
+        )
     if cfg.loss.dice > 0 and not any(cases[f].label is not None for f, _ in train):
         raise DataError(f"{task.root}: the configuration asks for Dice supervision but the training images have no labels")
     return TrainingData(task, cases, train, val, num_classes)

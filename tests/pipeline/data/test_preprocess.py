@@ -86,3 +86,61 @@ def test_bad_input_names_the_file(tmp_path):
     save_nifti(task.case("0003_0000").label, np.ones((3, 3, 3), np.uint8))
     with pytest.raises(DataError, match=r"labelsTr/Tiny_0003_0000\.nii\.gz: shape"):
         prepare_case(task.case("0003_0000"), PreprocessConfig())
+
+
+# ------------------------------------------------------------------ label maps and masks: validate's rules
+
+
+def _label_case(tmp_path, values: np.ndarray, paired: bool = False, kind: str = "label"):
+    """Case 0001_0000 of the tiny task with its label map (or mask, ``paired``) replaced."""
+    from evaluation.dataset import load_task
+
+    task = load_task(make_l2r(tmp_path, paired=paired))
+    case = task.case("0001_0000")
+    save_nifti(getattr(case, kind), values)
+    return task, case
+
+
+SEG_SHAPE = (6, 5, 4)
+
+
+@pytest.mark.parametrize(
+    ("values", "kind", "text"),
+    [
+        (np.full(SEG_SHAPE, 1.5, np.float32), "label", "label map has 120 non-integer voxel(s) (e.g. [1.5])"),
+        (np.where(np.arange(120).reshape(SEG_SHAPE) < 3, 0.4, 1.0).astype(np.float32), "label", "3 non-integer voxel(s) (e.g. [0.4"),
+        (np.full(SEG_SHAPE, -1, np.int16), "label", "label map has negative values (minimum -1): 120 voxel(s) (e.g. [-1])"),
+        (np.full(SEG_SHAPE, 1001, np.int16), "label", "label 1001 is too large"),
+        (np.full(SEG_SHAPE, 2, np.uint8), "mask", "mask is not binary: 120 voxel(s) not 0/1 (e.g. [2])"),
+        (np.full(SEG_SHAPE, 0.5, np.float32), "mask", "mask is not binary: 120 voxel(s) not 0/1 (e.g. [0.5])"),
+    ],
+    ids=["fractional", "slightly-fractional", "negative", "too-large", "mask-2", "mask-half"],
+)
+def test_bad_label_map_or_mask_is_refused_naming_the_file(tmp_path, values, kind, text):
+    """Formerly cast without a word: 1.5 -> 1, 0.4 -> 0 (a label lost), -1 -> 255, 1001 -> 233."""
+    task, case = _label_case(tmp_path, values, paired=kind == "mask", kind=kind)
+    path = getattr(case, kind)
+    with pytest.raises(DataError) as err:
+        prepare_case(case, PreprocessConfig())
+    assert str(err.value).startswith(f"{path}: ") and text in str(err.value)
+    with pytest.raises(DataError, match=text.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_prepared(task, "0001_0000", PreprocessConfig(), tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.npz"))  # nothing cached
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_labels_above_255_keep_their_ids_in_uint16(tmp_path, half):
+    values = np.zeros(SEG_SHAPE, np.int32)
+    values[:3] = 300
+    values[3:, :2] = 1000
+    values[3:, 2:] = 7
+    task, case = _label_case(tmp_path, values.astype(np.float32))  # whole floats are labels too
+    cfg = PreprocessConfig(half_resolution=half)
+    p = load_prepared(task, "0001_0000", cfg, tmp_path / "cache")
+    assert p.label.dtype == np.uint16 and set(np.unique(p.label)) == {7, 300, 1000}
+    cached = load_prepared(task, "0001_0000", cfg, tmp_path / "cache")
+    assert cached.label.dtype == np.uint16
+    np.testing.assert_array_equal(cached.label, p.label)
+    small = prepare_case(task.case("0002_0000"), cfg)
+    assert small.label.dtype == np.uint8
+

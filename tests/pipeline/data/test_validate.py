@@ -25,6 +25,11 @@ NAME = "Toy"
 N_POINTS = 5
 
 
+def _segmentation(path: Path, data: np.ndarray) -> None:
+    """A label map or mask on the images' grid (same spacing, identity direction, zero origin)."""
+    save_nifti(path, data, Geometry.identity(data.shape, SPACING))
+
+
 def _image(path: Path, seed: int, shape: tuple[int, ...] = SHAPE) -> None:
     """Random texture (compresses badly, so half a gzip really is half the voxels)."""
     data = np.random.default_rng(seed).random(shape).astype(np.float32)
@@ -46,8 +51,8 @@ def make_l2r(root: Path) -> Path:
     for s in range(1, 5):
         stem = _stem(s)
         _image(task / "imagesTr" / f"{stem}.nii.gz", seed=s)
-        save_nifti(task / "labelsTr" / f"{stem}.nii.gz", np.arange(512, dtype=np.uint8).reshape(SHAPE) % 3)
-        save_nifti(task / "masksTr" / f"{stem}.nii.gz", np.ones(SHAPE, np.uint8))
+        _segmentation(task / "labelsTr" / f"{stem}.nii.gz", np.arange(512, dtype=np.uint8).reshape(SHAPE) % 3)
+        _segmentation(task / "masksTr" / f"{stem}.nii.gz", np.ones(SHAPE, np.uint8))
         _points(task / "keypointsTr" / f"{stem}.csv")
         training.append(
             {
@@ -85,7 +90,7 @@ def make_2020(root: Path) -> Path:
         for r, role in enumerate(("fixed", "moving")):
             stem = f"img{s:04d}_{role}"
             _image(task / "images" / f"{stem}.nii.gz", seed=10 * s + r)
-            save_nifti(task / "masks" / f"{stem}.nii.gz", np.ones(SHAPE, np.uint8))
+            _segmentation(task / "masks" / f"{stem}.nii.gz", np.ones(SHAPE, np.uint8))
             _points(task / "keypoints" / f"{stem}.csv")
     (task / "pairs_val.csv").write_text("fixed,moving\n3,3\n")
     (task / "task.json").write_text(json.dumps({"name": "Lung2020", "shape": list(SHAPE), "modality": {"0": "CT"}}))
@@ -170,7 +175,8 @@ def test_one_run_names_all_four_problems(tmp_path, capsys):
     files = _break_four(task, tmp_path / "outside")
     problems = validate_task(task)
     assert names(problems, files["label"], "not found")
-    assert names(problems, files["truncated"], "truncated")
+    assert names(problems, files["truncated"], "truncated NIfTI (EOFError: Compressed file ended")
+    assert not any("BufferError" in p.message for p in problems)
     assert names(problems, files["wrong"], "(9, 8, 8) differs from tensorImageShape (8, 8, 8)")
     assert names(problems, files["json"], "'../outside/")
     # Nothing else: the wrong-shape image also disagrees with its own label and mask.
@@ -196,21 +202,22 @@ def test_subprocess_cli_lists_every_problem(tmp_path):
     assert proc.stdout.strip() == f"OK {clean}"
     for path in files.values():
         assert str(path.resolve()) in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "BufferError" not in proc.stderr
+    assert f"{files['truncated'].resolve()}: unreadable or truncated NIfTI (EOFError: " in proc.stderr
 
 
 # ---------------------------------------------------------------- one breakage at a time
 
 
 def _save_label(task: Path, values: np.ndarray) -> None:
-    save_nifti(task / "labelsTr" / f"{_stem(1)}.nii.gz", values)
+    _segmentation(task / "labelsTr" / f"{_stem(1)}.nii.gz", values)
 
 
 def _nan_image(task: Path) -> None:
     data = np.zeros(SHAPE, np.float32)
     data[1, 2, 3] = np.nan
     data[0, 0, 0] = np.inf
-    save_nifti(task / "imagesTr" / f"{_stem(1)}.nii.gz", data)
+    save_nifti(task / "imagesTr" / f"{_stem(1)}.nii.gz", data, Geometry.identity(SHAPE, SPACING))
 
 
 def _negative_label(task: Path) -> None:
@@ -221,12 +228,21 @@ def _fractional_label(task: Path) -> None:
     _save_label(task, np.full(SHAPE, 1.5, np.float32))
 
 
+def _mixed_label(task: Path) -> None:
+    """Both rules broken in one file: each is reported with its count and examples."""
+    values = np.zeros(SHAPE, np.float32)
+    values[0] = -2.0  # 64 negative voxels
+    values[1, :2] = 0.25  # 16 fractional
+    values[2, 0, 0] = -0.5  # both
+    _save_label(task, values)
+
+
 def _label_shape(task: Path) -> None:
     _save_label(task, np.zeros((8, 8, 7), np.uint8))
 
 
 def _mask(task: Path) -> None:
-    save_nifti(task / "masksTr" / f"{_stem(1)}.nii.gz", np.full(SHAPE, 2, np.uint8))
+    _segmentation(task / "masksTr" / f"{_stem(1)}.nii.gz", np.full(SHAPE, 2, np.uint8))
 
 
 def _four_columns(task: Path) -> None:
@@ -298,7 +314,9 @@ JSON = f"{NAME}_dataset.json"
 # breakage, file (relative to the task) that an error must name, text it must contain, number of errors
 CASES: list[tuple[Callable[[Path], None], str, str, int]] = [
     (_nan_image, IMAGE, "2 NaN/Inf voxel(s)", 1),
-    (_negative_label, LABEL, "negative values (minimum -1)", 1),
+    (_negative_label, LABEL, "label map has negative values (minimum -1): 512 voxel(s) (e.g. [-1])", 1),
+    (_mixed_label, LABEL, "label map has 17 non-integer voxel(s) (e.g. [-0.5, 0.25])", 2),
+    (_mixed_label, LABEL, "label map has negative values (minimum -2): 65 voxel(s) (e.g. [-2.0, -0.5])", 2),
     (_fractional_label, LABEL, "512 non-integer voxel(s) (e.g. [1.5])", 1),
     (_label_shape, LABEL, "label shape (8, 8, 7) differs from its image's shape (8, 8, 8)", 1),
     (_mask, f"masksTr/{_stem(1)}.nii.gz", "not binary: 512 voxel(s)", 1),

@@ -143,6 +143,20 @@ def test_dice_of_identical_labels_is_one():
     assert L.dice_loss(oh, oh, torch.zeros(1, 3, 16, 14, 12)).item() == pytest.approx(0.0, abs=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.uint16, torch.int32, torch.long])
+def test_one_hot_takes_any_integer_label_dtype(dtype):
+    """Preprocessing stores labels above 255 as uint16 (torch has no min/max for it)."""
+    lab = box_labels((4, 4, 4), [(255, (slice(0, 2), slice(0, 4), slice(0, 4)))])
+    if dtype == torch.uint16:
+        lab[0, 0, 3] = 300
+    oh = L.one_hot(lab.to(dtype), 301)
+    assert oh.shape == (1, 301, 4, 4, 4) and oh.dtype == torch.float32
+    assert float(oh[:, 255].sum()) == 32.0 and float(oh.sum()) == 64.0
+    assert float(oh[:, 300].sum()) == (16.0 if dtype == torch.uint16 else 0.0)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 254\]"):
+        L.one_hot(lab.to(dtype), 255)
+
+
 def test_dice_of_a_shifted_box_matches_the_overlap_formula():
     shape = (20, 16, 12)
     fixed = L.one_hot(box_labels(shape, [(1, (slice(4, 12), slice(4, 10), slice(3, 9)))]), 2)
