@@ -1,0 +1,274 @@
+"""Bad input, stage by stage, through the real command lines: every class of the trust issue.
+
+Each case runs a command (``python -m pipeline ...`` / ``python -m evaluation.*`` in-process),
+checks its exit code (1 bad input, 2 usage), that the message names the file and what is wrong,
+that no traceback escapes, and that nothing partial is written and nothing already written lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation import evaluate as evaluate_cli
+from evaluation import initial as initial_cli
+from evaluation import leaderboard as leaderboard_cli
+from evaluation.contract import disp_filename_l2r
+from evaluation.io import Geometry, save_nifti
+from pipeline.cli import main
+from pipeline.config import config_from_dict
+from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.training.train import train
+from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
+
+FAST = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 1, 1], "freeze_steps": 1}}
+VAL_FIELD = disp_filename_l2r("0004_0000", "0005_0000")
+EXTRA_FIELD = disp_filename_l2r("0001_0000", "0002_0000")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny trained run and its task (current layout)."""
+    root = tmp_path_factory.mktemp("bad")
+    task = make_blob_task(root / "task")
+    assert train(task, config_from_dict(FAST), root / "run", device="cpu") == 0
+    return task, root / "run"
+
+
+def copy_task(task: Path, to: Path, edit=None) -> Path:
+    """A copy of the blob task, its dataset.json passed through ``edit(meta)``."""
+    shutil.copytree(task, to)
+    if edit is not None:
+        path = to / "Blob_dataset.json"
+        meta = json.loads(path.read_text())
+        edit(meta)
+        path.write_text(json.dumps(meta))
+    return to
+
+
+def run(capsys, *argv: str, module=None) -> tuple[int, str, str]:
+    """One command in-process -> (exit code, stdout, stderr); a traceback fails the test by itself."""
+    code = main(list(argv)) if module is None else module.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def add_val_pair(meta: dict, fixed: str, moving: str) -> None:
+    meta["registration_val"].append({"fixed": fixed, "moving": moving})
+
+
+# ------------------------------------------------------------------- 1. nothing dropped silently
+
+
+@pytest.mark.parametrize("moving", ["../outside/Blob_0002_0000.nii.gz", "/tmp/Blob_0002_0000.nii.gz", "./imagesTr/link_0002_0000.nii.gz"])
+def test_an_unreadable_val_pair_fails_every_stage_by_name_and_predict_still_writes_the_others(trained, tmp_path, capsys, moving):
+    task, run_dir = trained
+    bad = copy_task(task, tmp_path / "task", lambda m: add_val_pair(m, "./imagesTr/Blob_0001_0000.nii.gz", moving))
+    (tmp_path / "elsewhere").mkdir()
+    (bad / "imagesTr" / "link_0002_0000.nii.gz").symlink_to(tmp_path / "elsewhere" / "x.nii.gz")
+    out = tmp_path / "sub"
+    code, _, err = run(capsys, "predict", "--data", str(bad), "--run", str(run_dir), "--out", str(out), "--device", "cpu")
+    assert code == 1 and "Blob_dataset.json registration_val[1] (moving)" in err
+    assert (out / VAL_FIELD).exists() and (out / "runtimes.json").exists()  # the readable pair is written
+    code, _, err = run(capsys, "-i", str(out), "-d", str(bad), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and "registration_val[1] (moving)" in err and not (tmp_path / "r.json").exists()
+    code, _, err = run(capsys, "train", "--data", str(bad), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"))
+    assert code == 1 and "registration_val[1] (moving)" in err and not (tmp_path / "run").exists()
+
+
+def test_a_pairs_csv_line_that_is_not_two_ids_fails_predict_and_evaluate_by_line(trained, tmp_path, capsys):
+    _, run_dir = trained
+    task = make_blob_task(tmp_path / "task_04", layout="l2r2020")
+    (task / "pairs_val.csv").write_text("fixed,moving\n4,5\nfour,5\n")
+    out = tmp_path / "sub"
+    code, _, err = run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu")
+    assert code == 1 and "pairs_val.csv: line 3 is not two integer ids" in err and (out / "disp_0004_0005.npz").exists()
+    code, _, err = run(capsys, "-i", str(out), "-d", str(task), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and "pairs_val.csv: line 3" in err
+
+
+def test_a_training_entry_outside_the_task_names_the_json_the_entry_and_the_path(trained, tmp_path, capsys):
+    task, _ = trained
+    bad = copy_task(task, tmp_path / "task", lambda m: m["training"][1].update(image="../x/Blob_0018_0000.nii.gz"))
+    code, _, err = run(capsys, "train", "--data", str(bad), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"))
+    assert code == 1 and "Blob_dataset.json training[1] (image): path '../x/Blob_0018_0000.nii.gz' escapes" in err
+    assert "no case" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind", ["labels", "keypoints", "landmarks"])
+def test_derived_evaluation_lists_every_missing_ground_truth_file(trained, tmp_path, capsys, kind):
+    task, run_dir = trained
+    two = copy_task(task, tmp_path / "task", lambda m: add_val_pair(m, "./imagesTr/Blob_0001_0000.nii.gz", "./imagesTr/Blob_0002_0000.nii.gz"))
+    if kind != "labels":  # points for three of the four images
+        for s in (1, 2, 4):
+            (two / f"{kind}Tr").mkdir(exist_ok=True)
+            (two / f"{kind}Tr" / f"Blob_{s:04d}_0000.csv").write_text("5,5,5\n6,6,6\n")
+        missing = [two / f"{kind}Tr" / "Blob_0005_0000.csv"]
+    else:
+        missing = [two / "labelsTr" / "Blob_0002_0000.nii.gz", two / "labelsTr" / "Blob_0005_0000.nii.gz"]
+        for path in missing:
+            path.unlink()
+    out = tmp_path / "sub"
+    assert run(capsys, "predict", "--data", str(two), "--run", str(run_dir), "--out", str(out), "--device", "cpu")[0] == 0
+    code, _, err = run(capsys, "-i", str(out), "-d", str(two), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and not (tmp_path / "r.json").exists()
+    for path in missing:
+        assert f"{path}: ground-truth file not found" in err
+
+
+def test_a_2020_npz_under_another_key_is_refused_naming_both_keys(tmp_path, capsys):
+    task = make_blob_task(tmp_path / "task_04", layout="l2r2020")
+    (tmp_path / "sub").mkdir()
+    np.savez(tmp_path / "sub" / "disp_0004_0005.npz", disp=np.zeros((3, *SHAPE), np.float16))
+    code, _, err = run(capsys, "-i", str(tmp_path / "sub"), "-d", str(task), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and "disp_0004_0005.npz" in err and "'disp'" in err and "'arr_0'" in err
+
+
+@pytest.mark.parametrize(("values", "why"), [((0.0, 1.5), "non-integer"), ((0.0, -1.0), "negative")])
+def test_train_refuses_a_label_map_that_is_not_integer_labels(trained, tmp_path, capsys, values, why):
+    task, _ = trained
+    bad = copy_task(task, tmp_path / "task")
+    label = np.zeros(SHAPE, np.float32)
+    label[5:9, 5:9, 5:9] = values[1]
+    save_nifti(bad / "labelsTr" / "Blob_0002_0000.nii.gz", label, Geometry.identity(SHAPE))
+    code, _, err = run(capsys, "train", "--data", str(bad), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"))
+    assert code == 1 and "labelsTr/Blob_0002_0000.nii.gz" in err and why in err and not (tmp_path / "run").exists()
+
+
+def test_a_pair_naming_an_unlisted_image_is_a_warning_and_every_stage_uses_it(trained, tmp_path, capsys):
+    task, run_dir = trained
+    held_out = copy_task(task, tmp_path / "task", lambda m: m["training"].pop())  # subject 5 only in the val pair
+    code, out, err = run(capsys, "validate", "--no-progress", str(held_out))
+    assert code == 0 and "Blob_0005_0000.nii.gz: warning: named by a registration pair but not listed" in err
+    sub = tmp_path / "sub"
+    assert run(capsys, "predict", "--data", str(held_out), "--run", str(run_dir), "--out", str(sub), "--device", "cpu")[0] == 0
+    assert run(capsys, "-i", str(sub), "-d", str(held_out), "-o", str(tmp_path / "r.json"), module=evaluate_cli)[0] == 0
+    assert "DSC" in json.loads((tmp_path / "r.json").read_text())["aggregates"]
+    assert run(capsys, "train", "--data", str(held_out), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"))[0] == 0
+    described = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert described["val_pairs"] == [["0004_0000", "0005_0000"]]
+    assert not any("0005_0000" in pair for pair in described["train_pairs"])
+
+
+def test_validate_warns_about_duplicate_pairs_and_reports_a_label_map_on_another_grid(trained, tmp_path, capsys):
+    task, _ = trained
+    twice = copy_task(task, tmp_path / "task", lambda m: add_val_pair(m, "./imagesTr/Blob_0004_0000.nii.gz", "./imagesTr/Blob_0005_0000.nii.gz"))
+    label = twice / "labelsTr" / "Blob_0003_0000.nii.gz"
+    save_nifti(label, np.zeros(SHAPE, np.uint8), Geometry.identity(SHAPE, spacing=(1.0, 1.0, 2.0)))
+    code, _, err = run(capsys, "validate", "--no-progress", str(twice))
+    assert code == 1 and f"{label.resolve()}: " in err and "spacing" in err
+    assert "warning: val pair 0004_0000<--0005_0000 is listed 2 times" in err
+
+
+# ------------------------------------------------------------------- 2. clear errors, never a traceback
+
+
+def test_a_config_value_of_the_wrong_type_is_refused_at_load_and_leaves_no_run(trained, tmp_path, capsys):
+    task, _ = trained
+    cfg = _config(tmp_path, train={"steps_per_level": [2, "four", 10]})
+    code, _, err = run(capsys, "train", "--data", str(task), "--config", str(cfg), "--out", str(tmp_path / "run"))
+    assert code == 1 and str(cfg) in err and 'train.steps_per_level[1]: "four"' in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("breakage", ["model_config", "weights"])
+def test_a_checkpoint_of_another_network_is_refused_naming_it(trained, tmp_path, capsys, breakage):
+    task, run_dir = trained
+    foreign = tmp_path / "run"
+    shutil.copytree(run_dir, foreign)
+    ckpt = load_checkpoint(foreign / "checkpoints" / "best.pt")
+    if breakage == "model_config":
+        ckpt["model_config"] = {"levels": 3, "width": 16}
+    else:
+        ckpt["model"] = {"conv.weight": ckpt["model"]["nets.0.encoder.0.weight"]}
+    save_checkpoint(foreign / "checkpoints" / "best.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    out = tmp_path / "sub"
+    code, _, err = run(capsys, "predict", "--data", str(task), "--run", str(foreign), "--out", str(out), "--device", "cpu")
+    assert code == 1 and "best.pt" in err and not out.exists()
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained, tmp_path, capsys):
+    task, run_dir = trained
+    a_file = tmp_path / "file"
+    a_file.write_text("keep me")
+    code, _, err = run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(a_file), "--device", "cpu")
+    assert code == 1 and str(a_file) in err and a_file.read_text() == "keep me"
+    code, _, err = run(capsys, "-i", str(tmp_path), "-d", str(task), "-o", str(a_file / "r.json"), module=evaluate_cli)
+    assert code == 1 and f"{a_file} is a file" in err
+    code, _, err = run(capsys, "x=" + str(tmp_path / "none.json"), "-o", str(a_file / "board"), module=leaderboard_cli)
+    assert code == 1 and f"{a_file} is a file" in err
+    code, _, err = run(capsys, "-d", str(task), "-o", str(a_file / "i.json"), module=initial_cli)
+    assert code == 1 and f"{a_file} is a file" in err
+
+
+def test_predict_without_a_run_or_a_config_is_a_usage_error(trained, tmp_path, capsys):
+    task, _ = trained
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--data", str(task), "--out", str(tmp_path / "sub")])
+    assert exit_info.value.code == 2 and "--run" in capsys.readouterr().err
+
+
+def test_a_truncated_image_names_the_real_cause(trained, tmp_path, capsys):
+    task, run_dir = trained
+    bad = copy_task(task, tmp_path / "task")
+    image = bad / "imagesTr" / "Blob_0005_0000.nii.gz"
+    image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    code, _, err = run(capsys, "predict", "--data", str(bad), "--run", str(run_dir), "--out", str(tmp_path / "sub"), "--device", "cpu")
+    assert code == 1 and f"{image}: unreadable or truncated NIfTI (EOFError" in err and "BufferError" not in err
+
+
+# ------------------------------------------------------------------- 3. nothing already written is lost
+
+
+def test_resume_with_another_configuration_is_refused_before_anything_is_rewritten(trained, tmp_path, capsys):
+    task, run_dir = trained
+    run_copy = tmp_path / "run"
+    shutil.copytree(run_dir, run_copy)
+    before = {p.name: p.read_bytes() for p in run_copy.glob("*.json")}
+    other = _config(tmp_path, loss={"smooth": 2.0})
+    code, _, err = run(capsys, "train", "--data", str(task), "--config", str(other), "--out", str(run_copy), "--resume")
+    assert code == 1 and "loss.smooth" in err and "--resume" in err
+    assert {p.name: p.read_bytes() for p in run_copy.glob("*.json")} == before
+
+
+def test_a_submission_folder_never_holds_fields_without_their_records(trained, tmp_path, capsys):
+    task, run_dir = trained
+    two = copy_task(task, tmp_path / "task", lambda m: add_val_pair(m, "./imagesTr/Blob_0001_0000.nii.gz", "./imagesTr/Blob_0002_0000.nii.gz"))
+    out = tmp_path / "sub"
+    assert run(capsys, "predict", "--data", str(two), "--run", str(run_dir), "--out", str(out), "--device", "cpu")[0] == 0
+    manifest = (out / "runtimes.json").read_bytes()
+    argv = ["predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu", "--instance-opt-steps", "1"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1 and "another configuration" in err and "--overwrite" in err
+    assert (out / "runtimes.json").read_bytes() == manifest and (out / EXTRA_FIELD).exists()
+    assert run(capsys, *argv, "--overwrite")[0] == 0
+    records = json.loads((out / "runtimes.json").read_text())["runtimes"]
+    fields = sorted(p.name for p in out.glob("disp_*"))
+    assert fields == [VAL_FIELD] and list(records) == ["0004_0000<--0005_0000"]  # every field has its record
+
+
+def test_a_temporary_left_by_a_killed_write_is_removed_by_the_next_run(trained, tmp_path, capsys):
+    task, run_dir = trained
+    out = tmp_path / "sub"
+    out.mkdir()
+    stale = [out / f".{VAL_FIELD}.k1ll3d.tmp.nii.gz", out / ".runtimes.json.x9.tmp.json", out / f".{EXTRA_FIELD}.a.tmp.nii.gz"]
+    for path in stale:
+        path.write_bytes(b"")  # what kill -9 between mkstemp and rename leaves
+    assert run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu")[0] == 0
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+
+
+def _config(tmp_path: Path, **sections) -> Path:
+    """A tiny training configuration file (``FAST`` with some sections replaced)."""
+    raw = {**FAST}
+    for name, values in sections.items():
+        raw[name] = {**raw.get(name, {}), **values}
+    path = tmp_path / f"cfg{len(os.listdir(tmp_path))}.json"
+    path.write_text(json.dumps(raw))
+    return path
