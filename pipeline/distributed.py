@@ -43,13 +43,6 @@ def pick_device(requested: str, info: DistInfo) -> torch.device:
     return torch.device(requested)
 
 
-def autocast(device: torch.device, amp: str) -> torch.autocast:
-    """Mixed precision on GPU only: ``amp`` "bf16" | "fp16" | "none"; a no-op context on CPU."""
-    if device.type != "cuda" or amp == "none":
-        return torch.autocast(device_type="cpu", enabled=False)
-    return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank if it is true on any rank (so all ranks stop at the same step)."""
     if not info.enabled:

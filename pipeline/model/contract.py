@@ -5,6 +5,15 @@ pull direction, on the fixed grid. ``grid_sample`` works in normalised coordinat
 ``align_corners=True`` and its last grid dimension in reversed axis order; the conversions
 between the two live here and nowhere else. LapIRN's raw output ("flow") is channels-first
 ``B x 3 x X x Y x Z`` in normalised units and *grid* channel order (channel 0 = axis Z).
+
+Precision: grids, conversions and warps compute in at least float32 (a bfloat16 or float16
+field is promoted, float64 stays) with autocast switched off, whatever the caller's context.
+
+Padding outside the moving grid (``padding`` of :func:`warp_flow` and :func:`warp_torch`):
+``"border"`` repeats the edge values and is the rule for **images** (a zero rim would darken
+images that touch the edge); ``"zeros"`` makes the outside background and is the rule for
+**labels** (one-hot or integer) and masks, and the default of both functions. Fields are
+extended by their edge values (``pipeline.model.lapirn.compose_flow``, ``evaluation.contract.compose``).
 """
 
 from __future__ import annotations
@@ -38,50 +47,73 @@ from evaluation.contract import (  # noqa: F401  re-exported: one import site fo
     warp,
     warp_labels,
 )
+from pipeline.model.precision import field_dtype, no_autocast
+
+PADDINGS = ("border", "zeros")
 
 
 def _scale(shape: Sequence[int], ref: torch.Tensor) -> torch.Tensor:
-    """``(N - 1) / 2`` per axis as a ``1 x 3 x 1 x 1 x 1`` tensor (axis order)."""
-    return torch.as_tensor(normalized_scale(shape), dtype=ref.dtype, device=ref.device).view(1, 3, 1, 1, 1)
+    """``(N - 1) / 2`` per axis as a ``1 x 3 x 1 x 1 x 1`` tensor (axis order), in ``ref``'s field dtype."""
+    return torch.as_tensor(normalized_scale(shape), dtype=field_dtype(ref), device=ref.device).view(1, 3, 1, 1, 1)
 
 
 def flow_to_voxel(flow: torch.Tensor) -> torch.Tensor:
-    """LapIRN flow (``B x 3 x X x Y x Z``, normalised, grid channel order) -> voxel field."""
-    return flow.flip(1) * _scale(flow.shape[2:], flow)
+    """LapIRN flow (``B x 3 x X x Y x Z``, normalised, grid channel order) -> voxel field (at least float32)."""
+    with no_autocast(flow):
+        return flow.flip(1).to(field_dtype(flow)) * _scale(flow.shape[2:], flow)
 
 
 def voxel_to_flow(u: torch.Tensor) -> torch.Tensor:
-    """Voxel field (``B x 3 x X x Y x Z``) -> LapIRN flow (normalised, grid channel order)."""
-    return (u / _scale(u.shape[2:], u)).flip(1)
+    """Voxel field (``B x 3 x X x Y x Z``) -> LapIRN flow (normalised, grid channel order; at least float32)."""
+    with no_autocast(u):
+        return (u.to(field_dtype(u)) / _scale(u.shape[2:], u)).flip(1)
 
 
 def identity_flow_grid(shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """grid_sample identity grid ``1 x X x Y x Z x 3`` (normalised, align_corners=True)."""
-    axes = [torch.linspace(-1.0, 1.0, n, dtype=like.dtype, device=like.device) for n in shape]
+    """grid_sample identity grid ``1 x X x Y x Z x 3`` (normalised, align_corners=True), at least float32."""
+    axes = [torch.linspace(-1.0, 1.0, n, dtype=field_dtype(like), device=like.device) for n in shape]
     mesh = torch.meshgrid(*axes, indexing="ij")
     return torch.stack(mesh[::-1], dim=-1).unsqueeze(0)
 
 
-def warp_flow(moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Warp ``moving`` (``B x C x X x Y x Z``) by a normalised flow on the fixed grid."""
-    grid = identity_flow_grid(flow.shape[2:], flow) + flow.permute(0, 2, 3, 4, 1)
-    return F.grid_sample(moving, grid, mode=mode, padding_mode="zeros", align_corners=True)
+def _check_padding(padding: str) -> None:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
 
 
-def warp_torch(moving: torch.Tensor, u: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+def warp_flow(moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding: str = "zeros") -> torch.Tensor:
+    """Warp ``moving`` (``B x C x X x Y x Z``) by a normalised flow on the fixed grid (same grid as ``moving``).
+
+    ``padding`` outside the moving grid: ``"zeros"`` (labels, the default) or ``"border"``
+    (images; LapIRN's image warps use its ``warp_padding``). Computed in at least float32
+    (``moving`` is cast to the flow's field dtype), autocast off.
+    """
+    _check_padding(padding)
+    with no_autocast(flow):
+        dtype = field_dtype(flow)
+        grid = identity_flow_grid(flow.shape[2:], flow) + flow.to(dtype).permute(0, 2, 3, 4, 1)
+        return F.grid_sample(moving.to(dtype), grid, mode=mode, padding_mode=padding, align_corners=True)
+
+
+def warp_torch(moving: torch.Tensor, u: torch.Tensor, mode: str = "bilinear", padding: str = "zeros") -> torch.Tensor:
     """Torch twin of ``evaluation.contract.warp``: ``moving(x + u(x))`` with a voxel field ``u``.
 
-    ``mode`` "bilinear" (trilinear in 3-D) for images, "nearest" for labels. Outside the
-    moving grid, zero padding (grid_sample's; it agrees with scipy's constant mode wherever
-    the sampled point lies inside the grid).
+    ``mode`` "bilinear" (trilinear in 3-D) for images, "nearest" for labels. ``padding`` outside
+    the moving grid: ``"zeros"`` (the default; labels and masks: outside is background; it agrees
+    with scipy's constant mode wherever the sampled point lies inside the grid) or ``"border"``
+    (images: edge values repeated, no dark rim). Computed in at least float32 (``moving`` is cast
+    to ``u``'s field dtype), autocast off.
     """
     if u.ndim != 5 or u.shape[1] != 3:
         raise ValueError(f"field must be B x 3 x X x Y x Z, got {tuple(u.shape)}")
-    grid_scale_m = _scale(moving.shape[2:], u)
-    ident = torch.as_tensor(identity_grid(u.shape[2:]), dtype=u.dtype, device=u.device).unsqueeze(0)
-    normalised = (ident + u) / grid_scale_m - 1.0
-    grid = normalised.flip(1).permute(0, 2, 3, 4, 1)
-    return F.grid_sample(moving.to(u.dtype), grid, mode=mode, padding_mode="zeros", align_corners=True)
+    _check_padding(padding)
+    with no_autocast(u):
+        dtype = field_dtype(u)
+        grid_scale_m = _scale(moving.shape[2:], u)
+        ident = torch.as_tensor(identity_grid(u.shape[2:]), dtype=dtype, device=u.device).unsqueeze(0)
+        normalised = (ident + u.to(dtype)) / grid_scale_m - 1.0
+        grid = normalised.flip(1).permute(0, 2, 3, 4, 1)
+        return F.grid_sample(moving.to(dtype), grid, mode=mode, padding_mode=padding, align_corners=True)
 
 
 def field_to_numpy(u: torch.Tensor) -> np.ndarray:

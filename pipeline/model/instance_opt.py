@@ -25,7 +25,7 @@ def refine_field(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
     weight = cfg.predict.instance_opt_smooth
     with torch.enable_grad():
         for _ in range(cfg.predict.instance_opt_steps):
-            warped = warp_torch(moving.float(), u)
+            warped = warp_torch(moving.float(), u, padding="border")  # an image: edge values outside
             loss = similarity_pyramid(warped, fixed.float(), levels, cfg.loss.eps, mask) + weight * smoothness(u, cfg.loss.smooth_unit)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,12 +10,26 @@ Frames: inside the network everything is normalised on the **padded** grid of ea
 the conversion to voxel fields happens once per level through ``pipeline.model.contract.flow_to_voxel``
 on that padded grid, and only then are the fields cropped back to the input's grid.
 
-Upsampling between levels is trilinear x2 with ``align_corners=True`` (the public code uses
-``nn.Upsample``'s default ``align_corners=False``). Reason: a normalised flow at level ``p``
-is defined with the corners of *that* level's grid at -1 and +1; with ``align_corners=True``
-fine voxel ``j`` receives the coarse value interpolated at the same normalised position, so the
-flow needs no value scaling. With ``align_corners=False`` the sampled position is shifted by up
-to half a coarse voxel near the faces. (Voxel fields would need rescaling; normalised ones do not.)
+Upsampling between levels is trilinear x2 (flow, and velocity in the diffeomorphic variant);
+``LapIRNConfig.align_corners`` chooses its corner rule. ``True`` (our default): a normalised
+flow at level ``p`` is defined with the corners of *that* level's grid at -1 and +1; with
+``align_corners=True`` fine voxel ``j`` receives the coarse value interpolated at the same
+normalised position, so the flow needs no value scaling. With ``align_corners=False`` the sampled
+position is shifted by up to half a coarse voxel near the faces. (Voxel fields would need
+rescaling; normalised ones do not.) ``False`` is what the public code does (``nn.Upsample``'s
+default, values not rescaled) and what its published weights were trained with. Measured with
+the public code and its published weights mapped into this model: with ``align_corners=False``
+and ``warp_padding="border"`` the fields equal the public code's to 1e-6 voxel; with
+``align_corners=True`` and zero padding (our models before these options) they differ by 0.17 voxel.
+
+Image warps inside the model (the moving image fed to levels 2.., the ``warped`` outputs) pad
+by ``LapIRNConfig.warp_padding``: ``"border"`` (default, the public code's; a zero rim would
+darken images that touch the edge) or ``"zeros"``. Scaling and squaring always extends the
+field by its edge values with ``align_corners=True`` (the public code's too).
+
+Precision (``pipeline.model.precision``): under a caller's autocast only the CRNs' convolutions
+run in reduced precision; each residual is cast back to float32 at once, and every field, grid,
+warp, upsampling and voxel conversion is computed in float32 with autocast switched off.
 """
 
 from __future__ import annotations
@@ -31,9 +45,13 @@ from torch import nn
 
 from pipeline.model.contract import flow_to_voxel, identity_flow_grid, warp_flow
 from pipeline.model.losses import avg_downsample
-from pipeline.model.onednn_conv import onednn_conv3d, onednn_conv3d_supported
+from pipeline.model.onednn_conv import Conv3d
+from pipeline.model.precision import autocast, field_dtype, no_autocast
 
 PadSpec = tuple[tuple[int, int], ...]  # (before, after) per spatial axis
+WARP_PADDINGS = ("border", "zeros")
+# what checkpoints written before a key existed were trained with (not the current defaults)
+LEGACY_CONFIG = {"align_corners": True, "warp_padding": "zeros"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,9 @@ class LapIRNConfig:
     ``start_channel``: CRN width is ``4 * start_channel`` (7 default; 28 for the abdomen set-up).
     ``range_flow``: bound of each level's residual in normalised units. ``ss_steps``: scaling
     and squaring steps of the diffeomorphic variant. ``in_channels``: channels per image.
+    ``align_corners``: corner rule of the trilinear x2 upsampling between levels (``False``: the
+    public code's, needed for its weights). ``warp_padding``: padding of the image warps inside
+    the model, ``"border"`` or ``"zeros"`` (see the module docstring).
     """
 
     levels: int = 3
@@ -57,6 +78,10 @@ class LapIRNConfig:
     def __post_init__(self) -> None:
         if self.levels < 1 or self.start_channel < 1 or self.in_channels < 1 or self.ss_steps < 0:
             raise ValueError(f"invalid LapIRN configuration: {self}")
+        if not isinstance(self.align_corners, bool):
+            raise ValueError(f"align_corners must be true or false, got {self.align_corners!r}")
+        if self.warp_padding not in WARP_PADDINGS:
+            raise ValueError(f"warp_padding must be one of {', '.join(WARP_PADDINGS)}, got {self.warp_padding!r}")
         if not self.range_flow > 0:
             raise ValueError(f"range_flow must be > 0, got {self.range_flow}")
 
@@ -77,11 +102,18 @@ class LapIRNConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LapIRNConfig:
-        """Build from a mapping; unknown keys are rejected (``ValueError`` naming them)."""
+        """Build from a mapping (a checkpoint's ``model_config``); unknown keys are rejected
+        (``ValueError`` naming them).
+
+        Backward compatibility: a key of :data:`LEGACY_CONFIG` that is missing takes its
+        *legacy* value, not the current default. Checkpoints written before ``align_corners``
+        and ``warp_padding`` existed were trained with ``align_corners=True`` and zero-padded
+        image warps, and must run that way. Other missing keys take the field defaults.
+        """
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown LapIRN config keys: {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{**LEGACY_CONFIG, **data})
 
 
 # ------------------------------------------------------------------- padding and grids
@@ -123,20 +155,30 @@ def image_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     return out[::-1]
 
 
-def upsample_flow(flow: torch.Tensor) -> torch.Tensor:
-    """Normalised flow ``B x 3 x n...`` -> ``B x 3 x 2n...``: trilinear, ``align_corners=True``, values unchanged."""
-    return F.interpolate(flow, scale_factor=2, mode="trilinear", align_corners=True)
+def upsample_flow(flow: torch.Tensor, align_corners: bool = True) -> torch.Tensor:
+    """Normalised flow (or velocity) ``B x 3 x n...`` -> ``B x 3 x 2n...``: trilinear, values unchanged.
+
+    ``align_corners=True`` keeps an affine function of normalised position exact;
+    ``False`` is ``nn.Upsample``'s default, the public code's (see the module docstring).
+    At least float32, autocast off.
+    """
+    with no_autocast(flow):
+        return F.interpolate(flow.to(field_dtype(flow)), scale_factor=2, mode="trilinear", align_corners=align_corners)
 
 
 def compose_flow(flow: torch.Tensor, then: torch.Tensor) -> torch.Tensor:
     """Normalised-flow twin of ``contract.compose``: ``flow + then o (id + flow)``.
 
     Both ``B x 3 x n...`` (normalised, grid order, one grid). ``then`` is sampled linearly and
-    extended by its edge values outside the grid, the contract's rule for fields (images use
-    ``warp_flow``'s zero padding instead).
+    extended by its edge values outside the grid (``padding_mode="border"``, ``align_corners=True``),
+    the contract's rule for fields, whatever the model's ``warp_padding`` for images. At least
+    float32, autocast off.
     """
-    grid = identity_flow_grid(flow.shape[2:], flow) + flow.permute(0, 2, 3, 4, 1)
-    return flow + F.grid_sample(then, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    with no_autocast(flow):
+        dtype = field_dtype(flow)
+        flow, then = flow.to(dtype), then.to(dtype)
+        grid = identity_flow_grid(flow.shape[2:], flow) + flow.permute(0, 2, 3, 4, 1)
+        return flow + F.grid_sample(then, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
@@ -146,35 +188,14 @@ def scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
     (:func:`compose_flow`; edge extension as the public code's ``padding_mode="border"``, so a
     constant velocity gives exactly that translation).
     """
-    flow = velocity / 2**steps
-    for _ in range(steps):
-        flow = compose_flow(flow, flow)
-    return flow
+    with no_autocast(velocity):
+        flow = velocity.to(field_dtype(velocity)) / 2**steps
+        for _ in range(steps):
+            flow = compose_flow(flow, flow)
+        return flow
 
 
 # ------------------------------------------------------------------------------ network
-
-
-class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` that on CPU in float32 runs oneDNN forward and backward (same parameters,
-    same state dict): :func:`pipeline.model.onednn_conv.onednn_conv3d`.
-
-    PyTorch's backend heuristic sends batch-1 3-D inputs with ``C * X * Y <= 20480`` (LapIRN's
-    levels at small widths) to an im2col path about 5x slower than oneDNN in the forward pass
-    and 10-50x slower in the backward pass; gradients are the same either way. Other
-    devices/dtypes, autocast and ``torch.compile``: plain ``nn.Conv3d``.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            not torch.compiler.is_compiling()  # first: the compiler picks its own kernels
-            and self.padding_mode == "zeros"
-            and self.bias is None
-            and isinstance(self.padding, tuple)
-            and onednn_conv3d_supported(x, self.weight, self.dilation, self.groups)
-        ):
-            return onednn_conv3d(x, self.weight, self.stride, self.padding)
-        return super().forward(x)
 
 
 def _conv(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
@@ -197,8 +218,10 @@ class PreActBlock(nn.Module):
 class CRN(nn.Module):
     """One level's CNN registration network: ``B x in x n... -> (residual B x 3 x n..., decoder feature)``.
 
-    The residual is ``range_flow * softsign(...)`` in normalised units (grid channel order);
-    the decoder feature (``B x width x n/2...``) is added after the next level's down conv.
+    The residual is ``range_flow * softsign(...)`` in normalised units (grid channel order),
+    always at least float32: under autocast the last conv's output is cast up before the
+    softsign. The decoder feature (``B x width x n/2...``, the convolutions' dtype) is added
+    after the next level's down conv.
     """
 
     def __init__(self, in_channels: int, width: int, range_flow: float, blocks: int = 5) -> None:
@@ -222,7 +245,8 @@ class CRN(nn.Module):
         if skip is not None:
             e = e + skip
         e = self.up(self.blocks(e))
-        return self.head(torch.cat([e, f], dim=1)) * self.range_flow, e
+        h = self.head[:-1](torch.cat([e, f], dim=1))  # convolutions: the caller's autocast dtype
+        return self.head[-1](h.to(field_dtype(h))) * self.range_flow, e  # softsign in full precision
 
 
 @dataclass(frozen=True)
@@ -317,14 +341,18 @@ class LapIRN(nn.Module):
 
         Runs levels ``1 .. level`` (default: all). Each level's voxel ``field`` pulls the moving
         image onto the fixed grid at that level's resolution (``pipeline.model.contract`` convention).
+        Under autocast only the convolutions use reduced precision: every output tensor is float32
+        (float64 for float64 inputs).
         """
         level = self.config.levels if level is None else level
         self._check_level(level)
         self._check_inputs(moving, fixed)
-        moving_p, spec = pad_to_multiple(moving, self.config.pad_multiple)
-        fixed_p, _ = pad_to_multiple(fixed, self.config.pad_multiple)
-        pyr_m = image_pyramid(moving_p, self.config.levels)
-        pyr_f = image_pyramid(fixed_p, self.config.levels)
+        with no_autocast(moving):
+            dtype = field_dtype(moving)
+            moving_p, spec = pad_to_multiple(moving.to(dtype), self.config.pad_multiple)
+            fixed_p, _ = pad_to_multiple(fixed.to(dtype), self.config.pad_multiple)
+            pyr_m = image_pyramid(moving_p, self.config.levels)
+            pyr_f = image_pyramid(fixed_p, self.config.levels)
         outputs: list[LevelOutput] = []
         flow = velocity = skip = None
         for p in range(level):
@@ -357,27 +385,50 @@ class LapIRN(nn.Module):
 
         Level 1 sees ``cat(moving, fixed)``; later levels see ``cat(moving warped by the upsampled
         flow, fixed, upsampled flow)`` (diffeomorphic: the upsampled *velocity* as third input and
-        as the base the residual is added to, as in the public code).
+        as the base the residual is added to, as in the public code). The CRN runs under the
+        caller's autocast; everything else in ``moving``'s (full precision) dtype, autocast off.
         """
-        diffeo = self.config.diffeomorphic
+        c = self.config
         base = None
-        if prev_flow is None:
-            residual, skip = self.nets[p](torch.cat([moving, fixed], dim=1))
-        else:
-            up_flow = upsample_flow(prev_flow)
-            base = upsample_flow(prev_velocity) if diffeo and prev_velocity is not None else up_flow
-            residual, skip = self.nets[p](torch.cat([warp_flow(moving, up_flow), fixed, base], dim=1), skip)
-        total = residual if base is None else residual + base
-        if diffeo:
-            flow = scaling_and_squaring(total, self.config.ss_steps)
-            return flow, total, skip, warp_flow(moving, flow)
-        return total, None, skip, warp_flow(moving, total)
+        with no_autocast(moving):
+            if prev_flow is None:
+                x = torch.cat([moving, fixed], dim=1)
+            else:
+                up_flow = upsample_flow(prev_flow, c.align_corners)
+                base = upsample_flow(prev_velocity, c.align_corners) if c.diffeomorphic and prev_velocity is not None else up_flow
+                x = torch.cat([warp_flow(moving, up_flow, padding=c.warp_padding), fixed, base], dim=1)
+        residual, skip = self.nets[p](x, skip)
+        with no_autocast(moving):
+            residual = residual.to(moving.dtype)
+            total = residual if base is None else residual + base
+            flow = scaling_and_squaring(total, c.ss_steps) if c.diffeomorphic else total
+            warped = warp_flow(moving, flow, padding=c.warp_padding)
+        return flow, total if c.diffeomorphic else None, skip, warped
 
 
 def full_resolution_field(model: LapIRN, out: LapIRNOutput) -> torch.Tensor:
     """Voxel field on the input grid from the finest level that ran: its flow is upsampled the
-    way the model hands it to the next level, converted on the padded grid, then cropped."""
+    way the model hands it to the next level (``config.align_corners``), converted on the padded
+    grid, then cropped. ``B x 3 x X x Y x Z``, at least float32 (computed with autocast off)."""
     flow = out.final.flow
-    for _ in range(model.config.levels - out.final.level):
-        flow = upsample_flow(flow)
-    return crop(flow_to_voxel(flow), out.pad_spec, 1)
+    with no_autocast(flow):
+        for _ in range(model.config.levels - out.final.level):
+            flow = upsample_flow(flow, model.config.align_corners)
+        return crop(flow_to_voxel(flow), out.pad_spec, 1)
+
+
+@torch.no_grad()
+def predict_field(
+    model: LapIRN, moving: torch.Tensor, fixed: torch.Tensor, device: torch.device, amp: str, level: int | None = None
+) -> torch.Tensor:
+    """The network's field as prediction and validation during training both compute it.
+
+    ``moving``/``fixed``: ``B x C x X x Y x Z`` on ``device``, intensities in [0, 1]. The forward
+    pass (levels ``1 .. level``, default all) runs under ``amp``'s autocast
+    (``pipeline.model.precision.autocast``: GPU only, convolutions only); the result is
+    :func:`full_resolution_field`: voxel field ``B x 3 x X x Y x Z`` on the input grid, float32,
+    without gradients.
+    """
+    with autocast(device, amp):
+        out = model(moving, fixed, level=level)
+    return full_resolution_field(model, out)

@@ -172,12 +172,13 @@ def dice_loss(moving_onehot: torch.Tensor, fixed_onehot: torch.Tensor, field: to
 
     ``moving_onehot``: ``B x C x ...`` on the moving grid (channel 0 background);
     ``fixed_onehot``: ``B x C x X x Y x Z``; ``field``: ``B x 3 x X x Y x Z`` voxels. Channels are
-    warped with linear interpolation (``warp_torch``, the same ``grid_sample`` as the model's
-    ``warp_flow`` but taking voxel fields, so it also works on cropped grids). A label counts
+    warped with linear interpolation and zero padding (outside the moving grid is no label;
+    ``warp_torch``, the same ``grid_sample`` as the model's ``warp_flow`` but taking voxel
+    fields, so it also works on cropped grids). A label counts
     when it is present in both the fixed and the (unwarped) moving labels, as in the official
     Dice; a label that vanishes after warping counts with Dice 0.
     """
-    warped = warp_torch(moving_onehot, field)
+    warped = warp_torch(moving_onehot, field, padding="zeros")
     dims = (2, 3, 4)
     present = (moving_onehot.sum(dims) > 0) & (fixed_onehot.sum(dims) > 0)
     return soft_dice(warped, fixed_onehot.to(warped.dtype), present)

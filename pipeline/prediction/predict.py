@@ -52,11 +52,11 @@ from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.data.preprocess import load_image, network_image
-from pipeline.distributed import DistInfo, autocast, init_distributed, pick_device, shutdown
+from pipeline.distributed import DistInfo, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_to_numpy
 from pipeline.model.instance_opt import refine_field
-from pipeline.model.lapirn import LapIRN, full_resolution_field
+from pipeline.model.lapirn import LapIRN, predict_field
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,15 @@ def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> 
 
 
 def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, fixed_case, timings: dict) -> np.ndarray:
-    """LapIRN (and optional instance optimisation) -> the voxel field on the network grid."""
+    """LapIRN (and optional instance optimisation) -> the voxel field on the network grid.
+
+    The network's field comes from ``predict_field`` (autocast for the convolutions only, a
+    float32 field), the same function validation during training uses."""
     f = torch.from_numpy(network_image(fixed, p.cfg.preprocess))[None, None].to(p.device)
     m = torch.from_numpy(network_image(moving, p.cfg.preprocess))[None, None].to(p.device)
     p.sync()
     t0 = time.perf_counter()
-    with torch.no_grad(), autocast(p.device, p.cfg.predict.amp):
-        field = full_resolution_field(p.model, p.model(m, f)).float()
+    field = predict_field(p.model, m, f, p.device, p.cfg.predict.amp)
     p.sync()
     timings["network_s"] = time.perf_counter() - t0
     if p.cfg.predict.instance_opt_steps > 0:

@@ -4,7 +4,8 @@ With probability ``p`` an affine ``A = Rx Ry Rz S`` plus a translation is drawn:
 uniform in [-10, 10] degrees about the grid centre, scaling ``1 + U[-0.08, 0.08]`` per axis,
 translation ``U[-0.05, 0.05]`` in normalised units (fractions of the half-extent ``(N-1)/2``).
 It is expressed as a voxel matrix ``M`` (augmented voxel -> original voxel) and applied through
-the contract: the augmented image is ``I(M x)`` (linear), labels and masks nearest; a point
+the contract: the augmented image is ``I(M x)`` (linear, edge values repeated outside the
+image: border padding), labels and masks nearest (zero outside: background); a point
 ``q`` of the original image sits at ``M^-1 q`` in the augmented one. Randomness comes only
 from the ``torch.Generator`` passed in, so a resumed run draws the same augmentations.
 """
@@ -57,12 +58,12 @@ def augment(
     mask: torch.Tensor | None = None,
     points: np.ndarray | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, np.ndarray | None]:
-    """Apply voxel matrix ``M`` to ``1 x C x X x Y x Z`` tensors (labels/mask nearest) and
-    map ``N x 3`` points into the augmented grid."""
+    """Apply voxel matrix ``M`` to ``1 x C x X x Y x Z`` tensors (image linear with border
+    padding, labels/mask nearest with zero padding) and map ``N x 3`` points into the augmented grid."""
     u = field_from_numpy(affine_to_field(matrix, image.shape[2:]), image.device)
-    out_image = warp_torch(image, u)
-    out_label = None if label is None else warp_torch(label.float(), u, mode="nearest").to(label.dtype)
-    out_mask = None if mask is None else warp_torch(mask.float(), u, mode="nearest").to(mask.dtype)
+    out_image = warp_torch(image, u, padding="border")
+    out_label = None if label is None else warp_torch(label.float(), u, mode="nearest", padding="zeros").to(label.dtype)
+    out_mask = None if mask is None else warp_torch(mask.float(), u, mode="nearest", padding="zeros").to(mask.dtype)
     out_points = None
     if points is not None:
         inv = np.linalg.inv(matrix)

@@ -4,11 +4,19 @@ Progressive LapIRN training (level 1, then level 2 with level 1 frozen for the f
 ``freeze_steps``, then level 3 likewise), Adam (a fresh optimiser per level, as the authors'
 code; constant or warm-up + cosine learning rate per level), ordered training pairs of the task,
 the seed paper's affine augmentation, validation Dice/TRE every ``val_every`` steps with the
-best checkpoint kept, autocast on GPU. The Dice term of every level is scored on the input
-grid (the level's field upsampled), see ``pipeline.model.losses.level_loss``.
+best checkpoint kept (fields computed as prediction does, under ``predict.amp``). The Dice term
+of every level is scored on the input grid (the level's field upsampled), see
+``pipeline.model.losses.level_loss``.
+
+Mixed precision (``train.amp``, GPU only, ``pipeline.model.precision``): autocast covers the
+forward pass, where only the convolutions run in reduced precision; the fields come back
+float32 and the losses are computed outside autocast. fp16 scales the loss (``GradScaler``,
+its state checkpointed). ``train.deterministic``: deterministic kernels (strict on CPU; on CUDA
+with ``warn_only``, since ``grid_sample``'s backward has no deterministic kernel there, and
+``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set).
 
 Faults: checkpoints are atomic; ``--resume`` restores model, optimiser, schedule position and
-the random generator, so a resumed run ends with the same weights as an uninterrupted one
+the random generator (and the fp16 loss scale), so a resumed run ends with the same weights as an uninterrupted one
 (deterministic mode on CPU); SIGTERM/SIGINT save ``last.pt`` before exiting (code 143/130).
 Under ``torchrun`` the model is wrapped in DistributedDataParallel (nccl on GPU, gloo on CPU),
 the pairs are sharded across ranks and rank 0 writes every file.
@@ -20,6 +28,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -31,10 +40,11 @@ from tqdm import tqdm
 from evaluation.dataset import load_task
 from evaluation.io import DataError, write_json
 from pipeline.config import RunConfig, TrainConfig, load_config
-from pipeline.distributed import DistInfo, any_flag, autocast, gather_checksums, init_distributed, pick_device, shutdown
+from pipeline.distributed import DistInfo, any_flag, gather_checksums, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import load_checkpoint, load_state, save_checkpoint
 from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
 from pipeline.model.losses import level_loss, one_hot
+from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine
 from pipeline.training.log import TrainingLog
 from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
@@ -67,6 +77,7 @@ class Trainer:
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
         self.state = {"level": 1, "step": 0, "global_step": 0, "best_score": float("-inf"), "best_step": -1}
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler = grad_scaler(device, cfg.train.amp)  # a pass-through unless fp16 on CUDA
         self.wrapped: torch.nn.Module = self.model
         self.phase: tuple[int, bool] | None = None
         self.stop_signal: int | None = None
@@ -79,6 +90,7 @@ class Trainer:
             "run_config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),  # {} when loss scaling is off
             "state": dict(self.state),
             "rng": {"generator": self.gen.get_state(), "torch": torch.get_rng_state()},
             "task": self.data.task.name,
@@ -90,8 +102,7 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
-        if ckpt["model_config"] != self.model.config.to_dict():
-            raise DataError(f"{path}: model config {ckpt['model_config']} differs from the run's {self.model.config.to_dict()}")
+        self.check_model_config(path, ckpt["model_config"])
         load_state(self.model, ckpt, path)
         self.state.update(ckpt["state"])
         self.gen.set_state(ckpt["rng"]["generator"])
@@ -99,7 +110,26 @@ class Trainer:
         self.set_phase(self.state["level"], self.state["step"], new_level=True)
         if ckpt["optimizer"] is not None:
             self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler.is_enabled():
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            else:  # written before loss scaling was checkpointed, or by a run without it
+                log.warning("%s holds no fp16 loss-scaler state: starting from a fresh scale", path)
         log.info("resumed from %s at level %d step %d", path, self.state["level"], self.state["step"])
+
+    def check_model_config(self, path: Path, saved: dict) -> None:
+        """Refuse a checkpoint made with another model configuration; missing keys of old
+        checkpoints count with their legacy values (``LapIRNConfig.from_dict``)."""
+        try:
+            same = LapIRNConfig.from_dict(saved) == self.model.config
+        except ValueError as exc:
+            raise DataError(f"{path}: {exc}") from exc
+        if not same:
+            hint = ""
+            if {"align_corners", "warp_padding"} - set(saved):
+                hint = (" (written before model.align_corners/model.warp_padding existed: it was trained with"
+                        " align_corners true and warp_padding \"zeros\"; set those in the model section to resume it)")
+            raise DataError(f"{path}: model config {saved} differs from the run's {self.model.config.to_dict()}{hint}")
 
     # ------------------------------------------------------------------ schedule
 
@@ -137,17 +167,17 @@ class Trainer:
         matrix = sample_affine(tuple(moving.shape[2:]), self.gen, self.cfg.train.augment)
         if matrix is not None:
             moving, moving_label, _, _ = augment(matrix, moving, moving_label)
-        with autocast(self.device, self.cfg.train.amp):
+        with autocast(self.device, self.cfg.train.amp):  # convolutions only: the outputs are float32
             out = self.wrapped(moving, fixed, level=level)
-            lv = out.final
-            extra = self.level_extras(level, fixed_case, moving_label)
-            if "fixed_onehot" in extra:
-                extra["dice_field"] = full_resolution_field(self.model, out).float()
-            parts = level_loss(self.loss_cfg, level, self.levels, lv.warped.float(), lv.fixed.float(), lv.field.float(),
-                               reg_field=None if lv.velocity_field is None else lv.velocity_field.float(), **extra)
+        lv = out.final  # losses outside autocast, in float32
+        extra = self.level_extras(level, fixed_case, moving_label)
+        if "fixed_onehot" in extra:
+            extra["dice_field"] = full_resolution_field(self.model, out)
+        parts = level_loss(self.loss_cfg, level, self.levels, lv.warped, lv.fixed, lv.field, reg_field=lv.velocity_field, **extra)
         self.optimizer.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        self.optimizer.step()
+        self.scaler.scale(parts["total"]).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return {k: float(v.detach()) for k, v in parts.items()}
 
     def level_extras(self, level: int, fixed_case, moving_label: torch.Tensor | None) -> dict:
@@ -166,7 +196,7 @@ class Trainer:
     def validate(self, level: int) -> dict[str, float]:
         self.model.eval()
         try:
-            return validate_pairs(self.model, self.data, level, self.device)
+            return validate_pairs(self.model, self.data, level, self.device, self.cfg.predict.amp)
         finally:
             self.model.train()
 
@@ -242,7 +272,7 @@ class Trainer:
             self.save("best.pt")
 
     def validate_zero(self) -> dict[str, float]:
-        return validate_pairs(None, self.data, self.levels, self.device)
+        return validate_pairs(None, self.data, self.levels, self.device, self.cfg.predict.amp)
 
     def finish(self, tlog: TrainingLog) -> None:
         """Final checkpoint, log, and (distributed) a check that every rank holds the same weights."""
@@ -260,6 +290,20 @@ class Trainer:
 # ---------------------------------------------------------------------- the stage
 
 
+def use_deterministic_algorithms(device: torch.device) -> None:
+    """``train.deterministic``. CPU: strict (every op LapIRN uses has a deterministic kernel; the
+    exact-resume tests rely on it). CUDA: ``warn_only``, because ``grid_sample``'s backward has
+    no deterministic CUDA kernel (a warning instead of a crash), and cuBLAS needs a fixed
+    workspace: ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless already set (before cuBLAS starts)."""
+    if device.type != "cuda":
+        torch.use_deterministic_algorithms(True)
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    log.info("deterministic mode on %s: deterministic kernels where they exist (warn_only: grid_sample's backward has none),"
+             " CUBLAS_WORKSPACE_CONFIG=%s", device, os.environ["CUBLAS_WORKSPACE_CONFIG"])
+
+
 def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None) -> int:
     """Train LapIRN on a task folder into ``run_dir``; returns the exit code."""
     if cfg.predict.affine_only:
@@ -268,7 +312,7 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
     try:
         dev = pick_device(device, info)
         if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True)
+            use_deterministic_algorithms(dev)  # before any CUDA work
         task = load_task(data_dir)
         task_problems(task)
         resume_from = checkpoint_to_resume(run_dir, resume)

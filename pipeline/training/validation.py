@@ -1,4 +1,8 @@
-"""Validation during training: Dice of warped labels and TRE of points on the network grid."""
+"""Validation during training: Dice of warped labels and TRE of points on the network grid.
+
+The field comes from ``pipeline.model.lapirn.predict_field``, the function prediction uses, under
+the prediction's ``amp`` setting: the best checkpoint is chosen on the numbers prediction gives.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import torch
 from evaluation.contract import sample_field
 from evaluation.metrics import dice, label_counts, nanmean
 from pipeline.model.contract import field_from_numpy, field_to_numpy, warp_torch
-from pipeline.model.lapirn import LapIRN, full_resolution_field
+from pipeline.model.lapirn import LapIRN, predict_field
 from pipeline.training.pairs import TrainingData, tensor
 
 
@@ -18,7 +22,7 @@ def pair_metrics(field: torch.Tensor | None, data: TrainingData, fixed_id: str, 
     u = np.zeros(fixed.shape + (3,), np.float32) if field is None else field_to_numpy(field)
     metrics = {"val_dice": np.nan, "val_tre_mm": np.nan}
     if fixed.label is not None and moving.label is not None:
-        warped = warp_torch(tensor(moving.label, device).float(), field_from_numpy(u, device), mode="nearest")
+        warped = warp_torch(tensor(moving.label, device).float(), field_from_numpy(u, device), mode="nearest", padding="zeros")
         warped_np = warped[0, 0].cpu().numpy().astype(fixed.label.dtype)
         labels = sorted(set(np.unique(fixed.label)) - {0})
         # the official DSC: labels absent in fixed or moving are NaN and left out of the mean
@@ -33,17 +37,18 @@ def pair_metrics(field: torch.Tensor | None, data: TrainingData, fixed_id: str, 
 
 
 @torch.no_grad()
-def validate_pairs(model: LapIRN | None, data: TrainingData, level: int, device: torch.device) -> dict[str, float]:
+def validate_pairs(model: LapIRN | None, data: TrainingData, level: int, device: torch.device, amp: str) -> dict[str, float]:
     """Mean Dice / TRE over the validation pairs (``model=None``: the zero field). ``val_score``
     is what the best checkpoint maximises: Dice where there are labels, else -TRE, NaN when
-    the pairs give neither (``best.pt`` then follows the last checkpoint)."""
+    the pairs give neither (``best.pt`` then follows the last checkpoint). ``amp``: the mixed
+    precision of the forward pass (pass ``cfg.predict.amp``, as prediction does)."""
     rows = []
     for fixed_id, moving_id in data.val_pairs:
         field = None
         if model is not None:
             f = tensor(data.cases[fixed_id].image, device)
             m = tensor(data.cases[moving_id].image, device)
-            field = full_resolution_field(model, model(m, f, level=level))
+            field = predict_field(model, m, f, device, amp, level=level)
         rows.append(pair_metrics(field, data, fixed_id, moving_id, device))
     dice = float(np.nanmean([r["val_dice"] for r in rows])) if any(np.isfinite(r["val_dice"]) for r in rows) else np.nan
     tre = float(np.nanmean([r["val_tre_mm"] for r in rows])) if any(np.isfinite(r["val_tre_mm"]) for r in rows) else np.nan

@@ -18,6 +18,7 @@ from pipeline.model.lapirn import (
     LapIRNConfig,
     compose_flow,
     crop,
+    full_resolution_field,
     pad_to_multiple,
     scaling_and_squaring,
     upsample_flow,
@@ -113,6 +114,26 @@ def test_config_validation_and_round_trip():
         LapIRNConfig(levels=0)
     with pytest.raises(ValueError):
         LapIRNConfig(range_flow=0.0)
+    with pytest.raises(ValueError, match="warp_padding must be one of border, zeros"):
+        LapIRNConfig(warp_padding="reflection")
+    with pytest.raises(ValueError, match="align_corners"):
+        LapIRNConfig(align_corners="false")
+
+
+def test_numerics_defaults_and_legacy_checkpoints_load_with_their_own_numerics():
+    """New models: align_corners=True, border padding. A model_config stored before the keys
+    existed was trained with align_corners=True and zero padding, so that is what it loads with."""
+    new = LapIRNConfig()
+    assert (new.align_corners, new.warp_padding) == (True, "border")
+    assert LapIRNConfig.from_dict(new.to_dict()) == new
+    legacy = {k: v for k, v in new.to_dict().items() if k not in ("align_corners", "warp_padding")}
+    old = LapIRNConfig.from_dict(legacy)
+    assert (old.align_corners, old.warp_padding) == (True, "zeros")
+    assert LapIRN(old).config.warp_padding == "zeros"
+    assert LapIRNConfig.from_dict({}).warp_padding == "zeros"
+    authors = LapIRNConfig.from_dict({**legacy, "align_corners": False, "warp_padding": "border"})
+    assert (authors.align_corners, authors.warp_padding) == (False, "border")
+    assert LapIRNConfig.from_dict({"warp_padding": "border"}).align_corners is True
 
 
 # --------------------------------------------------------------------- pad and crop
@@ -240,6 +261,68 @@ def test_upsampling_keeps_a_normalised_affine_flow_exact():
 
     coarse, fine = affine_flow((6, 5, 7)), affine_flow((12, 10, 14))
     assert torch.allclose(upsample_flow(coarse), fine, atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_upsample_flow_is_trilinear_interpolation_with_the_chosen_corner_rule(align_corners):
+    flow = torch.randn(2, 3, 5, 4, 6, generator=torch.Generator().manual_seed(0))
+    want = torch.nn.functional.interpolate(flow, scale_factor=2, mode="trilinear", align_corners=align_corners)
+    got = upsample_flow(flow, align_corners=align_corners)
+    assert got.shape == (2, 3, 10, 8, 12) and torch.equal(got, want)
+    other = upsample_flow(flow, align_corners=not align_corners)
+    assert (other - got).abs().max() > 0.1  # the option matters
+    assert torch.equal(upsample_flow(flow), upsample_flow(flow, align_corners=True))  # the default
+
+
+@pytest.mark.parametrize("diffeomorphic", [False, True])
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_the_model_upsamples_flow_and_velocity_with_its_corner_rule(diffeomorphic, align_corners):
+    """With the level-2 and level-3 residuals zeroed, each level's flow (velocity) is exactly
+    the upsampled one of the level below, and full_resolution_field upsamples the same way."""
+    torch.manual_seed(0)
+    model = LapIRN(LapIRNConfig(start_channel=2, diffeomorphic=diffeomorphic, align_corners=align_corners, range_flow=0.4)).eval()
+    for net in model.nets[1:]:
+        torch.nn.init.zeros_(net.head[2].weight)
+    moving, fixed = images()
+    with torch.no_grad():
+        out = model(moving, fixed)
+        coarse = model(moving, fixed, level=1)
+    key = "velocity" if diffeomorphic else "flow"
+    for lower, upper in zip(out.levels, out.levels[1:], strict=False):
+        assert torch.equal(getattr(upper, key), upsample_flow(getattr(lower, key), align_corners))
+    assert out.levels[0].flow.abs().max() > 1e-3
+    if not diffeomorphic:
+        twice = upsample_flow(upsample_flow(coarse.final.flow, align_corners), align_corners)
+        assert torch.equal(full_resolution_field(model, coarse), crop(flow_to_voxel(twice), coarse.pad_spec))
+
+
+class ConstantResidual(torch.nn.Module):
+    """Stands in for a CRN: the residual ``value`` everywhere (normalised units, ``dtype``)."""
+
+    def __init__(self, value: tuple[float, float, float], dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.value, self.dtype = value, dtype
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        r = torch.tensor(self.value, dtype=self.dtype).view(1, 3, 1, 1, 1).expand(x.shape[0], 3, *x.shape[2:])
+        return r.contiguous(), x.new_zeros(x.shape[0], 1, *x.shape[2:])
+
+
+@pytest.mark.parametrize("padding", ["border", "zeros"])
+def test_image_warps_inside_the_model_use_its_padding(padding):
+    """A translation that samples beyond the grid, on a constant image whose grid needs no
+    padding: border keeps every level's warped image constant, zero padding darkens the rim."""
+    model = LapIRN(LapIRNConfig(start_channel=2, warp_padding=padding)).eval()
+    for p in range(3):
+        model.nets[p] = ConstantResidual((0.25, -0.25, 0.125))
+    moving = torch.full((1, 1, 16, 16, 24), 0.6)
+    with torch.no_grad():
+        out = model(moving, torch.zeros_like(moving))
+    for lv in out.levels:
+        if padding == "border":
+            torch.testing.assert_close(lv.warped, torch.full_like(lv.warped, 0.6), atol=1e-6, rtol=0)
+        else:
+            assert lv.warped.min() < 0.3
 
 
 def test_compose_flow_matches_the_numpy_contract():

@@ -12,11 +12,14 @@ import pytest
 import torch
 
 from evaluation.contract import disp_filename_l2r, from_2020
+from evaluation.dataset import load_task
 from evaluation.evaluate import evaluate
 from evaluation.io import DataError, Geometry, load_nifti, save_nifti
 from evaluation.submission import read_manifest
 from pipeline.config import config_from_dict
-from pipeline.prediction.predict import predict
+from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.prediction import predict as predict_module
+from pipeline.prediction.predict import load_predictor, predict
 from pipeline.training.train import train
 from tests.paths import REPO
 from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
@@ -114,6 +117,23 @@ def test_a_bad_pair_is_reported_by_name_and_the_others_still_run(trained, tmp_pa
     assert (out / disp_filename_l2r("0004_0000", "0005_0000")).exists()
     assert not (out / disp_filename_l2r("0001_0000", "0002_0000")).exists()
     assert list(read_manifest(out / "runtimes.json")["runtimes"]) == ["0004_0000<--0005_0000"]
+
+
+def test_a_checkpoint_from_before_the_numerics_keys_predicts_with_its_legacy_numerics(trained, tmp_path, monkeypatch):
+    """Its model ran with align_corners=True and zero padding; the field comes from predict_field
+    (the function validation uses) under predict.amp."""
+    task, run = trained
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    ckpt["model_config"] = {k: v for k, v in ckpt["model_config"].items() if k not in ("align_corners", "warp_padding")}
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
+    p = load_predictor(run, load_task(task), torch.device("cpu"), str(old), {})
+    assert (p.model.config.align_corners, p.model.config.warp_padding) == (True, "zeros")
+    calls = []
+    original = predict_module.predict_field
+    monkeypatch.setattr(predict_module, "predict_field", lambda *a, **k: calls.append(a[4]) or original(*a, **k))
+    assert predict(task, tmp_path / "sub", run, "val", device="cpu", checkpoint=str(old)) == 0
+    assert calls == [p.cfg.predict.amp]
 
 
 class _Evil:

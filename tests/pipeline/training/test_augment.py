@@ -65,3 +65,15 @@ def test_random_affine_moves_labels_and_points_together():
         _, out_lab, _, pts = augment(m, img, lab, None, center[None])
         centroid = np.argwhere(out_lab[0, 0].numpy()).mean(axis=0)
         assert np.linalg.norm(centroid - pts[0]) < 0.5
+
+
+def test_images_are_extended_by_their_edge_values_and_labels_by_background():
+    """A rotation and shift that sample outside the grid: a constant image stays constant
+    (border padding, no dark rim), a label map of ones gets background (0) there."""
+    m = sample_affine(SHAPE, torch.Generator().manual_seed(0), AugmentConfig(prob=1.0, rotation_deg=10.0, translation=0.05))
+    m[:3, 3] += 3.0  # at least three voxels beyond the grid
+    img = torch.full((1, 1, *SHAPE), 0.8)
+    lab = torch.ones((1, 1, *SHAPE), dtype=torch.uint8)
+    out, out_lab, out_mask, _ = augment(m, img, lab, lab.clone())
+    torch.testing.assert_close(out, img, atol=1e-6, rtol=0)
+    assert (out_lab == 0).any() and torch.equal(out_lab, out_mask)
