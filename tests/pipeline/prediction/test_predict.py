@@ -19,7 +19,7 @@ from evaluation.submission import read_manifest
 from pipeline.config import config_from_dict
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.prediction import predict as predict_module
-from pipeline.prediction.predict import load_predictor, predict
+from pipeline.prediction.predict import load_predictor, predict, run_config
 from pipeline.training.train import train
 from tests.paths import REPO
 from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
@@ -127,7 +127,7 @@ def test_a_checkpoint_from_before_the_numerics_keys_predicts_with_its_legacy_num
     ckpt["model_config"] = {k: v for k, v in ckpt["model_config"].items() if k not in ("align_corners", "warp_padding")}
     old = tmp_path / "old.pt"
     save_checkpoint(old, {k: v for k, v in ckpt.items() if k not in ("format", "version")})
-    p = load_predictor(run, load_task(task), torch.device("cpu"), str(old), {})
+    p = load_predictor(run_config(run, {}), run, load_task(task), torch.device("cpu"), str(old))
     assert (p.model.config.align_corners, p.model.config.warp_padding) == (True, "zeros")
     calls = []
     original = predict_module.predict_field
