@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from evaluation import contract, jacobian, metrics
 from evaluation.cli import run_cli
 from evaluation.config import EvalConfig, EvalPair, Method, derive_config, read_config
 from evaluation.io import DataError, check_output_path, load_nifti, read_nifti_header, read_points, write_json
+from evaluation.progress import progress as progress_bar
 from evaluation.segmentation import check_label_map, label_dtype, max_label
 from evaluation.submission import (
     FORMATS,
@@ -149,9 +149,9 @@ def ground_truth_problems(config: EvalConfig) -> list[str]:
 def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple[str, dict | None, list[str]]]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers or cores, len(jobs)))
-    bar = {"total": len(jobs), "disable": not progress, "desc": "evaluate", "unit": "pair"}
+    bar = {"total": len(jobs), "enabled": progress, "desc": "evaluate", "unit": "pair", "logger": log}
     if workers == 1:
-        return [evaluate_case(job) for job in tqdm(jobs, **bar)]
+        return [evaluate_case(job) for job in progress_bar(jobs, **bar)]
     # fork: workers start in milliseconds with everything imported and need no __main__ guard.
     # The executor forks all workers at the first submit, before its manager thread exists; the
     # only other threads are the BLAS pool's (fork-safe via its atfork handlers), hence the
@@ -163,7 +163,7 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             futures = [pool.submit(evaluate_case, job) for job in jobs]
-        return [f.result() for f in tqdm(futures, **bar)]
+        return [f.result() for f in progress_bar(futures, **bar)]
 
 
 def evaluate_case(job: CaseJob) -> tuple[str, dict | None, list[str]]:
@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
     out = out / (datetime.now().strftime("%Y%m%d_%H%M") + ".json") if out.is_dir() else check_output_path(out, folder=False)
     result = evaluate(
         args.input_path, args.gt_path, args.config_path, split=args.split, fmt=args.fmt, workers=args.workers,
-        options=options, task_folder=args.task_folder, progress=sys.stderr.isatty(),
+        options=options, task_folder=args.task_folder, progress=True,
     )  # fmt: skip
     write_json(out, result)
     if args.verbose:

@@ -50,7 +50,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-d", "--data", required=True, type=Path, help="task folder")
     parser.add_argument("-o", "--output", required=True, type=Path, help="result json")
     parser.add_argument("-c", "--config", default=None, help="official evaluation config (default: derived)")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,8 +1,11 @@
-"""Command-line entry: ``python -m pipeline COMMAND [options]``.
+"""Command-line entry: ``python -m pipeline COMMAND [options]``, installed as ``l2r COMMAND``.
 
 Each command lives in its own module exposing ``build_parser(parser)`` and ``run(args) -> int``;
-only the chosen command's module is imported (so ``validate`` never loads torch). Exit codes:
-0 success, 1 a problem with the input or the run (message on stderr), 2 usage error.
+only the chosen command's module is imported (so ``validate``, ``evaluate`` and ``leaderboard``
+never load torch). ``evaluate``, ``initial`` and ``leaderboard`` are the ``evaluation`` package's
+commands, with the same options as ``python -m evaluation.X``. Exit codes: 0 success, 1 a problem
+with the input or the run (message on stderr), 2 usage error. ``-v`` before the command (or
+anywhere, for commands without a ``-v`` of their own) turns on debug logging.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import os
 import sys
 
+from evaluation.cli import HelpFormatter, package_version
 from evaluation.io import DataError
 
 # command -> (module, one-line help)
@@ -25,43 +29,77 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipeline.training.train", "train LapIRN on a task (progressive, resumable, torchrun-ready)"),
     "align": ("pipeline.affine.align", "affine pre-alignment (NGF + L-BFGS)"),
     "predict": ("pipeline.prediction.predict", "write challenge-format fields and runtimes for a task's pairs"),
+    "evaluate": ("evaluation.evaluate", "score a submission with the official Learn2Reg metrics (the official script's flags)"),
+    "initial": ("evaluation.initial", "evaluate the zero field (the leaderboard's Initial row)"),
     "leaderboard": ("evaluation.leaderboard", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),
 }
+VERBOSE = ("-v", "--verbose")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+class TopHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """The command list (epilog) as written, the defaults shown."""
+
+
+def top_parser(prog: str) -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog="python -m pipeline",
+        prog=prog,
         description="Learn2Reg submission pipeline around LapIRN.",
-        epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items()),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items())
+        + f"\n\n'{prog} COMMAND --help' shows a command's options and their defaults.",
+        formatter_class=TopHelpFormatter,
     )
     top.add_argument("command", choices=sorted(COMMANDS), metavar="COMMAND")
     top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    top.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    return top
+
+
+def command_parser(prog: str, command: str) -> argparse.ArgumentParser:
+    """The parser of one command (imports its module)."""
+    module_name, help_text = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"{prog} {command}", description=help_text, formatter_class=HelpFormatter)
+    importlib.import_module(module_name).build_parser(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m pipeline") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = top_parser(prog)
+    verbose = False
+    while argv and argv[0] in VERBOSE:
+        verbose = True
+        argv.pop(0)
     if not argv or argv[0] in ("-h", "--help"):
         top.print_help()
         return 0 if argv else 2
-    verbose = "-v" in argv or "--verbose" in argv
-    argv = [a for a in argv if a not in ("-v", "--verbose")]
-    ns = top.parse_args(argv[:1])
-    module_name, help_text = COMMANDS[ns.command]
+    if argv[0] == "--version":
+        print(f"{prog} {package_version()}")
+        return 0
+    command = top.parse_args(argv[:1]).command
     # Before torch loads: OpenMP threads that spin while waiting make a shared 2-core machine
     # up to 12x slower (measured). Passive waiting is not free when the cores are idle: 2-thread
     # steps of many small ops pay 35-45 % for waking the sleeping threads (demo T3 level 3: 146 vs
     # 108 ms), which is why the demo configs train with train.cpu_threads = 1. Set
     # OMP_WAIT_POLICY=ACTIVE on a dedicated machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"python -m pipeline {ns.command}", description=help_text)
-    module.build_parser(parser)
-    args = parser.parse_args(argv[1:])
+    parser = command_parser(prog, command)
+    rest = argv[1:]
+    if not any("--verbose" in action.option_strings for action in parser._actions):
+        verbose = verbose or any(a in VERBOSE for a in rest)
+        rest = [a for a in rest if a not in VERBOSE]
+    args = parser.parse_args(rest)
+    verbose = verbose or bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(module.run(args))
+        return int(importlib.import_module(COMMANDS[command][0]).run(args))
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def l2r(argv: list[str] | None = None) -> int:
+    """The ``l2r`` console script (``[project.scripts]`` in pyproject.toml): ``l2r COMMAND ...``."""
+    return main(argv, prog="l2r")

@@ -1,12 +1,21 @@
-"""Process-group helpers for ``torchrun``: nccl on GPU, gloo on CPU; rank 0 writes files."""
+"""Devices and process groups: the ``--device`` option (auto | cpu | cuda | cuda:N, refused with
+the reason when CUDA is asked for but absent) and the ``torchrun`` helpers (nccl on GPU, gloo on
+CPU; rank 0 writes files)."""
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from evaluation.io import DataError
+
+DEVICE_CHOICES = "auto|cpu|cuda|cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -24,23 +33,72 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1)."""
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1): nccl when
+    ``device`` (a ``--device`` value) leads to CUDA, else gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if backend_kind(device) == "cuda" else "gloo")
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def cuda_problem(requested: str) -> str | None:
+    """Why the device ``requested`` (``cuda`` or ``cuda:N``) cannot be used here, or ``None``."""
+    if not requested.startswith("cuda"):
+        return None
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            build = f"this torch ({torch.__version__}) is a CPU-only build"
+            fix = "use --device cpu (or auto), or install a CUDA build of torch (https://pytorch.org/get-started/locally/)"
+        else:
+            build = f"this torch ({torch.__version__}, CUDA {torch.version.cuda}) sees no GPU (driver, CUDA_VISIBLE_DEVICES?)"
+            fix = "use --device cpu (or auto), or make a GPU visible"
+        return f"CUDA is not available: {build}; {fix}"
+    index = int(requested.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        return f"there is no {requested}: {count} CUDA device(s) visible (cuda:0 to cuda:{count - 1})"
+    return None
+
+
+def device_arg(text: str) -> str:
+    """argparse ``type`` of ``--device``: one of auto | cpu | cuda | cuda:N, and a CUDA device
+    must be there (otherwise a usage error, exit 2, saying why)."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid device {text!r} (choose from auto, cpu, cuda, cuda:N)")
+    problem = cuda_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--device`` option of every stage that runs torch."""
+    parser.add_argument("--device", type=device_arg, default="auto", metavar=DEVICE_CHOICES,
+                        help="auto: the GPU when CUDA is available (under torchrun the rank's), else the CPU")
+
+
 def pick_device(requested: str, info: DistInfo) -> torch.device:
-    """``auto`` -> the rank's GPU when CUDA is available, else CPU."""
+    """``auto`` -> the rank's GPU when CUDA is available, else CPU; ``cuda`` -> the rank's GPU.
+    ``DataError`` for a device that is not one of :data:`DEVICE_CHOICES` or a CUDA device that is absent."""
+    if not _DEVICE.fullmatch(requested):
+        raise DataError(f"device {requested!r}: not one of {DEVICE_CHOICES}")
+    problem = cuda_problem(requested)
+    if problem:
+        raise DataError(f"device {requested!r}: {problem}")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         return torch.device("cuda", info.local_rank)
     return torch.device(requested)
+
+
+def backend_kind(requested: str) -> str:
+    """``cuda`` or ``cpu``: the kind of device a ``--device`` value leads to."""
+    auto_cuda = requested == "auto" and torch.cuda.is_available()
+    return "cuda" if auto_cuda or requested.startswith("cuda") else "cpu"
 
 
 def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:

@@ -99,6 +99,8 @@ def test_dockerfile_keeps_the_base_torch_and_runs_as_non_root():
     [
         (["evaluate", "-i", "/o/run", "-d", "/data/T"], "-m evaluation.evaluate -i /o/run -d /data/T"),
         (["leaderboard", "A=/o/a", "-o", "/o/lb"], "-m evaluation.leaderboard A=/o/a -o /o/lb"),
+        (["initial", "-d", "/data/T", "-o", "/o/i.json"], "-m evaluation.initial -d /data/T -o /o/i.json"),
+        (["--version"], "-m pipeline --version"),
         (["train", "--data", "/data/T"], "-m pipeline train --data /data/T"),
         (["validate", "a b"], "-m pipeline validate a b"),
         ([], "-m pipeline"),

@@ -11,7 +11,9 @@ finds the transform fixed mm -> moving mm, and the stage writes, each file atomi
 The aligned image is ``evaluation.contract.warp(moving, affine_to_field(voxel_matrix))``. When
 both cases have landmarks, the official TRE (``evaluation.metrics.tre``, mm) before and after
 alignment is recorded. A pair whose input is unusable is reported (file and problem) and
-skipped; the others are still processed and the command exits with 1.
+skipped; the others are still processed and the command exits with 1. ``--config`` takes
+AffineConfig settings or a run configuration (``configs/*.json``), which aligns as ``predict``
+does with it (``predict.affine``, ``predict.affine_search_mm``, the fixed mask).
 
 SimpleITK I/O lives here too: ``.tfm`` files, SimpleITK images built from our arrays and LPS
 geometry (SimpleITK's index ``(i, j, k)`` is our array order; ``GetArrayFromImage`` returns
@@ -21,6 +23,7 @@ geometry (SimpleITK's index ``(i, j, k)`` is our array order; ``GetArrayFromImag
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -34,8 +37,10 @@ from evaluation.contract import warp
 from evaluation.dataset import Case, Pair, Task, load_task
 from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
 from evaluation.metrics import tre
+from evaluation.progress import progress as progress_bar
 from pipeline.affine.fov import FOV_CHOICES, pair_config
 from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
+from pipeline.config import RunConfig, config_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -167,12 +172,7 @@ def align_task(
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
     start = time.perf_counter()
-    iterator = pairs
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(pairs, desc=f"align {task.name}", unit="pair")
-    for pair in iterator:
+    for pair in progress_bar(pairs, desc=f"align {task.name}", unit="pair", enabled=progress, logger=log):
         try:
             results[pair.key] = align_pair(task, pair, out, pair_config(task, pair, config, fov))
         except DataError as exc:
@@ -183,11 +183,31 @@ def align_task(
     return summary
 
 
+RUN_SECTIONS = frozenset(f.name for f in dataclasses.fields(RunConfig))
+
+
+def affine_settings_of_run(cfg: RunConfig) -> dict[str, Any]:
+    """The pre-alignment ``predict`` does with this run configuration, as AffineConfig settings:
+    ``predict.affine`` (mode; absent when "none"), ``predict.affine_search_mm`` and the fixed mask
+    where the task has one."""
+    settings: dict[str, Any] = {"search_radius": cfg.predict.affine_search_mm, "use_fixed_mask": True}
+    if cfg.predict.affine != "none":
+        settings["mode"] = cfg.predict.affine
+    return settings
+
+
 def _config_from_args(args: argparse.Namespace) -> AffineConfig:
-    """Config file (if any), then the command-line overrides."""
+    """Config file (if any), then the command-line overrides. The file holds AffineConfig settings
+    or a run configuration (``configs/*.json``: see :func:`affine_settings_of_run`); keys starting
+    with ``_`` are notes."""
     raw = read_json(args.config) if args.config else {}
     if not isinstance(raw, dict):
-        raise DataError(f"{args.config}: must hold a JSON object of affine settings")
+        raise DataError(f"{args.config}: must hold a JSON object (affine settings or a run configuration)")
+    if raw.keys() & RUN_SECTIONS:
+        raw = affine_settings_of_run(config_from_dict(raw, where=str(args.config)))
+        if "mode" not in raw and args.mode is None:
+            raise DataError(f"{args.config}: predict.affine is \"none\" (this run does no pre-alignment); pass --mode rigid|affine to align anyway")
+    raw = {k: v for k, v in raw.items() if not k.startswith("_")}
     overrides = {"mode": args.mode, "search_radius": args.search, "init": args.init, "use_fixed_mask": args.mask or None, "threads": args.threads}
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     try:
@@ -199,11 +219,13 @@ def _config_from_args(args: argparse.Namespace) -> AffineConfig:
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="task folder (either layout)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--split", choices=SPLITS, default="val", help="which pairs (default val)")
+    parser.add_argument("--split", choices=SPLITS, default="val", help="which pairs")
     parser.add_argument("--mode", choices=("rigid", "affine"), default=None, help="6 or 12 DoF (default: config, else rigid)")
-    parser.add_argument("--config", type=Path, default=None, help="JSON file of AffineConfig settings")
-    parser.add_argument("--search", type=float, default=None, metavar="MM", help="translation search radius in mm (0 = off)")
-    parser.add_argument("--init", choices=("none", "center", "com"), default=None, help="initial translation")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON file of AffineConfig settings, or a run configuration (configs/*.json: its predict.affine, "
+                             "predict.affine_search_mm and the fixed mask, as predict aligns)")
+    parser.add_argument("--search", type=float, default=None, metavar="MM", help="translation search radius in mm (0 = off; default: config, else 0)")
+    parser.add_argument("--init", choices=("none", "center", "com"), default=None, help="initial translation (default: config, else none)")
     parser.add_argument("--fov", choices=FOV_CHOICES, default="auto", help="zeros outside an ultrasound field of view (auto: by modality)")
     parser.add_argument("--mask", action="store_true", help="weight the metric by the fixed mask where the task has one")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while registering (default: config, else 1)")

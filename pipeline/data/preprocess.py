@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from evaluation.contract import resize_image, scale_points
 from evaluation.dataset import Case, Task, load_task
 from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_points
+from evaluation.progress import progress
 from evaluation.segmentation import check_label_map, check_mask, label_dtype, max_label
 from pipeline.config import PreprocessConfig, load_config
 
@@ -197,7 +197,7 @@ def preprocess_task(task_dir: Path, cfg: PreprocessConfig, cache_dir: Path) -> l
     """Fill the cache for every case; returns the problems (one per failed case)."""
     task = load_task(task_dir)
     problems = []
-    for case_id in tqdm(sorted(task.cases), desc=f"preprocess {task.name}", unit="case"):
+    for case_id in progress(sorted(task.cases), desc=f"preprocess {task.name}", unit="case", logger=log):
         try:
             load_prepared(task, case_id, cfg, cache_dir)
         except DataError as exc:
@@ -208,7 +208,7 @@ def preprocess_task(task_dir: Path, cfg: PreprocessConfig, cache_dir: Path) -> l
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="task folder")
     parser.add_argument("--config", type=Path, required=True, help="run configuration (JSON)")
-    parser.add_argument("--cache", type=Path, default=Path("cache"), help="cache folder (default ./cache)")
+    parser.add_argument("--cache", type=Path, default=Path("cache"), help="cache folder")
 
 
 def run(args: argparse.Namespace) -> int:

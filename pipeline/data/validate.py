@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from evaluation.dataset import LAYOUT_2020, POINT_KINDS, SIBLINGS, Case, Pair, Task, derived_path, load_task
 from evaluation.io import DataError, Geometry, load_nifti, read_json, read_points
+from evaluation.progress import progress as progress_bar
 from evaluation.segmentation import label_problems, mask_problems
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,8 @@ def _pairs_to_check(task: Task) -> Iterable[tuple[str, Pair]]:
 def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
     """Every problem of one task folder (errors and warnings), in a stable order.
 
-    ``progress`` shows a per-case progress bar on stderr when it is a terminal.
+    ``progress``: a per-case progress bar on stderr when it is a terminal, else a plain
+    progress line in the log now and then (:mod:`evaluation.progress`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -429,7 +430,7 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
     if task.layout == LAYOUT_2020:
         found += [Problem(root / name, f"not found: {why}", WARNING) for name, why in _OPTIONAL_2020 if not (root / name).exists()]
     counts: dict[tuple[str, str], int] = {}
-    for case_id in tqdm(sorted(task.cases), desc=task.name, disable=None if progress else True, file=sys.stderr):
+    for case_id in progress_bar(sorted(task.cases), desc=f"validate {task.name}", unit="case", enabled=progress, logger=log):
         log.debug("checking case %s", case_id)
         _check_case(task.cases[case_id], task, found, counts)
     found += check_unlisted(task)
@@ -445,7 +446,7 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task_dirs", nargs="+", type=Path, metavar="TASK_DIR", help="task folder (either layout)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (or progress lines in a log)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from pipeline.config import load_config
 from pipeline.data.summary import format_summary, summarize
 from pipeline.data.validate import validate_task
 from pipeline.demo.tasks import write_demo
+from pipeline.distributed import add_device_argument
 from pipeline.prediction.predict import predict
 from pipeline.training.train import train
 
@@ -39,13 +40,13 @@ INSTANCE_OPT_STEPS = 30
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the demo data (default 0)")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the demo data")
     parser.add_argument("--layout", choices=("l2r", "l2r2020"), default="l2r", help="task folder layout")
-    parser.add_argument("--tasks", default="T1,T2,T3,T4", help="comma-separated demo tasks (default all four)")
+    parser.add_argument("--tasks", default="T1,T2,T3,T4", help="comma-separated demo tasks")
     parser.add_argument("--data-only", action="store_true", help="stop after generating and validating the data")
     parser.add_argument("--no-instance-opt", action="store_true", help="skip the instance-optimisation method")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_argument(parser)
 
 
 def _train_once(data: Path, config: Path, run_dir: Path, device: str) -> None:

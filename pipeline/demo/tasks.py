@@ -338,10 +338,10 @@ def write_demo(
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one folder per task")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical data; default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical data)")
     parser.add_argument("--layout", choices=[LAYOUT_L2R, LAYOUT_2020], default=LAYOUT_L2R,
-                        help="current Learn2Reg layout (l2r, default) or the 2020 one (l2r2020)")
-    parser.add_argument("--tasks", default="T1,T2,T3,T4", help="comma-separated subset of T1,T2,T3,T4 (default all)")
+                        help="current Learn2Reg layout (l2r) or the 2020 one (l2r2020)")
+    parser.add_argument("--tasks", default="T1,T2,T3,T4", help="comma-separated subset of T1,T2,T3,T4")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from evaluation.contract import (
     compose_affine,
@@ -47,12 +46,13 @@ from evaluation.contract import (
 )
 from evaluation.dataset import LAYOUT_2020, Pair, Task, load_task
 from evaluation.io import DataError, atomic_path, check_output_path, load_nifti, read_json, save_nifti
+from evaluation.progress import progress
 from evaluation.submission import read_manifest, submission_shape, write_manifest
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.data.preprocess import load_image, network_image
-from pipeline.distributed import DistInfo, init_distributed, pick_device, shutdown
+from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_to_numpy
 from pipeline.model.instance_opt import refine_field
@@ -189,7 +189,7 @@ def predict(
     be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``."""
     cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     check_output_path(out_dir, folder=True)
-    info: DistInfo = init_distributed("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    info: DistInfo = init_distributed(device)
     try:
         task = load_task(data_dir)
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
@@ -201,7 +201,7 @@ def predict(
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
-        for pair in tqdm(mine, desc=f"predict {task.name}", unit="pair", disable=not info.is_main):
+        for pair in progress(mine, desc=f"predict {task.name}", unit="pair", enabled=info.is_main, logger=log):
             if pair.key in manifest["runtimes"] and (out_dir / output_name(task, pair)).exists():
                 continue  # written earlier under the same configuration
             try:
@@ -281,9 +281,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--config", type=Path, default=None, help="configuration file (affine-only tasks need no run)")
     parser.add_argument("--data", type=Path, required=True, help="task folder")
     parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
-    parser.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")
+    parser.add_argument("--checkpoint", default="best", help="best | last | PATH")
+    add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
     parser.add_argument("--save-warped", action="store_true", help="also write the warped moving images")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,17 @@ COLUMNS = [
     "global_step", "level", "step", "kind", "loss", "similarity", "smooth", "dice", "antifold",
     "lr", "steps_per_s", "val_dice", "val_tre_mm", "val_score", "elapsed_s",
 ]
+
+
+def format_validation(metrics: dict[str, float]) -> str:
+    """``Dice 0.7123, TRE 2.31 mm, score 0.7123`` from :func:`~pipeline.training.validation.validate_pairs`
+    (only what the validation pairs give)."""
+    parts = []
+    for key, name, fmt in (("val_dice", "Dice", "{:.4f}"), ("val_tre_mm", "TRE", "{:.2f} mm"), ("val_score", "score", "{:.4f}")):
+        value = metrics.get(key)
+        if value is not None and math.isfinite(value):
+            parts.append(f"{name} {fmt.format(value)}")
+    return ", ".join(parts) or "no metric (no validation pair with labels or points)"
 
 
 class TrainingLog:

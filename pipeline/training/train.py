@@ -35,18 +35,26 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
 from evaluation.dataset import load_task
 from evaluation.io import DataError, write_json
+from evaluation.progress import progress
 from pipeline.config import RunConfig, TrainConfig, load_config
-from pipeline.distributed import DistInfo, any_flag, gather_checksums, init_distributed, pick_device, shutdown
+from pipeline.distributed import (
+    DistInfo,
+    add_device_argument,
+    any_flag,
+    gather_checksums,
+    init_distributed,
+    pick_device,
+    shutdown,
+)
 from pipeline.model.checkpoint import load_checkpoint, load_state, save_checkpoint
 from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
 from pipeline.model.losses import level_loss, one_hot
 from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine
-from pipeline.training.log import TrainingLog
+from pipeline.training.log import TrainingLog, format_validation
 from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
 from pipeline.training.run_dir import check_resume, checkpoint_to_resume, fresh_run_dir, task_problems
 from pipeline.training.validation import validate_pairs
@@ -204,9 +212,11 @@ class Trainer:
         steps = self.cfg.train.steps_per_level
         start = time.perf_counter()
         if self.state["global_step"] == 0 and self.info.is_main:
-            tlog.add(global_step=0, level=0, step=0, kind="initial", **self.validate_zero())
-        total = sum(steps[: self.levels])
-        bar = tqdm(total=total, initial=self.state["global_step"], disable=not self.info.is_main, unit="step")
+            zero = self.validate_zero()
+            log.info("validation of the zero field: %s", format_validation(zero))
+            tlog.add(global_step=0, level=0, step=0, kind="initial", **zero)
+        total = sum(steps[: self.levels])  # the bar counts global steps; the postfix names the level
+        bar = progress(total=total, initial=self.state["global_step"], desc="train", unit="step", enabled=self.info.is_main, logger=log)
         self.model.train()
         for level in range(self.state["level"], self.levels + 1):
             first = self.state["step"] if level == self.state["level"] else 0
@@ -221,8 +231,8 @@ class Trainer:
                 parts = self.train_step(level)
                 self.state.update(step=step + 1, global_step=self.state["global_step"] + 1)
                 rate = 1.0 / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(level=level, loss=f"{parts['total']:.4f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(level=level, step=step + 1, loss=f"{parts['total']:.4f}", it_s=f"{rate:.1f}")
                 if self.info.is_main:
                     tlog.add(global_step=self.state["global_step"], level=level, step=step + 1, kind="train",
                              loss=parts["total"], similarity=parts["similarity"], smooth=parts["smooth"],
@@ -249,6 +259,7 @@ class Trainer:
         if step % t.val_every == 0 or step == level_steps:
             metrics = self.validate(level) if self.info.is_main else {}
             if self.info.is_main:
+                log.info("validation at step %d (level %d, step %d of %d): %s", g, level, step, level_steps, format_validation(metrics))
                 tlog.add(global_step=g, level=level, step=step, kind="val", **metrics)
                 tlog.write()
                 if level == self.levels:
@@ -284,6 +295,8 @@ class Trainer:
             if not (self.run_dir / "checkpoints" / "best.pt").exists():
                 self.save("best.pt")
             tlog.write()
+            log.info("finished at step %d: checkpoints in %s (best.pt from step %d)", self.state["global_step"],
+                     self.run_dir / "checkpoints", self.state["best_step"])
             write_json(self.run_dir / "final.json", {"state": self.state, "rank_checksums": sums, "world_size": self.info.world_size})
 
 
@@ -308,7 +321,7 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
     """Train LapIRN on a task folder into ``run_dir``; returns the exit code."""
     if cfg.predict.affine_only:
         raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
-    info = init_distributed("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    info = init_distributed(device)
     try:
         dev = pick_device(device, info)
         if cfg.train.deterministic:
@@ -325,6 +338,8 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
                 write_json(run_dir / "config.json", cfg.to_dict())
                 write_json(run_dir / "dataset.json", data.describe())
             trainer = Trainer(run_dir, data, cfg, dev, info)
+            if info.is_main:
+                log.info("training %s on %s (world size %d) into %s", task.name, dev, info.world_size, run_dir)
             if resume_from is not None:
                 trainer.restore(resume_from)
         tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None)
@@ -347,8 +362,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="run configuration (JSON, see configs/)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, plots)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default RUN/cache)")
+    add_device_argument(parser)
+    parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default: OUT/cache)")
 
 
 def run(args: argparse.Namespace) -> int:

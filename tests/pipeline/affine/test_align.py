@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -16,6 +18,7 @@ from evaluation.dataset import Pair, load_task
 from evaluation.io import DataError, Geometry, load_nifti, read_json, read_points, save_nifti, write_json, write_points
 from pipeline import cli
 from pipeline.affine.align import (
+    _config_from_args,
     align_task,
     read_transform,
     resample_sitk,
@@ -25,6 +28,8 @@ from pipeline.affine.align import (
 )
 from pipeline.affine.fov import is_ultrasound, pair_config
 from pipeline.affine.registration import AffineConfig, make_transform
+from pipeline.config import load_config
+from tests.paths import REPO
 from tests.pipeline.affine.test_registration import SMALL_GEOM, centred_geometry, render, rigid, rotation_error_deg
 
 MOVING_SMALL = centred_geometry((36, 44, 38), (1.6, 1.4, 1.5), Rotation.from_euler("x", 180, degrees=True).as_matrix(), (2.0, 1.0, -1.0))
@@ -212,3 +217,63 @@ def test_align_on_the_demo_t1_val_pairs_cuts_the_landmark_tre(tmp_path):
         after = np.linalg.norm((fixed_pts + sample_field(u, fixed_pts) - moving_pts) * moving_geom.spacing, axis=1).mean()
         assert (entry["tre_initial_mm"], entry["tre_aligned_mm"]) == pytest.approx((before, after), rel=1e-6)
         assert after < 0.6 * before  # cut by more than 40 %
+
+
+# ------------------------------------------------------------------------- --config: affine settings or a run configuration
+
+
+def _align_args(config, **given) -> argparse.Namespace:
+    args = {"config": config, "mode": None, "search": None, "init": None, "mask": False, "threads": None, **given}
+    return argparse.Namespace(**args)
+
+
+@pytest.mark.parametrize(
+    ("content", "given", "expected"),
+    [
+        # a run configuration: as predict aligns (mode, search radius, the fixed mask)
+        ({"_comment": "x", "predict": {"affine": "rigid", "affine_search_mm": 10.0, "affine_only": True}}, {},
+         {"mode": "rigid", "search_radius": 10.0, "use_fixed_mask": True}),
+        ({"train": {"seed": 3}, "predict": {"affine": "affine"}}, {"search": 4.0, "threads": 2},
+         {"mode": "affine", "search_radius": 4.0, "use_fixed_mask": True, "threads": 2}),
+        ({"predict": {"affine": "none"}}, {"mode": "rigid"}, {"mode": "rigid", "search_radius": 0.0, "use_fixed_mask": True}),
+        # AffineConfig settings, as before (notes allowed)
+        ({"_comment": "x", "mode": "affine", "levels": 2, "iterations": [5, 5]}, {"init": "com"},
+         {"mode": "affine", "levels": 2, "iterations": (5, 5), "init": "com", "use_fixed_mask": False}),
+    ],
+)
+def test_align_config_takes_affine_settings_or_a_run_configuration(tmp_path, content, given, expected):
+    write_json(tmp_path / "cfg.json", content)
+    config = _config_from_args(_align_args(tmp_path / "cfg.json", **given))
+    assert config == dataclasses.replace(AffineConfig(), **expected)
+
+
+def test_align_config_from_the_demo_t1_run_configuration_is_what_predict_uses():
+    config = _config_from_args(_align_args(REPO / "configs" / "demo_t1_curious.json"))
+    predict_cfg = load_config(REPO / "configs" / "demo_t1_curious.json").predict
+    assert (config.mode, config.search_radius) == (predict_cfg.affine, predict_cfg.affine_search_mm) == ("rigid", 10.0)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ({"predict": {"affine": "none"}}, ['predict.affine is "none"', "--mode"]),
+        ({"predict": {"affine": "sideways", "affine_search_mm": -1}}, ["predict.affine", "sideways", "predict.affine_search_mm"]),
+        ({"mode": "rigid", "predict": {"affine": "rigid"}}, ["mode", "unknown key"]),
+        ([1, 2], ["JSON object"]),
+    ],
+)
+def test_align_config_problems_name_the_file_and_the_keys(tmp_path, content, words):
+    write_json(tmp_path / "cfg.json", content)
+    with pytest.raises(DataError) as caught:
+        _config_from_args(_align_args(tmp_path / "cfg.json"))
+    assert all(w in str(caught.value) for w in ["cfg.json", *words]), str(caught.value)
+
+
+def test_align_cli_with_a_run_configuration(tmp_path):
+    make_task(tmp_path / "Toy", subjects=1)
+    write_json(tmp_path / "run.json", {"predict": {"affine": "affine", "affine_search_mm": 0.0}})
+    out = tmp_path / "out"
+    assert cli.main(["align", "--data", str(tmp_path / "Toy"), "--out", str(out), "--config", str(tmp_path / "run.json")]) == 0
+    summary = read_json(out / "align_summary.json")
+    assert summary["config"]["mode"] == "affine" and summary["config"]["use_fixed_mask"] is True
+    assert summary["pairs"]["0001_0000<--0001_0001"]["tre_aligned_mm"] < 0.5
