@@ -31,6 +31,8 @@ from evaluation.io import atomic_open, check_output_path
 from evaluation.results import INITIAL, Results, case_values, load_results, parse_spec, task_names
 
 __all__ = ["INITIAL", "Results", "load_results", "write_leaderboard", "main"]
+#: Methods may come before and after ``--initial`` (``python -m pipeline`` honours this too).
+INTERMIXED_ARGS = True
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,13 @@ def read_as_methods(argv: Sequence[str]) -> list[str]:
     return found
 
 
-def run(args: argparse.Namespace, argv: Sequence[str] = ()) -> int:
-    """Print the leaderboard Markdown (and write the files with ``--out``)."""
-    for arg in read_as_methods(argv):
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
+    """Print the leaderboard Markdown (and write the files with ``--out``).
+
+    ``argv``: the raw arguments, to warn about the old multi-path ``--initial`` (default: the
+    process's, as when ``python -m pipeline leaderboard`` parsed them).
+    """
+    for arg in read_as_methods(sys.argv[1:] if argv is None else argv):
         log.warning(
             "%s follows --initial and is read as method %r; --initial takes one path (repeat --initial for more)",
             arg, parse_spec(arg)[0],
@@ -118,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     return run_cli(
         "python -m evaluation.leaderboard", __doc__.splitlines()[0], build_parser, lambda a: run(a, raw), raw,
-        intermixed=True,
+        intermixed=INTERMIXED_ARGS,
     )  # fmt: skip
 
 

@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"python -m pipeline {ns.command}", description=help_text)
     module.build_parser(parser)
-    args = parser.parse_args(argv[1:])
+    # A stage whose positionals may come on both sides of its options says so (evaluation.leaderboard).
+    parse = parser.parse_intermixed_args if getattr(module, "INTERMIXED_ARGS", False) else parser.parse_args
+    args = parse(argv[1:])
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(module.run(args))

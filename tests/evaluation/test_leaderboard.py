@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import logging
 import subprocess
@@ -260,3 +261,18 @@ def test_initial_needs_a_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exc:
         leaderboard.main([f"Good={good}", "--initial"])
     assert exc.value.code == 2 and "--initial: expected one argument" in capsys.readouterr().err
+
+
+def test_pipeline_command_parses_initial_the_same_way(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline import cli as pipeline_cli  # (the pipeline's dispatcher, not imported by evaluation/)
+
+    lung, oasis = _initial_files(tmp_path)
+    good, bad = dump(tmp_path / "good.json", lung_json("Good")), dump(tmp_path / "bad.json", lung_json("Bad"))
+    out = tmp_path / "out"
+    rc = pipeline_cli.main(["leaderboard", f"Good={good}", "--initial", str(lung), f"Bad={bad}", "-o", str(out)])
+    assert rc == 0
+    methods = pd.read_csv(out / "leaderboard.csv")["method"].unique().tolist()
+    assert methods == ["Initial", "Good", "Bad"]
+    with caplog.at_level(logging.WARNING, logger="evaluation.leaderboard"):
+        leaderboard.run(argparse.Namespace(results=[f"Good={good}", str(oasis)], initial=[str(lung)], out=None), ["--initial", str(lung), str(oasis)])
+    assert "init_oasis.json follows --initial" in caplog.text
