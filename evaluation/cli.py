@@ -56,11 +56,13 @@ def run_cli(
     build_parser: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace], int],
     argv: Sequence[str] | None = None,
+    intermixed: bool = False,
 ) -> int:
+    """``intermixed``: positionals may come before and after options (``A=x --initial i B=y``)."""
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     build_parser(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

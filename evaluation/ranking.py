@@ -20,12 +20,20 @@ absent from the pair's fixed or moving image) carry no information and are dropp
 official ranking, the Initial method's SDlogJ and runtime count as missing (the zero field is
 trivially smooth and costs nothing; the challenge ranks it last there).
 
+**Power.** With few items no difference can be significant: ``ranksums`` uses the normal
+approximation ``z = (W - n1 (n1 + n2 + 1) / 2) / sqrt(n1 n2 (n1 + n2 + 1) / 12)``, largest when
+the two samples do not overlap, ``|z| = sqrt(3 n1 n2 / (n1 + n2 + 1))``; so the smallest
+attainable two-sided p is ``2 (1 - Phi(sqrt(3 n1 n2 / (n1 + n2 + 1))))``: 0.32 for one item per
+method, 0.12 for two, 0.0495 for three. :func:`rank_power` reports it per task and metric; where it
+is not below the threshold every method ties whatever the values.
+
 Pure numpy/scipy/pandas: inputs are tables, not files (``evaluation.leaderboard`` builds them).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -73,6 +81,18 @@ def fill_missing(values: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     kept = values.loc[values.notna().any(axis=1)]
     worst = -np.inf if higher_is_better else np.inf
     return kept.fillna(worst)
+
+
+def min_attainable_p(n1: int, n2: int) -> float:
+    """Smallest two-sided p-value ``scipy.stats.ranksums`` can give for samples of ``n1`` and ``n2``.
+
+    Reached when every value of one sample ranks above every value of the other (no ties);
+    1.0 when a sample is empty. See the module docstring for the formula.
+    """
+    if n1 < 1 or n2 < 1:
+        return 1.0
+    z_max = math.sqrt(3.0 * n1 * n2 / (n1 + n2 + 1))
+    return float(2.0 * stats.norm.sf(z_max))
 
 
 def significance_counts(values: pd.DataFrame, higher_is_better: bool, p_threshold: float = 0.05) -> pd.Series:
@@ -137,27 +157,27 @@ def geometric_mean(scores: pd.DataFrame) -> pd.Series:
     return pd.Series(np.exp(mean), index=scores.index)
 
 
-def rank_task(
+def ranked_tables(
     items: Mapping[str, pd.DataFrame], methods: Sequence[str], config: RankConfig = RankConfig()
-) -> pd.DataFrame:
-    """Rank scores of one task.
+) -> dict[str, pd.DataFrame]:
+    """The ``items x methods`` tables the rank test compares, per rank metric of one task.
 
     ``items``: base metric name (``TRE``, ``DSC``, ``HD95``, ``SDlogJ``, ``runtime``) ->
     ``items x methods`` values with NaN for missing; methods absent from a table count as
-    missing everywhere. Returns ``methods x metrics`` rank scores (metrics in
-    :data:`HIGHER_IS_BETTER` order, those without data skipped; DSC30/TRE30 only if
-    ``config.initial_name`` is among ``methods``) plus the :data:`TASK_SCORE` column.
+    missing everywhere. Returns rank metric -> table without NaN (missing = worst, the initial
+    method missing where ``config.not_for_initial``, DSC30/TRE30 restricted to the hard items),
+    in :data:`HIGHER_IS_BETTER` order; metrics without data are left out, and DSC30/TRE30 when
+    ``config.initial_name`` is not among ``methods``.
     """
     methods = list(methods)
     initial = config.initial_name if config.initial_name in methods else None
-    columns: dict[str, pd.Series] = {}
+    tables: dict[str, pd.DataFrame] = {}
     for metric, higher in HIGHER_IS_BETTER.items():
         base = HARD_OF.get(metric, metric)
         if base not in items:
             continue
         if metric in HARD_OF and initial is None:
-            log.warning("no %s method: %s not ranked", config.initial_name, metric)
-            continue
+            continue  # (rank_task says so)
         values = items[base].reindex(columns=methods)
         if initial is not None and metric in config.not_for_initial:
             values = values.assign(**{initial: np.nan})
@@ -166,10 +186,47 @@ def rank_task(
             continue
         if metric in HARD_OF:
             values = values.loc[hard_items(values[initial], higher, config.hard_fraction)]
-        columns[metric] = metric_rank(values, higher, config.p_threshold)
-    table = pd.DataFrame(columns, index=pd.Index(methods, name="method"), dtype=np.float64)
+        tables[metric] = values
+    return tables
+
+
+def rank_task(
+    items: Mapping[str, pd.DataFrame], methods: Sequence[str], config: RankConfig = RankConfig()
+) -> pd.DataFrame:
+    """Rank scores of one task: ``methods x metrics`` plus the :data:`TASK_SCORE` column.
+
+    ``items`` as in :func:`ranked_tables`, whose metrics form the columns.
+    """
+    if config.initial_name not in methods:
+        for metric in (m for m, base in HARD_OF.items() if base in items):
+            log.warning("no %s method: %s not ranked", config.initial_name, metric)
+    columns = {
+        metric: metric_rank(values, HIGHER_IS_BETTER[metric], config.p_threshold)
+        for metric, values in ranked_tables(items, methods, config).items()
+    }
+    table = pd.DataFrame(columns, index=pd.Index(list(methods), name="method"), dtype=np.float64)
     table[TASK_SCORE] = geometric_mean(table)
     return table
+
+
+def rank_power(
+    items_by_task: Mapping[str, Mapping[str, pd.DataFrame]],
+    methods: Sequence[str],
+    config: RankConfig = RankConfig(),
+) -> pd.DataFrame:
+    """Whether each task's rank metrics can separate methods at all, tidy.
+
+    Columns ``task, metric, n_items`` (values per method the test compares), ``min_p``
+    (:func:`min_attainable_p` for those sample sizes) and ``separable`` (``min_p <
+    config.p_threshold``; if not, every method ties in that metric whatever the values).
+    """
+    rows = []
+    for task, items in items_by_task.items():
+        for metric, values in ranked_tables(items, methods, config).items():
+            p = min_attainable_p(len(values), len(values))
+            rows.append({"task": task, "metric": metric, "n_items": len(values), "min_p": p})
+    power = pd.DataFrame(rows, columns=["task", "metric", "n_items", "min_p"])
+    return power.assign(separable=power["min_p"] < config.p_threshold)
 
 
 def rank_scores(

@@ -1,9 +1,12 @@
-"""Rendering of the leaderboard: Markdown tables, a self-contained HTML page, box plots.
+"""Rendering of the leaderboard: Markdown, a self-contained HTML page, box plots.
 
-Input are the frames of ``evaluation.leaderboard``: the wide table (rows = methods, columns =
-MultiIndex ``(task, metric)``, NaN = "-") and the tidy rank scores (``method, task, metric,
-value``, see ``evaluation.ranking.rank_scores``). Plots use matplotlib's object API with the Agg
-canvas (no pyplot, no global backend state) and are embedded as base64 PNG.
+Input is a :class:`evaluation.board.Board`; its tables come from :mod:`evaluation.tables`.
+Markdown: GitHub tables with one-line headers ("{task} {metric} ↑"), best values in bold, marks
+and footnotes as text. HTML: the same tables with two-row headers (task or metric groups), best
+cells of class ``best``, missing ones of class ``missing``, each table in a horizontally
+scrollable wrapper inside a page at most 1366 px wide; inline CSS, plots as data-URI PNGs, no
+script and nothing fetched from the network. Plots use matplotlib's object API with the Agg
+canvas (no pyplot, no global backend state).
 """
 
 from __future__ import annotations
@@ -11,121 +14,131 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evaluation.ranking import OVERALL_METRIC, OVERALL_TASK, TASK_SCORE
+from evaluation import tables
+from evaluation.board import Board
+from evaluation.tables import ARROW, DESCRIPTION, LABEL, Cell, Table
 
-#: Decimals per table metric (evaluator name or table column name); others use 3.
-DECIMALS = {"TRE_lm": 2, "TRE_kp": 2, "DSC": 3, "SDlogJ": 3, "runtime": 2}
-#: Column header per table metric; others use the metric name.
-HEADER = {"TRE_lm": "TRE_lm (mm)", "TRE_kp": "TRE_kp (mm)", "runtime": "s"}
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #bbb; padding: 0.3em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-th { background: #eef; }
-tr:nth-child(even) td { background: #f7f7f7; }
-figure { display: inline-block; margin: 1em; }
-.notes { color: #555; font-size: 0.9em; }
+body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
+main { max-width: 1366px; margin: 0 auto; padding: 0.5em 1.2em; box-sizing: border-box; }
+h1 { margin: 0.4em 0; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: 0.6em 0; }
+table { border-collapse: collapse; font-size: 0.85rem; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.5em; text-align: right; vertical-align: top; }
+td { white-space: nowrap; }
+th { background: #eef; font-weight: 600; }
+th.group { text-align: center; background: #dde; }
+th.name, td.name { text-align: left; }
+table.board th, table.board td { padding: 0.25em 0.4em; }
+tbody tr:nth-child(even) td { background: #f7f7f7; }
+tbody tr td.best { font-weight: bold; background: #dcefd9; }
+td.missing { color: #a00; font-style: italic; }
+.n { display: block; font-size: 0.8em; color: #666; font-weight: normal; }
+.marks { color: #a00; }
+.footnotes, .notes { color: #444; font-size: 0.85rem; margin: 0.2em 0 1em; padding-left: 1.2em; }
+figure { display: inline-block; margin: 0.5em; max-width: 100%; }
+img { max-width: 100%; height: auto; }
+@media (max-width: 1000px) { main { padding: 0.5em; } table { font-size: 0.75rem; } }
 """
 
-Grid = tuple[list[str], list[list[str]]]  # header, rows of cells (already formatted text)
 
-
-def fmt(value: float, decimals: int = 3) -> str:
-    """A number with fixed decimals; "-" for NaN, "inf" for infinity."""
-    if value is None or math.isnan(value):
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.{decimals}f}"
-
-
-def table_grid(table: pd.DataFrame) -> Grid:
-    """The leaderboard table as text cells, header ``"{task} {metric}"`` (runtime as "s")."""
-    header = ["Method"] + [f"{task} {HEADER.get(metric, metric)}" for task, metric in table.columns]
-    rows = [
-        [str(method)]
-        + [fmt(float(v), DECIMALS.get(metric, 3)) for (_, metric), v in zip(table.columns, row, strict=True)]
-        for method, row in zip(table.index, table.to_numpy(), strict=True)
-    ]
-    return header, rows
-
-
-def rank_order(ranks: pd.DataFrame) -> list[str]:
-    """Methods by mean task score, best first (stable for ties; NaN last)."""
-    overall = ranks.loc[(ranks["task"] == OVERALL_TASK) & (ranks["metric"] == OVERALL_METRIC)]
-    scores = overall.set_index("method")["value"].reindex(pd.unique(ranks["method"]))
-    return list(scores.sort_values(ascending=False, kind="stable", na_position="last").index)
-
-
-def rank_summary_grid(ranks: pd.DataFrame) -> Grid:
-    """Place, method, task score per task, mean task score."""
-    order = rank_order(ranks)
-    tasks = [t for t in pd.unique(ranks["task"]) if t != OVERALL_TASK]
-    cell = ranks.set_index(["method", "task", "metric"])["value"]
-    header = ["#", "Method"] + [str(t) for t in tasks] + ["mean"]
-    rows = [
-        [str(place), str(method)]
-        + [fmt(cell.get((method, t, TASK_SCORE), math.nan)) for t in tasks]
-        + [fmt(cell.get((method, OVERALL_TASK, OVERALL_METRIC), math.nan))]
-        for place, method in enumerate(order, start=1)
-    ]
-    return header, rows
-
-
-def rank_task_grid(ranks: pd.DataFrame, task: str) -> Grid:
-    """One task's metric rank scores and task score, methods in overall rank order."""
-    sub = ranks.loc[ranks["task"] == task]
-    metrics = list(pd.unique(sub["metric"]))
-    cell = sub.set_index(["method", "metric"])["value"]
-    header = ["Method"] + [str(m) for m in metrics]
-    rows = [[str(method)] + [fmt(cell.get((method, m), math.nan)) for m in metrics] for method in rank_order(ranks)]
-    return header, rows
-
-
-def markdown(grid: Grid) -> str:
-    """A GitHub Markdown table ("|" in cells escaped)."""
-    header, rows = grid
+def markdown(table: Table) -> str:
+    """A GitHub Markdown table ("|" in cells escaped; best cells bold), then its footnotes as a list."""
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
+    def text(cell: Cell) -> str:
+        core = f"**{cell.text}**" if cell.best else cell.text
+        return core + cell.marks + (f" ({cell.detail})" if cell.detail else "")
+
+    lines = [line([c.flat for c in table.columns]), "|" + "---|" * len(table.columns)]
+    lines += [line([text(c) for c in row]) for row in table.rows]
+    if table.footnotes:
+        lines += [""] + [f"- {n}" for n in table.footnotes]
+    return "\n".join(lines)
 
 
-def html_table(grid: Grid) -> str:
-    """An HTML table with escaped cells."""
-    header, rows = grid
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>\n" for r in rows)
-    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+def _th(column: tables.Column, attrs: str = "") -> str:
+    if column.higher is None:
+        attrs += ' class="name"'
+    title = f' title="{html.escape(column.title)}"' if column.title else ""
+    arrow = f'\u00a0<span class="dir">{column.arrow}</span>' if column.arrow else ""  # no break before the arrow
+    marks = f'<span class="marks">{html.escape(column.marks)}</span>' if column.marks else ""
+    return f"<th{attrs}{title}>{html.escape(column.label)}{arrow}{marks}</th>"
 
 
-def _rank_tasks(ranks: pd.DataFrame) -> list[str]:
-    return [str(t) for t in pd.unique(ranks["task"]) if t != OVERALL_TASK]
+def _header(columns: Sequence[tables.Column]) -> str:
+    """One header row, or two when columns have groups (group cells span their columns)."""
+    if not any(c.group for c in columns):
+        return "<tr>" + "".join(_th(c) for c in columns) + "</tr>"
+    top, bottom, i = [], [], 0
+    while i < len(columns):
+        group = columns[i].group
+        if not group:
+            top.append(_th(columns[i], attrs=' rowspan="2"'))
+            i += 1
+            continue
+        span = 1
+        while i + span < len(columns) and columns[i + span].group == group:
+            span += 1
+        top.append(f'<th class="group" colspan="{span}" scope="colgroup">{html.escape(group)}</th>')
+        bottom += [_th(c) for c in columns[i : i + span]]
+        i += span
+    return "<tr>" + "".join(top) + "</tr>\n<tr>" + "".join(bottom) + "</tr>"
 
 
-def render_markdown(table: pd.DataFrame, ranks: pd.DataFrame, notes: Sequence[str] = ()) -> str:
-    """The whole Markdown report: leaderboard table, rank summary, per-task rank tables, notes."""
-    parts = ["## Leaderboard", "", markdown(table_grid(table)), ""]
-    if not ranks.empty:
-        parts += [
-            "## Rank scores (geometric mean per task; mean over tasks)",
-            "",
-            markdown(rank_summary_grid(ranks)),
-            "",
-        ]
-        for task in _rank_tasks(ranks):
-            parts += [f"### {task}", "", markdown(rank_task_grid(ranks, task)), ""]
-    parts += [f"- {n}" for n in notes]
+def _td(cell: Cell, column: tables.Column) -> str:
+    flags = (("name", column.higher is None), ("best", cell.best), ("missing", cell.missing))
+    classes = " ".join(k for k, on in flags if on)
+    attrs = f' class="{classes}"' if classes else ""
+    marks = f'<span class="marks">{html.escape(cell.marks)}</span>' if cell.marks else ""
+    detail = f'<span class="n">{html.escape(cell.detail)}</span>' if cell.detail else ""
+    return f"<td{attrs}>{html.escape(cell.text)}{marks}{detail}</td>"
+
+
+def html_table(table: Table, css_class: str) -> str:
+    """An HTML table in a scrolling wrapper, then its footnotes; every text escaped."""
+    body = "".join(
+        "<tr>" + "".join(_td(c, k) for c, k in zip(row, table.columns, strict=True)) + "</tr>\n" for row in table.rows
+    )
+    parts = [
+        f'<div class="table-wrap"><table class="{css_class}">',
+        f"<thead>\n{_header(table.columns)}\n</thead>",
+        f"<tbody>\n{body}</tbody>",
+        "</table></div>",
+    ]
+    if table.footnotes:
+        parts.append('<ul class="footnotes">' + "".join(f"<li>{html.escape(n)}</li>" for n in table.footnotes) + "</ul>")
+    return "\n".join(parts)
+
+
+def legend(board: Board) -> list[str]:
+    """General notes: the board's caveats, what arrows and bold mean, the metrics' definitions."""
+    shown = {m for _, m in board.table.columns} | set(board.stats["metric"])
+    defs = "; ".join(f"{LABEL.get(m, m)}: {DESCRIPTION[m]}" for m in DESCRIPTION if m in shown)
+    return [
+        *board.notes,
+        f"{ARROW[True]} higher is better, {ARROW[False]} lower is better; bold = best in its column"
+        " (every tied value at the shown precision; missing values, and rank scores of metrics a method lacks, never count).",
+        f"Metrics: {defs}.",
+    ]
+
+
+def render_markdown(board: Board) -> str:
+    """The whole Markdown report: Table 1, rank summary, per-task tables, notes."""
+    parts = ["## Leaderboard", "", markdown(tables.main_table(board)), ""]
+    if not board.ranks.empty:
+        parts += ["## Rank scores (geometric mean per task; mean over tasks)", "", markdown(tables.rank_summary(board)), ""]
+        for task in tables.rank_tasks(board.ranks):
+            parts += [f"### {task}", "", markdown(tables.task_table(board, task)), ""]
+    parts += [f"- {n}" for n in legend(board)]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -150,7 +163,7 @@ def boxplot_png(task: str, metric: str, values: Mapping[str, np.ndarray]) -> str
             ax.plot(pos + offsets, d, "o", markersize=3, alpha=0.6, color="tab:blue")
     ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
     ax.set_xlim(0.5, len(names) + 0.5)
-    ax.set_ylabel(HEADER.get(metric, metric))
+    ax.set_ylabel(f"{LABEL.get(metric, metric)} {ARROW[tables.higher_is_better(metric)]}")
     ax.set_title(f"{task}: per-case {metric}")
     ax.grid(axis="y", alpha=0.3)
     buf = io.BytesIO()
@@ -158,17 +171,17 @@ def boxplot_png(task: str, metric: str, values: Mapping[str, np.ndarray]) -> str
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def render_html(table: pd.DataFrame, ranks: pd.DataFrame, plots: Mapping[str, str], notes: Sequence[str] = ()) -> str:
+def render_html(board: Board, plots: Mapping[str, str]) -> str:
     """A self-contained HTML page: inline CSS, the tables, the box plots as data-URI PNGs.
 
     ``plots``: task -> base64 PNG (see :func:`boxplot_png`).
     """
-    parts = ["<h1>Leaderboard</h1>", html_table(table_grid(table))]
-    if not ranks.empty:
+    parts = ["<h1>Leaderboard</h1>", html_table(tables.main_table(board), "board")]
+    if not board.ranks.empty:
         parts += ["<h2>Rank scores</h2>", "<p>Geometric mean of the metric rank scores per task; mean over tasks.</p>"]
-        parts.append(html_table(rank_summary_grid(ranks)))
-        for task in _rank_tasks(ranks):
-            parts += [f"<h3>{html.escape(task)}</h3>", html_table(rank_task_grid(ranks, task))]
+        parts.append(html_table(tables.rank_summary(board), "ranks"))
+        for task in tables.rank_tasks(board.ranks):
+            parts += [f"<h3>{html.escape(task)}</h3>", html_table(tables.task_table(board, task), "task")]
     if plots:
         parts.append("<h2>Per-case accuracy</h2>")
         for task, png in plots.items():
@@ -176,10 +189,10 @@ def render_html(table: pd.DataFrame, ranks: pd.DataFrame, plots: Mapping[str, st
             parts.append(
                 f'<figure><img src="data:image/png;base64,{png}" alt="{alt}"><figcaption>{html.escape(task)}</figcaption></figure>'
             )
-    if notes:
-        parts.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    parts.append('<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in legend(board)) + "</ul>")
     body = "\n".join(parts)
     return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Learn2Reg leaderboard</title>\n'
-        f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>Learn2Reg leaderboard</title>\n'
+        f"<style>{CSS}</style>\n</head>\n<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     )

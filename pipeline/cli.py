@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m pipeline") -> int
     if not any("--verbose" in action.option_strings for action in parser._actions):
         verbose = verbose or any(a in VERBOSE for a in rest)
         rest = [a for a in rest if a not in VERBOSE]
-    args = parser.parse_args(rest)
+    # A stage whose positionals may come on both sides of its options says so (evaluation.leaderboard).
+    intermixed = getattr(importlib.import_module(COMMANDS[command][0]), "INTERMIXED_ARGS", False)
+    args = parser.parse_intermixed_args(rest) if intermixed else parser.parse_args(rest)
     verbose = verbose or bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

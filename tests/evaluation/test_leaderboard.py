@@ -1,11 +1,10 @@
-"""Leaderboard (evaluation.leaderboard + report): table means, Initial row, ranks from JSON, outputs, CLI errors."""
+"""Leaderboard (evaluation.results / board / leaderboard): table means, Initial row, ranks from JSON, outputs, CLI."""
 
 from __future__ import annotations
 
+import argparse
 import base64
-import json
 import logging
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -14,84 +13,34 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation import leaderboard, ranking
+from evaluation import board, leaderboard, ranking
 from evaluation.io import DataError
+from evaluation.results import Results, load_results
+from tests.evaluation.board_data import dump, key, lung_json, oasis_json, write_specs
 from tests.paths import REPO
-
-BASE = {"Initial": (10.0, 0.3, 9.0), "Good": (1.0, 0.8, 2.0), "Bad": (5.0, 0.6, 5.0)}  # TRE, DSC, HD95 offsets
-
-
-def key(c: int) -> str:
-    return f"{c + 1:04d}_0000<--{c + 11:04d}_0000"
-
-
-def lung_json(method: str, cases: range = range(4), points: int = 5) -> dict:
-    """TRE_lm = base + 0.1 c + 0.02 p; SDlogJ and runtime per case (runtime as a bare number for Bad)."""
-    tre0 = BASE[method][0]
-    out = {}
-    for c in cases:
-        tre = [tre0 + 0.1 * c + 0.02 * p for p in range(points)]
-        metrics = {"TRE_lm": {"mean": float(np.mean(tre)), "detailed": tre}, "num_foldings": {"mean": 0}}
-        if method != "Initial":
-            metrics["LogJacDetStd"] = {"mean": (0.05 if method == "Good" else 0.2) + 0.001 * c}
-            runtime = (1.0 if method == "Good" else 3.0) + 0.1 * c
-            metrics["runtime"] = runtime if method == "Bad" else {"mean": runtime}
-        else:
-            metrics["LogJacDetStd"] = {"mean": 0.0}
-        out[key(c)] = metrics
-    return {"name": "LungCT", "aggregates": {}, "cases": out, "eval_version": "test"}
-
-
-def oasis_json(method: str, n_cases: int = 5) -> dict:
-    """DSC = base + 0.01 c + 0.02 l (label 2 of case 0 undefined: NaN), HD95 alike, SDlogJ per case."""
-    _, dsc0, hd0 = BASE[method]
-    out = {}
-    for c in range(n_cases):
-        dsc = [dsc0 + 0.01 * c + 0.02 * lab for lab in range(3)]
-        hd = [hd0 + 0.1 * c + 0.2 * lab for lab in range(3)]
-        if c == 0:
-            dsc[2] = hd[2] = math.nan
-        out[key(c)] = {
-            "DSC": {"mean": float(np.nanmean(dsc)), "detailed": dsc},
-            "HD95": {"mean": float(np.nanmean(hd)), "detailed": hd},
-            "LogJacDetStd": {"mean": {"Initial": 0.0, "Good": 0.05, "Bad": 0.2}[method] + 0.001 * c},
-        }
-    return {"name": "OASIS", "aggregates": {"DSC": {"mean": -1.0}}, "cases": out, "eval_version": "test"}
-
-
-def dump(path: Path, obj: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))  # NaN written as NaN, as Python's json does
-    return path
 
 
 @pytest.fixture
 def specs(tmp_path: Path) -> dict[str, Path]:
-    """One folder per method; file names deliberately differ from the task names."""
-    folders = {}
-    for method in BASE:
-        folder = tmp_path / "results" / method
-        dump(folder / "lung_val.json", lung_json(method))
-        dump(folder / "abdomen_or_brain.json", oasis_json(method))
-        folders[method] = folder
-    return folders
+    return write_specs(tmp_path)
 
 
-def load(specs: dict[str, Path]) -> leaderboard.Results:
-    return leaderboard.load_results([f"Good={specs['Good']}", f"Bad={specs['Bad']}"], initial=[str(specs["Initial"])])
+def load(specs: dict[str, Path]) -> Results:
+    return load_results([f"Good={specs['Good']}", f"Bad={specs['Bad']}"], initial=[str(specs["Initial"])])
 
 
 def test_table_values_are_hand_computed_means(specs: dict[str, Path]) -> None:
-    table = leaderboard.build_table(load(specs))
+    table = board.build_table(load(specs))
     assert list(table.columns) == [
-        ("LungCT", "TRE_lm"), ("LungCT", "SDlogJ"), ("LungCT", "runtime"),
+        ("LungCT", "TRE_lm"), ("LungCT", "SDlogJ"), ("LungCT", "folding_fraction"), ("LungCT", "runtime"),
         ("OASIS", "DSC"), ("OASIS", "SDlogJ"), ("OASIS", "runtime"),
-    ]  # fmt: skip
+    ]  # fmt: skip (no folding column where no method reports it)
     # TRE: base + 0.1 * mean(c = 0..3) + 0.02 * mean(p = 0..4) = base + 0.15 + 0.04
     assert table.loc["Good", ("LungCT", "TRE_lm")] == pytest.approx(1.19)
     assert table.loc["Initial", ("LungCT", "TRE_lm")] == pytest.approx(10.19)
     assert table.loc["Good", ("LungCT", "SDlogJ")] == pytest.approx(0.0515)
     assert table.loc["Good", ("LungCT", "runtime")] == pytest.approx(1.15)
+    assert table.loc["Bad", ("LungCT", "folding_fraction")] == pytest.approx(0.02 * 2.5)  # 0.02 (1 + c), c = 0..3
     assert table.loc["Bad", ("LungCT", "runtime")] == pytest.approx(3.15)  # bare-number runtime entries
     # DSC case means: case 0 = mean of labels 0, 1 (label 2 NaN) = 0.81; cases 1..4 = 0.83 .. 0.86.
     assert table.loc["Good", ("OASIS", "DSC")] == pytest.approx((0.81 + 0.83 + 0.84 + 0.85 + 0.86) / 5)
@@ -99,21 +48,23 @@ def test_table_values_are_hand_computed_means(specs: dict[str, Path]) -> None:
 
 
 def test_initial_first_with_dashes(specs: dict[str, Path]) -> None:
-    results = leaderboard.load_results([f"Bad={specs['Bad']}", f"Initial={specs['Initial']}", f"Good={specs['Good']}"])
+    results = load_results([f"Bad={specs['Bad']}", f"Initial={specs['Initial']}", f"Good={specs['Good']}"])
     assert list(results) == ["Initial", "Bad", "Good"]
-    table = leaderboard.build_table(results)
+    table = board.build_table(results)
     assert table.loc["Initial"].isna().to_dict() == {
-        ("LungCT", "TRE_lm"): False, ("LungCT", "SDlogJ"): True, ("LungCT", "runtime"): True,
-        ("OASIS", "DSC"): False, ("OASIS", "SDlogJ"): True, ("OASIS", "runtime"): True,
+        ("LungCT", "TRE_lm"): False, ("LungCT", "SDlogJ"): True, ("LungCT", "folding_fraction"): True,
+        ("LungCT", "runtime"): True, ("OASIS", "DSC"): False, ("OASIS", "SDlogJ"): True, ("OASIS", "runtime"): True,
     }  # fmt: skip
     md = leaderboard.write_leaderboard(results)
     rows = [line for line in md.splitlines() if line.startswith("| ")]
-    assert rows[0].startswith("| Method | LungCT TRE_lm (mm) | LungCT SDlogJ | LungCT s | OASIS DSC |")
-    assert rows[1] == "| Initial | 10.19 | - | - | 0.338 | - | - |"
+    assert rows[0] == (
+        "| Method | LungCT TRE_lm (mm) ↓ | LungCT SDlogJ ↓ | LungCT fold (%) ↓ | LungCT s ↓ | OASIS DSC ↑ | OASIS SDlogJ ↓ | OASIS s ↓ |"
+    )
+    assert rows[1] == "| Initial | 10.19 | - | - | - | 0.338 | - | - |"
 
 
 def test_rank_scores_from_result_files(specs: dict[str, Path]) -> None:
-    ranks = leaderboard.compute_ranks(load(specs))
+    ranks = board.compute_ranks(load(specs))
     cell = ranks.set_index(["method", "task", "metric"])["value"]
     assert set(ranks.loc[ranks["task"] == "LungCT", "metric"]) == {"TRE", "TRE30", "SDlogJ", "runtime", "score"}
     assert set(ranks.loc[ranks["task"] == "OASIS", "metric"]) == {"DSC", "DSC30", "HD95", "SDlogJ", "score"}
@@ -125,7 +76,7 @@ def test_rank_scores_from_result_files(specs: dict[str, Path]) -> None:
 
 
 def test_items_align_labels_and_drop_nothing_silently(specs: dict[str, Path]) -> None:
-    tables = leaderboard.item_tables(load(specs), "OASIS")
+    tables = board.item_tables(load(specs), "OASIS")
     assert set(tables) == {"DSC", "HD95", "SDlogJ"}
     dsc = tables["DSC"]
     assert dsc.shape == (15, 3)  # 5 cases x 3 labels, all methods
@@ -138,17 +89,17 @@ def test_missing_case_gets_worst_value(tmp_path: Path) -> None:
     # "Sparse" is the best wherever it has values but lacks 3 of 4 cases; "Steady" has all.
     sparse = lung_json("Good", cases=range(1))
     steady = lung_json("Bad")
-    results = leaderboard.load_results(
+    results = load_results(
         [f"Sparse={dump(tmp_path / 's.json', sparse)}", f"Steady={dump(tmp_path / 'b.json', steady)}"]
     )
-    tre = leaderboard.item_tables(results, "LungCT")["TRE"]
+    tre = board.item_tables(results, "LungCT")["TRE"]
     assert tre.shape == (20, 2) and int(tre["Sparse"].isna().sum()) == 15
-    cell = leaderboard.compute_ranks(results).set_index(["method", "task", "metric"])["value"]
+    cell = board.compute_ranks(results).set_index(["method", "task", "metric"])["value"]
     assert cell[("Sparse", "LungCT", "TRE")] == pytest.approx(0.1)
     assert cell[("Steady", "LungCT", "TRE")] == pytest.approx(1.0)
-    assert "TRE30" not in set(leaderboard.compute_ranks(results)["metric"])  # no Initial
+    assert "TRE30" not in set(board.compute_ranks(results)["metric"])  # no Initial
     # The table shows the mean over the cases the method has.
-    assert leaderboard.build_table(results).loc["Sparse", ("LungCT", "TRE_lm")] == pytest.approx(1.04)
+    assert board.build_table(results).loc["Sparse", ("LungCT", "TRE_lm")] == pytest.approx(1.04)
 
 
 def test_task_rule_and_skipped_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -159,7 +110,7 @@ def test_task_rule_and_skipped_files(tmp_path: Path, caplog: pytest.LogCaptureFi
     dump(folder / "x.json", oasis_json("Good"))  # name wins over the stem
     dump(folder / "config.json", {"task_name": "OASIS", "evaluation_methods": []})  # not a result
     with caplog.at_level(logging.WARNING, logger="evaluation.leaderboard"):
-        results = leaderboard.load_results([str(folder)])
+        results = load_results([str(folder)])
     assert list(results) == ["m"]
     assert sorted(results["m"]) == ["HippocampusMR", "OASIS"]
     assert "config.json" in caplog.text
@@ -169,7 +120,7 @@ def test_duplicate_task_is_an_error(tmp_path: Path) -> None:
     a = dump(tmp_path / "a.json", lung_json("Good"))
     b = dump(tmp_path / "b.json", lung_json("Bad"))
     with pytest.raises(DataError, match=r"b\.json.*LungCT.*a\.json"):
-        leaderboard.load_results([f"M={a}", f"M={b}"])
+        load_results([f"M={a}", f"M={b}"])
 
 
 def test_csv_round_trips(specs: dict[str, Path], tmp_path: Path) -> None:
@@ -178,13 +129,19 @@ def test_csv_round_trips(specs: dict[str, Path], tmp_path: Path) -> None:
     leaderboard.write_leaderboard(results, out)
     csv = pd.read_csv(out / "leaderboard.csv")
     assert list(csv.columns) == ["method", "task", "metric", "value"]
-    table = leaderboard.build_table(results)
-    values = csv.loc[~csv["metric"].str.startswith(leaderboard.RANK_PREFIX)]
+    table = board.build_table(results)
+    values = csv.loc[~csv["metric"].str.contains(":")]
     back = values.pivot(index="method", columns=["task", "metric"], values="value")
+    assert set(back.columns) - set(table.columns) == {("OASIS", "HD95")}  # added rows: per-task metric means
     back = back.reindex(index=table.index, columns=table.columns)
     pd.testing.assert_frame_equal(back, table, check_names=False, rtol=1e-12)
-    ranks = csv.loc[csv["metric"].str.startswith(leaderboard.RANK_PREFIX)]
-    expected = leaderboard.compute_ranks(results)
+    cell = csv.set_index(["method", "task", "metric"])["value"]
+    assert cell[("Good", "OASIS", "HD95")] == pytest.approx(np.mean([2.1, 2.3, 2.4, 2.5, 2.6]))  # case means
+    assert cell[("Good", "OASIS", "n:DSC")] == 5 and cell[("Good", "LungCT", "n:runtime")] == 4
+    assert cell[("Good", "LungCT", "std:runtime")] == pytest.approx(np.std([1.0, 1.1, 1.2, 1.3]))
+    assert ("Initial", "LungCT", "n:runtime") not in cell.index  # none by rule, unlike a missing method
+    ranks = csv.loc[csv["metric"].str.startswith(board.RANK_PREFIX)]
+    expected = board.compute_ranks(results)
     assert len(ranks) == len(expected)
     assert np.allclose(ranks["value"].to_numpy(), expected["value"].to_numpy())
 
@@ -194,8 +151,8 @@ def test_html_is_self_contained(specs: dict[str, Path], tmp_path: Path) -> None:
     md = leaderboard.write_leaderboard(load(specs), out)
     assert (out / "leaderboard.md").read_text() == md
     page = (out / "leaderboard.html").read_text()
-    assert page.count("<table>") == 4  # leaderboard, rank summary, one per task
-    assert "<td>Initial</td><td>10.19</td><td>-</td><td>-</td>" in page
+    assert page.count("<table ") == 4  # leaderboard, rank summary, one per task
+    assert '<td class="name">Initial</td><td>10.19</td><td>-</td><td>-</td><td>-</td>' in page
     assert "<style>" in page and "<link" not in page and "<script" not in page
     assert page.count('<img src="data:image/png;base64,') == 2  # one box plot per task
     b64 = page.split('<img src="data:image/png;base64,', 1)[1].split('"', 1)[0]
@@ -257,5 +214,65 @@ def test_module_entry_point_and_no_torch(tmp_path: Path) -> None:
 
 def test_rank_config_initial_name_is_respected(specs: dict[str, Path]) -> None:
     config = ranking.RankConfig(initial_name="Nobody")
-    notes = leaderboard.notes_for(load(specs), config)
+    notes = board.notes_for(load(specs), config)
     assert any("DSC30/TRE30 are not ranked" in n for n in notes)
+
+
+def _initial_files(tmp_path: Path) -> tuple[Path, Path]:
+    return dump(tmp_path / "init_lung.json", lung_json("Initial")), dump(tmp_path / "init_oasis.json", oasis_json("Initial"))
+
+
+def test_initial_does_not_swallow_a_method(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Issue 14 section 5: with nargs="+", "--initial a.json LapIRN=x" took LapIRN=x as a second Initial path.
+    lung, _ = _initial_files(tmp_path)
+    good = dump(tmp_path / "good.json", lung_json("Good"))
+    rc = leaderboard.main(["--initial", str(lung), f"LapIRN={good}", "-o", str(tmp_path / "out")])
+    assert rc == 0
+    rows = [line.split(" | ")[0] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert rows[:3] == ["| Method", "| Initial", "| LapIRN"]
+
+
+def test_initial_repeats_and_mixes_with_methods(tmp_path: Path) -> None:
+    lung, oasis = _initial_files(tmp_path)
+    good_lung, good_oasis = dump(tmp_path / "gl.json", lung_json("Good")), dump(tmp_path / "go.json", oasis_json("Good"))
+    bad = dump(tmp_path / "bad.json", lung_json("Bad"))
+    out = tmp_path / "out"
+    # Methods before, between and after the flags; the old "Initial=PATH" value form still works.
+    argv = [f"Good={good_lung}", "--initial", str(lung), f"Good={good_oasis}", f"--initial=Initial={oasis}", f"Bad={bad}"]
+    assert leaderboard.main([*argv, "-o", str(out)]) == 0
+    csv = pd.read_csv(out / "leaderboard.csv")
+    tasks = csv.loc[csv["metric"].isin(["TRE_lm", "DSC"])].groupby("method")["task"].apply(sorted).to_dict()
+    assert tasks == {"Initial": ["LungCT", "OASIS"], "Good": ["LungCT", "OASIS"], "Bad": ["LungCT"]}
+
+
+def test_old_multi_path_initial_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    lung, oasis = _initial_files(tmp_path)
+    good = dump(tmp_path / "good.json", lung_json("Good"))
+    assert leaderboard.read_as_methods(["--initial", "a.json", "b.json", "M=c", "d"]) == ["b.json"]
+    assert leaderboard.read_as_methods(["--initial", "a", "--initial", "b", "M=x"]) == []
+    with caplog.at_level(logging.WARNING, logger="evaluation.leaderboard"):
+        rc = leaderboard.main(["--initial", str(lung), str(oasis), f"Good={good}"])
+    assert rc == 0
+    assert f"{oasis} follows --initial and is read as method 'init_oasis'" in caplog.text
+
+
+def test_initial_needs_a_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = dump(tmp_path / "good.json", lung_json("Good"))
+    with pytest.raises(SystemExit) as exc:
+        leaderboard.main([f"Good={good}", "--initial"])
+    assert exc.value.code == 2 and "--initial: expected one argument" in capsys.readouterr().err
+
+
+def test_pipeline_command_parses_initial_the_same_way(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pipeline import cli as pipeline_cli  # (the pipeline's dispatcher, not imported by evaluation/)
+
+    lung, oasis = _initial_files(tmp_path)
+    good, bad = dump(tmp_path / "good.json", lung_json("Good")), dump(tmp_path / "bad.json", lung_json("Bad"))
+    out = tmp_path / "out"
+    rc = pipeline_cli.main(["leaderboard", f"Good={good}", "--initial", str(lung), f"Bad={bad}", "-o", str(out)])
+    assert rc == 0
+    methods = pd.read_csv(out / "leaderboard.csv")["method"].unique().tolist()
+    assert methods == ["Initial", "Good", "Bad"]
+    with caplog.at_level(logging.WARNING, logger="evaluation.leaderboard"):
+        leaderboard.run(argparse.Namespace(results=[f"Good={good}", str(oasis)], initial=[str(lung)], out=None), ["--initial", str(lung), str(oasis)])
+    assert "init_oasis.json follows --initial" in caplog.text

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from evaluation import ranking
 from evaluation.ranking import RankConfig
@@ -143,3 +145,41 @@ def test_rank_scores_tidy_and_overall_mean() -> None:
     assert cell[("Good", "T2", ranking.TASK_SCORE)] == pytest.approx(0.55)
     assert cell[("Good", ranking.OVERALL_TASK, ranking.OVERALL_METRIC)] == pytest.approx((1.0 + 0.55) / 2)
     assert cell[("Initial", ranking.OVERALL_TASK, ranking.OVERALL_METRIC)] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(("n1", "n2"), [(1, 1), (2, 2), (3, 3), (2, 5), (4, 3), (10, 10)])
+def test_min_attainable_p_is_the_rank_sum_p_of_separated_samples(n1: int, n2: int) -> None:
+    # Cross-check: scipy's own p for two samples that do not overlap.
+    separated = stats.ranksums(np.arange(n1, dtype=float), np.arange(n2, dtype=float) + 100.0).pvalue
+    assert ranking.min_attainable_p(n1, n2) == pytest.approx(separated, rel=1e-12)
+
+
+def test_no_arrangement_beats_the_min_attainable_p() -> None:
+    # Every split of the ranks 1..6 into two samples of 3 (and of 2 + 4): none gives a smaller p.
+    for n1, n2 in ((3, 3), (2, 4)):
+        values = np.arange(n1 + n2, dtype=float)
+        smallest = min(
+            stats.ranksums(values[list(idx)], np.delete(values, list(idx))).pvalue
+            for idx in itertools.combinations(range(n1 + n2), n1)
+        )
+        assert smallest == pytest.approx(ranking.min_attainable_p(n1, n2), rel=1e-12)
+
+
+def test_min_attainable_p_known_values() -> None:
+    # 1 or 2 items per method can never reach p < 0.05; 3 can, just (0.0495).
+    assert ranking.min_attainable_p(1, 1) == pytest.approx(0.3173, abs=1e-4)
+    assert ranking.min_attainable_p(2, 2) == pytest.approx(0.1213, abs=1e-4)
+    assert ranking.min_attainable_p(3, 3) == pytest.approx(0.0495, abs=1e-4)
+    assert ranking.min_attainable_p(0, 5) == 1.0
+
+
+def test_rank_power_counts_the_items_each_metric_compares() -> None:
+    # 2 cases x 5 points: TRE compares 10 items, TRE30 the 3 hardest, SDlogJ 2 cases.
+    power = ranking.rank_power({"T": _tre_task(n_cases=2)}, ["Initial", "Good", "Bad"])
+    assert list(power.columns) == ["task", "metric", "n_items", "min_p", "separable"]
+    rows = power.set_index("metric")
+    assert rows["n_items"].to_dict() == {"TRE": 10, "TRE30": 3, "SDlogJ": 2}
+    assert rows["separable"].to_dict() == {"TRE": True, "TRE30": True, "SDlogJ": False}
+    # What "not separable" means: Good's SDlogJ is lower on both cases, yet nobody is better.
+    scores = ranking.rank_task(_tre_task(n_cases=2), ["Good", "Bad"])
+    assert scores.loc["Good", "SDlogJ"] == scores.loc["Bad", "SDlogJ"] == pytest.approx(0.55)
