@@ -53,6 +53,8 @@ COPY pyproject.toml requirements.txt requirements-docker.txt ./
 COPY configs/ configs/
 COPY evaluation/ evaluation/
 COPY pipeline/ pipeline/
+# the authors' published LapIRN weights and their MIT notice (import-weights /app/weights/...)
+COPY weights/ weights/
 COPY docker/entrypoint.sh docker/entrypoint.sh
 
 # compose runs the stages as the host user, who has no entry in /etc/passwd: give any user a

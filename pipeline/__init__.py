@@ -3,10 +3,11 @@
 Sub-packages, each one concern, imports running one way (stages use the model and the data
 layer, never the reverse; nothing imports the demo; ``tests/pipeline/test_layout.py`` holds it):
 
-* ``model/``      LapIRN, losses, torch side of the field contract, checkpoints, instance optimisation
+* ``model/``      LapIRN, losses, torch side of the field contract, checkpoints, instance optimisation,
+                  the LapIRN authors' checkpoints (``authors``)
 * ``affine/``     NGF, rigid/affine registration and the ``align`` stage
 * ``data/``       preprocessing, ``validate``, ``summary``
-* ``training/``   the ``train`` stage
+* ``training/``   the ``train`` stage, ``import-weights`` (the authors' weights as a run folder)
 * ``prediction/`` the ``predict`` stage
 * ``demo/``       phantoms, demo tasks and the demo job
 

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summary": ("pipeline.data.summary", "print a summary table of task folders"),
     "preprocess": ("pipeline.data.preprocess", "resample, window and normalise a task into the cache"),
     "train": ("pipeline.training.train", "train LapIRN on a task (progressive, resumable, torchrun-ready)"),
+    "import-weights": ("pipeline.training.import_weights", "turn the LapIRN authors' published weights into a run folder"),
     "align": ("pipeline.affine.align", "affine pre-alignment (NGF + L-BFGS)"),
     "predict": ("pipeline.prediction.predict", "write challenge-format fields and runtimes for a task's pairs"),
     "evaluate": ("evaluation.evaluate", "score a submission with the official Learn2Reg metrics (the official script's flags)"),

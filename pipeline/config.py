@@ -13,11 +13,13 @@ run folder. Checks (:func:`load_config`), table-driven, every problem of a file 
 * unknown keys are refused (keys starting with ``_``, e.g. ``"_comment"``, are notes);
 * the **type** of each value follows its type hint: ``int`` only JSON integers (not ``true``,
   not ``4.0``), ``float`` any finite number, ``bool`` only ``true``/``false``, ``str``,
-  ``tuple[int, ...]`` a list, ``tuple[float, float] | None`` ``null`` or a list of two numbers;
+  ``tuple[int, ...]`` a list, ``tuple[float, float] | None`` ``null`` or a list of two numbers,
+  ``float | None`` ``null`` or a number;
 * the **range** of each value comes from its field's ``metadata["allowed"]`` (:class:`Allowed`:
   bounds on a number or on every item of a list, choices of a string, increasing items);
 * **rules across fields** (:data:`_RULES`): one ``train.steps_per_level`` entry per
-  ``model.levels``, a warm-up shorter than every trained level.
+  ``model.levels``, a warm-up shorter than every trained level, at most one of
+  ``predict.input_scale`` (other than 1) and ``predict.target_spacing``.
 
 The same checks run when a section is built in code (``DataError`` naming the class).
 """
@@ -157,7 +159,10 @@ class TrainConfig(_Checked):
 @dataclass(frozen=True)
 class PredictConfig(_Checked):
     """Inference: optional affine pre-alignment; ``affine_only`` (task 1 in the paper) skips the
-    network; instance optimisation refines each field at test time."""
+    network; instance optimisation refines each field at test time. The network's grid
+    (``pipeline.data.preprocess.scaled_shape``): the preprocessing grid scaled by ``input_scale``
+    (2: twice as fine, e.g. a 2 mm task at the 1 mm the published weights expect), or the image
+    grid at ``target_spacing`` mm per axis (replaces ``half_resolution``); at most one of the two."""
 
     affine: str = _spec("none", choices=("none", "rigid", "affine"))
     affine_search_mm: float = _spec(0.0, ge=0)  # exhaustive translation search radius before L-BFGS (0 = off)
@@ -166,6 +171,8 @@ class PredictConfig(_Checked):
     instance_opt_lr: float = _spec(0.1, gt=0)
     instance_opt_smooth: float = _spec(4.0, ge=0)  # smoothness weight (loss.smooth_unit units); > training's keeps SDlogJ down
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
+    input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale
+    target_spacing: float | None = _spec(None, gt=0)  # mm; network grid spacing per axis, from the fixed image's spacing
 
 
 @dataclass(frozen=True)
@@ -290,10 +297,19 @@ def _warmup_fits(c: Any) -> str | None:
     return None if ok else f"train.warmup_steps: {t.warmup_steps} (allowed: {allowed})"
 
 
+def _one_grid_rule(c: Any) -> str | None:
+    p = c.predict
+    if p.target_spacing is None or p.input_scale == 1:
+        return None
+    return (f"predict.target_spacing: {_show(p.target_spacing)} (allowed: null when predict.input_scale is not 1 "
+            f"(predict.input_scale = {_show(p.input_scale)}): give one of the two)")
+
+
 # (keys each rule reads, rule): a rule is skipped when one of its keys already has a problem
 _RULES: tuple[tuple[tuple[str, ...], Callable[[Any], str | None]], ...] = (
     (("model.levels", "train.steps_per_level"), _steps_match_levels),
     (("train.lr_schedule", "train.warmup_steps", "train.steps_per_level"), _warmup_fits),
+    (("predict.input_scale", "predict.target_spacing"), _one_grid_rule),
 )
 
 

@@ -123,6 +123,15 @@ def test_dockerignore_keeps_data_results_and_environments_out():
     assert not any(e.startswith(".docker-wheels") for e in entries), "the staged torch wheel must reach the build"
 
 
+def test_the_image_ships_the_published_weights_with_their_licence():
+    """Users of the container import them (``import-weights /app/weights/...``): copied, never ignored."""
+    text = (REPO / "Dockerfile").read_text()
+    assert re.search(r"^COPY weights/ weights/$", text, re.M)
+    entries = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if not line.startswith("#")}
+    assert not [e for e in entries if e.lstrip("/").startswith(("weights", "*.pth", "**/*.pth", "*.md", "**/*.md"))]
+    assert {p.name for p in (REPO / "weights").iterdir()} >= {"LapIRN_disp_fea7.pth", "LapIRN_diff_fea7.pth", "LICENSE.md", "SHA256SUMS", "README.md"}
+
+
 def test_every_compose_variable_is_documented():
     used = set(re.findall(r"\$\{([A-Z_]+)", (REPO / "docker-compose.yml").read_text()))
     assert used == set(COMPOSE_VARIABLES)

@@ -2,8 +2,10 @@
 
 Network grids are corner-aligned with the original grids (``evaluation.contract``): at half
 resolution an ``N``-voxel axis becomes ``(N + 1) // 2`` voxels, images are resampled linearly,
-labels and masks by nearest neighbour, points scaled with ``scale_points``. Padding to the
-network's multiple happens inside the model (pad and crop back), never here.
+labels and masks by nearest neighbour, points scaled with ``scale_points``. Prediction may run
+the network on another scale of that grid (:func:`prediction_shape`, ``predict.input_scale`` or
+``predict.target_spacing``). Padding to the network's multiple happens inside the model (pad
+and crop back), never here.
 
 ``python -m pipeline preprocess --data TASK_DIR --config CFG.json [--cache DIR]`` fills the
 cache for every case of a task; training and prediction read through the same cache, so a
@@ -15,6 +17,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +29,7 @@ from evaluation.dataset import Case, Task, load_task
 from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_points
 from evaluation.progress import progress
 from evaluation.segmentation import check_label_map, check_mask, label_dtype, max_label
-from pipeline.config import PreprocessConfig, load_config
+from pipeline.config import PreprocessConfig, RunConfig, load_config
 
 log = logging.getLogger(__name__)
 # 2: label maps and masks are checked (earlier caches may hold labels cast without a check)
@@ -59,6 +63,37 @@ def network_shape(shape: tuple[int, ...], cfg: PreprocessConfig) -> tuple[int, i
     return tuple((n + 1) // 2 if cfg.half_resolution else n for n in shape[:3])
 
 
+def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, int, int]:
+    """The corner-aligned grid ``scale`` times as fine as ``shape`` (per axis, or one number for
+    all): ``floor((n - 1) * s + 0.5) + 1`` voxels. It spans the same extent (first and last voxel
+    centres unchanged, ``evaluation.contract``), so its spacing is ``spacing * (n - 1) / (m - 1)``:
+    exactly ``spacing / s`` when ``(n - 1) * s`` is whole (any integer ``s``: an 80-voxel 2 mm
+    axis at ``s = 2`` becomes 159 voxels of 1 mm), else the nearest grid. ``s = 1`` keeps the
+    grid. ``ValueError`` when an axis of two or more voxels would shrink to one.
+    """
+    scales = [float(scale)] * 3 if isinstance(scale, (int, float)) else [float(s) for s in scale]
+    if len(scales) != 3 or not all(s > 0 and math.isfinite(s) for s in scales):
+        raise ValueError(f"scale must be one or three finite numbers > 0, got {scale!r}")
+    out = tuple(math.floor((n - 1) * s + 0.5) + 1 for n, s in zip(shape[:3], scales, strict=True))
+    if any(m < 2 <= n for n, m in zip(shape[:3], out, strict=True)):
+        raise ValueError(f"scale {scale!r} shrinks the grid {tuple(shape[:3])} to {out}: an axis would be a single voxel")
+    return out
+
+
+def prediction_shape(shape: Sequence[int], spacing: Sequence[float], cfg: RunConfig) -> tuple[int, int, int]:
+    """The grid the network runs on at prediction for an image of ``shape`` and ``spacing`` (mm).
+
+    ``predict.target_spacing`` set: the image grid scaled per axis by ``spacing / target_spacing``
+    (absolute: it replaces ``preprocess.half_resolution``). Otherwise the preprocessing grid
+    (:func:`network_shape`, composing with ``half_resolution``) scaled by ``predict.input_scale``;
+    the default 1 is the training grid. Either way corner-aligned with the image grid, so the
+    field returns to it through ``evaluation.contract.field_on_grid``.
+    """
+    if cfg.predict.target_spacing is not None:
+        return scaled_shape(shape, [s / cfg.predict.target_spacing for s in spacing])
+    return scaled_shape(network_shape(shape, cfg.preprocess), cfg.predict.input_scale)
+
+
 def normalise(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Intensities to [0, 1] with background 0: clip to ``cfg.window`` (CT, HU) or to
     [min, percentile] (MR/US), then scale linearly."""
@@ -72,11 +107,12 @@ def normalise(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
-def network_image(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+def network_image(image: np.ndarray, cfg: PreprocessConfig, shape: Sequence[int] | None = None) -> np.ndarray:
     """An image (``X x Y x Z``, scanner units) as network input: normalised to [0, 1], on the
-    network grid (:func:`network_shape`)."""
+    network grid (:func:`network_shape`, or the corner-aligned grid ``shape``, e.g. from
+    :func:`prediction_shape`: resampled linearly in one step)."""
     img = normalise(image, cfg)
-    shape = network_shape(image.shape, cfg)
+    shape = network_shape(image.shape, cfg) if shape is None else tuple(int(n) for n in shape)
     if shape != image.shape:
         img = np.clip(resize_image(img, shape, order=1), 0.0, 1.0)
     return img.astype(np.float32)

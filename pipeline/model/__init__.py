@@ -1,4 +1,5 @@
-"""The method: LapIRN, its losses, the torch side of the field contract, checkpoints, instance optimisation.
+"""The method: LapIRN, its losses, the torch side of the field contract, checkpoints, instance optimisation,
+the LapIRN authors' checkpoints (``authors``: recognise, load safely, map onto our keys).
 
 May import ``pipeline.model``, ``pipeline.config`` and ``evaluation``; never a stage (data, affine, training, prediction, demo).
 """

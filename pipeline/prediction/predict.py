@@ -1,7 +1,9 @@
 """Prediction stage: ``python -m pipeline predict --run RUN --data TASK_DIR --out OUT --split val|test``.
 
 For each pair: read the images, optional affine pre-alignment (NGF + L-BFGS), preprocess as in
-training, LapIRN forward (GPU when available), optional instance optimisation, resample the
+training (optionally on a finer or coarser grid: ``predict.input_scale`` / ``--input-scale``,
+``predict.target_spacing`` / ``--target-spacing``, see ``pipeline.data.preprocess.prediction_shape``),
+LapIRN forward (GPU when available), optional instance optimisation, resample the
 field to the fixed image's full grid and compose it with the affine part through the contract,
 then write it in the task's challenge format:
 
@@ -29,6 +31,7 @@ import hashlib
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +54,7 @@ from evaluation.submission import read_manifest, submission_shape, write_manifes
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
-from pipeline.data.preprocess import load_image, network_image
+from pipeline.data.preprocess import load_image, network_image, prediction_shape
 from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_to_numpy
@@ -146,7 +149,7 @@ def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> 
     if p.model is None:
         u = np.zeros(shape + (3,), np.float32)
     else:
-        u = field_on_grid(network_field(p, fixed, moving, fixed_case, timings), shape, fixed.shape)
+        u = field_on_grid(network_field(p, fixed, moving, fgeom.spacing, fixed_case, timings), shape, fixed.shape)
     if matrix is not None:
         u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
     write_field(out_dir / output_name(p.task, pair), u, p.task)
@@ -157,13 +160,19 @@ def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> 
     return timings
 
 
-def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, fixed_case, timings: dict) -> np.ndarray:
+def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], fixed_case,
+                  timings: dict) -> np.ndarray:
     """LapIRN (and optional instance optimisation) -> the voxel field on the network grid.
 
-    The network's field comes from ``predict_field`` (autocast for the convolutions only, a
-    float32 field), the same function validation during training uses."""
-    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess))[None, None].to(p.device)
-    m = torch.from_numpy(network_image(moving, p.cfg.preprocess))[None, None].to(p.device)
+    The network grid is ``prediction_shape`` of the fixed image (``spacing`` in mm):
+    the preprocessing grid, or its scale by ``predict.input_scale`` / ``predict.target_spacing``;
+    both images are resampled onto it, and the field, in voxels of that grid, goes back to the
+    fixed grid through ``evaluation.contract.field_on_grid``. The network's field comes from
+    ``predict_field`` (autocast for the convolutions only, a float32 field), the same function
+    validation during training uses."""
+    grid = prediction_shape(fixed.shape, spacing, p.cfg)
+    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess, grid))[None, None].to(p.device)
+    m = torch.from_numpy(network_image(moving, p.cfg.preprocess, grid))[None, None].to(p.device)
     p.sync()
     t0 = time.perf_counter()
     field = predict_field(p.model, m, f, p.device, p.cfg.predict.amp)
@@ -286,6 +295,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--input-scale", type=float, default=None, metavar="S",
+                       help="override predict.input_scale: run the network on a grid S times as fine (2: a 2 mm task at 1 mm)")
+    scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
+                       help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image")
     parser.add_argument("--save-warped", action="store_true", help="also write the warped moving images")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace fields that --out holds from another configuration (default: refuse)")
@@ -293,4 +307,5 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     return predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
-                   args.overwrite, affine=args.affine, instance_opt_steps=args.instance_opt_steps, config_file=args.config)
+                   args.overwrite, affine=args.affine, instance_opt_steps=args.instance_opt_steps,
+                   input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)

@@ -32,6 +32,9 @@ def checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
     """Refuse to overwrite a run; return the checkpoint to resume from (if resuming)."""
     check_output_path(run_dir, folder=True)
     last = run_dir / "checkpoints" / "last.pt"
+    if (run_dir / "imported.json").exists():
+        raise DataError(f"{run_dir}: holds imported weights (imported.json), not a training run: there is nothing to "
+                        "resume or overwrite; predict with it (--run), or train into another --out")
     if resume:
         if not last.exists():
             raise DataError(f"{last}: nothing to resume (no checkpoint in {run_dir})")

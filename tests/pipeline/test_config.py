@@ -56,6 +56,9 @@ BAD = {
     "negative cpu_threads": ({"train": {"cpu_threads": -1}}, "train.cpu_threads", "-1"),
     "negative instance_opt_steps": ({"predict": {"instance_opt_steps": -3}}, "predict.instance_opt_steps", "-3"),
     "negative search radius": ({"predict": {"affine_search_mm": -10}}, "predict.affine_search_mm", "-10"),
+    "input_scale 0": ({"predict": {"input_scale": 0}}, "predict.input_scale", "0"),
+    "negative target_spacing": ({"predict": {"target_spacing": -1.5}}, "predict.target_spacing", "-1.5"),
+    "target_spacing a list": ({"predict": {"target_spacing": [1, 1, 2]}}, "predict.target_spacing", "[1, 1, 2]"),
     # bad choice
     "warp_padding": ({"model": {"warp_padding": "reflection"}}, "model.warp_padding", '"reflection"'),
     "train amp": ({"train": {"amp": "fp32"}}, "train.amp", '"fp32"'),
@@ -77,6 +80,7 @@ BAD = {
     "warm-up as long as a level": (
         {"train": {"steps_per_level": [10, 0, 40], "lr_schedule": "cosine", "warmup_steps": 10}}, "train.warmup_steps", "10"),
     "warm-up with a constant rate": ({"train": {"warmup_steps": 100}}, "train.warmup_steps", "100"),
+    "two grid scales": ({"predict": {"input_scale": 2, "target_spacing": 1}}, "predict.target_spacing", "1"),
 }
 
 
@@ -97,6 +101,8 @@ def test_a_bad_value_is_refused_with_the_file_the_key_the_value_and_what_is_allo
     ({"model": {"warp_padding": "zero"}}, 'one of "border", "zeros"'),
     ({"preprocess": {"window": "soft"}}, "null or a list of 2 numbers, strictly increasing"),
     ({"preprocess": {"percentile": -1}}, "a number > 0 and <= 100"),
+    ({"predict": {"target_spacing": "1mm"}}, "null or a number > 0"),
+    ({"predict": {"input_scale": 2.0, "target_spacing": 0.5}}, "null when predict.input_scale is not 1 (predict.input_scale = 2.0)"),
     ({"train": {"augment": {"prob": -0.1}}}, "a number >= 0 and <= 1"),
     ({"model": {"levels": 2}}, "a list of 2 entries, one per model level (model.levels = 2)"),
     ({"model": {"foo": 1}}, "allowed: levels, start_channel, diffeomorphic, range_flow, ss_steps, align_corners, warp_padding"),
@@ -154,6 +160,8 @@ def test_a_file_that_is_not_an_object_is_refused(tmp_path):
     {"model": {"levels": 1}, "train": {"steps_per_level": [5]}},
     {"model": {"levels": 5, "warp_padding": "zeros"}, "train": {"steps_per_level": [1, 1, 1, 1, 1], "amp": "none"}},
     {"train": {"augment": {"prob": 1.0}, "seed": 4294967295}, "predict": {"affine": "affine", "amp": "fp16"}},
+    {"predict": {"input_scale": 2}, "preprocess": {"half_resolution": True}},
+    {"predict": {"input_scale": 1, "target_spacing": 1.5}},
 ])
 def test_good_values_load(raw):
     cfg = config_from_dict(raw)
