@@ -45,7 +45,7 @@ def top_parser(prog: str) -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog=prog,
         description="Learn2Reg submission pipeline around LapIRN.",
-        epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items())
+        epilog="commands:\n" + "\n".join(f"  {n:<{max(map(len, COMMANDS))}}  {h}" for n, (_, h) in COMMANDS.items())
         + f"\n\n'{prog} COMMAND --help' shows a command's options and their defaults.",
         formatter_class=TopHelpFormatter,
     )
