@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("pipeline.training.train", "train LapIRN on a task (progressive, resumable, torchrun-ready)"),
     "align": ("pipeline.affine.align", "affine pre-alignment (NGF + L-BFGS)"),
     "predict": ("pipeline.prediction.predict", "write challenge-format fields and runtimes for a task's pairs"),
+    "register": ("pipeline.prediction.register", "register one image pair with a trained run: field, warped image, report"),
+    "report": ("evaluation.reports", "per-pair visual reports (self-contained HTML) of a submission"),
     "leaderboard": ("evaluation.leaderboard", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),
 }
 
