@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import ranking, report
+from evaluation import reports as pair_reports
 from evaluation.cli import run_cli
 from evaluation.io import DataError, atomic_open, check_output_path, read_json
 
@@ -306,7 +307,8 @@ def notes_for(results: Results, config: ranking.RankConfig) -> list[str]:
 
 
 def write_leaderboard(
-    results: Results, out_dir: str | Path | None = None, config: ranking.RankConfig | None = None
+    results: Results, out_dir: str | Path | None = None, config: ranking.RankConfig | None = None,
+    reports: Mapping[str, Path] | None = None,
 ) -> str:
     """Build the table, the rank scores and the report; write them to ``out_dir`` if given.
 
@@ -327,6 +329,8 @@ def write_leaderboard(
             values = {m: case_values(per_task.get(task), acc) for m, per_task in results.items()}
             plots[task] = report.boxplot_png(task, acc, values)
     html = report.render_html(table, ranks, plots, notes)
+    if reports:  # per-pair visual reports (evaluation.reports), linked in a section of their own
+        html = pair_reports.add_report_links(html, pair_reports.report_links_html(reports, Path(out_dir)))
     csv_text = tidy(table, ranks).to_csv(index=False)
     out_dir = Path(out_dir)
     for name, text in (("leaderboard.md", markdown), ("leaderboard.csv", csv_text), ("leaderboard.html", html)):
@@ -341,6 +345,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", nargs="+", metavar="METHOD=PATH", help="a method's result JSON or folder of them")
     parser.add_argument("-o", "--out", type=Path, default=None, help="write leaderboard.md/.csv/.html here")
     parser.add_argument("--initial", nargs="+", default=[], metavar="PATH", help="zero-field results (method Initial)")
+    parser.add_argument("--reports", nargs="+", default=[], metavar="METHOD=DIR",
+                        help="link the per-pair reports (DIR/report/ or DIR/*/report/, see `pipeline report`) of a method's submissions")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -348,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         check_output_path(args.out, folder=True)
     results = load_results(args.results, args.initial)
-    print(write_leaderboard(results, args.out))
+    links = dict(parse_spec(spec) for spec in args.reports)
+    print(write_leaderboard(results, args.out, reports=links))
     return 0
 
 
