@@ -220,9 +220,10 @@ class Trainer:
             metrics = self.validate(level) if self.info.is_main else {}
             if self.info.is_main:
                 tlog.add(global_step=g, level=level, step=step, kind="val", **metrics)
-                tlog.write()
                 if level == self.levels:
                     self.keep_best(metrics["val_score"], g)
+                    tlog.best_step = self.state["best_step"]  # marked in curves.png
+                tlog.write()
         if step % t.checkpoint_every == 0 or step == level_steps:
             self.save("last.pt")
 
@@ -253,6 +254,7 @@ class Trainer:
         if self.info.is_main:
             if not (self.run_dir / "checkpoints" / "best.pt").exists():
                 self.save("best.pt")
+                tlog.best_step = self.state["global_step"]  # best = last
             tlog.write()
             write_json(self.run_dir / "final.json", {"state": self.state, "rank_checksums": sums, "world_size": self.info.world_size})
 
@@ -283,7 +285,8 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             trainer = Trainer(run_dir, data, cfg, dev, info)
             if resume_from is not None:
                 trainer.restore(resume_from)
-        tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None)
+        tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None, levels=cfg.model.levels,
+                           best_step=trainer.state["best_step"] if trainer.state["best_step"] >= 0 else None)
         previous = {s: signal.signal(s, lambda signum, _f: setattr(trainer, "stop_signal", signum)) for s in (signal.SIGTERM, signal.SIGINT)}
         threads = torch.get_num_threads()
         if dev.type == "cpu" and cfg.train.cpu_threads:
