@@ -76,8 +76,8 @@ def bench_setting(name: str, device: torch.device, repeats: int, amp: str) -> di
         p = Predictor(task, cfg, model, device, "random-weights", "bench")
         pair = task.pairs["val"][0]
         out = Path(tmp) / "out"
-        predict_pair(p, pair, out, False)  # warm-up
-        runs = [predict_pair(p, pair, out, False) for _ in range(repeats)]
+        predict_pair(p, pair, out)  # warm-up
+        runs = [predict_pair(p, pair, out) for _ in range(repeats)]
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     return {
         "setting": name, "image_shape": list(s["shape"]), "half_resolution": s["half"],

@@ -185,3 +185,21 @@ class _DetPlanes:
         det += np.multiply(j[2][0], t1, out=t1)
         det *= 0.125
         return det[self.inside[p, a:b]]
+
+
+def determinant_map(u: np.ndarray, slab: int = 16) -> np.ndarray:
+    """det(I + grad u) on the whole grid, ``X x Y x Z`` float64: ``contract.jacobian_determinant``
+    (``np.gradient``: central differences inside, one-sided at the faces), computed in slabs of
+    ``slab`` planes along axis 0 with a one-plane halo, so that no full-size ``X x Y x Z x 3 x 3``
+    float64 Jacobian is held; bit-identical to the whole-grid computation. The map of
+    ``predict --save-jacobian`` and of the per-pair report (folded voxels: det <= 0)."""
+    contract.check_field(u)
+    n = u.shape[0]
+    if n < 2 or min(u.shape[1:3]) < 2:
+        raise ValueError(f"field grid {u.shape[:3]} needs at least 2 voxels per axis for a Jacobian")
+    out = np.empty(u.shape[:3], dtype=np.float64)
+    for start in range(0, n, max(int(slab), 1)):
+        stop = min(start + max(int(slab), 1), n)
+        lo, hi = max(start - 1, 0), min(stop + 1, n)
+        out[start:stop] = contract.jacobian_determinant(u[lo:hi])[start - lo : stop - lo]
+    return out

@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from evaluation import ranking, report
+from evaluation import reports as pair_reports
 from evaluation.board import Board, make_board, tidy
 from evaluation.cli import run_cli
 from evaluation.io import atomic_open, check_output_path
@@ -49,7 +50,8 @@ def box_plots(results: Results, board: Board) -> dict[str, str]:
 
 
 def write_leaderboard(
-    results: Results, out_dir: str | Path | None = None, config: ranking.RankConfig | None = None
+    results: Results, out_dir: str | Path | None = None, config: ranking.RankConfig | None = None,
+    reports: Mapping[str, Path] | None = None,
 ) -> str:
     """Build the board and its report; write them to ``out_dir`` if given.
 
@@ -61,6 +63,8 @@ def write_leaderboard(
     if out_dir is None:
         return markdown
     html = report.render_html(board, box_plots(results, board))
+    if reports:  # per-pair visual reports (evaluation.reports), linked in a section of their own
+        html = pair_reports.add_report_links(html, pair_reports.report_links_html(reports, Path(out_dir)))
     csv_text = tidy(board).to_csv(index=False)
     out_dir = Path(out_dir)
     for name, text in (("leaderboard.md", markdown), ("leaderboard.csv", csv_text), ("leaderboard.html", html)):
@@ -77,6 +81,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--initial", action="append", default=None, metavar="PATH",
         help="zero-field results (method Initial): one JSON or folder per flag; repeat the flag for more",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reports", action="append", default=None, metavar="METHOD=DIR",
+        help="link the per-pair reports (DIR/report/ or DIR/*/report/, see `pipeline report`) of a method's submissions;"
+        " one per flag, repeat it",
     )  # fmt: skip
 
 
@@ -115,7 +124,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
     if args.out is not None:
         check_output_path(args.out, folder=True)
     results = load_results(args.results, args.initial or [])
-    print(write_leaderboard(results, args.out))
+    links = dict(parse_spec(spec) for spec in args.reports or [])
+    print(write_leaderboard(results, args.out, reports=links))
     return 0
 
 

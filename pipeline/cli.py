@@ -32,6 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("pipeline.prediction.predict", "write challenge-format fields and runtimes for a task's pairs"),
     "evaluate": ("evaluation.evaluate", "score a submission with the official Learn2Reg metrics (the official script's flags)"),
     "initial": ("evaluation.initial", "evaluate the zero field (the leaderboard's Initial row)"),
+    "register": ("pipeline.prediction.register", "register one image pair with a trained run: field, warped image, report"),
+    "report": ("evaluation.reports", "per-pair visual reports (self-contained HTML) of a submission"),
     "leaderboard": ("evaluation.leaderboard", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),
 }
 VERBOSE = ("-v", "--verbose")

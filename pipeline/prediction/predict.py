@@ -21,6 +21,12 @@ an interrupted prediction resumes. A folder holding fields of another configurat
 be processed, or a pair entry of the task that cannot be read, is reported by name with the
 reason on stderr; the others still run and the command exits 1. Under ``torchrun`` the pairs
 are sharded.
+
+On request, per pair and on the fixed grid (``pipeline.prediction.outputs``, from the field as
+the evaluator reads it, not timed): ``--save-warped`` the warped moving image and labels,
+``--save-jacobian`` the Jacobian determinant map, ``--report`` the visual report
+(``OUT/report/``, ``evaluation.reports``). :func:`register_images` is the path of one pair of
+images, shared with the single-pair ``register`` command.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import hashlib
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +48,14 @@ from evaluation.contract import (
     disp_filename_2020,
     disp_filename_l2r,
     field_on_grid,
-    from_2020,
     grid_scale,
     resize_image,
     warp,
 )
-from evaluation.dataset import LAYOUT_2020, Pair, Task, load_task
-from evaluation.io import DataError, atomic_path, check_output_path, load_nifti, read_json, save_nifti
+from evaluation.dataset import LAYOUT_2020, Case, Pair, Task, load_task
+from evaluation.io import DataError, Geometry, atomic_path, check_output_path, load_nifti, read_json, save_nifti
 from evaluation.progress import progress
+from evaluation.reports import REPORT_DIR, write_index
 from evaluation.submission import read_manifest, submission_shape, write_manifest
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
@@ -60,15 +66,17 @@ from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_to_numpy
 from pipeline.model.instance_opt import refine_field
 from pipeline.model.lapirn import LapIRN, predict_field
+from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-    """Everything one prediction run needs; ``model`` is ``None`` for affine-only configs."""
+    """Everything one prediction run needs; ``model`` is ``None`` for affine-only configs;
+    ``task`` is ``None`` for a single pair (``register``)."""
 
-    task: Task
+    task: Task | None
     cfg: RunConfig
     model: LapIRN | None
     device: torch.device
@@ -100,7 +108,7 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
     return config_from_dict(raw, where=where)
 
 
-def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task, device: torch.device, checkpoint: str) -> Predictor:
+def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str) -> Predictor:
     """Model of a run folder (``run_dir=None``: a config-only, affine-only run)."""
     ckpt_path = None
     model = None
@@ -128,36 +136,50 @@ def write_field(path: Path, u: np.ndarray, task: Task) -> None:
         save_nifti(path, u.astype(np.float32))
 
 
-def predict_pair(p: Predictor, pair: Pair, out_dir: Path, save_warped: bool) -> dict[str, float]:
+def predict_pair(p: Predictor, pair: Pair, out_dir: Path) -> dict[str, float]:
     """Register one pair and write its field; returns the runtimes in seconds."""
     start = time.perf_counter()
-    fixed_case, moving_case = p.task.case(pair.fixed), p.task.case(pair.moving)
+    fov = pair_config(p.task, pair, AffineConfig(), "auto") if p.cfg.predict.affine != "none" else AffineConfig()
+    u, _, timings = register_images(p, p.task.case(pair.fixed), p.task.case(pair.moving), (fov.fixed_fov, fov.moving_fov),
+                                    grid=lambda fixed_shape: submission_shape(p.task, fixed_shape))
+    write_field(out_dir / output_name(p.task, pair), u, p.task)
+    timings["total_s"] = time.perf_counter() - start
+    return timings
+
+
+def register_images(
+    p: Predictor, fixed_case: Case, moving_case: Case, fov: tuple[bool, bool] = (False, False),
+    grid: Callable[[tuple[int, ...]], tuple[int, int, int]] | None = None,
+) -> tuple[np.ndarray, Geometry, dict[str, float]]:
+    """The prediction path for one pair of images: read both, optional affine pre-alignment
+    (ultrasound fields of view ``fov`` = (fixed, moving)), network and optional instance
+    optimisation, the field resampled to the output grid and composed with the affine part.
+
+    Returns the field (``X x Y x Z x 3`` voxels of the fixed image, pull) on ``grid(fixed
+    shape)`` (default: the fixed grid), the fixed image's geometry, and the runtimes (affine,
+    network, instance optimisation; seconds). ``DataError`` naming the moving image when the
+    two grids differ and the configuration has no affine pre-alignment to resample it.
+    """
     fixed, fgeom = load_image(fixed_case.image)
     moving, mgeom = load_image(moving_case.image)
     timings = {"affine_s": 0.0, "network_s": 0.0, "instance_opt_s": 0.0}
     matrix = None
     if p.cfg.predict.affine != "none":
         mask = load_nifti(fixed_case.mask)[0] if fixed_case.mask is not None else None
-        base = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm)
-        config = pair_config(p.task, pair, base, "auto")  # ultrasound fields of view by modality
+        config = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm, fixed_fov=fov[0], moving_fov=fov[1])
         result = register_affine(fixed, moving, fgeom, mgeom, config, fixed_mask=mask)
         matrix, timings["affine_s"] = result.voxel_matrix, result.runtime_s
         moving = warp(moving, result.field())
     elif moving.shape != fixed.shape:
         raise DataError(f"{moving_case.image}: shape {moving.shape} differs from the fixed image {fixed.shape} (enable predict.affine to resample)")
-    shape = submission_shape(p.task, fixed.shape)
+    shape = tuple(fixed.shape) if grid is None else grid(fixed.shape)
     if p.model is None:
         u = np.zeros(shape + (3,), np.float32)
     else:
         u = field_on_grid(network_field(p, fixed, moving, fgeom.spacing, fixed_case, timings), shape, fixed.shape)
     if matrix is not None:
         u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
-    write_field(out_dir / output_name(p.task, pair), u, p.task)
-    if save_warped:
-        full = u if shape == fixed.shape else from_2020(np.moveaxis(u, -1, 0).astype(np.float16))  # as the evaluator reads it
-        save_nifti(out_dir / "warped" / f"{pair.fixed}_{pair.moving}_moving_warped.nii.gz", warp(load_nifti(moving_case.image)[0], full), fgeom)
-    timings["total_s"] = time.perf_counter() - start
-    return timings
+    return u, fgeom, timings
 
 
 def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], fixed_case,
@@ -192,10 +214,15 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
 
 def predict(
     data_dir: Path, out_dir: Path, run_dir: Path | None = None, split: str = "val", device: str = "auto",
-    checkpoint: str = "best", save_warped: bool = False, overwrite: bool = False, **overrides,
+    checkpoint: str = "best", save_warped: bool = False, overwrite: bool = False, *, save_jacobian: bool = False,
+    report: bool = False, **overrides,
 ) -> int:
     """Predict every pair of ``split``; returns the exit code (1 if any pair failed or could not
-    be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``."""
+    be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``.
+    ``save_warped`` / ``save_jacobian`` / ``report``: also write the warped moving image (and
+    labels), the Jacobian determinant map, the per-pair report (``pipeline.prediction.outputs``),
+    also for pairs already predicted that lack them."""
+    outputs = Outputs(warped=save_warped, jacobian=save_jacobian, report=report)
     cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     check_output_path(out_dir, folder=True)
     info: DistInfo = init_distributed(device)
@@ -211,19 +238,23 @@ def predict(
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
         for pair in progress(mine, desc=f"predict {task.name}", unit="pair", enabled=info.is_main, logger=log):
-            if pair.key in manifest["runtimes"] and (out_dir / output_name(task, pair)).exists():
-                continue  # written earlier under the same configuration
+            field = out_dir / output_name(task, pair)
+            done = pair.key in manifest["runtimes"] and field.exists()  # written earlier under the same configuration
             try:
-                manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir, save_warped)
+                if not done:
+                    manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
+                    write_manifest(manifest_path, manifest)
+                if outputs.any() and (not done or missing(out_dir, task, pair, outputs)):
+                    write_pair_outputs(out_dir, task, pair, field, outputs)  # not timed: not part of the runtime
             except (DataError, ValueError) as exc:
                 problems.append(f"{pair.key}: {exc}")
-                continue
-            write_manifest(manifest_path, manifest)
         write_manifest(manifest_path, manifest)
         if info.enabled:
             torch.distributed.barrier()
             if info.is_main:
                 _merge_rank_manifests(out_dir, info.world_size)
+        if outputs.report and info.is_main and (out_dir / REPORT_DIR).is_dir():
+            write_index(out_dir / REPORT_DIR, task.name)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
@@ -300,12 +331,21 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                        help="override predict.input_scale: run the network on a grid S times as fine (2: a 2 mm task at 1 mm)")
     scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
                        help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image")
-    parser.add_argument("--save-warped", action="store_true", help="also write the warped moving images")
+    parser.add_argument("--save-warped", action="store_true",
+                        help="also write the warped moving image, and the warped moving labels (nearest) when the "
+                             "moving case has them, on the fixed grid: OUT/warped/{fixed}_{moving}_moving[_labels]_warped.nii.gz")
+    parser.add_argument("--save-jacobian", action="store_true",
+                        help="also write the Jacobian determinant det(I + grad u) (det <= 0: folded) on the fixed grid: "
+                             "OUT/jacobian/{fixed}_{moving}_jacobian_det.nii.gz")
+    parser.add_argument("--report", action="store_true",
+                        help="also write a visual report per pair (OUT/report/{fixed}_{moving}.html, index.html; "
+                             "same as `python -m pipeline report`)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace fields that --out holds from another configuration (default: refuse)")
 
 
 def run(args: argparse.Namespace) -> int:
     return predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
-                   args.overwrite, affine=args.affine, instance_opt_steps=args.instance_opt_steps,
+                   args.overwrite, save_jacobian=args.save_jacobian, report=args.report,
+                   affine=args.affine, instance_opt_steps=args.instance_opt_steps,
                    input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)

@@ -261,9 +261,10 @@ class Trainer:
             if self.info.is_main:
                 log.info("validation at step %d (level %d, step %d of %d): %s", g, level, step, level_steps, format_validation(metrics))
                 tlog.add(global_step=g, level=level, step=step, kind="val", **metrics)
-                tlog.write()
                 if level == self.levels:
                     self.keep_best(metrics["val_score"], g)
+                    tlog.best_step = self.state["best_step"]  # marked in curves.png
+                tlog.write()
         if step % t.checkpoint_every == 0 or step == level_steps:
             self.save("last.pt")
 
@@ -294,6 +295,7 @@ class Trainer:
         if self.info.is_main:
             if not (self.run_dir / "checkpoints" / "best.pt").exists():
                 self.save("best.pt")
+                tlog.best_step = self.state["global_step"]  # best = last
             tlog.write()
             log.info("finished at step %d: checkpoints in %s (best.pt from step %d)", self.state["global_step"],
                      self.run_dir / "checkpoints", self.state["best_step"])
@@ -342,7 +344,8 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
                 log.info("training %s on %s (world size %d) into %s", task.name, dev, info.world_size, run_dir)
             if resume_from is not None:
                 trainer.restore(resume_from)
-        tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None)
+        tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None, levels=cfg.model.levels,
+                           best_step=trainer.state["best_step"] if trainer.state["best_step"] >= 0 else None)
         previous = {s: signal.signal(s, lambda signum, _f: setattr(trainer, "stop_signal", signum)) for s in (signal.SIGTERM, signal.SIGINT)}
         threads = torch.get_num_threads()
         if dev.type == "cpu" and cfg.train.cpu_threads:

@@ -1,0 +1,125 @@
+"""Single-pair registration, as ANTs and elastix users expect: ``python -m pipeline register
+--fixed F.nii.gz --moving M.nii.gz --run RUN --out DIR [--fixed-label FL --moving-label ML]``.
+
+No task folder or ``dataset.json``: the two images go through the prediction path of a run
+(``predict.register_images``: optional affine pre-alignment, preprocessing, network, optional
+instance optimisation, the field on the fixed grid composed with the affine part). Written to
+``DIR`` atomically, every image on the fixed grid with the fixed image's geometry:
+
+* ``disp.nii.gz``: the field in the current challenge layout (``X x Y x Z x 3`` float32, voxels,
+  pull: ``warped = moving(x + u(x))``);
+* ``warped.nii.gz``: the warped moving image; ``warped_labels.nii.gz`` with ``--moving-label``
+  (nearest neighbour, e.g. an atlas's labels carried onto the fixed image);
+* ``jacobian_det.nii.gz`` with ``--save-jacobian``;
+* ``report.html`` (+ ``report.json``): the visual report, with Dice per label and label contours
+  when both label maps are given (``--no-report`` skips it);
+* ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes and outputs.
+
+Outputs of an earlier registration into the same folder that this one does not write are removed,
+so the folder never mixes two registrations.
+
+Images of different grids need a run whose configuration has affine pre-alignment
+(``predict.affine``, or ``--affine rigid|affine``); otherwise the command stops with a message
+naming the moving image. A missing or unreadable file is named, exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluation.dataset import Case
+from evaluation.io import DataError, check_output_path, save_nifti, write_json
+from evaluation.reports import report_from_files
+from pipeline.distributed import DistInfo, pick_device
+from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
+from pipeline.prediction.predict import load_predictor, register_images, run_config
+
+log = logging.getLogger(__name__)
+
+FIELD = "disp.nii.gz"
+WARPED = "warped.nii.gz"
+WARPED_LABELS = "warped_labels.nii.gz"
+JACOBIAN = "jacobian_det.nii.gz"
+REPORT = "report.html"
+REPORT_NUMBERS = "report.json"  # written beside the report by evaluation.reports
+RECORD = "register.json"
+
+
+def register(
+    fixed: Path, moving: Path, run_dir: Path, out_dir: Path, fixed_label: Path | None = None,
+    moving_label: Path | None = None, device: str = "auto", checkpoint: str = "best", report: bool = True,
+    save_jacobian: bool = False, **overrides,
+) -> dict[str, Path]:
+    """Register ``moving`` to ``fixed`` with the run in ``run_dir``; write the outputs to
+    ``out_dir`` and return them by kind. ``overrides``: ``predict`` settings (``affine``,
+    ``instance_opt_steps``). ``DataError`` naming the file for any bad input, before any work."""
+    cfg = run_config(run_dir, overrides)
+    inputs = [Path(fixed), Path(moving)] + [Path(p) for p in (fixed_label, moving_label) if p is not None]
+    for path in inputs:
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+    if fixed_label is not None and moving_label is None:
+        raise DataError(f"{fixed_label}: a fixed label map alone is not used: Dice needs --moving-label too")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DataError("--device cuda: no CUDA device is available")
+    out_dir = check_output_path(out_dir, folder=True)
+    p = load_predictor(cfg, run_dir, None, pick_device(device, DistInfo()), checkpoint)
+    start = time.perf_counter()
+    u, geometry, timings = register_images(p, Case("fixed", Path(fixed).resolve()), Case("moving", Path(moving).resolve()))
+    p.sync()
+    timings["total_s"] = time.perf_counter() - start
+    written = {"field": out_dir / FIELD}
+    save_nifti(written["field"], u.astype(np.float32), geometry)
+    written["warped"] = write_warped_image(out_dir / WARPED, u, geometry, Path(moving))
+    if moving_label is not None:
+        written["warped_labels"] = write_warped_labels(out_dir / WARPED_LABELS, u, geometry, Path(moving), Path(moving_label))
+    if save_jacobian:
+        written["jacobian"] = write_jacobian(out_dir / JACOBIAN, u, geometry)
+    if report:  # Dice and contours with both label maps
+        written["report"] = out_dir / REPORT
+        labels = (fixed_label, moving_label) if fixed_label is not None else (None, None)
+        report_from_files(written["report"], Path(fixed), Path(moving), written["field"], *labels,
+                          title=f"{Path(fixed).name} <-- {Path(moving).name}")
+    record = {
+        "fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),
+        "fixed_label": str(Path(fixed_label).resolve()) if fixed_label else None,
+        "moving_label": str(Path(moving_label).resolve()) if moving_label else None,
+        "checkpoint": p.checkpoint, "config_hash": p.config_hash, "device": str(p.device), "runtimes": timings,
+        "outputs": {k: v.name for k, v in written.items()},
+    }
+    written["record"] = out_dir / RECORD
+    write_json(written["record"], record)
+    kept = {path.name for path in written.values()} | ({REPORT_NUMBERS} if report else set())
+    for name in {WARPED_LABELS, JACOBIAN, REPORT, REPORT_NUMBERS} - kept:
+        (out_dir / name).unlink(missing_ok=True)  # left by an earlier registration into this folder
+    return written
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fixed", type=Path, required=True, help="fixed image (NIfTI); the outputs lie on its grid")
+    parser.add_argument("--moving", type=Path, required=True, help="moving image (NIfTI)")
+    parser.add_argument("--run", type=Path, required=True, help="training run folder (config.json + checkpoints/)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (disp.nii.gz, warped.nii.gz, report.html, ...)")
+    parser.add_argument("--fixed-label", type=Path, default=None, help="fixed label map (with --moving-label: Dice in the report)")
+    parser.add_argument("--moving-label", type=Path, default=None, help="moving label map (also written warped)")
+    parser.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
+    parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
+    parser.add_argument("--no-report", action="store_true", help="skip the visual report")
+
+
+def run(args: argparse.Namespace) -> int:
+    written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
+                       args.checkpoint, not args.no_report, args.save_jacobian, affine=args.affine,
+                       instance_opt_steps=args.instance_opt_steps)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
