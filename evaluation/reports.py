@@ -266,7 +266,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--submission", type=Path, required=True, help="the task's submission folder (fields)")
     parser.add_argument("--pairs", nargs="+", default=None, metavar="FIXED<--MOVING",
                         help="pairs to report (FIXED<--MOVING or FIXED,MOVING case ids; default every pair of --split)")
-    parser.add_argument("--split", choices=("val", "test"), default="val")
+    parser.add_argument("--split", choices=("val", "test"), default="val", help="the pairs reported when --pairs is not given")
     parser.add_argument("--out", type=Path, default=None, help=f"report folder (default SUB/{REPORT_DIR})")
 
 

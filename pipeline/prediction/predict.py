@@ -332,14 +332,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
                        help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image")
     parser.add_argument("--save-warped", action="store_true",
-                        help="also write the warped moving image, and the warped moving labels (nearest) when the "
-                             "moving case has them, on the fixed grid: OUT/warped/{fixed}_{moving}_moving[_labels]_warped.nii.gz")
+                        help="also write the warped moving image, and its warped labels (nearest) when it has them, "
+                             "on the fixed grid, in OUT/warped/")
     parser.add_argument("--save-jacobian", action="store_true",
-                        help="also write the Jacobian determinant det(I + grad u) (det <= 0: folded) on the fixed grid: "
-                             "OUT/jacobian/{fixed}_{moving}_jacobian_det.nii.gz")
+                        help="also write the Jacobian determinant det(I + grad u) on the fixed grid (det <= 0: folded), "
+                             "in OUT/jacobian/")
     parser.add_argument("--report", action="store_true",
-                        help="also write a visual report per pair (OUT/report/{fixed}_{moving}.html, index.html; "
-                             "same as `python -m pipeline report`)")
+                        help="also write a visual report per pair and an index, in OUT/report/ (as `python -m pipeline report`)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace fields that --out holds from another configuration (default: refuse)")
 

@@ -108,7 +108,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (disp.nii.gz, warped.nii.gz, report.html, ...)")
     parser.add_argument("--fixed-label", type=Path, default=None, help="fixed label map (with --moving-label: Dice in the report)")
     parser.add_argument("--moving-label", type=Path, default=None, help="moving label map (also written warped)")
-    parser.add_argument("--checkpoint", default="best", help="best | last | PATH (default best)")
+    parser.add_argument("--checkpoint", default="best", help="best | last | PATH")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")

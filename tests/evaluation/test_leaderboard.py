@@ -274,5 +274,5 @@ def test_pipeline_command_parses_initial_the_same_way(tmp_path: Path, caplog: py
     methods = pd.read_csv(out / "leaderboard.csv")["method"].unique().tolist()
     assert methods == ["Initial", "Good", "Bad"]
     with caplog.at_level(logging.WARNING, logger="evaluation.leaderboard"):
-        leaderboard.run(argparse.Namespace(results=[f"Good={good}", str(oasis)], initial=[str(lung)], out=None), ["--initial", str(lung), str(oasis)])
+        leaderboard.run(argparse.Namespace(results=[f"Good={good}", str(oasis)], initial=[str(lung)], out=None, reports=None), ["--initial", str(lung), str(oasis)])
     assert "init_oasis.json follows --initial" in caplog.text
