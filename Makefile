@@ -2,13 +2,23 @@
 #   make demo   - create .venv, install the pinned requirements, run the main job on the embedded demo tasks
 #   make test   - create .venv, install, run the whole test suite (what CI runs)
 PYTHON ?= python3
+# The pins need Python 3.11: numpy 2.4, scipy 1.17, pandas 3.1 and matplotlib 3.11 require >= 3.11,
+# and the development machines' torch 2.13.0 wheel is built for CPython 3.11 only.
+PYTHON_VERSION ?= 3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-fast lint clean
+.PHONY: demo test test-fast lint clean check-python
+
+# Fails early, before a venv is made, when $(PYTHON) is not Python $(PYTHON_VERSION).
+check-python:
+	@found=$$($(PYTHON) -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null) || found="none ($(PYTHON) not found)"; \
+	case "$$found" in $(PYTHON_VERSION)|$(PYTHON_VERSION).*) ;; \
+	*) echo "Python $(PYTHON_VERSION) is needed, found $$found at PYTHON=$(PYTHON): the pins in requirements.txt need it; run e.g. make PYTHON=python$(PYTHON_VERSION) $(or $(GOALS),$(MAKECMDGOALS))" >&2; exit 1;; esac
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(MAKE) --no-print-directory check-python PYTHON=$(PYTHON) PYTHON_VERSION=$(PYTHON_VERSION) GOALS="$(MAKECMDGOALS)"
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

@@ -4,8 +4,10 @@ Official format (learn2reg.md section 1): ``task_name``, ``evaluation_methods`` 
 ``{name, metric}`` with metric ``sdlogj``, ``dice``/``hd95`` (+ ``labels``) or ``tre`` (+ ``dest``:
 ``keypoints`` / ``landmarks``), ``expected_shape`` ``[X, Y, Z, 3]``, ``eval_pairs`` ``[{fixed,
 moving}]`` (image paths relative to the data folder), optional ``masked_evaluation`` and
-``eval_config_version``. Ground-truth files are found the official way: the image path with
-``images`` replaced by ``labels`` / ``masks`` / the TRE ``dest`` (and ``.nii.gz`` by ``.csv``);
+``eval_config_version`` (0.2 or 0.3 in the organisers' files; unknown keys are ignored with a
+warning, as the official script ignores them). Ground-truth files are found the official way:
+the image path with ``images`` replaced by ``labels`` / ``masks`` / the TRE ``dest`` (and
+``.nii.gz`` by ``.csv``);
 for TRE between different modalities (other than ``0000 -> 0001``) the ``dest`` folder gets a
 modality suffix.
 
@@ -133,7 +135,11 @@ def config_from_dict(raw: Any, data_dir: str | Path, where: str = "config") -> E
     if not (isinstance(shape, list) and len(shape) == 4 and all(isinstance(s, int) and s > 0 for s in shape) and shape[3] == 3):
         problems.append(f"expected_shape must be [X, Y, Z, 3] of positive integers, got {shape!r}")
     root = Path(data_dir).resolve()
-    masked = bool(raw.get("masked_evaluation", False))
+    masked = raw.get("masked_evaluation", False)
+    if not isinstance(masked, bool):  # a string "false" would be truthy
+        problems.append(f"masked_evaluation must be true or false, got {masked!r}")
+    if not isinstance(raw.get("task_name", ""), str):
+        problems.append(f"task_name must be a string, got {raw['task_name']!r}")
     pairs = []
     entries = raw.get("eval_pairs")
     if not isinstance(entries, list) or not entries:
@@ -150,6 +156,13 @@ def config_from_dict(raw: Any, data_dir: str | Path, where: str = "config") -> E
 
 
 def _methods(entries: Any, problems: list[str]) -> list[Method]:
+    if isinstance(entries, dict):
+        problems.append(
+            "evaluation_methods is an object ({metric: labels or true}), the organisers' draft format of May 2022 "
+            "(eval_config_version 0.1); their files since list {name, metric[, labels | dest]} entries: use the "
+            "current {TASK}_VAL_evaluation_config.json from github.com/MDL-UzL/L2R (evaluation/evaluation_configs)"
+        )
+        return []
     if not isinstance(entries, list) or not entries:
         problems.append("evaluation_methods must be a non-empty list")
         return []

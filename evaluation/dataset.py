@@ -258,12 +258,24 @@ def _labels(raw: dict) -> dict[int, str]:
 
 
 def _paired_training(meta: dict, training: list[str]) -> tuple[Pair, ...]:
-    """Intra-patient training pairs: same subject, fixed/moving modality per
-    ``registration_direction`` (default fixed 0000, moving 0001)."""
+    """Intra-patient training pairs: the ``training_paired_images`` entries whose images are both
+    training cases (ThoraxCBCT lists each subject's two CBCTs against its CT there), else each
+    subject's fixed/moving modality per ``registration_direction`` (default fixed 0000, moving 0001)."""
+    ids = set(training)
+    listed = meta.get("training_paired_images")
+    if isinstance(listed, list) and listed:
+        pairs = []
+        for entry in listed:
+            names = [Path(str(entry.get(r, ""))).name for r in ("fixed", "moving")] if isinstance(entry, dict) else []
+            found = [_CASE_RE.search(name) for name in names]
+            if len(found) == 2 and all(found):
+                pair = Pair(*(f"{m[1]}_{m[2]}" for m in found))
+                if pair.fixed in ids and pair.moving in ids:
+                    pairs.append(pair)
+        return tuple(dict.fromkeys(pairs))
     direction = meta.get("registration_direction") or {}
     fixed_m = f"{int(direction.get('fixed', 0)):04d}"
     moving_m = f"{int(direction.get('moving', 1)):04d}"
-    ids = set(training)
     subjects = sorted({c.split("_")[0] for c in training})
     return tuple(
         Pair(f"{s}_{fixed_m}", f"{s}_{moving_m}")

@@ -221,6 +221,20 @@ def read_nifti_header(path: str | Path) -> Geometry:
     return Geometry.from_affine(img.affine, img.shape)
 
 
+def read_nifti_scaling(path: str | Path) -> tuple[float, float] | None:
+    """The header's ``(scl_slope, scl_inter)`` when it scales the stored values (nibabel applies
+    it on reading: ``value = stored * slope + inter``); ``None`` for unscaled data or another
+    format. Reads the header only; an unreadable file gives ``None`` (reading the voxels reports it)."""
+    try:  # nibabel moves the header's scaling into the array proxy when it loads a file
+        proxy = nib.load(str(path)).dataobj
+        slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
+    except Exception:  # the voxel read names the problem
+        return None
+    if not (np.isfinite(slope) and np.isfinite(inter)) or (slope == 1 and inter == 0):
+        return None
+    return slope, inter
+
+
 def check_output_path(path: str | Path, folder: bool) -> Path:
     """Refuse, before any work, an output path that cannot be written: ``DataError`` naming it
     when it exists as the wrong kind (a file where a folder is wanted, or the reverse), when one

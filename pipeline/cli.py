@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("pipeline.demo.tasks", "write the embedded demo tasks (deterministic from a seed)"),
     "validate": ("pipeline.data.validate", "check a task folder and list every problem"),
     "summary": ("pipeline.data.summary", "print a summary table of task folders"),
+    "convert-2020": ("pipeline.data.convert2020", "an unpacked Learn2Reg 2020 archive -> the 2020 task layout (task_0N)"),
     "preprocess": ("pipeline.data.preprocess", "resample, window and normalise a task into the cache"),
     "train": ("pipeline.training.train", "train LapIRN on a task (progressive, resumable, torchrun-ready)"),
     "import-weights": ("pipeline.training.import_weights", "turn the LapIRN authors' published weights into a run folder"),

@@ -15,6 +15,7 @@ run folder. Checks (:func:`load_config`), table-driven, every problem of a file 
   not ``4.0``), ``float`` any finite number, ``bool`` only ``true``/``false``, ``str``,
   ``tuple[int, ...]`` a list, ``tuple[float, float] | None`` ``null`` or a list of two numbers,
   ``float | None`` ``null`` or a number;
+  ``str | float`` a string of the field's choices or a number within its bounds;
 * the **range** of each value comes from its field's ``metadata["allowed"]`` (:class:`Allowed`:
   bounds on a number or on every item of a list, choices of a string, increasing items);
 * **rules across fields** (:data:`_RULES`): one ``train.steps_per_level`` entry per
@@ -32,6 +33,7 @@ import hashlib
 import json
 import math
 import operator
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -80,11 +82,18 @@ class _Checked:
 
 @dataclass(frozen=True)
 class PreprocessConfig(_Checked):
-    """How images become network input. ``window``: CT window in HU (clip, then [0, 1]);
-    without it, [min, ``percentile``-th percentile] -> [0, 1] (background 0)."""
+    """How images become network input. ``window``: CT window **in HU** (clip, then [0, 1]);
+    without it, [min, ``percentile``-th percentile] -> [0, 1] (background 0).
+
+    ``hu_offset``: what the stored CT values add to HU (stored = HU + offset), used only with a
+    ``window``: a number (0 for data stored in HU, as the current Learn2Reg tasks; 1024 for the
+    2020 lung data), or ``"auto"`` to detect it per image (``pipeline.data.preprocess.detect_hu_offset``:
+    +1024 when the image minimum is about 0 and the air level about 0-100, 0 when the air level
+    is about -1000; anything else is taken as HU with a warning naming the file)."""
 
     half_resolution: bool = False
     window: tuple[float, float] | None = _spec(None, increasing=True)
+    hu_offset: str | float = _spec("auto", choices=("auto",), ge=-32768, le=32768)
     percentile: float = _spec(99.5, gt=0, le=100)
 
 
@@ -221,13 +230,24 @@ def _optional(hint: Any) -> Any | None:
     return next(a for a in args if a is not type(None)) if type(None) in args else None
 
 
+def _union(hint: Any) -> tuple[Any, ...]:
+    """The members of a union of scalars without ``None`` (``str | float``); ``()`` otherwise.
+    ``allowed.choices`` then apply to the string member, the bounds to the number member."""
+    args = get_args(hint)
+    return args if isinstance(hint, types.UnionType) and type(None) not in args else ()
+
+
 def _describe(hint: Any, allowed: Allowed) -> str:
     """What a field accepts, in words (``a list of integers >= 0``)."""
     if _optional(hint) is not None:
         return "null or " + _describe(_optional(hint), allowed)
+    if _union(hint):
+        return " or ".join(_describe(member, allowed) for member in _union(hint))
     if is_dataclass(hint):
         return "an object with the keys " + ", ".join(f.name for f in fields(hint))
     if hint is str and allowed.choices:
+        if len(allowed.choices) == 1:
+            return json.dumps(allowed.choices[0])
         return "one of " + ", ".join(json.dumps(c) for c in allowed.choices)
     bounds = (" " + allowed.describe_bounds()) if allowed.bounds() else ""
     if hint in _SCALARS:
@@ -253,6 +273,8 @@ def _check(hint: Any, allowed: Allowed, value: Any, key: str) -> list[str]:
     bad = [f"{key}: {_show(value)} (allowed: {_describe(hint, allowed)})"]
     if _optional(hint) is not None:
         return [] if value is None or not _check(_optional(hint), allowed, value, key) else bad
+    if _union(hint):
+        return [] if any(not _check(member, allowed, value, key) for member in _union(hint)) else bad
     if is_dataclass(hint):
         return [] if isinstance(value, hint) else bad
     if hint in _SCALARS:

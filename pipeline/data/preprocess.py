@@ -1,5 +1,11 @@
 """Preprocessing: optional half resolution, CT windowing, [0, 1] normalisation, disk cache.
 
+CT windows are stated in HU (``preprocess.window``); what the stored values add to HU is
+``preprocess.hu_offset``, declared or detected per image (:func:`detect_hu_offset`: the 2020
+lung data store HU + 1024, the current tasks HU). Every windowed image is checked: when more
+than half of its foreground lies outside the window (:func:`check_window`), a warning names the
+file, so a window meant for the other convention cannot pass unnoticed.
+
 Network grids are corner-aligned with the original grids (``evaluation.contract``): at half
 resolution an ``N``-voxel axis becomes ``(N + 1) // 2`` voxels, images are resampled linearly,
 labels and masks by nearest neighbour, points scaled with ``scale_points``. Prediction may run
@@ -26,14 +32,15 @@ import numpy as np
 
 from evaluation.contract import resize_image, scale_points
 from evaluation.dataset import Case, Task, load_task
-from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_points
+from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_nifti_scaling, read_points
 from evaluation.progress import progress
 from evaluation.segmentation import check_label_map, check_mask, label_dtype, max_label
 from pipeline.config import PreprocessConfig, RunConfig, load_config
 
 log = logging.getLogger(__name__)
 # 2: label maps and masks are checked (earlier caches may hold labels cast without a check)
-CACHE_VERSION = 2
+# 3: windows are in HU, the stored values' offset declared or detected (preprocess.hu_offset)
+CACHE_VERSION = 3
 # Largest label id training accepts: the Dice loss one-hot encodes 0..max label per voxel.
 MAX_TRAINING_LABEL = 1000
 
@@ -94,12 +101,98 @@ def prediction_shape(shape: Sequence[int], spacing: Sequence[float], cfg: RunCon
     return scaled_shape(network_shape(shape, cfg.preprocess), cfg.predict.input_scale)
 
 
-def normalise(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Intensities to [0, 1] with background 0: clip to ``cfg.window`` (CT, HU) or to
+# HU offset detection (:func:`detect_hu_offset`), in the image's stored units
+AIR_PERCENTILE = 1.0  # the darkest 1 %: outside air, airways, lungs or the scanner's padding value
+FLOOR_PERCENTILE = 0.1  # "the minimum" without the rare interpolation undershoots of resampled scans
+HU_AIR_BELOW = -500.0  # an air level below this: the image is in HU (air about -1000)
+SHIFTED_AIR = (-50.0, 200.0)  # an air level in this range, with a floor >= -50: HU + 1024 (air about 0-100)
+SHIFTED_OFFSET = 1024.0
+# Window check (:func:`check_window`)
+FOREGROUND_ABOVE_AIR = 100.0  # without a mask, foreground = denser than the air level by this (HU)
+MAX_CLIPPED = 0.5  # warn when more than this fraction of the foreground lies outside the window
+
+
+def detect_hu_offset(image: np.ndarray, source: str = "image") -> tuple[float, str]:
+    """What the stored values of a CT image add to HU (stored = HU + offset), from its intensities.
+
+    ``image``: ``X x Y x Z`` as read (NIfTI ``scl_slope``/``scl_inter`` already applied, so the
+    header's intercept is accounted for: data stored as HU + 1024 with an intercept of -1024
+    read as HU; an intercept alone cannot decide, since it may only serve compression). Rule, on
+    the air level (1st percentile: outside air, airways and lungs, or the padding value; every
+    Learn2Reg CT has more than 1 % of them) and the floor (0.1th percentile: the minimum without
+    the few undershoots that cubic resampling leaves next to sharp edges):
+
+    * air level below -500 -> offset 0 (HU: air about -1000, padding -1024 or lower);
+    * air level in [-50, 200] and floor >= -50 -> offset +1024 (HU + 1024: air about 0-100,
+      nothing below 0; the 2020 lung data);
+    * anything else -> offset 0 with a warning naming ``source`` (not recognisable as either:
+      declare ``preprocess.hu_offset``).
+
+    Returns the offset and a sentence saying what was seen (for the log).
+    """
+    floor, air = (float(v) for v in np.percentile(image, [FLOOR_PERCENTILE, AIR_PERCENTILE]))
+    seen = f"floor (0.1th percentile) {floor:.0f}, air level (1st percentile) {air:.0f}"
+    if air < HU_AIR_BELOW:
+        return 0.0, f"HU ({seen}: air at about -1000)"
+    if SHIFTED_AIR[0] <= air <= SHIFTED_AIR[1] and floor >= SHIFTED_AIR[0]:
+        return SHIFTED_OFFSET, f"HU + 1024 ({seen}: air at about 0-100, nothing below 0)"
+    log.warning(
+        "%s: cannot tell whether the values are HU or HU + 1024 (%s; HU has air at about -1000, HU + 1024 at "
+        "about 0-100): taken as HU (offset 0); set preprocess.hu_offset to 0 or 1024 to say which", source, seen,
+    )
+    return 0.0, f"taken as HU, not recognised ({seen})"
+
+
+def resolve_hu_offset(image: np.ndarray, cfg: PreprocessConfig, source: str = "image", path: Path | None = None) -> float:
+    """The offset of ``image`` (stored = HU + offset): 0 without a window, ``cfg.hu_offset`` when
+    declared, else detected (:func:`detect_hu_offset`) and logged with the file's NIfTI scaling."""
+    if cfg.window is None:
+        return 0.0
+    if cfg.hu_offset != "auto":
+        return float(cfg.hu_offset)
+    offset, seen = detect_hu_offset(image, source)
+    scaling = read_nifti_scaling(path) if path is not None else None
+    header = f"; header scaling slope {scaling[0]:g}, intercept {scaling[1]:g} applied on reading" if scaling else ""
+    log.info("%s: hu_offset auto -> %g: %s%s", source, offset, seen, header)
+    return offset
+
+
+def check_window(image: np.ndarray, window: tuple[float, float], offset: float, source: str = "image",
+                 mask: np.ndarray | None = None) -> float:
+    """Fraction of the foreground outside ``window`` (HU); a warning naming ``source`` above 50 %.
+
+    ``image``: stored values (HU + ``offset``). Foreground: the voxels inside ``mask`` (when
+    given and not empty), else the voxels denser than the air level (1st percentile) by more than
+    100 HU. A window meant for the other intensity convention clips most of it (the 2020 lung
+    window [100, 1518] on HU data sends the whole lung, about -850 HU, to 0).
+    """
+    lo, hi = (float(v) + offset for v in window)
+    if mask is not None and mask.any():
+        values, what = image[mask > 0], "voxels inside the mask"
+    else:
+        level = float(np.percentile(image, AIR_PERCENTILE)) + FOREGROUND_ABOVE_AIR
+        values, what = image[image > level], f"voxels above {level - offset:.0f} HU"
+    if values.size == 0:
+        return 0.0
+    below, above = float(np.mean(values < lo)), float(np.mean(values > hi))
+    if below + above > MAX_CLIPPED:
+        log.warning(
+            "%s: %.0f %% of the foreground (%s) lies outside the window [%g, %g] HU (%.0f %% below, %.0f %% above) "
+            "with hu_offset %g: most of the image would be clipped to 0 or 1; check preprocess.window (in HU) "
+            "and preprocess.hu_offset", source, 100 * (below + above), what, window[0], window[1],
+            100 * below, 100 * above, offset,
+        )
+    return below + above
+
+
+def normalise(image: np.ndarray, cfg: PreprocessConfig, offset: float | None = None) -> np.ndarray:
+    """Intensities to [0, 1] with background 0: clip to ``cfg.window`` (CT, in HU; the stored
+    values minus ``offset``, resolved by :func:`resolve_hu_offset` when ``None``) or to
     [min, percentile] (MR/US), then scale linearly."""
     image = image.astype(np.float32, copy=False)
     if cfg.window is not None:
-        lo, hi = (float(v) for v in cfg.window)
+        offset = resolve_hu_offset(image, cfg) if offset is None else offset
+        lo, hi = (float(v) + offset for v in cfg.window)
     else:
         lo, hi = float(image.min()), float(np.percentile(image, cfg.percentile))
     if not hi > lo:
@@ -107,11 +200,18 @@ def normalise(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
-def network_image(image: np.ndarray, cfg: PreprocessConfig, shape: Sequence[int] | None = None) -> np.ndarray:
-    """An image (``X x Y x Z``, scanner units) as network input: normalised to [0, 1], on the
-    network grid (:func:`network_shape`, or the corner-aligned grid ``shape``, e.g. from
-    :func:`prediction_shape`: resampled linearly in one step)."""
-    img = normalise(image, cfg)
+def network_image(image: np.ndarray, cfg: PreprocessConfig, shape: Sequence[int] | None = None,
+                  path: Path | None = None, mask: np.ndarray | None = None) -> np.ndarray:
+    """An image (``X x Y x Z``, scanner units) as network input: windowed (HU offset resolved,
+    the window checked against the foreground, ``mask`` if given: :func:`check_window`),
+    normalised to [0, 1], on the network grid (:func:`network_shape`, or the corner-aligned grid
+    ``shape``, e.g. from :func:`prediction_shape`: resampled linearly in one step). ``path``
+    names the file in the log."""
+    source = str(path) if path is not None else f"image {'x'.join(map(str, image.shape))}"
+    offset = resolve_hu_offset(image, cfg, source, path)
+    if cfg.window is not None:
+        check_window(image, cfg.window, offset, source, mask)
+    img = normalise(image, cfg, offset)
     shape = network_shape(image.shape, cfg) if shape is None else tuple(int(n) for n in shape)
     if shape != image.shape:
         img = np.clip(resize_image(img, shape, order=1), 0.0, 1.0)
@@ -154,11 +254,12 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     image, geom = load_image(case.image)
     shape = network_shape(image.shape, cfg)
     resample = shape != image.shape
+    mask = load_segmentation(case.mask, "mask", image.shape) if case.mask is not None else None
 
     def segmentation(path: Path | None, kind: str) -> np.ndarray | None:
         if path is None:
             return None
-        arr = load_segmentation(path, kind, image.shape)
+        arr = mask if kind == "mask" else load_segmentation(path, kind, image.shape)
         return resize_image(arr, shape, order=0) if resample else arr
 
     def points(path: Path | None) -> np.ndarray | None:
@@ -170,7 +271,7 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     spacing = np.asarray(geom.spacing) * (np.asarray(image.shape) - 1) / np.maximum(np.asarray(shape) - 1, 1)
     return Prepared(
         case_id=case.case_id,
-        image=network_image(image, cfg),
+        image=network_image(image, cfg, path=case.image, mask=mask),
         label=segmentation(case.label, "label"),
         mask=segmentation(case.mask, "mask"),
         keypoints=points(case.keypoints),

@@ -228,3 +228,31 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_paired_training_follows_training_paired_images_when_the_task_lists_them(tmp_path):
+    """ThoraxCBCT's dataset.json: CT _0000 (moving) against two CBCTs _0001/_0002 (fixed),
+    registration_direction fixed 1 / moving 0, the pairs listed in training_paired_images, keypoint
+    keys of its own (keypoints01, keypoints02) in the training entries, val subjects also listed
+    under training."""
+    root = tmp_path / "ThoraxCBCT"
+    training, listed = [], []
+    for s in (0, 1, 11):
+        for m in ("0000", "0001", "0002"):
+            _image(root / "imagesTr" / f"ThoraxCBCT_{s:04d}_{m}.nii.gz")
+            training.append({"image": f"./imagesTr/ThoraxCBCT_{s:04d}_{m}.nii.gz", "keypoints01": "./keypoints01Tr/x.nii.gz"})
+        if s != 11:
+            listed += [{"fixed": f"./imagesTr/ThoraxCBCT_{s:04d}_{m}.nii.gz", "moving": f"./imagesTr/ThoraxCBCT_{s:04d}_0000.nii.gz"}
+                       for m in ("0001", "0002")]
+    meta = {"name": "ThoraxCBCT", "pairings": "paired", "registration_direction": {"fixed": 1, "moving": 0},
+            "modality": {"0": "FBCT", "1": "CBCT", "2": "CBCT"}, "labels": {}, "training": training,
+            "training_paired_images": listed,
+            "registration_val": [{"fixed": "./imagesTr/ThoraxCBCT_0011_0001.nii.gz", "moving": "./imagesTr/ThoraxCBCT_0011_0000.nii.gz"}]}
+    (root / "ThoraxCBCT_dataset.json").write_text(json.dumps(meta))
+    task = load_task(root)
+    assert not task.problems
+    assert task.pairs["train"] == (Pair("0000_0001", "0000_0000"), Pair("0000_0002", "0000_0000"),
+                                   Pair("0001_0001", "0001_0000"), Pair("0001_0002", "0001_0000"))
+    del meta["training_paired_images"]  # without the list: registration_direction, one CBCT per subject
+    (root / "ThoraxCBCT_dataset.json").write_text(json.dumps(meta))
+    assert load_task(root).pairs["train"] == (Pair("0000_0001", "0000_0000"), Pair("0001_0001", "0001_0000"), Pair("0011_0001", "0011_0000"))

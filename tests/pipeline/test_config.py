@@ -70,6 +70,11 @@ BAD = {
     "window lo = hi": ({"preprocess": {"window": [5, 5]}}, "preprocess.window", "[5, 5]"),
     "window lo > hi": ({"preprocess": {"window": [800, -500]}}, "preprocess.window", "[800, -500]"),
     "window item a string": ({"preprocess": {"window": [-500, "800"]}}, "preprocess.window", '[-500, "800"]'),
+    # hu_offset: "auto" or a number
+    "hu_offset another word": ({"preprocess": {"hu_offset": "detect"}}, "preprocess.hu_offset", '"detect"'),
+    "hu_offset out of range": ({"preprocess": {"hu_offset": 40000}}, "preprocess.hu_offset", "40000"),
+    "hu_offset null": ({"preprocess": {"hu_offset": None}}, "preprocess.hu_offset", "null"),
+    "hu_offset a bool": ({"preprocess": {"hu_offset": True}}, "preprocess.hu_offset", "true"),
     # unknown keys
     "unknown key": ({"model": {"channels": 8}}, "model.channels", "unknown key"),
     "unknown section": ({"optimiser": {}}, "optimiser", "unknown key"),
@@ -103,6 +108,7 @@ def test_a_bad_value_is_refused_with_the_file_the_key_the_value_and_what_is_allo
     ({"preprocess": {"percentile": -1}}, "a number > 0 and <= 100"),
     ({"predict": {"target_spacing": "1mm"}}, "null or a number > 0"),
     ({"predict": {"input_scale": 2.0, "target_spacing": 0.5}}, "null when predict.input_scale is not 1 (predict.input_scale = 2.0)"),
+    ({"preprocess": {"hu_offset": "1024"}}, '"auto" or a number >= -32768 and <= 32768'),
     ({"train": {"augment": {"prob": -0.1}}}, "a number >= 0 and <= 1"),
     ({"model": {"levels": 2}}, "a list of 2 entries, one per model level (model.levels = 2)"),
     ({"model": {"foo": 1}}, "allowed: levels, start_channel, diffeomorphic, range_flow, ss_steps, align_corners, warp_padding"),
@@ -155,6 +161,9 @@ def test_a_file_that_is_not_an_object_is_refused(tmp_path):
     {"loss": {"smooth": 1, "dice": 3}, "train": {"lr": 1}, "predict": {"affine_search_mm": 10}},  # ints for floats
     {"preprocess": {"window": None}},
     {"preprocess": {"window": [-1000, 1000.5], "percentile": 100}},
+    {"preprocess": {"window": [-924, 494], "hu_offset": 1024}},
+    {"preprocess": {"window": [-924, 494], "hu_offset": "auto"}},
+    {"preprocess": {"hu_offset": -1024.5}},
     {"train": {"steps_per_level": [2, 0, 0], "augment": {"prob": 0, "scaling": 0, "_note": "off"}}},  # a level skipped
     {"train": {"steps_per_level": [4, 0, 6], "lr_schedule": "cosine", "warmup_steps": 3}},
     {"model": {"levels": 1}, "train": {"steps_per_level": [5]}},

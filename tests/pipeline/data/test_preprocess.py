@@ -59,7 +59,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path):
 
     root = make_l2r(tmp_path / "d", paired=False)
     task = load_task(root)
-    cfg = PreprocessConfig(window=(0.0, 2.0))
+    cfg = PreprocessConfig(window=(0.0, 2.0), hu_offset=0)  # toy values, not CT: no offset detection
     first = load_prepared(task, "0001_0000", cfg, tmp_path / "cache")
     files = list((tmp_path / "cache").rglob("*.npz"))
     assert len(files) == 1
