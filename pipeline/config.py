@@ -176,9 +176,15 @@ class PredictConfig(_Checked):
     affine: str = _spec("none", choices=("none", "rigid", "affine"))
     affine_search_mm: float = _spec(0.0, ge=0)  # exhaustive translation search radius before L-BFGS (0 = off)
     affine_only: bool = False
+    # instance optimisation (pipeline.model.instance_opt): Adam steps (0 = off), learning rate
+    # (control-grid voxels), diffusion weight of the correction, control-grid spacing (voxels),
+    # voxels sampled per step, fold repair of the result
     instance_opt_steps: int = _spec(0, ge=0)
-    instance_opt_lr: float = _spec(0.1, gt=0)
-    instance_opt_smooth: float = _spec(4.0, ge=0)  # smoothness weight (loss.smooth_unit units); > training's keeps SDlogJ down
+    instance_opt_lr: float = _spec(0.5, gt=0)
+    instance_opt_smooth: float = _spec(0.3, ge=0)
+    instance_opt_grid: int = _spec(2, ge=1)
+    instance_opt_points: int = _spec(262144, ge=1)
+    instance_opt_unfold: bool = True
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
     input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale
     target_spacing: float | None = _spec(None, gt=0)  # mm; network grid spacing per axis, from the fixed image's spacing

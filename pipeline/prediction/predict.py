@@ -49,7 +49,6 @@ from evaluation.contract import (
     disp_filename_l2r,
     field_on_grid,
     grid_scale,
-    resize_image,
     warp,
 )
 from evaluation.dataset import LAYOUT_2020, Case, Pair, Task, load_task
@@ -63,8 +62,8 @@ from pipeline.config import RunConfig, config_from_dict
 from pipeline.data.preprocess import load_image, network_image, prediction_shape
 from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
-from pipeline.model.contract import field_to_numpy
-from pipeline.model.instance_opt import refine_field
+from pipeline.model.contract import field_from_numpy, field_to_numpy
+from pipeline.model.instance_opt import InstanceOptSettings, refine_field
 from pipeline.model.lapirn import LapIRN, predict_field
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
 
@@ -176,15 +175,18 @@ def register_images(
     if p.model is None:
         u = np.zeros(shape + (3,), np.float32)
     else:
-        u = field_on_grid(network_field(p, fixed, moving, fgeom.spacing, fixed_case, timings), shape, fixed.shape)
+        u = network_field(p, fixed, moving, fgeom.spacing, fixed_case, timings)
+        if p.cfg.predict.instance_opt_steps > 0:
+            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), fixed, moving, fixed_case, timings)
+        u = field_on_grid(u, shape, fixed.shape)
     if matrix is not None:
         u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
     return u, fgeom, timings
 
 
-def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], fixed_case,
+def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], fixed_case: Case,
                   timings: dict) -> np.ndarray:
-    """LapIRN (and optional instance optimisation) -> the voxel field on the network grid.
+    """LapIRN -> the voxel field on the network grid.
 
     The network grid is ``prediction_shape`` of the fixed image (``spacing`` in mm):
     the preprocessing grid, or its scale by ``predict.input_scale`` / ``predict.target_spacing``;
@@ -193,23 +195,32 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     ``predict_field`` (autocast for the convolutions only, a float32 field), the same function
     validation during training uses."""
     grid = prediction_shape(fixed.shape, spacing, p.cfg)
-    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess, grid))[None, None].to(p.device)
+    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess, grid, path=fixed_case.image))[None, None].to(p.device)
     m = torch.from_numpy(network_image(moving, p.cfg.preprocess, grid))[None, None].to(p.device)
     p.sync()
     t0 = time.perf_counter()
     field = predict_field(p.model, m, f, p.device, p.cfg.predict.amp)
     p.sync()
     timings["network_s"] = time.perf_counter() - t0
-    if p.cfg.predict.instance_opt_steps > 0:
-        t0 = time.perf_counter()
-        mask = None
-        if p.cfg.loss.use_mask and fixed_case.mask is not None:
-            mask_net = resize_image(load_nifti(fixed_case.mask)[0], f.shape[2:], order=0)
-            mask = torch.from_numpy(mask_net > 0).float()[None, None].to(p.device)
-        field = refine_field(field, m, f, p.cfg, p.model.config.levels, mask)
-        p.sync()
-        timings["instance_opt_s"] = time.perf_counter() - t0
     return field_to_numpy(field)
+
+
+def optimise_instance(p: Predictor, u: np.ndarray, fixed: np.ndarray, moving: np.ndarray, fixed_case: Case,
+                      timings: dict) -> np.ndarray:
+    """Instance optimisation (``pipeline.model.instance_opt``) of a field on the fixed image's
+    grid, with both images normalised as for the network but on that grid; the similarity is
+    restricted to the fixed mask when the run trains with one (``loss.use_mask``)."""
+    t0 = time.perf_counter()
+    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess, fixed.shape))[None, None].to(p.device)
+    m = torch.from_numpy(network_image(moving, p.cfg.preprocess, fixed.shape))[None, None].to(p.device)
+    mask = None
+    if p.cfg.loss.use_mask and fixed_case.mask is not None:
+        mask = torch.from_numpy(load_nifti(fixed_case.mask)[0] > 0)[None, None].to(p.device)
+    settings = InstanceOptSettings.from_predict(p.cfg.predict)
+    refined = refine_field(field_from_numpy(u, p.device), m, f, settings, mask)
+    p.sync()
+    timings["instance_opt_s"] = time.perf_counter() - t0
+    return field_to_numpy(refined)
 
 
 def predict(
