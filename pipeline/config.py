@@ -183,7 +183,7 @@ class PredictConfig(_Checked):
     instance_opt_lr: float = _spec(0.5, gt=0)
     instance_opt_smooth: float = _spec(0.3, ge=0)
     instance_opt_grid: int = _spec(2, ge=1)
-    instance_opt_points: int = _spec(262144, ge=1)
+    instance_opt_points: int = _spec(65536, ge=1)
     instance_opt_unfold: bool = True
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
     input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale

@@ -41,7 +41,7 @@ class InstanceOptSettings:
     lr: float = 0.5
     smooth: float = 0.3
     grid_spacing: int = 2
-    max_points: int = 2**18
+    max_points: int = 2**16
     radius: int = 1
     dilation: int = 2
     unfold: bool = True
@@ -67,13 +67,27 @@ def control_shape(shape: tuple[int, ...], spacing: int) -> tuple[int, int, int]:
     return tuple(max(2, (n - 1) // spacing + 1) for n in shape)  # type: ignore[return-value]
 
 
-def sample_points(volume: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """``volume`` ``1 x C x X x Y x Z`` at ``points`` (``N x 3`` voxel coordinates, array order),
-    trilinear, edges extended -> ``C x N``."""
-    scale = torch.tensor([(n - 1) / 2 for n in volume.shape[2:]], dtype=points.dtype, device=points.device)
-    grid = (points / scale - 1).flip(-1).view(1, -1, 1, 1, 3)
-    out = F.grid_sample(volume, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return out.view(volume.shape[1], -1)
+def corners(points: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trilinear interpolation at ``points`` (``N x 3`` voxel coordinates, array order) of a
+    ``shape`` grid stored flat (C order), edges extended: the 8 corner indices (``8 x N``, long)
+    and weights (``8 x N``; differentiable in ``points``)."""
+    size = torch.tensor(shape, dtype=points.dtype, device=points.device)
+    p = torch.minimum(points.clamp_min(0), size - 1)
+    low = torch.minimum(p.detach().floor(), (size - 2).clamp_min(0))
+    t = p - low
+    low = low.long()
+    base = (low[:, 0] * shape[1] + low[:, 1]) * shape[2] + low[:, 2]
+    index, weight = [], []
+    for a, b, c in ((a, b, c) for a in (0, 1) for b in (0, 1) for c in (0, 1)):
+        index.append(base + (a * shape[1] + b) * shape[2] + c)
+        weight.append((t[:, 0] if a else 1 - t[:, 0]) * (t[:, 1] if b else 1 - t[:, 1]) * (t[:, 2] if c else 1 - t[:, 2]))
+    return torch.stack(index), torch.stack(weight)
+
+
+def interpolate_rows(rows: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``rows`` (``V x C``: a grid's values, one row per voxel) at the points of :func:`corners`
+    -> ``N x C``. Gathers rows, so the backward pass is a scatter of N rows (not of the grid)."""
+    return sum(rows.index_select(0, index[k]) * weight[k, :, None] for k in range(8))
 
 
 def structure_mask(fixed: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -104,13 +118,14 @@ def _correction(u0: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, set
     shape = tuple(fixed.shape[2:])
     coarse = control_shape(shape, settings.grid_spacing)
     scale = torch.tensor([(n - 1) / (c - 1) for n, c in zip(shape, coarse, strict=True)], device=u0.device)
-    feat_fixed, feat_moving = (mind_ssc(x, settings.radius, settings.dilation) for x in (fixed, moving))
     flat = structure_mask(fixed, mask)
     if flat.numel() == 0:
         return torch.zeros_like(u0)
+    feat_fixed, feat_moving = (mind_ssc(x, settings.radius, settings.dilation).flatten(2)[0].T for x in (fixed, moving))
     strides = torch.tensor([shape[1] * shape[2], shape[2], 1], device=u0.device)
     voxels = torch.stack([flat // strides[0], (flat // strides[1]) % shape[1], flat % shape[2]], dim=1).float()
-    target, start = feat_fixed.flatten(2)[0][:, flat], u0.flatten(2)[0][:, flat]
+    control_index, control_weight = corners(voxels / scale, coarse)  # fixed voxels on the control grid: constant
+    target, start = feat_fixed[flat], u0.flatten(2)[0][:, flat].T  # n x 12, n x 3
     d = torch.zeros((1, 3, *coarse), device=u0.device, requires_grad=True)
     optimiser = torch.optim.Adam([d], lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -118,15 +133,14 @@ def _correction(u0: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, set
         for _ in range(settings.steps):
             pick = torch.randperm(flat.numel(), generator=generator)[: settings.max_points].to(u0.device)
             smooth = smooth_control(d)
-            correction = sample_points(smooth, voxels[pick] / scale) * scale[:, None]  # 3 x n, fixed voxels
-            where = voxels[pick] + (start[:, pick] + correction).T
-            similarity = ((sample_points(feat_moving, where) - target[:, pick]) ** 2).mean()
+            correction = interpolate_rows(smooth.flatten(2)[0].T, control_index[:, pick], control_weight[:, pick]) * scale
+            index, weight = corners(voxels[pick] + start[pick] + correction, shape)
+            similarity = ((interpolate_rows(feat_moving, index, weight) - target[pick]) ** 2).mean()
             energy = sum((smooth.diff(dim=k) ** 2).mean() for k in (2, 3, 4))
             optimiser.zero_grad(set_to_none=True)
             (similarity + settings.smooth * energy).backward()
             optimiser.step()
-    up = F.interpolate(smooth_control(d.detach()) * scale.view(1, 3, 1, 1, 1), size=shape, mode="trilinear", align_corners=True)
-    return up
+    return F.interpolate(smooth_control(d.detach()) * scale.view(1, 3, 1, 1, 1), size=shape, mode="trilinear", align_corners=True)
 
 
 def repair_folds(u: np.ndarray, max_rounds: int = 20, sigma: float = 1.0) -> tuple[np.ndarray, int]:

@@ -1,0 +1,140 @@
+"""Real-anatomy benchmark: the published LapIRN weights zero-shot and with instance optimisation
+on the BrainDev task (``bench/make_brain_task.py``), against Initial and ANTs SyNCC.
+
+Usage (from the repository root, on a quiet machine: the runtimes are the point)::
+
+    python bench/make_brain_task.py --out WORK/BrainDev --cache WORK/cache
+    WORK/ants-venv/bin/python bench/ants_baseline.py --task WORK/BrainDev --out WORK/ants_syncc   # optional
+    python bench/bench_brain.py --task WORK/BrainDev --work WORK/bench [--ants WORK/ants_syncc]
+
+For each method the pipeline's own commands run end to end: ``import-weights`` (both published
+files), ``predict --input-scale 2`` (the weights' 1 mm on the task's 2 mm grid) with and without
+``--instance-opt-steps``, ``evaluate`` (official metrics plus the folding fraction) and
+``initial``. Runtimes are the ``runtimes.json`` of each submission: end to end per pair (read,
+preprocess, network, instance optimisation, write), on this machine's CPU with torch's threads.
+Writes ``bench/results/brain_cpu.{md,json}`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS = {"disp": REPO / "weights" / "LapIRN_disp_fea7.pth", "diff": REPO / "weights" / "LapIRN_diff_fea7.pth"}
+METRICS = (("DSC", "Dice", 3), ("TRE_lm", "TRE (mm)", 2), ("LogJacDetStd", "SDlogJ", 3), ("folding_fraction", "folded voxels (%)", 4))
+
+
+def pipeline(*args: str) -> None:
+    """``python -m pipeline ARGS`` from the repository root; stops the benchmark on failure."""
+    cmd = [sys.executable, "-m", "pipeline", *args]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "L2R_PROGRESS_SECONDS": "60"})
+
+
+def methods(steps: int) -> dict[str, tuple[str, list[str]]]:
+    """Method name -> (imported variant, extra predict arguments)."""
+    scale = ["--input-scale", "2"]
+    return {
+        "LapIRN disp (zero-shot)": ("disp", scale),
+        "LapIRN diff (zero-shot)": ("diff", scale),
+        f"LapIRN disp + IO ({steps} steps)": ("disp", [*scale, "--instance-opt-steps", str(steps)]),
+        f"LapIRN diff + IO ({steps} steps)": ("diff", [*scale, "--instance-opt-steps", str(steps)]),
+    }
+
+
+def summarise(result: Path, submission: Path | None) -> dict[str, float]:
+    """Aggregate means of an evaluator output and the median runtimes of its submission."""
+    aggregates = json.loads(result.read_text())["aggregates"]
+    row = {name: aggregates[name]["mean"] for name, _, _ in METRICS if name in aggregates}
+    if "folding_fraction" in row:
+        row["folding_fraction"] *= 100.0
+    manifest = submission / "runtimes.json" if submission is not None else None
+    if manifest is not None and manifest.is_file():
+        runtimes = json.loads(manifest.read_text())["runtimes"].values()
+        for key in ("total_s", "network_s", "instance_opt_s"):
+            values = [r[key] for r in runtimes if key in r]
+            if values:
+                row[key] = statistics.median(values)
+    return row
+
+
+def run(task: Path, work: Path, ants: Path | None, steps: int) -> dict[str, dict[str, float]]:
+    work.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, float]] = {}
+    pipeline("initial", "-d", str(task), "-o", str(work / "Initial.json"))
+    rows["Initial"] = summarise(work / "Initial.json", None)
+    for variant, source in WEIGHTS.items():
+        if not (work / "runs" / variant / "checkpoints" / "best.pt").exists():
+            pipeline("import-weights", str(source), "--out", str(work / "runs" / variant))
+    for name, (variant, extra) in methods(steps).items():
+        sub = work / "submissions" / name.replace(" ", "_").replace("(", "").replace(")", "")
+        pipeline("predict", "--data", str(task), "--run", str(work / "runs" / variant), "--out", str(sub), "--device", "cpu", "--overwrite", *extra)
+        pipeline("evaluate", "-i", str(sub), "-d", str(task), "-o", str(sub.with_suffix(".json")))
+        rows[name] = summarise(sub.with_suffix(".json"), sub)
+    if ants is not None:
+        pipeline("evaluate", "-i", str(ants), "-d", str(task), "-o", str(work / "ants_syncc.json"))
+        rows["ANTs SyNCC (antspyx, defaults)"] = summarise(work / "ants_syncc.json", ants)
+    return rows
+
+
+def device() -> str:
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
+def markdown(rows: dict[str, dict[str, float]], task: Path, meta: dict) -> str:
+    head = ["Method", *(label for _, label, _ in METRICS), "s per pair (median)", "network s", "IO s"]
+    lines = [
+        "# Real-anatomy benchmark (BrainDev, CPU)", "",
+        f"{meta['device']}, {meta['date']}, load average before {meta['load']}. Task `{task.name}`: "
+        f"{meta['pairs']} val pairs, 80x96x80 at 2 mm, 120 AAL2 labels, 100 landmarks per image "
+        "(`bench/make_brain_task.py`). Official metrics of our evaluator; folded voxels = det(I + grad u) <= 0.",
+        "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+    ]
+    for name, row in rows.items():
+        cells = [f"{row[key]:.{digits}f}" if key in row else "-" for key, _, digits in METRICS]
+        cells += [f"{row[key]:.1f}" if key in row else "-" for key in ("total_s", "network_s", "instance_opt_s")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Zero-shot and IO rows: `import-weights` + `predict --input-scale 2 [--instance-opt-steps N]`, end to end "
+              "per pair (read, preprocess, network, instance optimisation, write). ANTs: `bench/ants_baseline.py`, its "
+              "registration time per pair as measured when it ran (see its `runtimes.json`)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", type=Path, required=True, help="BrainDev task folder (bench/make_brain_task.py)")
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder for runs, submissions, results")
+    parser.add_argument("--ants", type=Path, default=None, help="ANTs SyNCC submission (bench/ants_baseline.py)")
+    parser.add_argument("--steps", type=int, default=50, help="instance optimisation steps")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where brain_cpu.{md,json} go")
+    args = parser.parse_args()
+    meta = {"device": device(), "date": time.strftime("%Y-%m-%d %H:%M"), "load": [round(x, 2) for x in os.getloadavg()]}
+    rows = run(args.task, args.work, args.ants, args.steps)
+    meta["pairs"] = len(json.loads((args.work / "Initial.json").read_text())["cases"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "brain_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    (args.out / "brain_cpu.md").write_text(markdown(rows, args.task, meta))
+    print(markdown(rows, args.task, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
