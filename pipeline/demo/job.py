@@ -36,7 +36,7 @@ from pipeline.training.train import train
 log = logging.getLogger(__name__)
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_CONFIGS = {"T1": "demo_t1_curious.json", "T2": "demo_t2_lung.json", "T3": "demo_t3_abdomen.json", "T4": "demo_t4_hippocampus.json"}
-INSTANCE_OPT_STEPS = 30
+INSTANCE_OPT_STEPS = 50
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -70,13 +70,14 @@ def run_task(key: str, data: Path, out: Path, device: str, instance_opt: bool) -
     results, subs = out / "results", out / "submissions"
     write_json(results / "Initial" / f"{data.name}.json", evaluate_initial(data))
     if load_config(config).predict.affine_only:
-        code = predict(data, subs / "LapIRN" / data.name, None, device=device, config_file=config)
+        code = predict(data, subs / "LapIRN" / data.name, None, device=device, report=True, config_file=config)
     else:
         run_dir = out / "runs" / data.name
         _train_once(data, config, run_dir, device)
-        code = predict(data, subs / "LapIRN" / data.name, run_dir, device=device)
+        code = predict(data, subs / "LapIRN" / data.name, run_dir, device=device, report=True)
         if instance_opt and code == 0:
-            code = predict(data, subs / "LapIRN+IO" / data.name, run_dir, device=device, instance_opt_steps=INSTANCE_OPT_STEPS)
+            code = predict(data, subs / "LapIRN+IO" / data.name, run_dir, device=device, report=True,
+                           instance_opt_steps=INSTANCE_OPT_STEPS)
             _score("LapIRN+IO", subs / "LapIRN+IO" / data.name, data, results)
     if code != 0:
         raise DataError(f"{data}: prediction failed (exit code {code})")
@@ -103,7 +104,8 @@ def run_demo(out: Path, seed: int = 0, layout: str = "l2r", tasks: tuple[str, ..
         print(f"demo: {key} {data.name} done in {time.perf_counter() - t0:.0f} s")
     methods = [m for m in ("LapIRN", "LapIRN+IO") if (out / "results" / m).is_dir()]
     results = load_results([f"{m}={out / 'results' / m}" for m in methods], initial=[str(out / "results" / "Initial")])
-    print(write_leaderboard(results, out / "leaderboard"))
+    reports = {m: out / "submissions" / m for m in methods}  # per-pair reports, linked from the page
+    print(write_leaderboard(results, out / "leaderboard", reports=reports))
     print(f"demo: finished in {time.perf_counter() - start:.0f} s; leaderboard in {out / 'leaderboard'}")
     return 0
 
