@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -68,22 +69,27 @@ def summarise(result: Path, submission: Path | None) -> dict[str, float]:
     return row
 
 
-def run(task: Path, work: Path, ants: Path | None, steps: int) -> dict[str, dict[str, float]]:
+def run(task: Path, work: Path, ants: Path | None, ants_timing: Path | None, steps: int, reuse: bool) -> dict[str, dict[str, float]]:
+    """Every method's row; ``reuse``: keep submissions and scores already in ``work`` (tables only)."""
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
-    pipeline("initial", "-d", str(task), "-o", str(work / "Initial.json"))
+    if not (reuse and (work / "Initial.json").is_file()):
+        pipeline("initial", "-d", str(task), "-o", str(work / "Initial.json"))
     rows["Initial"] = summarise(work / "Initial.json", None)
     for variant, source in WEIGHTS.items():
         if not (work / "runs" / variant / "checkpoints" / "best.pt").exists():
             pipeline("import-weights", str(source), "--out", str(work / "runs" / variant))
     for name, (variant, extra) in methods(steps).items():
         sub = work / "submissions" / name.replace(" ", "_").replace("(", "").replace(")", "")
-        pipeline("predict", "--data", str(task), "--run", str(work / "runs" / variant), "--out", str(sub), "--device", "cpu", "--overwrite", *extra)
-        pipeline("evaluate", "-i", str(sub), "-d", str(task), "-o", str(sub.with_suffix(".json")))
+        if not (reuse and sub.with_suffix(".json").is_file()):
+            shutil.rmtree(sub, ignore_errors=True)  # fresh runtimes: predict would resume a finished folder
+            pipeline("predict", "--data", str(task), "--run", str(work / "runs" / variant), "--out", str(sub), "--device", "cpu", *extra)
+            pipeline("evaluate", "-i", str(sub), "-d", str(task), "-o", str(sub.with_suffix(".json")))
         rows[name] = summarise(sub.with_suffix(".json"), sub)
     if ants is not None:
-        pipeline("evaluate", "-i", str(ants), "-d", str(task), "-o", str(work / "ants_syncc.json"))
-        rows["ANTs SyNCC (antspyx, defaults)"] = summarise(work / "ants_syncc.json", ants)
+        if not (reuse and (work / "ants_syncc.json").is_file()):
+            pipeline("evaluate", "-i", str(ants), "-d", str(task), "-o", str(work / "ants_syncc.json"))
+        rows["ANTs SyNCC (antspyx, defaults)"] = summarise(work / "ants_syncc.json", ants_timing or ants)
     return rows
 
 
@@ -114,7 +120,7 @@ def markdown(rows: dict[str, dict[str, float]], task: Path, meta: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Zero-shot and IO rows: `import-weights` + `predict --input-scale 2 [--instance-opt-steps N]`, end to end "
               "per pair (read, preprocess, network, instance optimisation, write). ANTs: `bench/ants_baseline.py`, its "
-              "registration time per pair as measured when it ran (see its `runtimes.json`)."]
+              "registration time per pair (median; `--ants-timing`: of a quiet rerun on some pairs, see the json)."]
     return "\n".join(lines) + "\n"
 
 
@@ -123,11 +129,18 @@ def main() -> int:
     parser.add_argument("--task", type=Path, required=True, help="BrainDev task folder (bench/make_brain_task.py)")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder for runs, submissions, results")
     parser.add_argument("--ants", type=Path, default=None, help="ANTs SyNCC submission (bench/ants_baseline.py)")
+    parser.add_argument("--ants-timing", type=Path, default=None,
+                        help="an ANTs submission (some pairs) timed on a quiet machine: its runtimes replace --ants's")
     parser.add_argument("--steps", type=int, default=50, help="instance optimisation steps")
+    parser.add_argument("--reuse", action="store_true", help="keep the submissions and scores already in --work")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where brain_cpu.{md,json} go")
     args = parser.parse_args()
     meta = {"device": device(), "date": time.strftime("%Y-%m-%d %H:%M"), "load": [round(x, 2) for x in os.getloadavg()]}
-    rows = run(args.task, args.work, args.ants, args.steps)
+    previous = args.out / "brain_cpu.json"
+    if args.reuse and previous.is_file():  # the runs are the earlier ones: so are their date and load
+        meta = json.loads(previous.read_text())["meta"]
+    rows = run(args.task, args.work, args.ants, args.ants_timing, args.steps, args.reuse)
+    meta["ants_timing"] = str(args.ants_timing) if args.ants_timing else None
     meta["pairs"] = len(json.loads((args.work / "Initial.json").read_text())["cases"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "brain_cpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

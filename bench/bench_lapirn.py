@@ -177,9 +177,16 @@ def run_case(case: Case) -> dict[str, Any]:
 
 def spawn(case: Case, timeout_s: float) -> dict[str, Any]:
     """Run ``case`` in a fresh child process; its measurements, or an ``error`` entry."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(case.threads))
+    return run_child(Path(__file__), asdict(case), case.threads, timeout_s)
+
+
+def run_child(script: Path, spec: dict[str, Any], threads: int, timeout_s: float) -> dict[str, Any]:
+    """``python SCRIPT --child JSON`` in a fresh process with ``threads`` OpenMP threads: the last
+    JSON line it prints, plus ``wall_s``, or an ``error`` entry (benchmarks measure in children so
+    that each case starts cold and alone)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(asdict(case))]
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)]
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_lapirn import _rss_mb, _timed, environment  # noqa: E402
+from bench_lapirn import _rss_mb, _timed, environment, run_child  # noqa: E402
 
 # recipe file, task, the task's image shape (full resolution), label classes incl. background (1: no labels)
 RECIPES = (
@@ -160,17 +159,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def spawn(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(spec["threads"]))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_lapirn's docstring
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout_s:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        return {"error": f"child exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
-    return json.loads(lines[-1])
+    return run_child(Path(__file__), spec, spec["threads"], timeout_s)
 
 
 def estimate(cfg: Any, counted: dict[str, Any]) -> dict[str, Any]:

@@ -21,12 +21,9 @@ from evaluation import leaderboard as leaderboard_cli
 from evaluation.contract import disp_filename_l2r
 from evaluation.io import Geometry, save_nifti
 from pipeline.cli import main
-from pipeline.config import config_from_dict
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.training.train import train
-from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
+from tests.pipeline.training.test_train import FAST, SHAPE, make_blob_task, trained_blob_run
 
-FAST = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 1, 1], "freeze_steps": 1}}
 VAL_FIELD = disp_filename_l2r("0004_0000", "0005_0000")
 EXTRA_FIELD = disp_filename_l2r("0001_0000", "0002_0000")
 
@@ -34,10 +31,7 @@ EXTRA_FIELD = disp_filename_l2r("0001_0000", "0002_0000")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny trained run and its task (current layout)."""
-    root = tmp_path_factory.mktemp("bad")
-    task = make_blob_task(root / "task")
-    assert train(task, config_from_dict(FAST), root / "run", device="cpu") == 0
-    return task, root / "run"
+    return trained_blob_run(tmp_path_factory.mktemp("bad"))
 
 
 def copy_task(task: Path, to: Path, edit=None) -> Path:

@@ -151,7 +151,8 @@ def test_predict_with_input_scale_2_writes_the_fixed_grid_and_a_new_config_hash(
     base = ["predict", "--run", str(run), "--data", str(task), "--device", "cpu"]
     assert main([*base, "--out", str(tmp_path / "s1")]) == 0
     assert main([*base, "--out", str(tmp_path / "s2"), "--input-scale", "2", "--instance-opt-steps", "2"]) == 0
-    assert refined == [((1, 3, 39, 31, 47), (1, 1, 39, 31, 47), (1, 1, 39, 31, 47))]  # instance optimisation on the scaled grid
+    # the network on the scaled grid (39 x 31 x 47), instance optimisation on the fixed image's
+    assert refined == [((1, 3, *SHAPE), (1, 1, *SHAPE), (1, 1, *SHAPE))]
     fields = [load_nifti(tmp_path / s / disp_filename_l2r(*PAIR))[0] for s in ("s1", "s2")]
     assert all(u.shape == SHAPE + (3,) and np.isfinite(u).all() for u in fields)
     hashes = [read_manifest(tmp_path / s / "runtimes.json")["config_hash"] for s in ("s1", "s2")]

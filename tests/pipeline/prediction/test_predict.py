@@ -22,7 +22,7 @@ from pipeline.prediction import predict as predict_module
 from pipeline.prediction.predict import load_predictor, predict, run_config
 from pipeline.training.train import train
 from tests.paths import REPO
-from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
+from tests.pipeline.training.test_train import FAST, SHAPE, make_blob_task, trained_blob_run
 
 
 def task_with_two_val_pairs(root: Path) -> Path:
@@ -34,16 +34,12 @@ def task_with_two_val_pairs(root: Path) -> Path:
     return root
 
 
-FAST = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 1, 1], "freeze_steps": 1}}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny trained run and the task it was trained on (current layout)."""
-    root = tmp_path_factory.mktemp("pred")
-    task = make_blob_task(root / "task")
-    assert train(task, config_from_dict(FAST), root / "run", device="cpu") == 0
-    return task, root / "run"
+    return trained_blob_run(tmp_path_factory.mktemp("pred"))
 
 
 def test_predict_writes_a_current_format_submission_the_evaluator_accepts(trained, tmp_path):

@@ -12,21 +12,14 @@ import pytest
 from evaluation.contract import warp, warp_labels
 from evaluation.io import DataError, Geometry, load_nifti, save_nifti
 from pipeline.cli import main
-from pipeline.config import config_from_dict
 from pipeline.prediction.register import register
-from pipeline.training.train import train
-from tests.pipeline.training.test_train import SHAPE, TINY, make_blob_task
-
-FAST = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 1, 1], "freeze_steps": 1}}
+from tests.pipeline.training.test_train import SHAPE, trained_blob_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny trained run and the task it was trained on."""
-    root = tmp_path_factory.mktemp("register")
-    task = make_blob_task(root / "task")
-    assert train(task, config_from_dict(FAST), root / "run", device="cpu") == 0
-    return task, root / "run"
+    return trained_blob_run(tmp_path_factory.mktemp("register"))
 
 
 def files(task, subject: int):

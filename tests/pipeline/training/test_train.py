@@ -71,6 +71,16 @@ TINY = {
 }
 
 
+FAST = {**TINY, "train": {**TINY["train"], "steps_per_level": [2, 1, 1], "freeze_steps": 1}}
+
+
+def trained_blob_run(root: Path) -> tuple[Path, Path]:
+    """A tiny run trained (``FAST``) on the blob task, both under ``root``: ``(task, run)``."""
+    task = make_blob_task(root / "task")
+    assert train(task, config_from_dict(FAST), root / "run", device="cpu") == 0
+    return task, root / "run"
+
+
 @pytest.fixture(scope="module")
 def blob_task(tmp_path_factory):
     return make_blob_task(tmp_path_factory.mktemp("blob"))
