@@ -74,7 +74,8 @@ def training_step(cfg: Any, grid: tuple[int, ...], num_classes: int, level: int,
     (no augmentation), on random inputs on ``device`` (``meta``: shapes only)."""
     import torch
 
-    from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
+    from pipeline.model.field import full_resolution_field
+    from pipeline.model.lapirn import LapIRN, LapIRNConfig
     from pipeline.model.losses import level_loss
 
     torch.manual_seed(0)

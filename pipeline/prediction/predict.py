@@ -63,8 +63,9 @@ from pipeline.data.preprocess import load_image, network_image, prediction_shape
 from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
+from pipeline.model.field import predict_field
 from pipeline.model.instance_opt import InstanceOptSettings, refine_field
-from pipeline.model.lapirn import LapIRN, predict_field
+from pipeline.model.lapirn import LapIRN
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
 
 log = logging.getLogger(__name__)

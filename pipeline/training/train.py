@@ -50,7 +50,8 @@ from pipeline.distributed import (
     shutdown,
 )
 from pipeline.model.checkpoint import load_checkpoint, load_state, save_checkpoint
-from pipeline.model.lapirn import LapIRN, LapIRNConfig, full_resolution_field
+from pipeline.model.field import full_resolution_field
+from pipeline.model.lapirn import LapIRN, LapIRNConfig
 from pipeline.model.losses import level_loss, one_hot
 from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine

@@ -1,6 +1,6 @@
 """Validation during training: Dice of warped labels and TRE of points on the network grid.
 
-The field comes from ``pipeline.model.lapirn.predict_field``, the function prediction uses, under
+The field comes from ``pipeline.model.field.predict_field``, the function prediction uses, under
 the prediction's ``amp`` setting: the best checkpoint is chosen on the numbers prediction gives.
 """
 
@@ -12,7 +12,8 @@ import torch
 from evaluation.contract import sample_field
 from evaluation.metrics import dice, label_counts, nanmean
 from pipeline.model.contract import field_from_numpy, field_to_numpy, warp_torch
-from pipeline.model.lapirn import LapIRN, predict_field
+from pipeline.model.field import predict_field
+from pipeline.model.lapirn import LapIRN
 from pipeline.training.pairs import TrainingData, tensor
 
 

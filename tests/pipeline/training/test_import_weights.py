@@ -22,7 +22,8 @@ from pipeline.config import config_from_dict, load_config
 from pipeline.data.preprocess import normalise
 from pipeline.model.authors import AUTHORS_COMMIT, AUTHORS_NUMERICS, COPYRIGHT, sha256_file
 from pipeline.model.checkpoint import load_checkpoint, model_from_checkpoint
-from pipeline.model.lapirn import LapIRN, predict_field
+from pipeline.model.field import predict_field
+from pipeline.model.lapirn import LapIRN
 from pipeline.training.import_weights import import_weights, imported_config
 from pipeline.training.train import train
 from tests.paths import REPO
