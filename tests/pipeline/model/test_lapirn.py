@@ -12,13 +12,13 @@ from scipy import ndimage
 
 from evaluation import contract as C
 from pipeline.model.contract import field_to_numpy, flow_to_voxel, identity_flow_grid, voxel_to_flow, warp_torch
+from pipeline.model.field import full_resolution_field
 from pipeline.model.lapirn import (
     Conv3d,
     LapIRN,
     LapIRNConfig,
     compose_flow,
     crop,
-    full_resolution_field,
     pad_to_multiple,
     scaling_and_squaring,
     upsample_flow,

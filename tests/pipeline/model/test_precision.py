@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from pipeline.model.contract import flow_to_voxel, warp_flow
+from pipeline.model.field import full_resolution_field, predict_field
 from pipeline.model.lapirn import (
     LapIRN,
     LapIRNConfig,
     crop,
-    full_resolution_field,
     image_pyramid,
     pad_to_multiple,
-    predict_field,
     upsample_flow,
 )
 from pipeline.model.precision import autocast, grad_scaler
