@@ -212,10 +212,15 @@ def network_image(image: np.ndarray, cfg: PreprocessConfig, shape: Sequence[int]
     if cfg.window is not None:
         check_window(image, cfg.window, offset, source, mask)
     img = normalise(image, cfg, offset)
-    shape = network_shape(image.shape, cfg) if shape is None else tuple(int(n) for n in shape)
+    return on_grid(img, network_shape(image.shape, cfg) if shape is None else shape)
+
+
+def on_grid(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A normalised image on the corner-aligned grid ``shape`` (linear, kept in [0, 1]), float32."""
+    shape = tuple(int(n) for n in shape)
     if shape != image.shape:
-        img = np.clip(resize_image(img, shape, order=1), 0.0, 1.0)
-    return img.astype(np.float32)
+        image = np.clip(resize_image(image, shape, order=1), 0.0, 1.0)
+    return image.astype(np.float32)
 
 
 def load_image(path: Path) -> tuple[np.ndarray, Geometry]:

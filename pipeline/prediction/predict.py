@@ -59,7 +59,7 @@ from evaluation.submission import read_manifest, submission_shape, write_manifes
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
-from pipeline.data.preprocess import load_image, network_image, prediction_shape
+from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
 from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
@@ -176,28 +176,30 @@ def register_images(
     if p.model is None:
         u = np.zeros(shape + (3,), np.float32)
     else:
-        u = network_field(p, fixed, moving, fgeom.spacing, fixed_case, timings)
+        # normalised once on the fixed grid (window checks logged once), for the network and the optimisation
+        f = network_image(fixed, p.cfg.preprocess, fixed.shape, path=fixed_case.image)
+        m = network_image(moving, p.cfg.preprocess, fixed.shape, path=moving_case.image)
+        u = network_field(p, f, m, fgeom.spacing, timings)
         if p.cfg.predict.instance_opt_steps > 0:
-            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), fixed, moving, fixed_case, timings)
+            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), f, m, fixed_case, timings)
         u = field_on_grid(u, shape, fixed.shape)
     if matrix is not None:
         u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
     return u, fgeom, timings
 
 
-def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], fixed_case: Case,
-                  timings: dict) -> np.ndarray:
-    """LapIRN -> the voxel field on the network grid.
+def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: Sequence[float], timings: dict) -> np.ndarray:
+    """LapIRN -> the voxel field on the network grid; ``fixed``/``moving``: normalised images on
+    the fixed grid (``network_image``), ``spacing`` the fixed image's (mm).
 
-    The network grid is ``prediction_shape`` of the fixed image (``spacing`` in mm):
-    the preprocessing grid, or its scale by ``predict.input_scale`` / ``predict.target_spacing``;
-    both images are resampled onto it, and the field, in voxels of that grid, goes back to the
-    fixed grid through ``evaluation.contract.field_on_grid``. The network's field comes from
-    ``predict_field`` (autocast for the convolutions only, a float32 field), the same function
-    validation during training uses."""
+    The network grid is ``prediction_shape`` of the fixed image: the preprocessing grid, or its
+    scale by ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
+    onto it, and the field, in voxels of that grid, goes back to the fixed grid through
+    ``evaluation.contract.field_on_grid``. The network's field comes from ``predict_field``
+    (autocast for the convolutions only, a float32 field), the same function validation during
+    training uses."""
     grid = prediction_shape(fixed.shape, spacing, p.cfg)
-    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess, grid, path=fixed_case.image))[None, None].to(p.device)
-    m = torch.from_numpy(network_image(moving, p.cfg.preprocess, grid))[None, None].to(p.device)
+    f, m = (torch.from_numpy(on_grid(image, grid))[None, None].to(p.device) for image in (fixed, moving))
     p.sync()
     t0 = time.perf_counter()
     field = predict_field(p.model, m, f, p.device, p.cfg.predict.amp)
@@ -209,11 +211,10 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
 def optimise_instance(p: Predictor, u: np.ndarray, fixed: np.ndarray, moving: np.ndarray, fixed_case: Case,
                       timings: dict) -> np.ndarray:
     """Instance optimisation (``pipeline.model.instance_opt``) of a field on the fixed image's
-    grid, with both images normalised as for the network but on that grid; the similarity is
-    restricted to the fixed mask when the run trains with one (``loss.use_mask``)."""
+    grid, with both images normalised as for the network (``fixed``/``moving``, on that grid);
+    the similarity is restricted to the fixed mask when the run trains with one (``loss.use_mask``)."""
     t0 = time.perf_counter()
-    f = torch.from_numpy(network_image(fixed, p.cfg.preprocess, fixed.shape))[None, None].to(p.device)
-    m = torch.from_numpy(network_image(moving, p.cfg.preprocess, fixed.shape))[None, None].to(p.device)
+    f, m = (torch.from_numpy(image)[None, None].to(p.device) for image in (fixed, moving))
     mask = None
     if p.cfg.loss.use_mask and fixed_case.mask is not None:
         mask = torch.from_numpy(load_nifti(fixed_case.mask)[0] > 0)[None, None].to(p.device)
