@@ -62,8 +62,18 @@ def run_cli(
     parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     build_parser(parser)
     parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
-    args = parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
-    verbose = bool(getattr(args, "verbose", False))
+    return execute(run, parse(parser, argv, intermixed))
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, intermixed: bool = False) -> argparse.Namespace:
+    """Parse; ``intermixed``: positionals may come on both sides of the options."""
+    return parser.parse_intermixed_args(argv) if intermixed else parser.parse_args(argv)
+
+
+def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, verbose: bool = False) -> int:
+    """Log at INFO (DEBUG with ``verbose`` or the command's own ``-v``), run, and turn a
+    ``DataError`` into its message on stderr and exit code 1: the one policy of every command."""
+    verbose = verbose or bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(run(args))

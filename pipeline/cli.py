@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
-from evaluation.cli import HelpFormatter, package_version
-from evaluation.io import DataError
+from evaluation.cli import HelpFormatter, execute, package_version, parse
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -86,21 +84,16 @@ def main(argv: list[str] | None = None, prog: str = "python -m pipeline") -> int
     # 108 ms), which is why the demo configs train with train.cpu_threads = 1. Set
     # OMP_WAIT_POLICY=ACTIVE on a dedicated machine.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    module = importlib.import_module(COMMANDS[command][0])
     parser = command_parser(prog, command)
     rest = argv[1:]
     if not any("--verbose" in action.option_strings for action in parser._actions):
         verbose = verbose or any(a in VERBOSE for a in rest)
         rest = [a for a in rest if a not in VERBOSE]
     # A stage whose positionals may come on both sides of its options says so (evaluation.leaderboard).
-    intermixed = getattr(importlib.import_module(COMMANDS[command][0]), "INTERMIXED_ARGS", False)
-    args = parser.parse_intermixed_args(rest) if intermixed else parser.parse_args(rest)
-    verbose = verbose or bool(getattr(args, "verbose", False))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse(parser, rest, getattr(module, "INTERMIXED_ARGS", False))
     try:
-        return int(importlib.import_module(COMMANDS[command][0]).run(args))
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return execute(module.run, args, verbose)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

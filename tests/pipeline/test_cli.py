@@ -8,6 +8,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -225,8 +226,8 @@ def test_python_m_pipeline_initial_and_leaderboard(zero_submission, tmp_path, ca
 
 def test_debug_logging_from_v_before_the_command_or_for_a_command_without_its_own(monkeypatch, tmp_path):
     levels = []
-    monkeypatch.setattr(cli.logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: levels.append(kw["level"]))
     monkeypatch.setattr("pipeline.data.summary.run", lambda args: 0)
     for argv in (["-v", "summary", "x"], ["summary", "x", "--verbose"], ["summary", "x"]):
         assert cli.main(argv) == 0
-    assert levels == [cli.logging.DEBUG, cli.logging.DEBUG, cli.logging.INFO]
+    assert levels == [logging.DEBUG, logging.DEBUG, logging.INFO]
