@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from evaluation.dataset import Case, Pair, derived_path, load_task
-from evaluation.io import DataError, read_json, read_nifti_header
+from evaluation.io import DataError, load_nifti, read_json, read_nifti_header
 
 log = logging.getLogger(__name__)
 
@@ -259,15 +261,15 @@ def derive_config(data_dir: str | Path, split: str = "val") -> EvalConfig:
     of ``split`` that could not be read raise ``DataError`` naming each.
     """
     task = load_task(data_dir)
-    if task.split_problems(split):
-        raise DataError(f"{task.root}: {len(task.split_problems(split))} {split} pair(s) cannot be read:\n  "
-                        + "\n  ".join(task.split_problems(split)))
+    unreadable = task.split_problems(split)
+    if unreadable:
+        raise DataError(f"{task.root}: {len(unreadable)} {split} pair(s) cannot be read:\n  " + "\n  ".join(unreadable))
     pairs = task.pairs.get(split, ())
     if not pairs:
         raise DataError(f"{task.root}: task {task.name} has no {split} pairs")
     cases = [(task.case(p.fixed), task.case(p.moving)) for p in pairs]
     has = {kind: any(getattr(c, kind) is not None for pair in cases for c in pair) for kind in ("label", *POINT_DESTS)}
-    masked = any(f.mask is not None for f, _ in cases)
+    has["mask"] = masked = any(f.mask is not None for f, _ in cases)  # fixed masks only
     methods = [Method(DERIVED_NAMES["sdlogj"], "sdlogj")]
     if has["label"]:
         labels = tuple(sorted(task.labels)) or _label_ids(cases)
@@ -275,28 +277,25 @@ def derive_config(data_dir: str | Path, split: str = "val") -> EvalConfig:
     elif task.labels:
         log.info("%s: the task names labels but no %s pair has a label map: no DSC/HD95", task.root, split)
     methods += [Method(DERIVED_NAMES[dest], "tre", dest=dest) for dest in POINT_DESTS if has[dest]]
-    eval_pairs = [_task_pair(pair, fixed, moving, has, masked) for pair, (fixed, moving) in zip(pairs, cases, strict=True)]
+    eval_pairs = [_task_pair(pair, fixed, moving, has) for pair, (fixed, moving) in zip(pairs, cases, strict=True)]
     shape = task.shape or read_nifti_header(eval_pairs[0].fixed_image).shape
     return EvalConfig(task.name, tuple(methods), (*shape, 3), tuple(eval_pairs), masked, require_masks=masked)  # type: ignore[arg-type]
 
 
 def _label_ids(cases: list[tuple[Case, Case]]) -> tuple[int, ...]:
-    """Label ids of the first fixed label map (a task whose description names no labels)."""
-    import numpy as np
-
-    from evaluation.io import load_nifti
-
+    """Label ids of the pairs' first label map (a task whose description names no labels)."""
     path = next(c.label for pair in cases for c in pair if c.label is not None)
     values = np.unique(load_nifti(path, dtype=None, copy=False)[0])
     return tuple(int(v) for v in values if v != 0)
 
 
-def _task_pair(pair: Pair, fixed: Case, moving: Case, has: dict[str, bool], masked: bool) -> EvalPair:
-    """A pair's ground truth: what the cases have, else the official file name where the task has it."""
+def _task_pair(pair: Pair, fixed: Case, moving: Case, has: dict[str, bool]) -> EvalPair:
+    """A pair's ground truth: what the cases have, else the official file name where the task
+    has that kind (``has``: label, mask, each point kind)."""
 
     def gt(case: Case, kind: str, folder: str) -> Path | None:
         path = getattr(case, kind)
-        return path if path is not None or not has.get(kind, kind == "mask" and masked) else derived_path(case.image, folder)
+        return path if path is not None or not has[kind] else derived_path(case.image, folder)
 
     points = tuple((d, gt(fixed, d, d), gt(moving, d, d)) for d in POINT_DESTS if has[d])
     return EvalPair(
