@@ -51,6 +51,7 @@ RUN groupadd --gid "${APP_UID}" l2r \
 WORKDIR /app
 COPY pyproject.toml requirements.txt requirements-docker.txt ./
 COPY configs/ configs/
+COPY learn2reg/ learn2reg/
 COPY evaluation/ evaluation/
 COPY pipeline/ pipeline/
 # the authors' published LapIRN weights and their MIT notice (import-weights /app/weights/...)

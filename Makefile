@@ -33,7 +33,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -m "not slow and not docker" tests
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check pipeline evaluation tests bench
+	$(VENV)/bin/ruff check learn2reg pipeline evaluation tests bench
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -2,11 +2,11 @@
 
 Runs in its own environment (antspyx is not a project dependency)::
 
-    python3.11 -m venv /work/scratch/ants-venv
-    /work/scratch/ants-venv/bin/pip install antspyx==0.6.3 numpy nibabel
-    nice -n 10 /work/scratch/ants-venv/bin/python bench/ants_baseline.py \\
-        --task /work/scratch/brain/BrainDev --out /work/scratch/brain/ants_syncc
-    .venv/bin/python -m evaluation.evaluate -i /work/scratch/brain/ants_syncc -d /work/scratch/brain/BrainDev -o ants_syncc.json
+    python3.11 -m venv /tmp/scratch/ants-venv
+    /tmp/scratch/ants-venv/bin/pip install antspyx==0.6.3 numpy nibabel
+    nice -n 10 /tmp/scratch/ants-venv/bin/python bench/ants_baseline.py \\
+        --task /tmp/scratch/brain/BrainDev --out /tmp/scratch/brain/ants_syncc
+    .venv/bin/python -m evaluation.evaluate -i /tmp/scratch/brain/ants_syncc -d /tmp/scratch/brain/BrainDev -o ants_syncc.json
 
 Every ``registration_val`` pair is registered with ``ants.registration(fixed, moving,
 type_of_transform="SyNCC")`` and nothing else changed (antspyx 0.6.3 defaults: rigid then affine
@@ -34,7 +34,7 @@ Two checks per pair, reported in ``ants_report.json`` and on stdout:
   resampling of the moving image, up to float32 rounding.
 
 The folder gets ``disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` (float32) per pair, ``runtimes.json``
-(schema of ``evaluation/submission.py``; ``network_s`` = wall time of the registration call,
+(schema of ``learn2reg/submission.py``; ``network_s`` = wall time of the registration call,
 ``total_s`` = load + registration + conversion + write; also ``registration_cpu_s``, the CPU time
 of the registration over all threads, and the checks' own time ``check_s``) and
 ``ants_report.json``. ``--resume`` skips pairs whose field and report entry exist.
@@ -211,7 +211,7 @@ def run(task: Path, out: Path, threads: int, seed: int | None, resume: bool, lim
 
 
 def write_manifest(out: Path, report: dict[str, Any], version: str, threads: int, config_hash: str) -> None:
-    """``runtimes.json`` in the schema of ``evaluation/submission.py``."""
+    """``runtimes.json`` in the schema of ``learn2reg/submission.py``."""
     runtimes = {key: {k: round(v, 3) for k, v in e.items() if k.endswith("_s")} for key, e in report["pairs"].items()}
     write_json(out / "runtimes.json", {"device": f"CPU ({threads} threads) ANTsPy {version}", "checkpoint": f"ants-{TRANSFORM}",
                                        "config_hash": config_hash, "runtimes": runtimes})

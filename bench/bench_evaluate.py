@@ -5,7 +5,7 @@ Usage (from the repository root)::
     python bench/bench_evaluate.py            # -> bench/results/evaluate_cpu.{json,md}
     python bench/bench_evaluate.py --quick    # small volume, smoke test (written only with --out DIR)
 
-Builds, in a temporary folder, a task shaped like the official cost estimate (learn2reg.md
+Builds, in a temporary folder, a task shaped like the official cost estimate (../shared/docs/learn2reg.md
 section 3): ``160 x 192 x 224`` volumes, 13 organ-like labels of realistic sizes, a body mask
 (masked SDlogJ), 500 corresponding keypoints inside it, and one smooth random field per pair
 (amplitude ~3 voxels, stored as float32 ``.nii.gz`` and as ``.npz``). Every measured run is a
@@ -38,11 +38,11 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from evaluation import contract, io  # noqa: E402
-from evaluation.config import derive_config  # noqa: E402
+from learn2reg import contract, dataset, io  # noqa: E402
+from learn2reg.eval_config import derive_config  # noqa: E402
 
 SHAPE = (160, 192, 224)
-OFFICIAL_S = 7.0  # the official evaluator's seconds per case of this size on a 2-core machine (learn2reg.md)
+OFFICIAL_S = 7.0  # the official evaluator's seconds per case of this size on a 2-core machine (../shared/docs/learn2reg.md)
 # (relative centre, radii in voxels) of 13 abdominal-organ-like ellipsoids (liver ... adrenal glands)
 ORGANS = [
     ((0.45, 0.35, 0.55), (30, 38, 34)), ((0.45, 0.75, 0.55), (14, 16, 18)), ((0.35, 0.30, 0.50), (9, 10, 22)),
@@ -90,12 +90,9 @@ def build_task(root: Path, pairs: int, shape: tuple[int, int, int] = SHAPE, seed
         io.save_nifti(root / f"masksTr/{cid}.nii.gz", body)
         io.write_points(root / f"keypointsTr/{cid}.csv", np.clip(base + rng.normal(0, 2, base.shape), 0, size - 1))
         training.append({"image": f"./imagesTr/{cid}.nii.gz"})
-    meta = {
-        "name": "Bench", "tensorImageShape": {"0": list(shape)}, "pairings": "unpaired", "training": training,
-        "labels": {"0": {str(v): f"organ{v}" for v in range(1, 14)}},
-        "registration_val": [{"fixed": f"./imagesTr/Bench_{s:04d}_0000.nii.gz", "moving": f"./imagesTr/Bench_{s + 1:04d}_0000.nii.gz"} for s in range(1, pairs + 1)],
-    }  # fmt: skip
-    (root / "Bench_dataset.json").write_text(json.dumps(meta))
+    pairs = [{"fixed": f"./imagesTr/Bench_{s:04d}_0000.nii.gz", "moving": f"./imagesTr/Bench_{s + 1:04d}_0000.nii.gz"} for s in range(1, pairs + 1)]
+    dataset.write_description(root, dataset.build_description(
+        "Bench", shape, training, pairs, label_names={v: f"organ{v}" for v in range(1, 14)}))
     return root
 
 
@@ -269,7 +266,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     if results["shape"] == list(SHAPE):  # the official cost estimate is for this size only
         lines[-1] += (
             f"{OFFICIAL_S / best['nii']:.1f}x / {OFFICIAL_S / best['npz']:.1f}x less than the official evaluator's "
-            f"~{OFFICIAL_S:.0f} s per case (learn2reg.md section 3; the target 20x is <= {OFFICIAL_S / 20:.2f} s), "
+            f"~{OFFICIAL_S:.0f} s per case (../shared/docs/learn2reg.md section 3; the target 20x is <= {OFFICIAL_S / 20:.2f} s), "
         )
     lines[-1] += f"{ref / best['nii']:.1f}x / {ref / best['npz']:.1f}x less than the reference formulas timed here."
     lines += ["", "Official metrics of the first pair, reference vs ours (nii.gz field):", ""]

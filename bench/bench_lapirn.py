@@ -271,7 +271,7 @@ def markdown(report: dict[str, Any]) -> str:
 def write_report(report: dict[str, Any], stem: Path) -> None:
     """``stem.json`` and ``stem.md``, each written atomically."""
     sys.path.insert(0, str(REPO))
-    from evaluation.io import atomic_open, write_json
+    from learn2reg.io import atomic_open, write_json
 
     write_json(stem.with_suffix(".json"), report)
     with atomic_open(stem.with_suffix(".md")) as fh:

@@ -28,8 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluation.dataset import load_task  # noqa: E402
-from evaluation.io import Geometry, save_nifti  # noqa: E402
+from learn2reg import dataset  # noqa: E402
+from learn2reg.io import Geometry, save_nifti  # noqa: E402
+from learn2reg.task import load_task  # noqa: E402
 from pipeline.config import config_from_dict  # noqa: E402
 from pipeline.model.lapirn import LapIRN, LapIRNConfig  # noqa: E402
 from pipeline.prediction.predict import Predictor, predict_pair  # noqa: E402
@@ -51,9 +52,8 @@ def make_task(root: Path, shape: tuple[int, int, int], seed: int = 0) -> Path:
         stem = f"Bench_{s:04d}_0000"
         save_nifti(root / "imagesTr" / f"{stem}.nii.gz", img, Geometry.identity(shape))
         entries.append({"image": f"./imagesTr/{stem}.nii.gz"})
-    meta = {"name": "Bench", "tensorImageShape": {"0": list(shape)}, "training": entries,
-            "registration_val": [{"fixed": entries[0]["image"], "moving": entries[1]["image"]}]}
-    (root / "Bench_dataset.json").write_text(json.dumps(meta))
+    dataset.write_description(root, dataset.build_description(
+        "Bench", shape, entries, [{"fixed": entries[0]["image"], "moving": entries[1]["image"]}]))
     return root
 
 

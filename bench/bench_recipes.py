@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         report["recipes"].append(row)
     report["environment"]["load_average_after"] = list(os.getloadavg())
-    from evaluation.io import atomic_open, write_json
+    from learn2reg.io import atomic_open, write_json
 
     write_json(args.out.with_suffix(".json"), report)
     with atomic_open(args.out.with_suffix(".md")) as fh:

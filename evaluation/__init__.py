@@ -1,6 +1,14 @@
-"""Learn2Reg evaluation: the official metrics (and corrected ones), submission checks,
-leaderboard. Depends on numpy, scipy, nibabel and pandas only: no torch, so it runs in a
-slim container and stays independent of the code it judges. It also owns the challenge's
-formats (``contract``, ``dataset``, ``io``), which the pipeline imports, and draws per-pair visual
-reports (``visual``, ``pair_report``, ``reports``; matplotlib) of any submission.
+"""Scoring: the official Learn2Reg metrics (and clearly named corrected ones), the evaluator and
+the zero-field row, plus what is built on scores.
+
+* ``metrics``, ``surface``, ``jacobian``  DSC, HD95 (DeepMind's surface method), TRE, SDlogJ, folding
+* ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the official flags and schema)
+* ``initial``      the zero field evaluated like a submission (``python -m evaluation.initial``)
+* ``leaderboard/`` several evaluated methods -> tables, rank scores, Markdown/CSV/HTML
+                   (``python -m evaluation.leaderboard``)
+* ``pair_reports/`` one self-contained HTML page per registered pair, from files only
+                   (``python -m evaluation.pair_reports``, ``python -m pipeline report``)
+
+May import: ``learn2reg`` (the formats), numpy, scipy, nibabel, pandas, matplotlib; never torch or
+``pipeline``: it runs in a slim container and stays independent of the code it judges.
 """

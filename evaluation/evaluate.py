@@ -28,14 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from evaluation import contract, jacobian, metrics
-from evaluation.cli import run_cli
-from evaluation.config import EvalConfig, EvalPair, Method, derive_config, read_config
-from evaluation.io import DataError, check_output_path, load_nifti, read_nifti_header, read_points, write_json
-from evaluation.progress import progress as progress_bar
-from evaluation.segmentation import check_label_map, label_dtype, max_label
-from evaluation.submission import (
-    FORMATS,
+from evaluation import jacobian, metrics
+from learn2reg import contract
+from learn2reg.cli import run_cli
+from learn2reg.eval_config import EvalConfig, EvalPair, Method, derive_config, read_config
+from learn2reg.io import DataError, check_output_path, load_nifti, read_nifti_header, read_points, write_json
+from learn2reg.progress import progress as progress_bar
+from learn2reg.segmentation import check_label_map, label_dtype, max_label
+from learn2reg.submission import (
     MANIFEST_NAME,
     Manifest,
     detect_format,
@@ -44,6 +44,7 @@ from evaluation.submission import (
     load_manifest,
     locate_fields,
 )
+from learn2reg.task import Layout
 
 log = logging.getLogger(__name__)
 EVAL_VERSION = "2.0"
@@ -100,8 +101,8 @@ def evaluate(
     if not disp_dir.is_dir():
         raise DataError(f"{disp_dir}: submission folder not found")
     fmt = detect_format(disp_dir) if fmt == "auto" else fmt
-    if fmt not in FORMATS:
-        raise DataError(f"unknown submission format {fmt!r} (auto, {', '.join(FORMATS)})")
+    if fmt not in list(Layout):
+        raise DataError(f"unknown submission format {fmt!r} (auto, {', '.join(Layout)})")
     if task_folder and not (disp_dir / task_folder).is_dir():
         raise DataError(f"{disp_dir / task_folder}: task folder of the submission not found")
     folder = field_folder(disp_dir, fmt, task_folder or data_dir.resolve().name)
@@ -306,7 +307,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", dest="config_path", default=None, help="official evaluation config json (default: derive from the task)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print per-case results")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="pairs of a derived config")
-    parser.add_argument("--format", dest="fmt", choices=("auto", *FORMATS), default="auto", help="submission format")
+    parser.add_argument("--format", dest="fmt", choices=("auto", *Layout), default="auto", help="submission format")
     parser.add_argument("--task-folder", default=None, help="2020 submissions: the task_NN sub-folder to read")
     parser.add_argument("-j", "--workers", type=int, default=None, help="worker processes (default: min(cores, pairs))")
     parser.add_argument("--official-only", action="store_true", help="only the official metrics (no *_true, *_mm, folding_fraction)")

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.cli import run_cli
-from evaluation.contract import disp_filename_2020, disp_filename_l2r
-from evaluation.dataset import LAYOUT_2020, load_task
 from evaluation.evaluate import evaluate
-from evaluation.io import DataError, check_output_path, read_nifti_header, save_nifti, write_json
+from learn2reg.cli import run_cli
+from learn2reg.contract import disp_filename_2020, disp_filename_l2r
+from learn2reg.io import DataError, check_output_path, read_nifti_header, save_nifti, write_json
+from learn2reg.task import Layout, load_task
 
 
 def write_zero_submission(data_dir: str | Path, out_dir: str | Path, split: str = "val") -> Path:
@@ -31,7 +31,7 @@ def write_zero_submission(data_dir: str | Path, out_dir: str | Path, split: str 
     out_dir = Path(out_dir)
     for pair in pairs:
         shape = read_nifti_header(task.case(pair.fixed).image).shape
-        if task.layout == LAYOUT_2020:
+        if task.layout == Layout.L2R2020:
             out_dir.mkdir(parents=True, exist_ok=True)
             np.savez(out_dir / disp_filename_2020(pair.fixed, pair.moving), arr_0=np.zeros((3, *shape), np.float16))
         else:

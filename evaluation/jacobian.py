@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation import contract
+from learn2reg import contract
 
 LOG_CLIP = (1e-9, 1e9)  # official clip of det + 3 before the log
 DET_SHIFT = 3.0  # official (quirky) shift of det J before the log

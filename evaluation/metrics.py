@@ -1,10 +1,10 @@
 """Learn2Reg metrics: the official definitions (default) plus clearly named corrected ones.
 
 Frames and units: fields ``u`` are ``X x Y x Z x 3`` in voxels on the fixed grid (pull; see
-``evaluation.contract``); label maps are integer ``X x Y x Z`` arrays; points are ``N x 3`` voxel
+``learn2reg.contract``); label maps are integer ``X x Y x Z`` arrays; points are ``N x 3`` voxel
 coordinates; spacings are mm per voxel along the array axes.
 
-Official quirks reproduced here (learn2reg.md section 3): a label absent in the fixed OR moving
+Official quirks reproduced here (../shared/docs/learn2reg.md section 3): a label absent in the fixed OR moving
 labels gives NaN for DSC and HD95, case values are NaN-means; HD95 uses spacing (1, 1, 1), so it is
 in voxels; SDlogJ is ``std(log(clip(det(J) + 3, 1e-9, 1e9)))`` over the field cropped by 2 voxels
 (and masked by the fixed mask == 1 when configured); ``num_foldings`` is counted after the +3 and
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from evaluation import contract, surface
+from evaluation import surface
+from learn2reg import contract
 
 TRE_RADIUS = 14  # half-width (voxels) of the fast TRE kernel: truncation ~2e-9 of max |u| (bench field)
 
@@ -60,7 +61,7 @@ def compact_labels(labels: np.ndarray, wanted: Sequence[int]) -> np.ndarray:
 
 
 def warp_labels(moving: np.ndarray, u: np.ndarray, margin: int = 2) -> np.ndarray:
-    """``evaluation.contract.warp_labels`` (the official nearest-neighbour rule), computed directly.
+    """``learn2reg.contract.warp_labels`` (the official nearest-neighbour rule), computed directly.
 
     ``map_coordinates(order=0, mode="constant")`` reads ``moving[floor(c + 0.5)]`` per axis when
     every coordinate ``c = x + u(x)`` (float64) lies in ``[0, n - 1]`` and 0 otherwise; this does the
@@ -235,7 +236,7 @@ def tre(
 ) -> np.ndarray:
     """Official TRE per point (mm): ``|| (p_fixed + u(p_fixed) - p_moving) * spacing_moving ||``.
 
-    ``u`` is sampled with the official cubic B-spline (``evaluation.contract.sample_field``
+    ``u`` is sampled with the official cubic B-spline (``learn2reg.contract.sample_field``
     semantics). ``method``: ``"full"`` prefilters the whole field (as the reference),
     ``"crop"`` only the points' bounding box plus a ``TRE_RADIUS`` margin, ``"kernel"`` sums the
     exact separable interpolation weights over a ``2 * TRE_RADIUS + 2`` window per point;

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from evaluation import contract
+from learn2reg import contract
 
 try:  # seung-lab's exact Euclidean distance transform: HD95's largest cost, ~2x faster than scipy's
     import edt as _edt

@@ -12,6 +12,9 @@ layer, never the reverse; nothing imports the demo; ``tests/pipeline/test_layout
 * ``demo/``       phantoms, demo tasks and the demo job
 
 At the top: the command line (``cli``), the run configuration (``config``) and the
-``torchrun`` helpers (``distributed``). ``evaluation`` (numpy only) scores the result.
-Run ``python -m pipeline --help``.
+``torchrun`` helpers (``distributed``). Run ``python -m pipeline --help``.
+
+May import: ``learn2reg`` (the challenge's formats, everywhere), torch, SimpleITK and the scientific
+stack; ``evaluation`` (numpy only, the judge) only where a stage really scores: validation during
+training, the affine stage's landmark error, reports, the demo job (``tests/test_layout.py``).
 """

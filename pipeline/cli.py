@@ -15,7 +15,7 @@ import importlib
 import os
 import sys
 
-from evaluation.cli import HelpFormatter, execute, package_version, parse
+from learn2reg.cli import HelpFormatter, execute, package_version, parse
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,8 +32,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluation.evaluate", "score a submission with the official Learn2Reg metrics (the official script's flags)"),
     "initial": ("evaluation.initial", "evaluate the zero field (the leaderboard's Initial row)"),
     "register": ("pipeline.prediction.register", "register one image pair with a trained run: field, warped image, report"),
-    "report": ("evaluation.reports", "per-pair visual reports (self-contained HTML) of a submission"),
-    "leaderboard": ("evaluation.leaderboard", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),
+    "report": ("evaluation.pair_reports.stage", "per-pair visual reports (self-contained HTML) of a submission"),
+    "leaderboard": ("evaluation.leaderboard.stage", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),
 }
 VERBOSE = ("-v", "--verbose")
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m pipeline") -> int
     if not any("--verbose" in action.option_strings for action in parser._actions):
         verbose = verbose or any(a in VERBOSE for a in rest)
         rest = [a for a in rest if a not in VERBOSE]
-    # A stage whose positionals may come on both sides of its options says so (evaluation.leaderboard).
+    # A stage whose positionals may come on both sides of its options says so (evaluation.leaderboard.stage).
     args = parse(parser, rest, getattr(module, "INTERMIXED_ARGS", False))
     try:
         return execute(module.run, args, verbose)

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, get_args, get_type_hints
 
-from evaluation.io import DataError, read_json
+from learn2reg.io import DataError, read_json
 
 
 @dataclass(frozen=True)

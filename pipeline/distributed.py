@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from evaluation.io import DataError
+from learn2reg.io import DataError
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")

@@ -2,7 +2,7 @@
 
 The CI machines (Debian bookworm, root, no registry, no NVIDIA runtime) have a ``docker`` client
 but no engine. This module makes ``make test`` self-sufficient there, following
-``/work/shared/docs/docker-on-these-machines.md``:
+``../shared/docs/docker-on-these-machines.md`` (beside the repository):
 
 1. ``dockerd`` from Debian's ``docker.io`` (installed with apt-get when missing), started by hand
    with its own data root, exec root and socket under a temporary folder, without touching the

@@ -17,9 +17,9 @@ import pytest
 
 from evaluation import evaluate as evaluate_cli
 from evaluation import initial as initial_cli
-from evaluation import leaderboard as leaderboard_cli
-from evaluation.contract import disp_filename_l2r
-from evaluation.io import Geometry, save_nifti
+from evaluation.leaderboard import stage as leaderboard_cli
+from learn2reg.contract import disp_filename_l2r
+from learn2reg.io import Geometry, save_nifti
 from pipeline.cli import main
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.pipeline.training.test_train import FAST, SHAPE, make_blob_task, trained_blob_run

@@ -315,7 +315,7 @@ def test_image_holds_the_code_and_no_caches(stack):
     proc = in_image(stack, "sh", "-c", script, user="0")
     assert proc.returncode == 0, output(proc)
     assert proc.stdout.split() == [
-        "configs", "docker", "evaluation", "pipeline", "pyproject.toml", "requirements-docker.txt",
+        "configs", "docker", "evaluation", "learn2reg", "pipeline", "pyproject.toml", "requirements-docker.txt",
         "requirements.txt", "weights", "no-root-cache",
     ]
 

@@ -1,6 +1,6 @@
 """``python -m pipeline align``: affine pre-alignment of a task's pairs (NGF + L-BFGS).
 
-For every pair of a split (``evaluation.dataset``), :func:`pipeline.affine.registration.register_affine`
+For every pair of a split (``learn2reg.task``), :func:`pipeline.affine.registration.register_affine`
 finds the transform fixed mm -> moving mm, and the stage writes, each file atomically::
 
     OUT/transforms/{fixed}_{moving}.tfm                  SimpleITK transform (Euler3D / Affine)
@@ -8,7 +8,7 @@ finds the transform fixed mm -> moving mm, and the stage writes, each file atomi
     OUT/images/{fixed}_{moving}_moving_aligned.nii.gz    moving image on the fixed grid
     OUT/align_summary.json                               resolved config, per-pair results, errors
 
-The aligned image is ``evaluation.contract.warp(moving, affine_to_field(voxel_matrix))``. When
+The aligned image is ``learn2reg.contract.warp(moving, affine_to_field(voxel_matrix))``. When
 both cases have landmarks, the official TRE (``evaluation.metrics.tre``, mm) before and after
 alignment is recorded. A pair whose input is unusable is reported (file and problem) and
 skipped; the others are still processed and the command exits with 1. ``--config`` takes
@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from evaluation.contract import warp
-from evaluation.dataset import Case, Pair, Task, load_task
-from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
 from evaluation.metrics import tre
-from evaluation.progress import progress as progress_bar
+from learn2reg.contract import warp
+from learn2reg.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
+from learn2reg.progress import progress as progress_bar
+from learn2reg.task import Case, Pair, Task, load_task
 from pipeline.affine.fov import FOV_CHOICES, pair_config
 from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
 from pipeline.config import RunConfig, config_from_dict

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from evaluation.dataset import Case, Pair, Task
+from learn2reg.task import Case, Pair, Task
 from pipeline.affine.registration import AffineConfig
 
 FOV_CHOICES = ("auto", "on", "off")

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from evaluation.contract import grid_scale, resize_image
-from evaluation.io import Geometry
+from learn2reg.contract import grid_scale, resize_image
+from learn2reg.io import Geometry
 
 METRICS = ("ngf-normalized", "ngf")
 

@@ -38,8 +38,8 @@ import SimpleITK as sitk
 import torch
 from scipy import ndimage, optimize
 
-from evaluation.contract import affine_to_field, physical_to_voxel_affine, resize_image
-from evaluation.io import Geometry
+from learn2reg.contract import affine_to_field, physical_to_voxel_affine, resize_image
+from learn2reg.io import Geometry
 from pipeline.affine.ngf import METRICS, NGFProblem, level_shapes, make_level
 
 log = logging.getLogger(__name__)

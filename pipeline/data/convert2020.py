@@ -36,8 +36,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.dataset import load_task
-from evaluation.io import DataError
+from learn2reg.io import DataError
+from learn2reg.task import load_task
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ RULES: dict[int, tuple[Rule, ...]] = {
 }
 ROLES = {"exp": "fixed", "insp": "moving"}  # 2020 task 2: fixed = exhale, moving = inhale
 PAIR_FILES = ("pairs_val.csv", "pairs_test.csv")
-# task.json of the 2020 layout: name, modality, shape (learn2reg.md), label ids (names not in the archives)
+# task.json of the 2020 layout: name, modality, shape (../shared/docs/learn2reg.md), label ids (names not in the archives)
 META: dict[int, dict] = {
     2: {"modality": {"0": "CT"}, "shape": [192, 192, 208]},
     3: {"modality": {"0": "CT"}, "shape": [192, 160, 256], "labels": {str(i): f"label {i}" for i in range(1, 14)}},

@@ -6,7 +6,7 @@ lung data store HU + 1024, the current tasks HU). Every windowed image is checke
 than half of its foreground lies outside the window (:func:`check_window`), a warning names the
 file, so a window meant for the other convention cannot pass unnoticed.
 
-Network grids are corner-aligned with the original grids (``evaluation.contract``): at half
+Network grids are corner-aligned with the original grids (``learn2reg.contract``): at half
 resolution an ``N``-voxel axis becomes ``(N + 1) // 2`` voxels, images are resampled linearly,
 labels and masks by nearest neighbour, points scaled with ``scale_points``. Prediction may run
 the network on another scale of that grid (:func:`prediction_shape`, ``predict.input_scale`` or
@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.contract import resize_image, scale_points
-from evaluation.dataset import Case, Task, load_task
-from evaluation.io import DataError, Geometry, atomic_path, load_nifti, read_nifti_scaling, read_points
-from evaluation.progress import progress
-from evaluation.segmentation import check_label_map, check_mask, label_dtype, max_label
+from learn2reg.contract import resize_image, scale_points
+from learn2reg.io import DataError, Geometry, atomic_path, load_nifti, read_nifti_scaling, read_points
+from learn2reg.progress import progress
+from learn2reg.segmentation import check_label_map, check_mask, label_dtype, max_label
+from learn2reg.task import Case, Task, load_task
 from pipeline.config import PreprocessConfig, RunConfig, load_config
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def network_shape(shape: tuple[int, ...], cfg: PreprocessConfig) -> tuple[int, i
 def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, int, int]:
     """The corner-aligned grid ``scale`` times as fine as ``shape`` (per axis, or one number for
     all): ``floor((n - 1) * s + 0.5) + 1`` voxels. It spans the same extent (first and last voxel
-    centres unchanged, ``evaluation.contract``), so its spacing is ``spacing * (n - 1) / (m - 1)``:
+    centres unchanged, ``learn2reg.contract``), so its spacing is ``spacing * (n - 1) / (m - 1)``:
     exactly ``spacing / s`` when ``(n - 1) * s`` is whole (any integer ``s``: an 80-voxel 2 mm
     axis at ``s = 2`` becomes 159 voxels of 1 mm), else the nearest grid. ``s = 1`` keeps the
     grid. ``ValueError`` when an axis of two or more voxels would shrink to one.
@@ -94,7 +94,7 @@ def prediction_shape(shape: Sequence[int], spacing: Sequence[float], cfg: RunCon
     (absolute: it replaces ``preprocess.half_resolution``). Otherwise the preprocessing grid
     (:func:`network_shape`, composing with ``half_resolution``) scaled by ``predict.input_scale``;
     the default 1 is the training grid. Either way corner-aligned with the image grid, so the
-    field returns to it through ``evaluation.contract.field_on_grid``.
+    field returns to it through ``learn2reg.contract.field_on_grid``.
     """
     if cfg.predict.target_spacing is not None:
         return scaled_shape(shape, [s / cfg.predict.target_spacing for s in spacing])
@@ -235,7 +235,7 @@ def load_image(path: Path) -> tuple[np.ndarray, Geometry]:
 
 def load_segmentation(path: Path, kind: str, image_shape: tuple[int, ...]) -> np.ndarray:
     """A label map (``kind="label"``) or mask (``"mask"``) of an image, checked like ``validate``
-    checks it (``evaluation.segmentation``): labels non-negative integers up to
+    checks it (``learn2reg.segmentation``): labels non-negative integers up to
     ``MAX_TRAINING_LABEL`` (stored as the smallest unsigned dtype that holds them), masks exactly
     {0, 1} (uint8), the image's shape. ``DataError`` naming the file otherwise."""
     arr, _ = load_nifti(path, dtype=None)

@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from evaluation.dataset import POINT_KINDS, Task, load_task
-from evaluation.io import DataError, read_nifti_header, read_points
+from learn2reg.io import DataError, read_nifti_header, read_points
+from learn2reg.task import POINT_KINDS, Task, load_task
 
 log = logging.getLogger(__name__)
 

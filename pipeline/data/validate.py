@@ -1,6 +1,6 @@
 """``python -m pipeline validate TASK_DIR [...]``: check Learn2Reg task folders, list every problem.
 
-A task folder of either layout (see :mod:`evaluation.dataset`) is checked completely before
+A task folder of either layout (see :mod:`learn2reg.task`) is checked completely before
 anything is reported, so one run names every problem at once, each with its file:
 
 * the dataset description: ``{TASK}_dataset.json`` keys (current layout) or ``task.json``
@@ -10,7 +10,7 @@ anything is reported, so one run names every problem at once, each with its file
 * NIfTI files that cannot be read completely (truncated gzip), image shape against the task
   shape, label/mask grid against their image's (shape; spacing, direction and origin within
   ``SPACING_TOL``/``DIRECTION_TOL``/``ORIGIN_TOL``), NaN/Inf image voxels, negative or
-  non-integer labels, non-binary masks (the rules of ``evaluation.segmentation``);
+  non-integer labels, non-binary masks (the rules of ``learn2reg.segmentation``);
 * registration pairs listed twice in a split, or in both the val and the test split (warnings);
 * point files (``N x 3`` voxel coordinates): column count, numbers, points outside the image
   extent ``[-0.5, s - 0.5]`` per axis (voxel centres are ``0 .. s-1``), and equal row counts
@@ -32,10 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.dataset import LAYOUT_2020, POINT_KINDS, SIBLINGS, Case, Pair, Task, derived_path, load_task
-from evaluation.io import DataError, Geometry, load_nifti, read_points
-from evaluation.progress import progress as progress_bar
-from evaluation.segmentation import label_problems, mask_problems
+from learn2reg.io import DataError, Geometry, load_nifti, read_points
+from learn2reg.progress import progress as progress_bar
+from learn2reg.segmentation import label_problems, mask_problems
+from learn2reg.task import POINT_KINDS, SIBLINGS, Case, Layout, Pair, Task, derived_path, load_task
 from pipeline.data.description import WARNING, Problem, check_description, problem_from_text
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[tuple[in
     if data.ndim != 3:
         found.append(Problem(path, f"expected a 3-D image, found shape {data.shape}"))
     elif _valid_shape(task.shape) and data.shape != tuple(task.shape):
-        source = "tensorImageShape" if task.layout != LAYOUT_2020 else "the task shape"
+        source = "tensorImageShape" if task.layout != Layout.L2R2020 else "the task shape"
         found.append(Problem(path, f"shape {data.shape} differs from {source} {tuple(task.shape)}"))
     if np.issubdtype(data.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(data)))
@@ -105,7 +105,7 @@ def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[tuple[in
 
 
 def _check_segmentation(path: Path, kind: str, image: tuple[tuple[int, ...], Geometry] | None, found: list[Problem]) -> None:
-    """Label maps: non-negative integers; masks: exactly {0, 1} (``evaluation.segmentation``);
+    """Label maps: non-negative integers; masks: exactly {0, 1} (``learn2reg.segmentation``);
     both: the image's grid (shape, then spacing, direction and origin within tolerance)."""
     loaded = _load(path, found)
     if loaded is None:
@@ -183,7 +183,7 @@ def _check_case(case: Case, task: Task, found: list[Problem], counts: dict[tuple
 def check_unlisted(task: Task) -> list[Problem]:
     """Current layout: a sibling folder (``labelsTr`` ...) with files for some images of a
     folder but not for others, where the json does not list them (warning, one per folder)."""
-    if task.layout == LAYOUT_2020:  # there, an existing sibling folder makes files required
+    if task.layout == Layout.L2R2020:  # there, an existing sibling folder makes files required
         return []
     groups: dict[tuple[Path, str], list[Case]] = {}
     for case in task.cases.values():
@@ -211,7 +211,7 @@ def check_pair_only_images(task: Task) -> list[Problem]:
 
 
 def _pair_source(task: Task, split: str) -> Path:
-    if task.layout == LAYOUT_2020:
+    if task.layout == Layout.L2R2020:
         return task.root / f"pairs_{split}.csv"
     jsons = sorted(task.root.glob("*_dataset.json"))
     return jsons[0] if jsons else task.root
@@ -275,7 +275,7 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
     """Every problem of one task folder (errors and warnings), in a stable order.
 
     ``progress``: a per-case progress bar on stderr when it is a terminal, else a plain
-    progress line in the log now and then (:mod:`evaluation.progress`).
+    progress line in the log now and then (:mod:`learn2reg.progress`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -293,7 +293,7 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
     found += [problem_from_text(text, root) for text in task.problems]
     named = {str(p.path) for p in found}  # a 2020 image symlink is already in task.problems
     found += [p for p in check_symlinks(root) if str(p.path) not in named]
-    if task.layout == LAYOUT_2020:
+    if task.layout == Layout.L2R2020:
         found += [Problem(root / name, f"not found: {why}", WARNING) for name, why in _OPTIONAL_2020 if not (root / name).exists()]
     counts: dict[tuple[str, str], int] = {}
     for case_id in progress_bar(sorted(task.cases), desc=f"validate {task.name}", unit="case", enabled=progress, logger=log):

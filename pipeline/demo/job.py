@@ -20,11 +20,11 @@ import logging
 import time
 from pathlib import Path
 
-from evaluation.dataset import load_task
 from evaluation.evaluate import evaluate
 from evaluation.initial import evaluate_initial
-from evaluation.io import DataError, write_json
-from evaluation.leaderboard import load_results, write_leaderboard
+from evaluation.leaderboard.stage import load_results, write_leaderboard
+from learn2reg.io import DataError, write_json
+from learn2reg.task import load_task
 from pipeline.config import load_config
 from pipeline.data.summary import format_summary, summarize
 from pipeline.data.validate import validate_task

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from evaluation.contract import warp, warp_labels
+from learn2reg.contract import warp, warp_labels
 from pipeline.demo.phantoms import (
     Grid,
     PhantomImage,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from evaluation.contract import compose_affine, physical_to_voxel_affine, warp
+from learn2reg.contract import compose_affine, physical_to_voxel_affine, warp
 from pipeline.demo.phantoms import (
     Grid,
     PhantomImage,

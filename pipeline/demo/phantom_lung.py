@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from evaluation.contract import jacobian_determinant, warp, warp_labels
+from learn2reg.contract import jacobian_determinant, warp, warp_labels
 from pipeline.demo.phantoms import (
     Grid,
     PhantomImage,

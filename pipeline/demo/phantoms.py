@@ -2,9 +2,9 @@
 
 Frames: a :class:`Grid` places voxel ``i`` of an axis with ``n`` voxels at
 ``(i - (n - 1) / 2) * spacing`` millimetres (centred, array axis order, no rotation; with the
-identity direction of ``evaluation.io.Geometry`` the axes are LPS: ``+x`` = patient left,
+identity direction of ``learn2reg.io.Geometry`` the axes are LPS: ``+x`` = patient left,
 ``+y`` = posterior, ``+z`` = superior). Shapes are signed distances in mm (negative inside).
-Fields follow ``evaluation.contract``: ``X x Y x Z x 3``, voxel units, pull direction; all
+Fields follow ``learn2reg.contract``: ``X x Y x Z x 3``, voxel units, pull direction; all
 warping and composition goes through that module. numpy/scipy only (no torch).
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from evaluation.contract import compose, resample_field, resize_image, sample_field
+from learn2reg.contract import compose, resample_field, resize_image, sample_field
 
 
 def make_rng(seed: int, *keys: int) -> np.random.Generator:
@@ -169,7 +169,7 @@ def smooth_noise(rng: np.random.Generator, shape: Sequence[int], cells: int | Se
 
 def exp_velocity(velocity: np.ndarray, steps: int = 6) -> np.ndarray:
     """Scaling and squaring: the pull field of the flow of a stationary ``velocity``
-    (``X x Y x Z x 3``, voxels), composed with ``evaluation.contract.compose``."""
+    (``X x Y x Z x 3``, voxels), composed with ``learn2reg.contract.compose``."""
     u = (velocity / 2.0**steps).astype(np.float32)
     for _ in range(steps):
         u = compose(u, u)
@@ -211,7 +211,7 @@ def half_grid(grid: Grid) -> Grid:
 
 def exp_to_grid(velocity_half: np.ndarray, grid: Grid) -> np.ndarray:
     """Exponentiate a velocity given on :func:`half_grid` (voxels of that grid) and resample
-    the resulting pull field to ``grid`` (``evaluation.contract.resample_field``, linear)."""
+    the resulting pull field to ``grid`` (``learn2reg.contract.resample_field``, linear)."""
     return resample_field(exp_velocity(velocity_half), grid.shape)
 
 

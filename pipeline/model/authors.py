@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from evaluation.io import DataError
+from learn2reg.io import DataError
 
 AUTHORS_REPO = "https://github.com/cwmok/LapIRN"
 AUTHORS_COMMIT = "c17fb7564ca752d37e97baf12cafff44e01da668"

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from evaluation.io import DataError, atomic_path
+from learn2reg.io import DataError, atomic_path
 from pipeline.model.lapirn import LapIRN, LapIRNConfig
 
 FORMAT = "l2r-lapirn-checkpoint"

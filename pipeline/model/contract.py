@@ -1,4 +1,4 @@
-"""Torch side of the displacement-field contract (the rules live in ``evaluation.contract``).
+"""Torch side of the displacement-field contract (the rules live in ``learn2reg.contract``).
 
 Torch fields are ``B x 3 x X x Y x Z``, voxel units, channel ``k`` along array axis ``k``,
 pull direction, on the fixed grid. ``grid_sample`` works in normalised coordinates with
@@ -13,7 +13,7 @@ Padding outside the moving grid (``padding`` of :func:`warp_flow` and :func:`war
 ``"border"`` repeats the edge values and is the rule for **images** (a zero rim would darken
 images that touch the edge); ``"zeros"`` makes the outside background and is the rule for
 **labels** (one-hot or integer) and masks, and the default of both functions. Fields are
-extended by their edge values (``pipeline.model.lapirn.compose_flow``, ``evaluation.contract.compose``).
+extended by their edge values (``pipeline.model.lapirn.compose_flow``, ``learn2reg.contract.compose``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evaluation.contract import (  # noqa: F401  re-exported: one import site for the pipeline
+from learn2reg.contract import (  # noqa: F401  re-exported: one import site for the pipeline
     affine_to_field,
     check_field,
     compose,
@@ -96,7 +96,7 @@ def warp_flow(moving: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", 
 
 
 def warp_torch(moving: torch.Tensor, u: torch.Tensor, mode: str = "bilinear", padding: str = "zeros") -> torch.Tensor:
-    """Torch twin of ``evaluation.contract.warp``: ``moving(x + u(x))`` with a voxel field ``u``.
+    """Torch twin of ``learn2reg.contract.warp``: ``moving(x + u(x))`` with a voxel field ``u``.
 
     ``mode`` "bilinear" (trilinear in 3-D) for images, "nearest" for labels. ``padding`` outside
     the moving grid: ``"zeros"`` (the default; labels and masks: outside is background; it agrees

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from evaluation.contract import jacobian_determinant
+from learn2reg.contract import jacobian_determinant
 from pipeline.model.mind import mind_ssc
 
 
@@ -148,7 +148,7 @@ def _correction(u0: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, set
 
 def repair_folds(u: np.ndarray, max_rounds: int = 20, sigma: float = 1.0) -> tuple[np.ndarray, int]:
     """A field (``X x Y x Z x 3``) without folded voxels: where ``det(I + grad u) <= 0``
-    (``evaluation.contract.jacobian_determinant``), the field and two voxels around are
+    (``learn2reg.contract.jacobian_determinant``), the field and two voxels around are
     replaced by its Gaussian smoothing (``sigma`` voxels), round after round until no voxel is
     folded or ``max_rounds`` is reached. Returns the field and the folded voxels left (0 in
     practice); a field without folds comes back unchanged."""

@@ -1,6 +1,6 @@
 """LapIRN: one parameterised Laplacian-pyramid registration network (displacement or diffeomorphic).
 
-Architecture as in ``docs/lapirn.md`` (Mok & Chung): ``levels`` identical CNN registration
+Architecture as in ``../shared/docs/lapirn.md`` (Mok & Chung): ``levels`` identical CNN registration
 networks (CRN), coarse to fine; level ``p`` works at ``1 / 2^(levels - p)`` resolution. Every CRN
 predicts a residual in grid_sample's normalised units (``B x 3 x X x Y x Z``, *grid* channel
 order, ``align_corners=True``) that is added to the upsampled field of the level below

@@ -207,7 +207,7 @@ def smoothness(field: torch.Tensor, unit: float = 1.0) -> torch.Tensor:
 def jacobian_determinant_torch(field: torch.Tensor) -> torch.Tensor:
     """``det(I + grad u)`` of a voxel field ``B x 3 x X x Y x Z`` -> ``B x X x Y x Z``.
 
-    Torch twin of ``evaluation.contract.jacobian_determinant``: central differences inside,
+    Torch twin of ``learn2reg.contract.jacobian_determinant``: central differences inside,
     one-sided at the faces (``torch.gradient`` = ``np.gradient``); differentiable.
     """
     if field.ndim != 5 or field.shape[1] != 3:

@@ -2,7 +2,7 @@
 Jacobian determinant maps, per-pair reports (numpy only; shared by ``predict`` and ``register``).
 
 Every output lies on the **fixed** grid with the fixed image's geometry and is computed from the
-field exactly as the evaluator reads it (``evaluation.submission.load_field``: a 2020
+field exactly as the evaluator reads it (``learn2reg.submission.load_field``: a 2020
 half-resolution field upsampled as the 2020 evaluator does), through the contract:
 
 * warped image: ``contract.warp(moving, u)`` (linear, 0 outside), float32;
@@ -14,7 +14,7 @@ half-resolution field upsampled as the 2020 evaluator does), through the contrac
 In a submission folder ``OUT`` (``predict``): ``OUT/warped/{fixed}_{moving}_moving_warped.nii.gz``,
 ``OUT/warped/{fixed}_{moving}_moving_labels_warped.nii.gz``,
 ``OUT/jacobian/{fixed}_{moving}_jacobian_det.nii.gz`` and ``OUT/report/{fixed}_{moving}.html``
-(``evaluation.reports``). All written atomically.
+(``evaluation.pair_reports.stage``). All written atomically.
 """
 
 from __future__ import annotations
@@ -24,12 +24,19 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluation.contract import warp, warp_labels
-from evaluation.dataset import Pair, Task
-from evaluation.io import Geometry, read_nifti_header, save_nifti
 from evaluation.jacobian import determinant_map
-from evaluation.reports import REPORT_DIR, read_image, read_labels, report_name, submission_format, task_pair_report
-from evaluation.submission import load_field
+from evaluation.pair_reports.stage import (
+    REPORT_DIR,
+    read_image,
+    read_labels,
+    report_name,
+    submission_format,
+    task_pair_report,
+)
+from learn2reg.contract import warp, warp_labels
+from learn2reg.io import Geometry, read_nifti_header, save_nifti
+from learn2reg.submission import load_field
+from learn2reg.task import Pair, Task
 
 WARPED_DIR = "warped"
 JACOBIAN_DIR = "jacobian"

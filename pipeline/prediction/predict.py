@@ -9,11 +9,11 @@ then write it in the task's challenge format:
 
 * current layout: ``OUT/disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` (``X x Y x Z x 3`` float32);
 * 2020 layout: ``OUT/disp_{fix:04d}_{mov:04d}.npz`` (key ``arr_0``, float16, channels first) at
-  the resolution the task prescribes (``evaluation.submission.submission_shape``: half for tasks
+  the resolution the task prescribes (``learn2reg.submission.submission_shape``: half for tasks
   1-3, full for task 4; no configuration changes it). A network run at half resolution gives the
   half-resolution field directly (exact, no up- and downsampling).
 
-Every file is written atomically. ``OUT/runtimes.json`` (``evaluation.submission`` schema) records
+Every file is written atomically. ``OUT/runtimes.json`` (``learn2reg.submission`` schema) records
 per pair the end-to-end and network-only runtimes (GPU-synchronised), the device, the
 checkpoint and a configuration hash; pairs already written under the same hash are skipped, so
 an interrupted prediction resumes. A folder holding fields of another configuration is refused
@@ -25,7 +25,7 @@ are sharded.
 On request, per pair and on the fixed grid (``pipeline.prediction.outputs``, from the field as
 the evaluator reads it, not timed): ``--save-warped`` the warped moving image and labels,
 ``--save-jacobian`` the Jacobian determinant map, ``--report`` the visual report
-(``OUT/report/``, ``evaluation.reports``). :func:`register_images` is the path of one pair of
+(``OUT/report/``, ``evaluation.pair_reports.stage``). :func:`register_images` is the path of one pair of
 images, shared with the single-pair ``register`` command.
 """
 
@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.contract import (
+from evaluation.pair_reports.stage import REPORT_DIR, write_index
+from learn2reg.contract import (
     compose_affine,
     disp_filename_2020,
     disp_filename_l2r,
@@ -51,11 +52,10 @@ from evaluation.contract import (
     grid_scale,
     warp,
 )
-from evaluation.dataset import LAYOUT_2020, Case, Pair, Task, load_task
-from evaluation.io import DataError, Geometry, atomic_path, check_output_path, load_nifti, read_json, save_nifti
-from evaluation.progress import progress
-from evaluation.reports import REPORT_DIR, write_index
-from evaluation.submission import read_manifest, submission_shape, write_manifest
+from learn2reg.io import DataError, Geometry, atomic_path, check_output_path, load_nifti, read_json, save_nifti
+from learn2reg.progress import progress
+from learn2reg.submission import read_manifest, submission_shape, write_manifest
+from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
@@ -124,12 +124,12 @@ def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, devi
 
 
 def output_name(task: Task, pair: Pair) -> str:
-    return disp_filename_2020(pair.fixed, pair.moving) if task.layout == LAYOUT_2020 else disp_filename_l2r(pair.fixed, pair.moving)
+    return disp_filename_2020(pair.fixed, pair.moving) if task.layout == Layout.L2R2020 else disp_filename_l2r(pair.fixed, pair.moving)
 
 
 def write_field(path: Path, u: np.ndarray, task: Task) -> None:
     """The task's challenge format, atomically; ``u`` is already on the submission grid."""
-    if task.layout == LAYOUT_2020:
+    if task.layout == Layout.L2R2020:
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, arr_0=np.moveaxis(u, -1, 0).astype(np.float16))
     else:
@@ -195,7 +195,7 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     The network grid is ``prediction_shape`` of the fixed image: the preprocessing grid, or its
     scale by ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
     onto it, and the field, in voxels of that grid, goes back to the fixed grid through
-    ``evaluation.contract.field_on_grid``. The network's field comes from ``predict_field``
+    ``learn2reg.contract.field_on_grid``. The network's field comes from ``predict_field``
     (autocast for the convolutions only, a float32 field), the same function validation during
     training uses."""
     grid = prediction_shape(fixed.shape, spacing, p.cfg)

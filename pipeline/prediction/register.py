@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.dataset import Case
-from evaluation.io import DataError, check_output_path, save_nifti, write_json
-from evaluation.reports import report_from_files
+from evaluation.pair_reports.stage import report_from_files
+from learn2reg.io import DataError, check_output_path, save_nifti, write_json
+from learn2reg.task import Case
 from pipeline.distributed import DistInfo, pick_device
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
 from pipeline.prediction.predict import load_predictor, register_images, run_config
@@ -47,7 +47,7 @@ WARPED = "warped.nii.gz"
 WARPED_LABELS = "warped_labels.nii.gz"
 JACOBIAN = "jacobian_det.nii.gz"
 REPORT = "report.html"
-REPORT_NUMBERS = "report.json"  # written beside the report by evaluation.reports
+REPORT_NUMBERS = "report.json"  # written beside the report by evaluation.pair_reports.stage
 RECORD = "register.json"
 
 

@@ -28,7 +28,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from evaluation.io import DataError, check_output_path, write_json
+from learn2reg.io import DataError, check_output_path, write_json
 from pipeline.config import ModelConfig, PreprocessConfig, RunConfig
 from pipeline.model.authors import (
     AUTHORS_COMMIT,

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evaluation.io import atomic_open, atomic_path
+from learn2reg.io import atomic_open, atomic_path
 
 COLUMNS = [
     "global_step", "level", "step", "kind", "loss", "similarity", "smooth", "dice", "antifold",

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evaluation.dataset import Task
-from evaluation.io import DataError
+from learn2reg.io import DataError
+from learn2reg.task import Task
 from pipeline.config import RunConfig
 from pipeline.data.preprocess import MAX_TRAINING_LABEL, Prepared, load_prepared
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from evaluation.dataset import Task
-from evaluation.io import DataError, check_output_path, read_json
+from learn2reg.io import DataError, check_output_path, read_json
+from learn2reg.task import Task
 from pipeline.config import RunConfig
 
 

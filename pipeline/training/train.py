@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from evaluation.dataset import load_task
-from evaluation.io import DataError, write_json
-from evaluation.progress import progress
+from learn2reg.io import DataError, write_json
+from learn2reg.progress import progress
+from learn2reg.task import load_task
 from pipeline.config import RunConfig, TrainConfig, load_config
 from pipeline.distributed import (
     DistInfo,

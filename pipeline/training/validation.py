@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.contract import sample_field
 from evaluation.metrics import dice, label_counts, nanmean
+from learn2reg.contract import sample_field
 from pipeline.model.contract import field_from_numpy, field_to_numpy, warp_torch
 from pipeline.model.field import predict_field
 from pipeline.model.lapirn import LapIRN

@@ -10,13 +10,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from evaluation import contract, io
-from evaluation.config import EvalPair, derive_config, read_config
 from evaluation.evaluate import Options, evaluate, main
-from evaluation.io import DataError, Geometry
-from evaluation.submission import (
-    FORMAT_2020,
-    FORMAT_L2R,
+from learn2reg import contract, io
+from learn2reg.eval_config import EvalPair, derive_config, read_config
+from learn2reg.io import DataError, Geometry
+from learn2reg.submission import (
     CaseRuntime,
     Manifest,
     check_submission,
@@ -26,6 +24,7 @@ from evaluation.submission import (
     read_manifest,
     write_manifest,
 )
+from learn2reg.task import Layout
 from tests.evaluation.official_reference import evaluate_reference
 
 SHAPE = (20, 22, 24)
@@ -202,7 +201,7 @@ def test_equals_official_reference_current_format(task, official_config, tmp_pat
 def test_equals_official_reference_2020_format_and_pool(task, official_config, tmp_path):
     write_submission(tmp_path / "sub", derive_config(task), "2020")
     ours = evaluate(tmp_path / "sub", task, official_config, workers=2)  # format detected from task_03/
-    assert_same_result(ours, evaluate_reference(tmp_path / "sub" / "task_03", task, official_config, fmt=FORMAT_2020))
+    assert_same_result(ours, evaluate_reference(tmp_path / "sub" / "task_03", task, official_config, fmt=Layout.L2R2020))
 
 
 def test_zero_field_gives_initial_values(task, tmp_path):
@@ -273,7 +272,7 @@ def test_short_names_only_for_0000_to_0001(tmp_path):
     assert l2r_names(inter) == ["disp_0004_0000_0005_0000.npz", "disp_0004_0000_0005_0000.nii.gz"]
     (tmp_path / "disp_0004_0004.nii.gz").touch()
     (tmp_path / "disp_0004_0005.nii.gz").touch()
-    found, problems = locate_fields(tmp_path, (intra, inter), FORMAT_L2R)
+    found, problems = locate_fields(tmp_path, (intra, inter), Layout.L2R)
     assert found == {intra.key: tmp_path / "disp_0004_0004.nii.gz"}
     assert len(problems) == 1 and "disp_0004_0000_0005_0000.nii.gz" in problems[0]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.initial import evaluate_initial, main
-from evaluation.io import load_nifti
+from learn2reg.io import load_nifti
 from tests.pipeline.training.test_train import make_blob_task
 
 

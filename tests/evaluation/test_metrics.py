@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from evaluation import contract, jacobian, metrics
+from evaluation import jacobian, metrics
+from learn2reg import contract
 from tests.evaluation import official_reference as ref
 
 

@@ -5,7 +5,7 @@ stored here: :data:`OFFICIAL` rebuilds each file from its documented structure (
 methods, shape, pairs, masking, version; see tests/evaluation/OFFICIAL_CONFIGS.md for the source
 commit and the check that the rebuilt files equal the organisers'). Each one is written to a tiny
 fake task folder holding every file the official script would read, found by the official rules
-written out here independently of ``evaluation.config``.
+written out here independently of ``learn2reg.eval_config``.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation import contract, io
-from evaluation.config import read_config
 from evaluation.evaluate import ground_truth_problems, main
-from evaluation.io import DataError, Geometry
+from learn2reg import contract, io
+from learn2reg.eval_config import read_config
+from learn2reg.io import DataError, Geometry
 
 SDLOGJ = {"name": "LogJacDetStd", "metric": "sdlogj"}
 TRE_LM = {"name": "TRE_lm", "metric": "tre", "dest": "landmarks"}
@@ -120,7 +120,7 @@ def test_the_official_config_is_read_and_every_path_resolves(tmp_path, stem, cap
     data = fake_task(tmp_path / "data", raw)
     path = data / f"{stem}_evaluation_config.json"
     path.write_text(text)
-    with caplog.at_level(logging.WARNING, logger="evaluation.config"):
+    with caplog.at_level(logging.WARNING, logger="learn2reg.eval_config"):
         cfg = read_config(path, data)
     assert caplog.text == ""  # nothing unknown, nothing ignored
     task, methods, shape, masked, _, pairs, _ = OFFICIAL[stem]
@@ -225,6 +225,6 @@ def test_masked_evaluation_must_be_a_json_boolean(tmp_path, value):
 def test_unknown_keys_are_ignored_with_a_warning_as_the_official_script_ignores_them(tmp_path, caplog):
     raw = json.loads(official_json("LungCT_VAL"))
     raw["comment"] = "added by hand"
-    with caplog.at_level(logging.WARNING, logger="evaluation.config"):
+    with caplog.at_level(logging.WARNING, logger="learn2reg.eval_config"):
         cfg = _read(tmp_path, raw)
     assert "ignoring unknown keys ['comment']" in caplog.text and len(cfg.pairs) == 3

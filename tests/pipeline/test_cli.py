@@ -12,17 +12,17 @@ import logging
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 
 import pytest
-import tomllib
 import torch
 
 from evaluation import evaluate as evaluate_module
 from evaluation import initial as initial_module
-from evaluation import leaderboard as leaderboard_module
 from evaluation.initial import write_zero_submission
-from evaluation.io import DataError, read_json
+from evaluation.leaderboard import stage as leaderboard_module
+from learn2reg.io import DataError, read_json
 from pipeline import cli
 from pipeline.distributed import DistInfo, backend_kind, cuda_problem, device_arg, pick_device
 from tests.paths import REPO
@@ -78,7 +78,8 @@ def test_the_evaluation_commands_show_their_defaults_and_version_too(module, cap
     module.build_parser(parser)
     for action in options_with_defaults(parser):
         assert expected_default(action) in option_help(text, parser, action), (module.__name__, action.option_strings)
-    assert help_text(lambda: module.main(["--version"]), capsys) == f"python -m {module.__name__} {VERSION}"
+    command = module.__name__.removesuffix(".stage")  # a sub-package's command is the package (its __main__)
+    assert help_text(lambda: module.main(["--version"]), capsys) == f"python -m {command} {VERSION}"
 
 
 def test_top_level_help_lists_every_command_and_version_comes_from_pyproject(capsys):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluation.io import DataError
+from learn2reg.io import DataError
 from pipeline.cli import main
 from pipeline.config import ModelConfig, PreprocessConfig, RunConfig, TrainConfig, config_from_dict, load_config
 from tests.paths import REPO

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from evaluation.contract import affine_to_field, physical_to_voxel_affine, sample_field, warp
-from evaluation.dataset import Pair, load_task
-from evaluation.io import DataError, Geometry, load_nifti, read_json, read_points, save_nifti, write_json, write_points
+from learn2reg.contract import affine_to_field, physical_to_voxel_affine, sample_field, warp
+from learn2reg.io import DataError, Geometry, load_nifti, read_json, read_points, save_nifti, write_json, write_points
+from learn2reg.task import Pair, load_task
 from pipeline import cli
 from pipeline.affine.align import (
     _config_from_args,

@@ -10,8 +10,8 @@ import torch
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
-from evaluation.contract import affine_to_field, physical_to_voxel_affine, resize_image
-from evaluation.io import Geometry
+from learn2reg.contract import affine_to_field, physical_to_voxel_affine, resize_image
+from learn2reg.io import Geometry
 from pipeline.affine.ngf import (
     NGFProblem,
     make_level,

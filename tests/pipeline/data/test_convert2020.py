@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.dataset import LAYOUT_2020, Pair, load_task
-from evaluation.io import Geometry, load_nifti, save_nifti, write_points
+from learn2reg.io import Geometry, load_nifti, save_nifti, write_points
+from learn2reg.task import Layout, Pair, load_task
 from pipeline.cli import main
 
 SHAPE = (6, 5, 4)
@@ -62,7 +62,7 @@ def test_task_02_lung_archive(tmp_path, caplog):
     assert convert(lung_archive(tmp_path / "archive"), 2, out) == 0
     assert sorted(p.name for p in (out / "images").iterdir())[:2] == ["img0001_fixed.nii.gz", "img0001_moving.nii.gz"]
     task = load_task(out)
-    assert task.layout == LAYOUT_2020 and task.intra_patient and not task.problems
+    assert task.layout == Layout.L2R2020 and task.intra_patient and not task.problems
     assert task.pairs["val"] == (Pair("0003_0000", "0003_0001"),)
     assert Pair("0001_0000", "0001_0001") in task.pairs["train"]
     # exhale is the fixed image (the 2020 convention); values copied unchanged (HU + 1024)

@@ -10,11 +10,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from evaluation.dataset import load_task
-from evaluation.io import Geometry, read_nifti_scaling, save_nifti
+from learn2reg.io import Geometry, read_nifti_scaling, save_nifti
+from learn2reg.task import load_task
 from pipeline.config import PreprocessConfig
 from pipeline.data.preprocess import check_window, detect_hu_offset, network_image, normalise, prepare_case
-from tests.evaluation.test_dataset import make_l2r
+from tests.learn2reg.test_task import make_l2r
 
 LUNG_WINDOW_HU = (-924, 494)  # the author's [100, 1518] on HU + 1024 data, in HU
 LUNG_WINDOW_2020 = (100, 1518)  # the same numbers taken as HU: a window for the other convention

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.io import DataError, Geometry, save_nifti
+from learn2reg.io import DataError, Geometry, save_nifti
 from pipeline.config import PreprocessConfig
 from pipeline.data.preprocess import load_prepared, network_shape, normalise, prepare_case
-from tests.evaluation.test_dataset import make_l2r
+from tests.learn2reg.test_task import make_l2r
 
 
 def test_ct_window_maps_linearly_to_unit_range_with_air_at_zero():
@@ -41,7 +41,7 @@ def test_half_resolution_keeps_labels_points_and_spacing_consistent(tmp_path):
     save_nifti(root / "imagesTr" / f"{stem}.nii.gz", img, geom)
     save_nifti(root / "masksTr" / f"{stem}.nii.gz", lab.clip(0, 1), geom)
     np.savetxt(root / "keypointsTr" / f"{stem}.csv", [[0, 0, 0], [16, 12, 8], [8, 6, 4]], delimiter=",")
-    from evaluation.dataset import load_task
+    from learn2reg.task import load_task
 
     case = load_task(root).case("0001_0000")
     p = prepare_case(case, PreprocessConfig(half_resolution=True, percentile=100.0))
@@ -55,7 +55,7 @@ def test_half_resolution_keeps_labels_points_and_spacing_consistent(tmp_path):
 
 
 def test_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path):
-    from evaluation.dataset import load_task
+    from learn2reg.task import load_task
 
     root = make_l2r(tmp_path / "d", paired=False)
     task = load_task(root)
@@ -74,7 +74,7 @@ def test_cache_is_reused_and_invalidated_by_a_changed_source(tmp_path):
 
 
 def test_bad_input_names_the_file(tmp_path):
-    from evaluation.dataset import load_task
+    from learn2reg.task import load_task
 
     root = make_l2r(tmp_path, paired=False)
     task = load_task(root)
@@ -93,7 +93,7 @@ def test_bad_input_names_the_file(tmp_path):
 
 def _label_case(tmp_path, values: np.ndarray, paired: bool = False, kind: str = "label"):
     """Case 0001_0000 of the tiny task with its label map (or mask, ``paired``) replaced."""
-    from evaluation.dataset import load_task
+    from learn2reg.task import load_task
 
     task = load_task(make_l2r(tmp_path, paired=paired))
     case = task.case("0001_0000")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.io import Geometry, save_nifti, write_points
+from learn2reg.io import Geometry, save_nifti, write_points
 from pipeline.cli import main
 from pipeline.data.summary import format_summary, summarize
 from pipeline.data.validate import Problem, validate_task
@@ -411,7 +411,7 @@ def test_missing_folder_and_no_task(tmp_path, capsys):
 
 def test_summarize_l2r(tmp_path):
     task_dir = make_l2r(tmp_path)
-    from evaluation.dataset import load_task
+    from learn2reg.task import load_task
 
     row = summarize(load_task(task_dir))
     assert row["name"] == NAME and row["layout"] == "l2r"
@@ -426,7 +426,7 @@ def test_summarize_l2r(tmp_path):
 
 
 def test_summarize_2020_and_table(tmp_path, capsys):
-    from evaluation.dataset import load_task
+    from learn2reg.task import load_task
 
     rows = [summarize(load_task(make_l2r(tmp_path))), summarize(load_task(make_2020(tmp_path)))]
     assert (rows[1]["images_train"], rows[1]["training_pairs"], rows[1]["val_pairs"]) == (6, 3, 1)

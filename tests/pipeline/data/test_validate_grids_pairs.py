@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from evaluation.io import Geometry, save_nifti
+from learn2reg.io import Geometry, save_nifti
 from pipeline.cli import main
 from pipeline.data.validate import validate_task
 from tests.pipeline.data.test_validate import (

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from evaluation.contract import affine_to_field, jacobian_determinant, sample_field, warp_labels
-from evaluation.dataset import Task, load_task
-from evaluation.io import DataError, load_nifti, read_json, read_points
+from learn2reg.contract import affine_to_field, jacobian_determinant, sample_field, warp_labels
+from learn2reg.io import DataError, load_nifti, read_json, read_points
+from learn2reg.task import Task, load_task
 from pipeline.cli import main
 from pipeline.demo import phantom_brain
 from pipeline.demo.phantoms import Grid, invert_field, make_rng, pull_points, random_diffeo

@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from evaluation.io import DataError
+from learn2reg.io import DataError
 from pipeline.model import authors
 from pipeline.model.authors import (
     PUBLISHED,
@@ -165,4 +165,4 @@ def test_the_published_files_are_complete_3_level_models_with_identical_keys(var
     assert list(sd) == list(other) and all(sd[k].shape == other[k].shape for k in sd)  # the variant is not in the keys
     model = LapIRN(LapIRNConfig(start_channel=7))
     model.load_state_dict(map_authors_state_dict(sd, target=model.state_dict()), strict=True)
-    assert sum(p.numel() for p in model.parameters()) == 923_748  # docs/lapirn.md
+    assert sum(p.numel() for p in model.parameters()) == 923_748  # ../shared/docs/lapirn.md

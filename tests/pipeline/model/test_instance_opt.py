@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from evaluation.contract import jacobian_determinant
+from learn2reg.contract import jacobian_determinant
 from pipeline.model.instance_opt import InstanceOptSettings, control_shape, refine_field, repair_folds, smooth_control
 from pipeline.model.mind import CHANNELS, mind_ssc
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from evaluation import contract as C
+from learn2reg import contract as C
 from pipeline.model.contract import field_to_numpy, flow_to_voxel, identity_flow_grid, voxel_to_flow, warp_torch
 from pipeline.model.field import full_resolution_field
 from pipeline.model.lapirn import (
@@ -63,7 +63,7 @@ def test_parameter_counts_match_the_reference_architecture():
 
 
 def crn_by_hand(net, x: torch.Tensor, skip: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CRN of docs/lapirn.md written out with functional ops on the module's weights."""
+    """The CRN of ../shared/docs/lapirn.md written out with functional ops on the module's weights."""
     conv = torch.nn.functional.conv3d
     lrelu = torch.nn.functional.leaky_relu
     f = conv(lrelu(conv(x, net.encoder[0].weight, padding=1), 0.2), net.encoder[2].weight, padding=1)

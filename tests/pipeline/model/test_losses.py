@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from evaluation import contract as C
+from learn2reg import contract as C
 from pipeline.config import LossConfig
 from pipeline.model import losses as L
 from pipeline.model.contract import field_from_numpy

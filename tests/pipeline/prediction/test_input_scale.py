@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.contract import disp_filename_l2r, identity_grid
-from evaluation.io import Geometry, load_nifti, save_nifti
-from evaluation.submission import read_manifest
+from learn2reg.contract import disp_filename_l2r, identity_grid
+from learn2reg.io import Geometry, load_nifti, save_nifti
+from learn2reg.submission import read_manifest
 from pipeline.cli import main
 from pipeline.config import config_from_dict
 from pipeline.data.preprocess import network_shape, prediction_shape, scaled_shape

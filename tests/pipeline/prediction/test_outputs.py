@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.contract import affine_to_field, disp_filename_l2r, warp, warp_labels
-from evaluation.dataset import load_task
-from evaluation.io import Geometry, load_nifti, save_nifti
+from learn2reg.contract import affine_to_field, disp_filename_l2r, warp, warp_labels
+from learn2reg.io import Geometry, load_nifti, save_nifti
+from learn2reg.task import load_task
 from pipeline.cli import main
 from pipeline.prediction.outputs import Outputs, pair_paths, write_pair_outputs
 from tests.pipeline.training.test_train import SHAPE, make_blob_task

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.contract import disp_filename_l2r, from_2020
-from evaluation.dataset import load_task
 from evaluation.evaluate import evaluate
-from evaluation.io import DataError, Geometry, load_nifti, save_nifti
-from evaluation.submission import read_manifest
+from learn2reg.contract import disp_filename_l2r, from_2020
+from learn2reg.io import DataError, Geometry, load_nifti, save_nifti
+from learn2reg.submission import read_manifest
+from learn2reg.task import load_task
 from pipeline.config import config_from_dict
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.prediction import predict as predict_module

@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.contract import warp, warp_labels
-from evaluation.io import DataError, Geometry, load_nifti, save_nifti
+from learn2reg.contract import warp, warp_labels
+from learn2reg.io import DataError, Geometry, load_nifti, save_nifti
 from pipeline.cli import main
 from pipeline.prediction.register import register
 from tests.pipeline.training.test_train import SHAPE, trained_blob_run

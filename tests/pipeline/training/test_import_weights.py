@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.contract import disp_filename_l2r, normalized_to_voxel
-from evaluation.io import DataError, load_nifti
-from evaluation.submission import read_manifest
+from learn2reg.contract import disp_filename_l2r, normalized_to_voxel
+from learn2reg.io import DataError, load_nifti
+from learn2reg.submission import read_manifest
 from pipeline.cli import main
 from pipeline.config import config_from_dict, load_config
 from pipeline.data.preprocess import normalise

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.dataset import load_task
-from evaluation.io import DataError
 from evaluation.metrics import dice, label_counts
+from learn2reg.io import DataError
+from learn2reg.task import load_task
 from pipeline.config import config_from_dict
 from pipeline.distributed import DistInfo
 from pipeline.model.checkpoint import save_checkpoint

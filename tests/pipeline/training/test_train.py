@@ -18,9 +18,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from evaluation.dataset import load_task
-from evaluation.io import DataError, Geometry, save_nifti
 from evaluation.metrics import dice, label_counts
+from learn2reg.io import DataError, Geometry, save_nifti
+from learn2reg.task import load_task
 from pipeline.config import TrainConfig, config_from_dict
 from pipeline.distributed import DistInfo
 from pipeline.model.checkpoint import load_checkpoint

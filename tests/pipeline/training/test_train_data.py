@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluation.io import load_nifti, save_nifti
+from learn2reg.io import load_nifti, save_nifti
 from pipeline.cli import main
 from tests.pipeline.training.test_train import TINY, make_blob_task
 
