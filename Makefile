@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make demo   - create .venv, install the pinned requirements, run the main job on the embedded demo tasks
-#   make test   - create .venv, install, run the whole test suite (what CI runs)
+#   make test   - create .venv, install, run ruff, mypy and the whole test suite (what CI runs)
 PYTHON ?= python3
 # The pins need Python 3.11: numpy 2.4, scipy 1.17, pandas 3.1 and matplotlib 3.11 require >= 3.11,
 # and the development machines' torch 2.13.0 wheel is built for CPython 3.11 only.
@@ -26,14 +26,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 demo: $(VENV)/.installed
 	$(PY) -m pipeline demo --out $(DEMO_OUT)
 
-test: $(VENV)/.installed
+test: lint
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -n 2 -m "not slow and not docker" tests
 
+# ruff (style, imports, bug patterns) and mypy (types; settings in pyproject.toml) on the whole tree
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check learn2reg pipeline evaluation tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

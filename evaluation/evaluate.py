@@ -15,6 +15,7 @@ all of them and no output file (it is written atomically at the very end).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -116,7 +117,7 @@ def evaluate(
     problems = [msg for _, _, msgs in outcomes for msg in msgs]
     if problems:
         raise DataError(_problem_text(problems))
-    cases = {key: result for key, result, _ in outcomes}
+    cases = {key: result for key, result, _ in outcomes if result is not None}  # problems raised above otherwise
     if manifest is not None:
         _add_runtimes(cases, manifest)
     return {"name": config.name, "aggregates": _aggregates(cases, config, options), "cases": cases, "eval_version": EVAL_VERSION}
@@ -150,9 +151,9 @@ def ground_truth_problems(config: EvalConfig) -> list[str]:
 def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple[str, dict | None, list[str]]]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(1, min(workers or cores, len(jobs)))
-    bar = {"total": len(jobs), "enabled": progress, "desc": "evaluate", "unit": "pair", "logger": log}
+    bar = functools.partial(progress_bar, total=len(jobs), enabled=progress, desc="evaluate", unit="pair", logger=log)
     if workers == 1:
-        return [evaluate_case(job) for job in progress_bar(jobs, **bar)]
+        return [evaluate_case(job) for job in bar(jobs)]
     # fork: workers start in milliseconds with everything imported and need no __main__ guard.
     # The executor forks all workers at the first submit, before its manager thread exists; the
     # only other threads are the BLAS pool's (fork-safe via its atfork handlers), hence the
@@ -164,7 +165,7 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             futures = [pool.submit(evaluate_case, job) for job in jobs]
-        return [f.result() for f in progress_bar(futures, **bar)]
+        return [f.result() for f in bar(futures)]
 
 
 def evaluate_case(job: CaseJob) -> tuple[str, dict | None, list[str]]:
@@ -180,7 +181,9 @@ def evaluate_case(job: CaseJob) -> tuple[str, dict | None, list[str]]:
 
 def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
     """All configured metrics of one pair, in config order (``num_foldings`` after SDlogJ), then ours."""
-    pair, found, ours = job.pair, {}, {}
+    pair = job.pair
+    found: dict[str, Any] = {}
+    ours: dict[str, Any] = {}
     if any(m.metric == "sdlogj" for m in job.methods):
         stats = jacobian.jacobian_stats(u, _load_mask(pair, u) if job.masked else None)
         found["sdlogj"] = stats
@@ -206,7 +209,10 @@ def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
                     ours[f"{m.name}_mm"] = (metrics.nanmean(values[1]), values[1])
     for m in job.methods:
         if m.metric == "tre":
-            fixed_csv, moving_csv = pair.point_files(m.dest or "") or (None, None)
+            files = pair.point_files(m.dest or "")
+            if files is None:
+                raise DataError(f"{pair.key}: no {m.dest} files configured for {m.name}")
+            fixed_csv, moving_csv = files
             fixed_pts, moving_pts = read_points(fixed_csv), read_points(moving_csv)
             if fixed_pts.shape != moving_pts.shape:
                 raise DataError(f"{fixed_csv} has {len(fixed_pts)} points but {moving_csv} has {len(moving_pts)}")
@@ -235,7 +241,7 @@ def _assemble(job: CaseJob, found: dict[str, Any], ours: dict[str, Any]) -> dict
     return out
 
 
-def _load_labels(path: Path | None, grid: tuple[int, ...] | None, order: str = "F") -> tuple[np.ndarray, Any]:
+def _load_labels(path: Path | None, grid: tuple[int, ...] | None, order: Literal["C", "F"] = "F") -> tuple[np.ndarray, Any]:
     """Integer label map (smallest unsigned dtype) in the memory ``order`` of the field (NIfTI
     data are Fortran-ordered; mixing orders makes every voxel-wise step strided, ~3x slower);
     ``DataError`` for non-integer/negative values or (for the fixed labels) a grid other than

@@ -86,7 +86,8 @@ class _Moments:
     passes and batches are merged exactly (Chan et al.)."""
 
     def __init__(self) -> None:
-        self.n, self.mean, self.m2, self.shift = 0, 0.0, 0.0, None
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.shift: float | None = None
 
     def add(self, values: np.ndarray) -> None:
         n = int(values.size)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -91,7 +92,7 @@ def warp_labels(moving: np.ndarray, u: np.ndarray, margin: int = 2) -> np.ndarra
     v, dst = u.transpose(*perm, 3)[crop], out.transpose(perm)[crop]
     # voxel coordinate of each view axis, broadcast against a plane (view axes 1, 2)
     grids = [np.arange(lo[a], hi[a], dtype=np.float64) for a in perm]
-    plane_grid = [None, grids[1][:, None], grids[2][None, :]]
+    plane_grid: list[Any] = [None, grids[1][:, None], grids[2][None, :]]
     plane = v.shape[1:3]
     coord, flat_index = np.empty(plane), np.empty(plane)
     inside, flag, index = np.empty(plane, dtype=bool), np.empty(plane, dtype=bool), np.empty(plane, dtype=np.intp)
@@ -137,11 +138,11 @@ def label_counts(fixed: np.ndarray, moving: np.ndarray, warped: np.ndarray, labe
     labels = tuple(int(v) for v in labels)
     (f, m, w), index = _indexed((fixed, moving, warped), labels)
     k = int(max(f.max(initial=0), w.max(initial=0), m.max(initial=0), max(index))) + 1
-    code_dtype = np.uint16 if k * k <= 65536 else np.uint32 if k * k < 2**32 else np.uint64
+    code_dtype = np.dtype(np.uint16 if k * k <= 65536 else np.uint32 if k * k < 2**32 else np.uint64)
     # counted inside the box of the nonzero values only; the voxels outside are (0, 0)
     box = nonzero_box(f, w)
     f, w = (f, w) if box is None else (f[box], w[box])
-    joint = np.bincount((f.astype(code_dtype) * code_dtype(k) + w).ravel(order="K"), minlength=k * k).reshape(k, k)
+    joint = np.bincount((f.astype(code_dtype) * code_dtype.type(k) + w).ravel(order="K"), minlength=k * k).reshape(k, k)
     joint[0, 0] += fixed.size - f.size
     box = nonzero_box(m)
     m_box = m if box is None else m[box]
@@ -304,7 +305,7 @@ def _sample_kernel(u: np.ndarray, points: np.ndarray) -> np.ndarray:
         wx, wy, wz = (weights[a][p, sl[a]] for a in range(3))
         if fortran:  # NIfTI layout: per component, x runs are contiguous; contract x first
             for c in range(3):
-                block = np.asarray(u[(*sl, c)].T, dtype=np.float64)  # z, y, x; C order
+                block = np.asarray(u[(*sl, c)].T, dtype=np.float64)  # type: ignore[arg-type]  # numpy's stubs reject a slices + int index tuple
                 out[p, c] = ((block @ wx) @ wy) @ wz
         else:
             block = np.asarray(u[sl], dtype=np.float64)  # x, y, z, component; C order

@@ -82,7 +82,7 @@ def _area_table(spacing: tuple[float, ...]) -> np.ndarray:
             if tri == "-":
                 continue
             n = np.array([int(tri[0]) / 8 * s1 * s2, int(tri[1]) / 8 * s0 * s2, int(tri[2]) / 8 * s0 * s1])
-            total += np.linalg.norm(n)
+            total += float(np.linalg.norm(n))
         half[code] = total
     table = np.concatenate([half, half[::-1]])
     table.flags.writeable = False

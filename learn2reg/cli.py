@@ -28,7 +28,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         if isinstance(action.default, list | tuple) and not action.default:
             return text + " (default: none)"
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or text
 
 
 def package_version() -> str:

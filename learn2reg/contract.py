@@ -16,6 +16,7 @@ because both use the rules written here.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from scipy import ndimage
@@ -36,7 +37,7 @@ def check_field(u: np.ndarray, shape: Shape | None = None) -> None:
         raise ValueError(f"field grid {u.shape[:3]} differs from the fixed image grid {tuple(shape)}")
 
 
-def memory_order(arr: np.ndarray) -> str:
+def memory_order(arr: np.ndarray) -> Literal["C", "F"]:
     """``"F"`` for a Fortran-ordered array (NIfTI data, fields and label maps alike), else ``"C"``."""
     return "F" if arr.flags.f_contiguous and not arr.flags.c_contiguous else "C"
 
@@ -89,7 +90,7 @@ def compose(u_first: np.ndarray, u_then: np.ndarray) -> np.ndarray:
     return (u_first + sampled).astype(np.float32)
 
 
-def compose_affine(u_first: np.ndarray, matrix: np.ndarray, step: Sequence[float] | None = None) -> np.ndarray:
+def compose_affine(u_first: np.ndarray, matrix: np.ndarray, step: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
     """``compose(u_first, affine_to_field(matrix))`` evaluated exactly (no interpolation).
 
     ``step``: when ``u_first`` is sampled on a coarser lattice of the fixed grid (a 2020
@@ -211,7 +212,7 @@ def from_2020(disp: np.ndarray, full_resolution: bool = False) -> np.ndarray:
     if disp.ndim != 4 or disp.shape[0] != 3:
         raise ValueError(f"2020 field must be 3 x X x Y x Z, got shape {disp.shape}")
     disp = disp.astype(np.float32)
-    comps = disp if full_resolution else [ndimage.zoom(c, 2, order=2) for c in disp]
+    comps = list(disp) if full_resolution else [ndimage.zoom(c, 2, order=2) for c in disp]
     return np.stack(comps, axis=-1).astype(np.float32)
 
 

@@ -63,6 +63,18 @@ def labels(raw: object) -> dict[int, str]:
     return {int(k): str(v) for k, v in raw.items() if int(k) != 0}
 
 
+def shape3(value: Any) -> tuple[int, int, int] | None:
+    """``[X, Y, Z]`` as a tuple of ints (``tensorImageShape["0"]`` or ``shape``); ``None`` when absent,
+    or not three positive numbers (:func:`check_description` reports that); ``ValueError``/``TypeError``
+    for values that are not numbers at all (the task loader names the file: malformed)."""
+    if not value:
+        return None
+    numbers = [int(v) for v in value]
+    if len(numbers) != 3 or min(numbers) <= 0:
+        return None
+    return numbers[0], numbers[1], numbers[2]
+
+
 # ---------------------------------------------------------------- checking
 
 

@@ -243,9 +243,9 @@ def _official_pair(entry: Any, root: Path, methods: list[Method], problems: list
         ("fixed_mask", entry["fixed"].replace("images", "masks")),
     ):
         paths[key] = _inside(root, rel, problems, where)
-    points = []
+    points: list[tuple[str, Path, Path]] = []
     for m in methods:
-        if m.metric == "tre" and m.dest not in [p[0] for p in points]:
+        if m.metric == "tre" and m.dest is not None and m.dest not in [p[0] for p in points]:
             fixed_csv, moving_csv = (_point_path(root, entry[r], m.dest, ids, problems, where) for r in ("fixed", "moving"))
             if fixed_csv is not None and moving_csv is not None:
                 points.append((m.dest, fixed_csv, moving_csv))
@@ -270,8 +270,8 @@ def _point_path(root: Path, image_rel: str, dest: str, ids: list[str], problems:
     if not (fm == mm or (fm == "0000" and mm == "0001")):
         lo, hi = sorted((fm, mm))
         dests = [dest + lo + hi, dest + str(int(lo)) + str(int(hi))]
-    candidates = [_inside(root, image_rel.replace("images", d).replace(".nii.gz", ".csv"), problems, where) for d in dests]
-    candidates = [c for c in candidates if c is not None]
+    found = [_inside(root, image_rel.replace("images", d).replace(".nii.gz", ".csv"), problems, where) for d in dests]
+    candidates = [c for c in found if c is not None]
     for c in candidates:
         if c.exists():
             return c
@@ -307,12 +307,13 @@ def derive_config(data_dir: str | Path, split: str = "val") -> EvalConfig:
     methods += [Method(DERIVED_NAMES[dest], "tre", dest=dest) for dest in POINT_DESTS if has[dest]]
     eval_pairs = [_task_pair(pair, fixed, moving, has) for pair, (fixed, moving) in zip(pairs, cases, strict=True)]
     shape = task.shape or read_nifti_header(eval_pairs[0].fixed_image).shape
-    return EvalConfig(task.name, tuple(methods), (*shape, 3), tuple(eval_pairs), masked, require_masks=masked)  # type: ignore[arg-type]
+    return EvalConfig(task.name, tuple(methods), (*shape, 3), tuple(eval_pairs), masked, require_masks=masked)
 
 
 def _label_ids(cases: list[tuple[Case, Case]]) -> tuple[int, ...]:
     """Label ids of the pairs' first label map (a task whose description names no labels)."""
     path = next(c.label for pair in cases for c in pair if c.label is not None)
+    assert path is not None  # the caller saw a label map
     values = np.unique(load_nifti(path, dtype=None, copy=False)[0])
     return tuple(int(v) for v in values if v != 0)
 

@@ -16,14 +16,15 @@ import mmap
 import os
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, SupportsFloat, SupportsInt
 
 import nibabel as nib
 import numpy as np
 
+_GzipReader: Any
 try:  # Intel ISA-L: gzip decoding ~1.4x faster than zlib (the largest cost of reading a field)
     from isal.isal_zlib import _GzipReader
 except ImportError:  # pragma: no cover - isal is pinned in requirements.txt
@@ -31,6 +32,18 @@ except ImportError:  # pragma: no cover - isal is pinned in requirements.txt
 
 # RAS (nibabel) <-> LPS (ITK): flip the first two world axes.
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def int3(values: Iterable[SupportsInt]) -> tuple[int, int, int]:
+    """Exactly three values as ints (a shape, an index); ``ValueError`` for another count."""
+    x, y, z = (int(v) for v in values)
+    return x, y, z
+
+
+def float3(values: Iterable[SupportsFloat]) -> tuple[float, float, float]:
+    """Exactly three values as floats (a spacing, a point in mm); ``ValueError`` for another count."""
+    x, y, z = (float(v) for v in values)
+    return x, y, z
 
 
 class DataError(ValueError):
@@ -65,10 +78,10 @@ class Geometry:
         spacing = np.linalg.norm(rot, axis=0)
         direction = rot / spacing
         return cls(
-            shape=tuple(int(s) for s in shape[:3]),
-            spacing=tuple(float(s) for s in spacing),
+            shape=int3(shape[:3]),
+            spacing=float3(spacing),
             direction=tuple(float(d) for d in direction.ravel()),
-            origin=tuple(float(o) for o in lps[:3, 3]),
+            origin=float3(lps[:3, 3]),
         )
 
     @property
@@ -96,6 +109,7 @@ def load_nifti(path: str | Path, dtype: Any = np.float32, copy: bool = True) -> 
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: unreadable or truncated NIfTI (empty file, 0 bytes)")
+    img: Any  # a nibabel image (nib.load is typed as returning the base class)
     try:
         if path.name.endswith(".gz"):
             img, data = _from_gzip(path, copy)
@@ -108,12 +122,13 @@ def load_nifti(path: str | Path, dtype: Any = np.float32, copy: bool = True) -> 
     return data, Geometry.from_affine(img.affine, data.shape)
 
 
-def _from_gzip(path: Path, copy: bool) -> tuple[nib.Nifti1Image, Any]:
+def _from_gzip(path: Path, copy: bool) -> tuple[Any, Any]:
     """A ``.nii.gz`` decompressed in one pass into a new array; its voxels as an array on those
     bytes (stored type; read-only unless ``copy``), or as nibabel's proxy for scaled data."""
     raw = gunzip_file(path)
     head = raw[:4].tobytes()
     sizeof_hdr = {int.from_bytes(head, order) for order in ("little", "big")}
+    klass: Any  # Nifti1Image or Nifti2Image
     if 540 in sizeof_hdr:  # NIfTI-2: int64 vox_offset at byte 168
         klass, offset = nib.Nifti2Image, raw[168:176].view(_endian(head, 540) + "i8")
     elif 348 in sizeof_hdr:  # NIfTI-1: float32 vox_offset at byte 108
@@ -123,7 +138,7 @@ def _from_gzip(path: Path, copy: bool) -> tuple[nib.Nifti1Image, Any]:
     # the header and its extensions end at vox_offset: nibabel parses that prefix only
     end = min(max(int(offset[0]) if offset.size and np.isfinite(offset[0]) else 0, 544), raw.size)
     img = klass.from_bytes(raw[:end].tobytes())
-    proxy = img.dataobj
+    proxy: Any = img.dataobj  # an ArrayProxy (typed as ArrayLike)
     if (proxy.slope, proxy.inter) != (1.0, 0.0):  # nibabel's own scaling rules, on the whole file
         whole = klass.from_bytes(raw.tobytes())
         return whole, whole.dataobj
@@ -201,7 +216,7 @@ def _clear_frames(exc: BaseException) -> None:
 
 
 def _read_into(reader: Any, out: np.ndarray) -> int:
-    with memoryview(out) as target:
+    with memoryview(out) as target:  # type: ignore[arg-type]  # ndarray is a buffer; numpy's stubs lack __buffer__
         filled = 0
         while filled < out.size:
             n = reader.readinto(target[filled:])
@@ -215,7 +230,7 @@ def read_nifti_header(path: str | Path) -> Geometry:
     """Geometry from the header alone (cheap; does not read voxels)."""
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
     except Exception as exc:
         raise DataError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {exc})") from exc
     return Geometry.from_affine(img.affine, img.shape)
@@ -226,7 +241,7 @@ def read_nifti_scaling(path: str | Path) -> tuple[float, float] | None:
     it on reading: ``value = stored * slope + inter``); ``None`` for unscaled data or another
     format. Reads the header only; an unreadable file gives ``None`` (reading the voxels reports it)."""
     try:  # nibabel moves the header's scaling into the array proxy when it loads a file
-        proxy = nib.load(str(path)).dataobj
+        proxy: Any = nib.load(str(path)).dataobj  # type: ignore[attr-defined]  # nib.load is typed as the base class
         slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
     except Exception:  # the voxel read names the problem
         return None

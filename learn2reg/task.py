@@ -189,7 +189,7 @@ def _l2r_case(root: Path, entry: dict, split: str, problems: list[str], where: s
     except DataError as exc:
         problems.append(str(exc))
         return None
-    return Case(case_id, image, split=split, **extra)
+    return Case(case_id, image, split=split, **extra)  # type: ignore[arg-type]  # extra: the Path | None fields
 
 
 def _load_l2r(root: Path, json_path: Path) -> Task:
@@ -214,8 +214,9 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
             if not isinstance(entry, dict):
                 mine.append(f"{where}: expected an object with 'fixed' and 'moving', got {entry!r}")
                 continue
-            paths = [_inside(root, str(entry.get(r, "")), mine, f"{where} ({r})") for r in ("fixed", "moving")]
-            if None in paths:
+            found_paths = [_inside(root, str(entry.get(r, "")), mine, f"{where} ({r})") for r in ("fixed", "moving")]
+            paths = [path for path in found_paths if path is not None]
+            if len(paths) != 2:
                 continue
             try:
                 ids = [_case_id(path) for path in paths]
@@ -232,12 +233,11 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
     intra = str(meta.get("pairings", "unpaired")).lower() == "paired"
     if intra:
         pairs["train"] = _paired_training(meta, training)
-    shape = meta.get("tensorImageShape", {}).get("0")
     return Task(
         name=dataset.task_name(meta, json_path),
         root=root,
         layout=Layout.L2R,
-        shape=tuple(int(s) for s in shape) if shape else None,
+        shape=dataset.shape3(meta.get("tensorImageShape", {}).get("0")),
         modality={str(k): str(v) for k, v in (meta.get("modality") or {}).items()},
         labels=dataset.labels(meta.get("labels", {})),
         cases=cases,
@@ -266,8 +266,8 @@ def _paired_training(meta: dict, training: list[str]) -> tuple[Pair, ...]:
         pairs = []
         for entry in listed:
             names = [Path(str(entry.get(r, ""))).name for r in ("fixed", "moving")] if isinstance(entry, dict) else []
-            found = [_CASE_RE.search(name) for name in names]
-            if len(found) == 2 and all(found):
+            found = [m for m in (_CASE_RE.search(name) for name in names) if m is not None]
+            if len(found) == 2:
                 pair = Pair(*(f"{m[1]}_{m[2]}" for m in found))
                 if pair.fixed in ids and pair.moving in ids:
                     pairs.append(pair)

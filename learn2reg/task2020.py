@@ -69,7 +69,7 @@ def load_2020(root: Path) -> Task:
             # A sibling folder that exists promises a file for every training image.
             expected = (root / kind).is_dir() and split == "train"
             extra[key] = candidate if candidate.exists() or expected else None
-        cases[case_id] = Case(case_id, image, split=split, **extra)
+        cases[case_id] = Case(case_id, image, split=split, **extra)  # type: ignore[arg-type]  # extra: the Path | None fields
     intra = bool(roles - {""})
     moving_m = "0001" if intra else "0000"
     pairs = {
@@ -80,12 +80,11 @@ def load_2020(root: Path) -> Task:
         pairs["train"] = tuple(
             Pair(c, c.replace("_0000", "_0001")) for c in training if c.endswith("_0000") and c.replace("_0000", "_0001") in cases
         )
-    shape = meta.get("shape")
     return Task(
         name=str(meta.get("name", root.name)),
         root=root,
         layout=Layout.L2R2020,
-        shape=tuple(int(s) for s in shape) if shape else None,
+        shape=dataset.shape3(meta.get("shape")),
         modality={str(k): str(v) for k, v in (meta.get("modality") or {}).items()},
         labels=dataset.labels(meta.get("labels", {})),
         cases=cases,

@@ -219,7 +219,10 @@ class RunConfig(_Checked):
 
 _ANY = Allowed()
 _SCALARS = {bool: ("true or false", ""), int: ("an integer", "integers"), float: ("a number", "numbers"), str: ("a string", "strings")}
-_hints = functools.cache(get_type_hints)
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved type hints of a config dataclass (cached: read once per class)."""
+    return get_type_hints(cls)
 
 
 def _show(value: Any) -> str:
@@ -281,7 +284,7 @@ def _check(hint: Any, allowed: Allowed, value: Any, key: str) -> list[str]:
         return [] if value is None or not _check(_optional(hint), allowed, value, key) else bad
     if _union(hint):
         return [] if any(not _check(member, allowed, value, key) for member in _union(hint)) else bad
-    if is_dataclass(hint):
+    if isinstance(hint, type) and is_dataclass(hint):
         return [] if isinstance(value, hint) else bad
     if hint in _SCALARS:
         return [] if _scalar_ok(hint, allowed, value) else bad
@@ -298,7 +301,8 @@ def _check(hint: Any, allowed: Allowed, value: Any, key: str) -> list[str]:
 
 def _field_problems(obj: Any, prefix: str) -> list[str]:
     """Every field of a built dataclass against its type hint and ``metadata["allowed"]``."""
-    hints = _hints(type(obj))
+    cls: type = type(obj)
+    hints = _hints(cls)
     return [p for f in fields(obj) for p in _check(hints[f.name], f.metadata.get("allowed", _ANY), getattr(obj, f.name), f"{prefix}.{f.name}")]
 
 
@@ -390,7 +394,7 @@ def config_from_dict(raw: Any, where: str = "config") -> RunConfig:
     problems: list[str] = []
     bad: set[str] = set()
     values = _values(RunConfig, raw, "", problems, bad)
-    sections = SimpleNamespace(**{f.name: values[f.name] if f.name in values else f.default_factory() for f in fields(RunConfig)})
+    sections = SimpleNamespace(**{f.name: values[f.name] if f.name in values else f.default_factory() for f in fields(RunConfig)})  # type: ignore[operator]  # every RunConfig field has a default_factory
     problems += _rule_problems(sections, bad)
     if problems:
         raise DataError("\n".join(f"{where}: {p}" for p in problems))

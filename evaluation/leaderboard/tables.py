@@ -18,6 +18,7 @@ two methods with the task's sample sizes carry :data:`NO_POWER` "°" and a footn
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -173,7 +174,7 @@ def main_table(board: bd.Board) -> Table:
         rows.append(row)
         competing.append(entries)
     for j, (_, metric) in enumerate(table.columns):
-        flags = best_flags([c[j] for c in competing], higher_is_better(metric), lambda v, m=metric: fmt_metric(m, v))
+        flags = best_flags([c[j] for c in competing], higher_is_better(metric), functools.partial(fmt_metric, metric))
         with_best(rows, j + 1, flags)
     return Table(columns, rows, gaps.footnotes())
 
@@ -269,9 +270,11 @@ def task_table(board: bd.Board, task: str) -> Table:
     spec = _task_columns(board, task, metrics, rank_metrics)
     acc = bd.table_name(board.accuracy.get(task) or "")
     not_initial = {bd.table_name(m) for m in bd.NOT_FOR_INITIAL} | set(board.config.not_for_initial)
-    rows, competing = [], []
+    rows: list[list[Cell]] = []
+    competing: list[list[float | None]] = []
     for method in rank_order(board.ranks):
-        row, entries = [], []
+        row: list[Cell] = []
+        entries: list[float | None] = []
         for _, kind, metric in spec:
             source = RANK_SOURCE.get(metric, acc) if kind == "rank" else metric
             by_rule = method == initial and source in not_initial

@@ -125,10 +125,16 @@ def check_inputs(p: PairInputs) -> None:
         raise ValueError(f"moving labels {p.moving_labels.shape} differ from the moving image grid {p.moving.shape}")
 
 
+def _shape3(shape: tuple[int, ...]) -> tuple[int, int, int]:
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
 def label_ids(p: PairInputs, names: Mapping[int, str] | None) -> tuple[int, ...]:
     """The labels scored: those the task names (as the evaluator), else every nonzero value present."""
     if names:
         return tuple(sorted(int(k) for k in names))
+    if p.fixed_labels is None or p.moving_labels is None:
+        return ()
     values = np.union1d(np.unique(p.fixed_labels), np.unique(p.moving_labels))
     return tuple(int(v) for v in values if v != 0)
 
@@ -154,7 +160,7 @@ def build_report(p: PairInputs, title: str, names: Mapping[int, str] | None = No
         d1 = metrics.dice(metrics.label_counts(p.fixed_labels, p.moving_labels, moved_after, ids)) if ids else []
         rows = tuple(DiceRow(i, (names or {}).get(i, f"label {i}"), float(b), float(a)) for i, b, a in zip(ids, d0, d1, strict=True))
         label_maps = (p.fixed_labels, moved_before, moved_after, ids)
-    planes = tuple(int(visual.plane(fold, a, slices[a]).sum()) for a in range(3))
+    planes = _shape3(tuple(int(visual.plane(fold, a, slices[a]).sum()) for a in range(3)))
     draw = _Drawing(p, slices)
     figures = {
         "images": draw.images(before, warped),
@@ -164,7 +170,7 @@ def build_report(p: PairInputs, title: str, names: Mapping[int, str] | None = No
     }
     if label_maps is not None:
         figures["labels"] = draw.labels(*label_maps)
-    return PairReport(title, tuple(p.fixed.shape), tuple(p.moving.shape), slices, rows, int(fold.sum()), int(fold.size),
+    return PairReport(title, _shape3(p.fixed.shape), _shape3(p.moving.shape), slices, rows, int(fold.sum()), int(fold.size),
                       planes, float(det.min()), float(det.max()), figures)
 
 

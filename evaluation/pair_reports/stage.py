@@ -84,7 +84,7 @@ def inputs_from_files(
     u = load_field(Path(field), fmt, (*fixed_img.shape, 3))
     if (fixed_label is None) != (moving_label is None):
         raise DataError(f"{fixed_label or moving_label}: Dice and label contours need both label maps (fixed and moving)")
-    labels = (None, None)
+    labels: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
     if fixed_label is not None and moving_label is not None:
         labels = (read_labels(fixed_label, fixed_img.shape), read_labels(moving_label, moving_img.shape))
     return PairInputs(fixed_img, moving_img, u, *labels, spacing=geometry.spacing)
@@ -223,7 +223,7 @@ def submission_format(task: Task) -> str:
 
 def find_indexes(root: Path) -> dict[str, Path]:
     """Task name -> report index under a method's submissions: ``root/report/`` or ``root/*/report/``."""
-    found = {}
+    found: dict[str, Path] = {}
     for numbers in [root / REPORT_DIR / "index.json", *sorted(root.glob(f"*/{REPORT_DIR}/index.json"))]:
         if numbers.is_file() and (numbers.parent / INDEX).is_file():
             meta = read_json(numbers)

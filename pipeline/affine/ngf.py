@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from learn2reg.contract import grid_scale, resize_image
-from learn2reg.io import Geometry
+from learn2reg.io import Geometry, float3, int3
 
 METRICS = ("ngf-normalized", "ngf")
 
@@ -119,7 +119,7 @@ def level_shapes(shape: Sequence[int], levels: int, max_voxels: int, min_size: i
     shorter than ``min(min_size, its size)``."""
     base = max(1.0, (float(np.prod(shape)) / max_voxels) ** (1.0 / 3.0))
     return [
-        tuple(max(min(n, min_size), int(round((n - 1) / (base * 2.0**level))) + 1) for n in shape)
+        int3(max(min(n, min_size), int(round((n - 1) / (base * 2.0**level))) + 1) for n in shape)
         for level in reversed(range(levels))
     ]
 
@@ -151,7 +151,7 @@ def make_level(
         level_fov = torch.from_numpy(inside.astype(np.float32))[None, None]
     to_phys = geom.index_to_physical @ np.diag([*scale, 1.0])
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
-    return ImageLevel(tensor, to_phys, tuple(float(s) for s in np.asarray(geom.spacing) * scale), level_fov)
+    return ImageLevel(tensor, to_phys, float3(np.asarray(geom.spacing) * scale), level_fov)
 
 
 def physical_gradient(level: ImageLevel) -> torch.Tensor:

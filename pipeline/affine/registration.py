@@ -39,7 +39,7 @@ import torch
 from scipy import ndimage, optimize
 
 from learn2reg.contract import affine_to_field, physical_to_voxel_affine, resize_image
-from learn2reg.io import Geometry
+from learn2reg.io import Geometry, float3, int3
 from pipeline.affine.ngf import METRICS, NGFProblem, level_shapes, make_level
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,7 @@ def _optimize(
         p = torch.tensor(x, dtype=torch.float64, requires_grad=True)
         value = problem.loss(to_matrix(p))
         value.backward()
+        assert p.grad is not None  # p requires grad and the loss depends on it
         return float(value.detach()), p.grad.numpy().copy()
 
     res = optimize.minimize(
@@ -345,9 +346,9 @@ def _register(
         mode=config.mode,
         metric=config.resolved_metric(),
         matrix=matrix,
-        center=tuple(float(c) for c in center_np),
+        center=float3(center_np),
         voxel_matrix=physical_to_voxel_affine(matrix, fixed_geom.index_to_physical, moving_geom.index_to_physical),
-        fixed_shape=tuple(int(n) for n in fixed.shape),
+        fixed_shape=int3(fixed.shape),
         metric_initial=metric_initial,
         metric_final=metric_final,
         runtime_s=runtime,
@@ -361,7 +362,8 @@ def _run_levels(
     """Coarse to fine: optional translation search, then L-BFGS per level (rigid, then affine in
     affine mode). Returns the parameters, the finest level's problem and evaluations per level."""
     evaluations: list[int] = []
-    problem, metric, first = None, config.resolved_metric(), _first_level(config)
+    problem: NGFProblem | None = None
+    metric, first = config.resolved_metric(), _first_level(config)
     for index, (level_f, level_m, weight, iters) in enumerate(levels):
         if level_f is None:  # coarser than the translation search: skipped
             evaluations.append(0)
@@ -378,6 +380,8 @@ def _run_levels(
         problem = NGFProblem(level_f, level_m, config.eps, metric, config.samples, rng, weight)
         x, nfev = _optimize(problem, to_matrix, x, int(iters), config.tolerance, bounds)
         evaluations.append(nfev)
+    if problem is None:
+        raise ValueError("no pyramid level was registered (every level is coarser than the translation search)")
     return x, problem, evaluations
 
 
@@ -397,7 +401,7 @@ def make_transform(matrix: np.ndarray, center: tuple[float, ...], mode: str) -> 
     transform = sitk.Euler3DTransform() if mode == "rigid" else sitk.AffineTransform(3)
     transform.SetCenter(c.tolist())
     if mode == "rigid":
-        transform.SetMatrix(linear.ravel().tolist(), 1e-6)
+        transform.SetMatrix(linear.ravel().tolist(), 1e-6)  # type: ignore[call-arg]  # Euler3DTransform's overload takes a tolerance; the stubs know only the base's
     else:
         transform.SetMatrix(linear.ravel().tolist())
     transform.SetTranslation(translation.tolist())

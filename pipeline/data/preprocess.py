@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from learn2reg.contract import resize_image, scale_points
-from learn2reg.io import DataError, Geometry, atomic_path, load_nifti, read_nifti_scaling, read_points
+from learn2reg.io import DataError, Geometry, atomic_path, float3, int3, load_nifti, read_nifti_scaling, read_points
 from learn2reg.progress import progress
 from learn2reg.segmentation import check_label_map, check_mask, label_dtype, max_label
 from learn2reg.task import Case, Task, load_task
@@ -62,12 +62,12 @@ class Prepared:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.image.shape)
+        return int3(self.image.shape)
 
 
-def network_shape(shape: tuple[int, ...], cfg: PreprocessConfig) -> tuple[int, int, int]:
+def network_shape(shape: Sequence[int], cfg: PreprocessConfig) -> tuple[int, int, int]:
     """The network grid for an image grid: the same, or ``(N + 1) // 2`` per axis."""
-    return tuple((n + 1) // 2 if cfg.half_resolution else n for n in shape[:3])
+    return int3((n + 1) // 2 if cfg.half_resolution else n for n in shape[:3])
 
 
 def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[int, int, int]:
@@ -81,7 +81,7 @@ def scaled_shape(shape: Sequence[int], scale: float | Sequence[float]) -> tuple[
     scales = [float(scale)] * 3 if isinstance(scale, (int, float)) else [float(s) for s in scale]
     if len(scales) != 3 or not all(s > 0 and math.isfinite(s) for s in scales):
         raise ValueError(f"scale must be one or three finite numbers > 0, got {scale!r}")
-    out = tuple(math.floor((n - 1) * s + 0.5) + 1 for n, s in zip(shape[:3], scales, strict=True))
+    out = int3(math.floor((n - 1) * s + 0.5) + 1 for n, s in zip(shape[:3], scales, strict=True))
     if any(m < 2 <= n for n, m in zip(shape[:3], out, strict=True)):
         raise ValueError(f"scale {scale!r} shrinks the grid {tuple(shape[:3])} to {out}: an axis would be a single voxel")
     return out
@@ -264,7 +264,7 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     def segmentation(path: Path | None, kind: str) -> np.ndarray | None:
         if path is None:
             return None
-        arr = mask if kind == "mask" else load_segmentation(path, kind, image.shape)
+        arr = mask if kind == "mask" and mask is not None else load_segmentation(path, kind, image.shape)
         return resize_image(arr, shape, order=0) if resample else arr
 
     def points(path: Path | None) -> np.ndarray | None:
@@ -281,8 +281,8 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
         mask=segmentation(case.mask, "mask"),
         keypoints=points(case.keypoints),
         landmarks=points(case.landmarks),
-        spacing=tuple(float(s) for s in spacing),
-        original_shape=tuple(int(n) for n in image.shape),
+        spacing=float3(spacing),
+        original_shape=int3(image.shape),
     )
 
 
@@ -313,8 +313,8 @@ def load_prepared(task: Task, case_id: str, cfg: PreprocessConfig, cache_dir: Pa
             mask=get.get("mask"),
             keypoints=get.get("keypoints"),
             landmarks=get.get("landmarks"),
-            spacing=tuple(float(s) for s in get["spacing"]),
-            original_shape=tuple(int(n) for n in get["original_shape"]),
+            spacing=float3(get["spacing"]),
+            original_shape=int3(get["original_shape"]),
         )
     prepared = prepare_case(case, cfg)
     arrays = {
@@ -331,7 +331,7 @@ def load_prepared(task: Task, case_id: str, cfg: PreprocessConfig, cache_dir: Pa
         if v is not None
     }
     with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stubs take **kwds as allow_pickle's type
     return prepared
 
 

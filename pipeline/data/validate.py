@@ -94,9 +94,9 @@ def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[tuple[in
     data, geometry = loaded
     if data.ndim != 3:
         found.append(Problem(path, f"expected a 3-D image, found shape {data.shape}"))
-    elif _valid_shape(task.shape) and data.shape != tuple(task.shape):
+    elif task.shape is not None and _valid_shape(task.shape) and data.shape != task.shape:
         source = "tensorImageShape" if task.layout != Layout.L2R2020 else "the task shape"
-        found.append(Problem(path, f"shape {data.shape} differs from {source} {tuple(task.shape)}"))
+        found.append(Problem(path, f"shape {data.shape} differs from {source} {task.shape}"))
     if np.issubdtype(data.dtype, np.floating):
         bad = int(np.count_nonzero(~np.isfinite(data)))
         if bad:

@@ -75,10 +75,10 @@ def _organ_labels(rng: np.random.Generator, grid: Grid, inside: np.ndarray) -> n
         sdf = ellipsoid(grid, jitter(centre), np.asarray(radii) * scale, 0.12 * smooth_noise(rng, grid.shape, 5))
         paint(labels, sdf, lab, inside)
     for lab in (11, 8, 9, 5, 10):
-        points, radii = TUBES[lab]
+        points, tube_radii = TUBES[lab]
         offset = rng.normal(0.0, 6.0, 3)
         pts = np.array([jitter(p, 4.0) + offset for p in points])
-        sdf, _ = tube(grid, pts, np.asarray(radii) * rng.uniform(0.85, 1.15))
+        sdf, _ = tube(grid, pts, np.asarray(tube_radii) * rng.uniform(0.85, 1.15))
         paint(labels, sdf, lab, inside)
     for lab, (centre, radii) in ADRENALS.items():
         paint(labels, ellipsoid(grid, jitter(centre, 6.0), np.asarray(radii) * rng.uniform(0.9, 1.2)), lab, inside)

@@ -48,7 +48,7 @@ class Grid:
         """Voxel coordinates (``N x 3``) -> centred mm coordinates (``N x 3``)."""
         return (np.asarray(voxels, dtype=np.float64) - (np.asarray(self.shape) - 1) / 2.0) * self.spacing
 
-    def mm_to_voxel_vector(self, mm: Sequence[float]) -> np.ndarray:
+    def mm_to_voxel_vector(self, mm: Sequence[float] | np.ndarray) -> np.ndarray:
         """A displacement in mm -> the same displacement in voxels, per axis."""
         return np.asarray(mm, dtype=np.float64) / np.asarray(self.spacing)
 
@@ -56,7 +56,8 @@ class Grid:
 # ----------------------------------------------------------------------------------------- shapes
 
 
-def ellipsoid(grid: Grid, centre: Sequence[float], radii: Sequence[float], wobble: np.ndarray | None = None) -> np.ndarray:
+def ellipsoid(grid: Grid, centre: Sequence[float] | np.ndarray, radii: Sequence[float] | np.ndarray,
+              wobble: np.ndarray | None = None) -> np.ndarray:
     """Approximate signed distance (mm, ``X x Y x Z``) to an axis-aligned ellipsoid.
 
     ``wobble`` (optional ``X x Y x Z``, dimensionless) scales the radii locally by ``1 + wobble``,
@@ -204,9 +205,10 @@ def border_taper(shape: Sequence[int], width: float = 0.2) -> np.ndarray:
 
 def half_grid(grid: Grid) -> Grid:
     """The corner-aligned grid with half as many voxels per axis over the same extent."""
-    shape = tuple(max(n // 2, 2) for n in grid.shape)
-    spacing = tuple(s * (n - 1) / (h - 1) for n, h, s in zip(grid.shape, shape, grid.spacing, strict=True))
-    return Grid(shape, spacing)
+    sx, sy, sz = (max(n // 2, 2) for n in grid.shape)
+    shape = (sx, sy, sz)
+    px, py, pz = (s * (n - 1) / (h - 1) for n, h, s in zip(grid.shape, shape, grid.spacing, strict=True))
+    return Grid(shape, (px, py, pz))
 
 
 def exp_to_grid(velocity_half: np.ndarray, grid: Grid) -> np.ndarray:
@@ -260,7 +262,7 @@ def correspondence_residual(fixed: np.ndarray, moving: np.ndarray, w: np.ndarray
     return float(np.abs(np.asarray(moving) + sample_field(w, moving, order=1) - np.asarray(fixed)).max())
 
 
-def rotation_matrix(angles_rad: Sequence[float]) -> np.ndarray:
+def rotation_matrix(angles_rad: Sequence[float] | np.ndarray) -> np.ndarray:
     """3x3 rotation ``Rz @ Ry @ Rx`` from angles about the x, y, z axes (radians)."""
     ax, ay, az = angles_rad
     rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])

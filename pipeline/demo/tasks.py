@@ -38,7 +38,7 @@ import numpy as np
 
 from learn2reg import dataset
 from learn2reg.eval_config import build_config
-from learn2reg.io import DataError, Geometry, atomic_open, read_json, save_nifti, write_json, write_points
+from learn2reg.io import DataError, Geometry, atomic_open, float3, read_json, save_nifti, write_json, write_points
 from learn2reg.task import Layout
 from pipeline.demo.phantom_abdomen import LABELS as ABDOMEN_LABELS
 from pipeline.demo.phantom_abdomen import abdomen_subject
@@ -153,7 +153,7 @@ def generate_task(spec: DemoTaskSpec, seed: int = 0, subjects: int | None = None
 
 def geometry(spec: DemoTaskSpec) -> Geometry:
     """Axis-aligned LPS grid centred on the origin (the phantoms' mm frame)."""
-    origin = tuple(-(n - 1) / 2.0 * s for n, s in zip(spec.shape, spec.spacing, strict=True))
+    origin = float3(-(n - 1) / 2.0 * s for n, s in zip(spec.shape, spec.spacing, strict=True))
     return Geometry(shape=spec.shape, spacing=spec.spacing, direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), origin=origin)
 
 

@@ -23,6 +23,7 @@ Fields are ``1 x 3 x X x Y x Z`` torch tensors in voxels of the fixed grid, pull
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from scipy import ndimage
 
 from learn2reg.contract import jacobian_determinant
 from pipeline.model.mind import mind_ssc
+
+if TYPE_CHECKING:
+    from pipeline.config import PredictConfig
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ class InstanceOptSettings:
     seed: int = 0
 
     @classmethod
-    def from_predict(cls, predict: object) -> InstanceOptSettings:
+    def from_predict(cls, predict: PredictConfig) -> InstanceOptSettings:
         """From a run configuration's ``predict`` section (``pipeline.config.PredictConfig``)."""
         return cls(steps=predict.instance_opt_steps, lr=predict.instance_opt_lr, smooth=predict.instance_opt_smooth,
                    grid_spacing=predict.instance_opt_grid, max_points=predict.instance_opt_points,
@@ -87,7 +91,10 @@ def corners(points: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor,
 def interpolate_rows(rows: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``rows`` (``V x C``: a grid's values, one row per voxel) at the points of :func:`corners`
     -> ``N x C``. Gathers rows, so the backward pass is a scatter of N rows (not of the grid)."""
-    return sum(rows.index_select(0, index[k]) * weight[k, :, None] for k in range(8))
+    out = rows.index_select(0, index[0]) * weight[0, :, None]
+    for k in range(1, 8):
+        out = out + rows.index_select(0, index[k]) * weight[k, :, None]
+    return out
 
 
 def structure_mask(fixed: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

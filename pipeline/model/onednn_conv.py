@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-Triple = tuple[int, int, int]
+Triple = tuple[int, ...]  # three ints (nn.Conv3d types its stride, padding and dilation so)
 
 
 def onednn_conv3d_supported(x: torch.Tensor, weight: torch.Tensor, dilation: Triple, groups: int) -> bool:
@@ -35,7 +35,7 @@ def onednn_conv3d_supported(x: torch.Tensor, weight: torch.Tensor, dilation: Tri
         and tuple(dilation) == (1, 1, 1)
         and groups == 1
         and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
+        and bool(torch.backends.mkldnn.enabled)
         and not torch.is_autocast_enabled("cpu")
     )
 

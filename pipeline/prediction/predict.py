@@ -39,6 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,9 +115,12 @@ def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, devi
     model = None
     stamp = ""
     if not cfg.predict.affine_only:
-        if run_dir is None and checkpoint in ("best", "last"):
+        if checkpoint not in ("best", "last"):
+            ckpt_path = Path(checkpoint)
+        elif run_dir is None:
             raise DataError("--config: not an affine-only configuration (predict.affine_only): the network needs --run")
-        ckpt_path = Path(checkpoint) if checkpoint not in ("best", "last") else run_dir / "checkpoints" / f"{checkpoint}.pt"
+        else:
+            ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
         stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
     digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
@@ -139,10 +143,13 @@ def write_field(path: Path, u: np.ndarray, task: Task) -> None:
 def predict_pair(p: Predictor, pair: Pair, out_dir: Path) -> dict[str, float]:
     """Register one pair and write its field; returns the runtimes in seconds."""
     start = time.perf_counter()
-    fov = pair_config(p.task, pair, AffineConfig(), "auto") if p.cfg.predict.affine != "none" else AffineConfig()
-    u, _, timings = register_images(p, p.task.case(pair.fixed), p.task.case(pair.moving), (fov.fixed_fov, fov.moving_fov),
-                                    grid=lambda fixed_shape: submission_shape(p.task, fixed_shape))
-    write_field(out_dir / output_name(p.task, pair), u, p.task)
+    task = p.task
+    if task is None:
+        raise ValueError("predict_pair needs a predictor made for a task")
+    fov = pair_config(task, pair, AffineConfig(), "auto") if p.cfg.predict.affine != "none" else AffineConfig()
+    u, _, timings = register_images(p, task.case(pair.fixed), task.case(pair.moving), (fov.fixed_fov, fov.moving_fov),
+                                    grid=lambda fixed_shape: submission_shape(task, fixed_shape))
+    write_field(out_dir / output_name(task, pair), u, task)
     timings["total_s"] = time.perf_counter() - start
     return timings
 
@@ -200,6 +207,8 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     training uses."""
     grid = prediction_shape(fixed.shape, spacing, p.cfg)
     f, m = (torch.from_numpy(on_grid(image, grid))[None, None].to(p.device) for image in (fixed, moving))
+    if p.model is None:
+        raise ValueError("an affine-only predictor has no network")
     p.sync()
     t0 = time.perf_counter()
     field = predict_field(p.model, m, f, p.device, p.cfg.predict.amp)
@@ -311,13 +320,14 @@ def _field_name(task: Task, key: str) -> str:
 
 def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
     """Start from the earlier manifest when it was made under the same configuration."""
+    runtimes: dict[str, Any] = {}
     fresh = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
-             "checkpoint": p.checkpoint, "config_hash": p.config_hash, "runtimes": {}}
+             "checkpoint": p.checkpoint, "config_hash": p.config_hash, "runtimes": runtimes}
     for path in (own, merged):
         if path.exists():
             old = read_manifest(path)
             if old.get("config_hash") == p.config_hash:
-                fresh["runtimes"].update(old.get("runtimes", {}))
+                runtimes.update(old.get("runtimes", {}))
     return fresh
 
 

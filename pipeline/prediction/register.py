@@ -83,8 +83,10 @@ def register(
         written["jacobian"] = write_jacobian(out_dir / JACOBIAN, u, geometry)
     if report:  # Dice and contours with both label maps
         written["report"] = out_dir / REPORT
-        labels = (fixed_label, moving_label) if fixed_label is not None else (None, None)
-        report_from_files(written["report"], Path(fixed), Path(moving), written["field"], *labels,
+        both = fixed_label is not None and moving_label is not None
+        report_from_files(written["report"], Path(fixed), Path(moving), written["field"],
+                          fixed_label=Path(fixed_label) if both and fixed_label is not None else None,
+                          moving_label=Path(moving_label) if both and moving_label is not None else None,
                           title=f"{Path(fixed).name} <-- {Path(moving).name}")
     record = {
         "fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),

@@ -32,6 +32,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import TypedDict
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -74,6 +75,17 @@ def learning_rate(cfg: TrainConfig, level: int, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - cfg.warmup_steps) / span))
 
 
+class TrainState(TypedDict):
+    """Where a run stands (checkpointed as it is): level and step within it, steps overall, the best
+    validation score so far and its global step (-1: none yet)."""
+
+    level: int
+    step: int
+    global_step: int
+    best_score: float
+    best_step: int
+
+
 class Trainer:
     """One training run in ``run_dir``; ``run()`` returns the exit code."""
 
@@ -84,7 +96,7 @@ class Trainer:
         self.levels = cfg.model.levels
         self.loss_cfg = cfg.loss if data.num_classes > 1 else dataclasses.replace(cfg.loss, dice=0.0)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
-        self.state = {"level": 1, "step": 0, "global_step": 0, "best_score": float("-inf"), "best_step": -1}
+        self.state: TrainState = {"level": 1, "step": 0, "global_step": 0, "best_score": float("-inf"), "best_step": -1}
         self.optimizer: torch.optim.Optimizer | None = None
         self.scaler = grad_scaler(device, cfg.train.amp)  # a pass-through unless fp16 on CUDA
         self.wrapped: torch.nn.Module = self.model
@@ -118,7 +130,7 @@ class Trainer:
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.set_phase(self.state["level"], self.state["step"], new_level=True)
         if ckpt["optimizer"] is not None:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.adam.load_state_dict(ckpt["optimizer"])
         if self.scaler.is_enabled():
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
@@ -141,6 +153,13 @@ class Trainer:
             raise DataError(f"{path}: model config {saved} differs from the run's {self.model.config.to_dict()}{hint}")
 
     # ------------------------------------------------------------------ schedule
+
+    @property
+    def adam(self) -> torch.optim.Optimizer:
+        """The optimiser of the current phase (made by :meth:`set_phase`)."""
+        if self.optimizer is None:
+            raise RuntimeError("no optimiser before set_phase")
+        return self.optimizer
 
     def set_phase(self, level: int, step: int, new_level: bool = False) -> None:
         """Trainable levels for (level, step): level alone while the lower ones are frozen,
@@ -183,9 +202,9 @@ class Trainer:
         if "fixed_onehot" in extra:
             extra["dice_field"] = full_resolution_field(self.model, out)
         parts = level_loss(self.loss_cfg, level, self.levels, lv.warped, lv.fixed, lv.field, reg_field=lv.velocity_field, **extra)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.adam.zero_grad(set_to_none=True)
         self.scaler.scale(parts["total"]).backward()
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.adam)
         self.scaler.update()
         return {k: float(v.detach()) for k, v in parts.items()}
 
@@ -221,16 +240,16 @@ class Trainer:
         self.model.train()
         for level in range(self.state["level"], self.levels + 1):
             first = self.state["step"] if level == self.state["level"] else 0
-            self.state.update(level=level, step=first)
+            self.state.update({"level": level, "step": first})
             self.set_phase(level, first, new_level=self.optimizer is None or first == 0)
             for step in range(first, steps[level - 1]):
                 self.set_phase(level, step)
                 lr = learning_rate(self.cfg.train, level, step)
-                for group in self.optimizer.param_groups:
+                for group in self.adam.param_groups:
                     group["lr"] = lr
                 t0 = time.perf_counter()
                 parts = self.train_step(level)
-                self.state.update(step=step + 1, global_step=self.state["global_step"] + 1)
+                self.state.update({"step": step + 1, "global_step": self.state["global_step"] + 1})
                 rate = 1.0 / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(level=level, loss=f"{parts['total']:.4f}", refresh=False)
                 bar.update(1)
@@ -249,7 +268,7 @@ class Trainer:
                     log.warning("stopped by signal %d at global step %d; resume with --resume", sig, self.state["global_step"])
                     return 128 + int(sig)
             if level < self.levels:  # the next level starts with a fresh optimiser
-                self.state.update(level=level + 1, step=0)
+                self.state.update({"level": level + 1, "step": 0})
                 self.optimizer = None
         bar.close()
         self.finish(tlog)
@@ -277,10 +296,10 @@ class Trainer:
             if self.state["best_step"] < 0:
                 why = "no validation metric" if self.data.val_held_out else "the validation pairs are not held out"
                 log.info("best.pt follows the last checkpoint (%s)", why)
-            self.state.update(best_step=global_step)
+            self.state.update({"best_step": global_step})
             self.save("best.pt")
         elif score > self.state["best_score"]:
-            self.state.update(best_score=score, best_step=global_step)
+            self.state.update({"best_score": score, "best_step": global_step})
             log.info("new best checkpoint at step %d: validation score %.4f", global_step, score)
             self.save("best.pt")
 
