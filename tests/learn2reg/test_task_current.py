@@ -148,7 +148,7 @@ def oncoreg_task(tmp_path: Path, head_folders: bool = False) -> Path:
             folders = [f"keypoints0{k}Tr"] + ([f"keypoints0000000{k}Tr"] if head_folders else [])
             for folder in folders:
                 write_points(root / folder / f"OncoReg_{s:04d}_{m}.csv", np.full((3, 3), k))
-                write_points(root / folder / f"OncoReg_{s:04d}_0000.csv", np.full((3, 3), 10 + k))
+                write_points(root / folder / f"OncoReg_{s:04d}_0000.csv", np.full((3, 3), k + 0.5))
             paired.append({"fixed": f"./imagesTr/OncoReg_{s:04d}_{m}.nii.gz", "moving": f"./imagesTr/OncoReg_{s:04d}_0000.nii.gz"})
     meta = dataset.build_description("OncoReg", SHAPE, training, paired[2:], modality={"0": "FBCT", "1": "CBCT", "2": "CBCT"},
                                      training_paired_images=paired[:2])
@@ -166,7 +166,7 @@ def test_oncoreg_keypoints_are_found_per_pair(tmp_path: Path) -> None:
         fixed, moving = task.pair_points(pair, "keypoints")
         assert fixed is not None and moving is not None
         assert fixed.parent.name == moving.parent.name == f"keypoints0{k}Tr"
-        assert read_points(moving)[0, 0] == 10 + k  # the same _0000 image, other points per pair
+        assert read_points(moving)[0, 0] == k + 0.5  # the same _0000 image, other points per pair
     assert task.case("0002_0000").keypoints is None  # no keypointsTr: the case itself has none
     head = load_task(oncoreg_task(tmp_path / "head", head_folders=True))
     assert head.pair_points(head.pairs["val"][0], "keypoints")[0].parent.name == "keypoints00000001Tr"  # L2R's name first
