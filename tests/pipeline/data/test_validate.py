@@ -447,9 +447,9 @@ def test_summarize_2020_and_table(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["l2r", "l2r2020"])
+@pytest.mark.parametrize("layout", ["l2r", "l2r2020", "lumir", "remind2reg"])
 def test_demo_tasks_validate_clean(tmp_path, layout):
-    """Every generated demo task passes validation (no errors, no warnings) in both layouts."""
+    """Every generated demo task passes validation (no errors, no warnings) in every layout."""
     demo_data = pytest.importorskip("pipeline.demo.tasks", reason="pipeline/demo_data.py not written yet")
     task_dirs = demo_data.write_demo(tmp_path / "data", seed=0, layout=layout)
     assert len(task_dirs) > 0
