@@ -185,7 +185,7 @@ def _check_case(case: Case, task: Task, found: list[Problem], seen: Seen, shapes
     """Every file of one case; one volume in memory at a time."""
     image = None
     if not case.image.is_file():
-        found.append(Problem(case.image, f"image of case {case.case_id} not found"))
+        found.append(Problem(case.image, f"image of case {case.case_id} not found" + _named_by(task, case)))
     else:
         image = _check_image(case.image, task, found)
         if image is not None:
@@ -207,6 +207,18 @@ def _check_case(case: Case, task: Task, found: list[Problem], seen: Seen, shapes
                 seen[path] = ids
                 if not ids.size:
                     found.append(Problem(path, "landmark volume holds no landmark (only 0)", WARNING))
+
+
+def _named_by(task: Task, case: Case) -> str:
+    """`` (named by X_dataset.json validation pair F<--M)`` for a case that only a pair names."""
+    if case.listed or task.layout == Layout.L2R2020:
+        return ""
+    for split, pairs in task.pairs.items():
+        for pair in pairs:
+            if case.case_id in (pair.fixed, pair.moving):
+                key = task.pair_keys.get(split, split)
+                return f" (named by {_pair_source(task, split).name} {key} pair {pair.key})"
+    return ""
 
 
 def check_unlisted(task: Task) -> list[Problem]:
