@@ -32,7 +32,8 @@ The 2024-2026 tasks (../shared/docs/learn2reg-current.md) read into the same mod
   points are looked up per pair (:meth:`Task.pair_points`).
 
 Case ids are ``SSSS_MMMM`` from the end of the file name, whatever the prefix. Which
-organisers' rule set (evaluator, file names) a folder follows is :func:`rules_for`.
+organisers' rule set (evaluator, file names) a folder follows is :attr:`Task.rules`
+(:func:`learn2reg.editions.rules_for`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 
 from learn2reg import dataset
@@ -142,9 +144,9 @@ class Task:
         ids = sorted(self.training)
         return tuple(Pair(f, m) for f in ids for m in ids if f != m)
 
-    @property
+    @cached_property
     def rules(self) -> str:
-        """The organisers' rule set this folder follows (:func:`rules_for`)."""
+        """The organisers' rule set this folder follows (:func:`learn2reg.editions.rules_for`)."""
         return rules_for(self)
 
     @property
@@ -352,4 +354,3 @@ def _paired_training(meta: dict, training: list[str]) -> tuple[Pair, ...]:
         for s in subjects
         if f"{s}_{fixed_m}" in ids and f"{s}_{moving_m}" in ids
     )
-

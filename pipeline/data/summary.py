@@ -156,8 +156,8 @@ def provides(task: Task) -> list[str]:
             f"{_KIND_NAMES[k]} {n}/{of} {'pairs' if k in POINT_KINDS else 'images'}"
             for k, (n, of) in _counts(task, images, pairs).items() if n
         ]
-        key = task.pair_keys.get(split, split)
-        lines.append(f"{title}: {len(pairs)} pair{'s' if len(pairs) != 1 else ''} ('{key}') of {len(images)} images ({', '.join(folders)}): "
+        source = f"'{task.pair_keys[split]}'" if split in task.pair_keys else f"pairs_{split}.csv"
+        lines.append(f"{title}: {len(pairs)} pair{'s' if len(pairs) != 1 else ''} ({source}) of {len(images)} images ({', '.join(folders)}): "
                      + (", ".join(found) if found else "no ground truth (labels, masks or points)"))
     return lines
 

@@ -119,7 +119,8 @@ def _check_segmentation(
 ) -> np.ndarray | None:
     """Label maps (and landmark volumes): non-negative integers; masks: exactly {0, 1}
     (``learn2reg.segmentation``); all: the image's grid (shape, then spacing, direction and
-    origin within tolerance). Returns the non-zero values of a readable, valid label map."""
+    origin within tolerance). Returns the landmark ids (non-zero values) of a readable, valid
+    landmark volume, else None."""
     loaded = _load(path, found)
     if loaded is None:
         return None
@@ -128,7 +129,7 @@ def _check_segmentation(
         found += [Problem(path, m) for m in grid_differences(kind, (data.shape, geometry), image)]
     wrong = mask_problems(data) if kind == "mask" else label_problems(data)
     found += [Problem(path, m) for m in wrong]
-    if kind == "mask" or wrong:
+    if kind != "landmark volume" or wrong:
         return None
     values = np.unique(data)
     return values[values != 0]
