@@ -1,7 +1,8 @@
 """``python -m pipeline summary TASK_DIR [...]``: one table describing task folders.
 
 Reads only the task description, the first image's header and the point files (row counts);
-no voxel data. Fields that cannot be read are shown as ``?`` (``validate`` says why).
+no voxel data. "training pairs" counts those ``train`` uses by default (``train.exclude_val_subjects``:
+pairs touching a validation subject are held out) of those the task lists. Fields that cannot be read are shown as ``?`` (``validate`` says why).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 from learn2reg.io import DataError, read_nifti_header, read_points
 from learn2reg.task import POINT_KINDS, Task, load_task
+from pipeline.config import TrainConfig
+from pipeline.data.split import split_pairs
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +83,20 @@ def summarize(task: Task) -> dict[str, Any]:
         "masks": sum(case.mask is not None for case in task.cases.values()),
         **{kind: _point_counts(task, kind) for kind in POINT_KINDS},
         "training_pairs": len(task.training_pairs()),
+        "training_pairs_used": training_pairs_used(task),
         "val_pairs": len(task.pairs.get("val", ())),
         "test_pairs": len(task.pairs.get("test", ())),
         "pairing": "intra-patient" if task.intra_patient else "inter-patient",
     }
+
+
+def training_pairs_used(task: Task) -> int:
+    """How many training pairs ``train`` uses with the default ``train.exclude_val_subjects``
+    (true): those that touch a subject of a validation pair are held out."""
+    try:
+        return len(split_pairs(task, TrainConfig().exclude_val_subjects)[0])
+    except DataError:  # none left
+        return 0
 
 
 def _format_counts(counts: dict[str, int | None]) -> str:
@@ -111,6 +124,8 @@ def _format_value(key: str, value: Any, row: dict[str, Any]) -> str:
         return f"yes ({value}/{n})" if value else "no"
     if key in POINT_KINDS:
         return _format_counts(value)
+    if key == "training_pairs" and row.get("training_pairs_used", value) != value:
+        return f"{row['training_pairs_used']} of {value} (train holds out {value - row['training_pairs_used']} touching val subjects)"
     return str(value)
 
 
