@@ -4,6 +4,7 @@ the zero-field row, plus what is built on scores.
 * ``metrics``, ``surface``, ``jacobian``  DSC, HD95 (DeepMind's surface method), TRE, SDlogJ, folding
 * ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the official flags and schema)
 * ``initial``      the zero field evaluated like a submission (``python -m evaluation.initial``)
+* ``console``      what both print at the end: official and corrected aggregates, labelled as such
 * ``leaderboard/`` several evaluated methods -> tables, rank scores, Markdown/CSV/HTML
                    (``python -m evaluation.leaderboard``)
 * ``pair_reports/`` one self-contained HTML page per registered pair, from files only

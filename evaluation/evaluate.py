@@ -30,8 +30,9 @@ from typing import Any, Literal
 import numpy as np
 
 from evaluation import jacobian, metrics
+from evaluation.console import print_summary
 from learn2reg import contract
-from learn2reg.cli import run_cli
+from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.eval_config import EvalConfig, EvalPair, Method, derive_config, read_config
 from learn2reg.io import DataError, check_output_path, load_nifti, read_nifti_header, read_points, write_json
 from learn2reg.progress import progress as progress_bar
@@ -319,6 +320,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--official-only", action="store_true", help="only the official metrics (no *_true, *_mm, folding_fraction)")
     parser.add_argument("--aggregate", choices=("l2r", "2020"), default="l2r", help="aggregate rule (2020: ddof=1, 0.3 quantile)")
     parser.add_argument("--tre", dest="tre_method", choices=("auto", "kernel", "crop", "full"), default="auto", help="TRE sampler")
+    add_overwrite_argument(parser, "an existing output json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -326,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
     options = Options(extras=not args.official_only, aggregate=args.aggregate, tre_method=args.tre_method)
     out = Path(args.output_path)
     out = out / (datetime.now().strftime("%Y%m%d_%H%M") + ".json") if out.is_dir() else check_output_path(out, folder=False)
+    refuse_existing([out], args.overwrite, "-o")
     result = evaluate(
         args.input_path, args.gt_path, args.config_path, split=args.split, fmt=args.fmt, workers=args.workers,
         options=options, task_folder=args.task_folder, progress=True,
@@ -334,9 +337,7 @@ def run(args: argparse.Namespace) -> int:
     if args.verbose:
         for key, case in result["cases"].items():
             print(key + "  " + "  ".join(f"{k}={v['mean']:.5f}" for k, v in case.items()))
-    for name, agg in result["aggregates"].items():
-        print(f"{name:<20} {agg['mean']:.5f} +- {agg['std']:.5f} | 30%: {agg['30']:.5f}")
-    print(f"Results saved to: {out}")
+    print_summary(result, out)
     return 0
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.console import print_summary
 from evaluation.evaluate import evaluate
-from learn2reg.cli import run_cli
+from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.contract import disp_filename_2020, disp_filename_l2r
 from learn2reg.io import DataError, check_output_path, read_nifti_header, save_nifti, write_json
 from learn2reg.task import Layout, load_task
@@ -51,11 +52,16 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="result json")
     parser.add_argument("-c", "--config", default=None, help="official evaluation config (default: derived)")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")
+    add_overwrite_argument(parser, "an existing result json")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Evaluate the zero field, write the json, print its summary as ``evaluate`` does."""
     check_output_path(args.output, folder=False)
-    write_json(args.output, evaluate_initial(args.data, args.split, args.config))
+    refuse_existing([args.output], args.overwrite, "-o")
+    result = evaluate_initial(args.data, args.split, args.config)
+    write_json(args.output, result)
+    print_summary(result, args.output, title="Initial (zero field)")
     return 0
 
 

@@ -10,7 +10,7 @@ import argparse
 import importlib.metadata
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from learn2reg.io import DataError
@@ -48,6 +48,23 @@ def package_version() -> str:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str = "outputs that already exist") -> None:
+    """``--overwrite``: the one way every command replaces outputs that exist (default: refuse)."""
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} (default: refuse)")
+
+
+def refuse_existing(paths: Iterable[str | Path], overwrite: bool, option: str = "--out") -> None:
+    """Before any work: ``DataError`` naming the ``paths`` that exist (the first three, then a
+    count) unless ``overwrite``; the message says how to go on (``--overwrite`` or another ``option``)."""
+    present = [Path(p) for p in paths if Path(p).exists()]
+    if not present or overwrite:
+        return
+    named = ", ".join(str(p) for p in present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+    one = len(present) == 1
+    raise DataError(f"{named}: already exist{'s' if one else ''}; pass --overwrite to replace {'it' if one else 'them'},"
+                    f" or choose another {option}")
 
 
 def run_cli(

@@ -172,7 +172,7 @@ class Task:
 def load_task(root: str | Path) -> Task:
     """Read a task folder of either layout; ``DataError`` naming the file if it is neither or
     if its description is malformed beyond what ``Task.problems`` can carry."""
-    from learn2reg.task2020 import load_2020  # the 2020 reader builds on this module's model
+    from learn2reg.task2020 import archive_hint, load_2020  # the 2020 reader builds on this module's model
 
     root = Path(root).resolve()
     if not root.is_dir():
@@ -188,7 +188,8 @@ def load_task(root: str | Path) -> Task:
         if isinstance(exc, DataError):
             raise
         raise DataError(f"{description}: malformed task description ({type(exc).__name__}: {exc})") from exc
-    raise DataError(f"{root}: neither a *_dataset.json (current layout) nor images/ + pairs_val.csv (2020 layout)")
+    hint = archive_hint(root)  # a raw 2020 archive: say how to convert it
+    raise DataError(f"{root}: neither a *_dataset.json (current layout) nor images/ + pairs_val.csv (2020 layout){hint}")
 
 
 def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | None:

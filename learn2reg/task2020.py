@@ -94,3 +94,36 @@ def load_2020(root: Path) -> Task:
         problems=tuple(problems),
         pair_problems={split: tuple(found) for split, found in pair_problems.items()},
     )
+
+
+#: Folder names of the organisers' unpacked 2020 archives (``pipeline.data.convert2020`` reads them).
+ARCHIVE_FOLDERS = {"scans": 2, "lungmasks": 2, "keypoints": 2, "img": 3, "label": 3}
+
+
+def archive_hint(root: Path, depth: int = 3) -> str:
+    """For a folder that is no task: if it looks like an unpacked Learn2Reg 2020 archive (one of
+    :data:`ARCHIVE_FOLDERS` up to ``depth`` levels down, e.g. ``scans/`` or ``Training/img/``), a
+    sentence pointing to ``convert-2020`` (with the task number when the folders tell it), else ""."""
+    found: list[Path] = []
+    level = [Path(root)]
+    for _ in range(depth):
+        level = [d for parent in level for d in _entries(parent) if d.is_dir()]
+        found += [d for d in level if d.name.lower() in ARCHIVE_FOLDERS]
+        if found or not level:
+            break
+    if not found:
+        return ""
+    task = ARCHIVE_FOLDERS[found[0].name.lower()]
+    if task == 3 and any(p.name.lower().startswith("hippocampus_") for d in found for p in _entries(d)):
+        task = 4
+    where = ", ".join(str(d.relative_to(root)) + "/" for d in found[:3])
+    return (f"; this looks like an unpacked Learn2Reg 2020 archive ({where}): convert it into a task folder first: "
+            f"python -m pipeline convert-2020 {root} --task {task} --out data/task_{task:02d}")
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of a folder, sorted; none where it cannot be read."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError:
+        return []

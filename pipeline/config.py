@@ -404,3 +404,16 @@ def config_from_dict(raw: Any, where: str = "config") -> RunConfig:
 def load_config(path: str | Path) -> RunConfig:
     """Read a JSON configuration; ``DataError`` naming the file, each bad key and its value."""
     return config_from_dict(read_json(path), where=str(path))
+
+
+def differences(old: Any, new: Any, where: str = "") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every key whose value differs between two JSON-like
+    trees (resolved configurations: ``RunConfig.to_dict()`` or their files; lists compared whole,
+    tuples as lists; a key only one side has compares with ``None``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            found += differences(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+        return found
+    as_json = list(new) if isinstance(new, tuple) else new
+    return [] if old == as_json else [(where, old, as_json)]

@@ -23,7 +23,15 @@ import numpy as np
 import pandas as pd
 
 from evaluation.leaderboard import ranking
-from evaluation.leaderboard.results import Results, TaskResult, accuracy_metric, case_stats, metric_mean, task_names
+from evaluation.leaderboard.results import (
+    Results,
+    TaskResult,
+    accuracy_metric,
+    accuracy_metrics,
+    case_stats,
+    metric_mean,
+    task_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +99,8 @@ class Board:
     """Everything a leaderboard shows.
 
     ``table``: methods x MultiIndex ``(task, metric)`` means (see :func:`build_table`);
-    ``stats``: tidy ``method, task, metric, mean, std, n`` (:func:`build_stats`);
+    ``stats``: tidy ``method, task, metric, mean, std, n`` (:func:`build_stats`, then the
+    hard-item rows ``DSC30`` / ``TRE30`` of :func:`hard_stats`);
     ``ranks``: tidy rank scores (:func:`evaluation.leaderboard.ranking.rank_scores`);
     ``power``: ``task, metric, n_items, min_p, separable`` (:func:`evaluation.leaderboard.ranking.rank_power`);
     ``gaps``: :func:`find_gaps`; ``accuracy``: task -> accuracy metric (None if none);
@@ -120,25 +129,26 @@ def _reports(results: Results, task: str, metric: str, initial: str) -> bool:
 
 
 def table_metrics(results: Results, task: str, initial: str) -> list[str]:
-    """Evaluator metrics of the task's Table 1 columns: accuracy, SDlogJ, folding (if reported), runtime."""
-    acc = accuracy_metric(results, task)
+    """Evaluator metrics of the task's Table 1 columns: every ranked accuracy metric (TRE, DSC),
+    SDlogJ, folding (if reported), runtime."""
     folding = [FOLDING] if _reports(results, task, FOLDING, initial) else []
-    return ([acc] if acc else []) + [SDLOGJ] + folding + [RUNTIME]
+    return accuracy_metrics(results, task) + [SDLOGJ] + folding + [RUNTIME]
 
 
 def task_metrics(results: Results, task: str, initial: str) -> list[str]:
     """Evaluator metrics of a per-task table: the Table 1 ones plus HD95, those no method reports left out."""
     metrics = table_metrics(results, task, initial)
     if _reports(results, task, HD95, initial):
-        metrics.insert(1 if metrics and metrics[0] != SDLOGJ else 0, HD95)
+        metrics.insert(metrics.index(SDLOGJ), HD95)
     return [m for m in metrics if m != RUNTIME or _reports(results, task, RUNTIME, initial)]
 
 
 def build_table(results: Results, initial: str = "Initial") -> pd.DataFrame:
     """The seed paper's Table 1 plus folding: one row per method; per task accuracy, SDlogJ, folding, runtime.
 
-    Columns: MultiIndex ``(task, metric)`` with metric the evaluator's accuracy metric name
-    (``TRE_lm`` / ``TRE_kp`` in mm, or ``DSC``), :data:`TABLE_SDLOGJ`, :data:`FOLDING` (a
+    Columns: MultiIndex ``(task, metric)`` with metric the evaluator's accuracy metric names
+    (``TRE_lm`` / ``TRE_kp`` in mm, and ``DSC``: both where a task has points and labels, as both
+    are ranked), :data:`TABLE_SDLOGJ`, :data:`FOLDING` (a
     fraction, only where a method reports it) and :data:`TABLE_RUNTIME` (seconds). Values are
     means over cases; NaN where missing and for the initial method's SDlogJ, folding and runtime.
     """
@@ -168,6 +178,32 @@ def build_stats(results: Results, initial: str = "Initial") -> pd.DataFrame:
                     continue
                 mean, std, n = case_stats(per_task.get(task), metric)
                 rows.append({"method": method, "task": task, "metric": table_name(metric), "mean": mean, "std": std, "n": n})
+    return pd.DataFrame(rows, columns=["method", "task", "metric", "mean", "std", "n"])
+
+
+def hard_stats(
+    items_by_task: Mapping[str, Mapping[str, pd.DataFrame]], methods: list[str], config: ranking.RankConfig
+) -> pd.DataFrame:
+    """Mean, population std and number of the *items* ``DSC30`` / ``TRE30`` rank, tidy as :func:`build_stats`.
+
+    The items are the ranking's hard set (:func:`evaluation.leaderboard.ranking.ranked_tables`:
+    the 30 % of case x label or landmark items where the initial method is worst); the values are
+    each method's own values on them, missing ones left out (the ranking counts them as worst, and
+    ``n`` shows how many a method has). No rows without an initial method (nothing is ranked).
+    """
+    rows = []
+    for task, items in items_by_task.items():
+        ranked = ranking.ranked_tables(items, methods, config)
+        for hard, base in ranking.HARD_OF.items():
+            if hard not in ranked or base not in items:
+                continue
+            values = items[base].reindex(index=ranked[hard].index, columns=methods)
+            for method in methods:
+                v = values[method].to_numpy(dtype=np.float64)
+                v = v[~np.isnan(v)]
+                std = float(np.std(v)) if v.size and np.all(np.isfinite(v)) else math.nan
+                mean = float(np.mean(v)) if v.size else math.nan
+                rows.append({"method": method, "task": task, "metric": hard, "mean": mean, "std": std, "n": int(v.size)})
     return pd.DataFrame(rows, columns=["method", "task", "metric", "mean", "std", "n"])
 
 
@@ -270,6 +306,8 @@ def notes_for(results: Results, config: ranking.RankConfig) -> list[str]:
         )
     notes.append(
         f"Rank scores: Wilcoxon rank-sum, p < {config.p_threshold:g}, linspace(0.1, 1, N), missing values = worst."
+        " A task score is the geometric mean of every rank column of its task table (each beside the values it"
+        " ranks); the overall score is the mean of the task scores."
     )
     return notes
 
@@ -279,9 +317,11 @@ def make_board(results: Results, config: ranking.RankConfig | None = None) -> Bo
     config = config or ranking.RankConfig()
     tasks = task_names(results)
     items = {task: item_tables(results, task) for task in tasks}
+    hard = hard_stats(items, list(results), config)
+    stats = build_stats(results, config.initial_name)
     return Board(
         table=build_table(results, config.initial_name),
-        stats=build_stats(results, config.initial_name),
+        stats=pd.concat([stats, hard], ignore_index=True) if not hard.empty else stats,
         ranks=ranking.rank_scores(items, list(results), config),
         power=ranking.rank_power(items, list(results), config),
         gaps=tuple(find_gaps(results, config.initial_name)),
@@ -294,9 +334,11 @@ def make_board(results: Results, config: ranking.RankConfig | None = None) -> Bo
 def tidy(board: Board) -> pd.DataFrame:
     """The board as rows ``method, task, metric, value`` (the CSV; missing cells left out).
 
-    Table 1 means under their column names; per-task means of metrics outside Table 1 (HD95)
-    under their names; ``std:METRIC`` and ``n:METRIC`` (``n`` 0 marks a method without results);
-    rank scores as ``rank:METRIC``.
+    Table 1 means under their column names; per-task means of metrics outside Table 1 (HD95,
+    and ``DSC30`` / ``TRE30``: the mean over the hard items those ranks compare) under their
+    names; ``std:METRIC`` and ``n:METRIC`` (``n`` 0 marks a method without results; cases, or
+    items for DSC30/TRE30); rank scores as ``rank:METRIC``. Every ranked metric thus has its
+    values beside its rank score.
     """
     long = board.table.stack(["task", "metric"], future_stack=True).rename("value").reset_index()
     long = long.loc[long["value"].notna(), ["method", "task", "metric", "value"]]

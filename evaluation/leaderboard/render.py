@@ -35,11 +35,11 @@ td { white-space: nowrap; }
 th { background: #eef; font-weight: 600; }
 th.group { text-align: center; background: #dde; }
 th.name, td.name { text-align: left; }
-table.board th, table.board td { padding: 0.25em 0.4em; }
+table.board th, table.board td, table.task th, table.task td { padding: 0.25em 0.4em; }
 tbody tr:nth-child(even) td { background: #f7f7f7; }
 tbody tr td.best { font-weight: bold; background: #dcefd9; }
 td.missing { color: #a00; font-style: italic; }
-.n { display: block; font-size: 0.8em; color: #666; font-weight: normal; }
+.n { display: block; font-size: 0.8em; color: #666; font-weight: normal; white-space: normal; }
 .marks { color: #a00; }
 .footnotes, .notes { color: #444; font-size: 0.85rem; margin: 0.2em 0 1em; padding-left: 1.2em; }
 figure { display: inline-block; margin: 0.5em; max-width: 100%; }
@@ -55,7 +55,8 @@ def markdown(table: Table) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     def text(cell: Cell) -> str:
-        core = f"**{cell.text}**" if cell.best else cell.text
+        value = f"{cell.text} {cell.spread}" if cell.spread else cell.text
+        core = f"**{value}**" if cell.best else value
         return core + cell.marks + (f" ({cell.detail})" if cell.detail else "")
 
     lines = [line([c.flat for c in table.columns]), "|" + "---|" * len(table.columns)]
@@ -99,7 +100,9 @@ def _td(cell: Cell, column: tables.Column) -> str:
     classes = " ".join(k for k, on in flags if on)
     attrs = f' class="{classes}"' if classes else ""
     marks = f'<span class="marks">{html.escape(cell.marks)}</span>' if cell.marks else ""
-    detail = f'<span class="n">{html.escape(cell.detail)}</span>' if cell.detail else ""
+    # "± 0.011 · n=4" under the value; it may wrap at the dot when a wide table needs the room
+    small = " · ".join(x.replace(" ", "\u00a0") for x in (cell.spread, cell.detail) if x)
+    detail = f'<span class="n">{html.escape(small)}</span>' if small else ""
     return f"<td{attrs}>{html.escape(cell.text)}{marks}{detail}</td>"
 
 

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 INITIAL = "Initial"
 #: Accuracy metric of a task, by preference: landmark TRE, keypoint TRE, Dice.
 ACCURACY_PREFERENCE = ("TRE_lm", "TRE_kp", "DSC")
+#: Point metrics, by preference: the first one a task reports is its ranked TRE.
+TRE_PREFERENCE = ("TRE_lm", "TRE_kp")
 
 
 @dataclass(frozen=True)
@@ -164,8 +166,8 @@ def task_names(results: Results) -> list[str]:
     return sorted({task for per_task in results.values() for task in per_task})
 
 
-def accuracy_metric(results: Results, task: str) -> str | None:
-    """The task's accuracy metric: the first of :data:`ACCURACY_PREFERENCE` any method reports."""
+def _reported(results: Results, task: str) -> set[str]:
+    """Every metric name any method reports on ``task`` (cases or aggregates)."""
     present = {
         name
         for per_task in results.values()
@@ -173,8 +175,24 @@ def accuracy_metric(results: Results, task: str) -> str | None:
         for case in per_task[task].cases.values()
         for name in case
     }
-    present |= {name for per_task in results.values() if task in per_task for name in per_task[task].aggregates}
+    return present | {name for per_task in results.values() if task in per_task for name in per_task[task].aggregates}
+
+
+def accuracy_metric(results: Results, task: str) -> str | None:
+    """The task's main accuracy metric: the first of :data:`ACCURACY_PREFERENCE` any method reports."""
+    present = _reported(results, task)
     return next((m for m in ACCURACY_PREFERENCE if m in present), None)
+
+
+def accuracy_metrics(results: Results, task: str) -> list[str]:
+    """Every accuracy metric the rank scores use: the task's TRE (the first of
+    :data:`TRE_PREFERENCE` reported) and DSC, in that order, those no method reports left out.
+
+    A task with labels and points ranks both (TRE, TRE30, DSC, DSC30), so a board shows both.
+    """
+    present = _reported(results, task)
+    tre = next((m for m in TRE_PREFERENCE if m in present), None)
+    return ([tre] if tre else []) + (["DSC"] if "DSC" in present else [])
 
 
 def case_values(result: TaskResult | None, metric: str) -> np.ndarray:

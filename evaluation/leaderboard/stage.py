@@ -29,7 +29,7 @@ from evaluation.leaderboard import render as report
 from evaluation.leaderboard.board import Board, make_board, tidy
 from evaluation.leaderboard.results import INITIAL, Results, case_values, load_results, parse_spec, task_names
 from evaluation.pair_reports import stage as pair_reports
-from learn2reg.cli import run_cli
+from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.io import atomic_open, check_output_path
 
 __all__ = ["INITIAL", "Results", "load_results", "write_leaderboard", "main"]
@@ -37,6 +37,8 @@ __all__ = ["INITIAL", "Results", "load_results", "write_leaderboard", "main"]
 INTERMIXED_ARGS = True
 
 log = logging.getLogger(__name__)
+#: The files ``-o`` writes.
+OUTPUTS = ("leaderboard.md", "leaderboard.csv", "leaderboard.html")
 
 
 def box_plots(results: Results, board: Board) -> dict[str, str]:
@@ -68,7 +70,7 @@ def write_leaderboard(
         html = pair_reports.add_report_links(html, pair_reports.report_links_html(reports, Path(out_dir)))
     csv_text = tidy(board).to_csv(index=False)
     out_dir = Path(out_dir)
-    for name, text in (("leaderboard.md", markdown), ("leaderboard.csv", csv_text), ("leaderboard.html", html)):
+    for name, text in zip(OUTPUTS, (markdown, csv_text, html), strict=True):
         with atomic_open(out_dir / name) as fh:
             fh.write(text)
     log.info("wrote %s/leaderboard.{md,csv,html}", out_dir)
@@ -88,6 +90,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
         help="link the per-pair reports (DIR/report/ or DIR/*/report/, see `pipeline report`) of a method's submissions;"
         " one per flag, repeat it",
     )  # fmt: skip
+    add_overwrite_argument(parser, "leaderboard files already in OUT_DIR")
 
 
 def read_as_methods(argv: Sequence[str]) -> list[str]:
@@ -124,6 +127,7 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         )  # fmt: skip
     if args.out is not None:
         check_output_path(args.out, folder=True)
+        refuse_existing([args.out / name for name in OUTPUTS], getattr(args, "overwrite", False), "-o")
     results = load_results(args.results, args.initial or [])
     links = dict(parse_spec(spec) for spec in args.reports or [])
     print(write_leaderboard(results, args.out, reports=links))

@@ -4,7 +4,9 @@ Three kinds, built from a :class:`evaluation.leaderboard.board.Board`:
 
 - :func:`main_table`: the seed paper's Table 1 (per task accuracy, SDlogJ, folding, runtime);
 - :func:`rank_summary`: place, task scores, mean task score;
-- :func:`task_table`: one task's metric values (mean ± std, n) beside their rank scores.
+- :func:`task_table`: one task's metric values (mean ± std, n) beside their rank scores (DSC30 and
+  TRE30 beside the values of the hard items they compare): every rank score that enters the task
+  score stands beside the values it ranks, for every metric the task is ranked on.
 
 Every metric column says which direction is better (:data:`ARROW`); the best value of a column
 is flagged (all of them on a tie at the shown precision; the initial method's SDlogJ / folding /
@@ -18,6 +20,7 @@ two methods with the task's sample sizes carry :data:`NO_POWER` "°" and a footn
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -31,7 +34,8 @@ from evaluation.leaderboard.ranking import HARD_OF, HIGHER_IS_BETTER, OVERALL_ME
 ARROW = {True: "↑", False: "↓"}  # higher is better -> arrow
 MISSING, INCOMPLETE, NO_POWER = "†", "‡", "°"
 #: Decimals per table metric; others use 3. Folding is shown in percent.
-DECIMALS = {"TRE_lm": 2, "TRE_kp": 2, "DSC": 3, "SDlogJ": 3, "runtime": 2, "HD95": 2, "folding_fraction": 3}
+DECIMALS = {"TRE_lm": 2, "TRE_kp": 2, "TRE30": 2, "DSC": 3, "DSC30": 3, "SDlogJ": 3, "runtime": 2, "HD95": 2,
+            "folding_fraction": 3}
 #: Column label per table metric (name and unit); others use the metric name.
 LABEL = {"TRE_lm": "TRE_lm (mm)", "TRE_kp": "TRE_kp (mm)", "HD95": "HD95 (vox)", "runtime": "s", "folding_fraction": "fold (%)"}
 #: Group label per metric in the per-task tables where it differs from :data:`LABEL`.
@@ -45,6 +49,8 @@ DESCRIPTION = {
     "SDlogJ": "std of log det J (official, with its +3 quirk)",
     "folding_fraction": "voxels with det(I + grad u) <= 0, % of the field (ours; the official num_foldings is always 0)",
     "runtime": "runtime per pair, seconds",
+    "DSC30": "Dice of the 30 % (case, label) items where Initial is worst: the items the DSC30 rank compares",
+    "TRE30": "TRE of the 30 % landmarks where Initial is worst: the items the TRE30 rank compares, mm",
 }
 #: Rank metric -> table metric whose values it ranks (TRE: the task's TRE metric).
 RANK_SOURCE = {"DSC": "DSC", "DSC30": "DSC", "HD95": "HD95", "SDlogJ": "SDlogJ", "runtime": "runtime"}
@@ -75,13 +81,16 @@ class Column:
 
 @dataclass(frozen=True)
 class Cell:
-    """A cell: ``text``, an optional small ``detail`` (such as ``n=3``), footnote ``marks``."""
+    """A cell: ``text``, an optional small ``detail`` (such as ``n=3``), footnote ``marks``;
+    ``spread`` (such as ``± 0.011``) belongs to the text: Markdown writes it on the text's line,
+    HTML on the small line of the detail (narrower columns)."""
 
     text: str
     detail: str = ""
     marks: str = ""
     best: bool = False
     missing: bool = False
+    spread: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,7 @@ def fmt_metric(metric: str, value: float) -> str:
 
 
 def higher_is_better(metric: str) -> bool:
-    return metric == "DSC"
+    return metric in ("DSC", "DSC30")
 
 
 def best_flags(values: Sequence[float | None], higher: bool, text: Callable[[float], str]) -> list[bool]:
@@ -131,7 +140,7 @@ def with_best(rows: list[list[Cell]], column: int, flags: Sequence[bool]) -> Non
     """Set ``best`` of one column's cells in place."""
     for row, flag in zip(rows, flags, strict=True):
         if flag:
-            row[column] = Cell(row[column].text, row[column].detail, row[column].marks, True, row[column].missing)
+            row[column] = dataclasses.replace(row[column], best=True)
 
 
 class Gaps:
@@ -238,8 +247,11 @@ def power_footnote(power: pd.DataFrame, p_threshold: float) -> list[str]:
     return notes
 
 
-def _task_columns(board: bd.Board, task: str, metrics: list[str], rank_metrics: list[str]) -> list[tuple[Column, str, str]]:
-    """Per-task columns as (column, kind "value"/"rank"/"score", metric)."""
+def _task_columns(
+    board: bd.Board, task: str, metrics: list[str], rank_metrics: list[str], hard_values: set[str]
+) -> list[tuple[Column, str, str]]:
+    """Per-task columns as (column, kind "value"/"hard"/"rank"/"score", metric): each metric's values
+    then its rank scores; DSC30/TRE30 ranks follow the values of their hard items ("hard")."""
     acc = bd.table_name(board.accuracy.get(task) or "")
     power = board.power.loc[board.power["task"] == task].set_index("metric")
     out: list[tuple[Column, str, str]] = [(Column("Method"), "name", "")]
@@ -252,6 +264,10 @@ def _task_columns(board: bd.Board, task: str, metrics: list[str], rank_metrics: 
                 continue
             weak = rank in power.index and not bool(power.at[rank, "separable"])
             hard = rank in HARD_OF
+            if hard and rank in hard_values:
+                name = f"{rank} mean ± std (n)"
+                hint = DESCRIPTION.get(rank, "") + "; mean ± population std over those items, n items"
+                out.append((Column(name, higher_is_better(rank), group, title=hint, flat_label=name), "hard", rank))
             label = f"{rank} rank" if hard else "rank"
             note = f"rank score of {rank} (1 = best, 0.1 = worst)" + ("; the 30 % items hardest for Initial" if hard else "")
             column = Column(label, True, group, NO_POWER if weak else "", note, flat_label=label if hard else "")
@@ -265,9 +281,10 @@ def task_table(board: bd.Board, task: str) -> Table:
     initial, gaps = board.config.initial_name, Gaps(board.gaps)
     stats = board.stats.loc[board.stats["task"] == task].set_index(["method", "metric"])
     ranks = board.ranks.loc[board.ranks["task"] == task].set_index(["method", "metric"])["value"]
-    metrics = list(pd.unique(stats.index.get_level_values("metric")))
+    shown = list(pd.unique(stats.index.get_level_values("metric")))
+    metrics = [m for m in shown if m not in HARD_OF]
     rank_metrics = [m for m in pd.unique(ranks.index.get_level_values("metric")) if m in HIGHER_IS_BETTER]
-    spec = _task_columns(board, task, metrics, rank_metrics)
+    spec = _task_columns(board, task, metrics, rank_metrics, {m for m in shown if m in HARD_OF})
     acc = bd.table_name(board.accuracy.get(task) or "")
     not_initial = {bd.table_name(m) for m in bd.NOT_FOR_INITIAL} | set(board.config.not_for_initial)
     rows: list[list[Cell]] = []
@@ -276,15 +293,15 @@ def task_table(board: bd.Board, task: str) -> Table:
         row: list[Cell] = []
         entries: list[float | None] = []
         for _, kind, metric in spec:
-            source = RANK_SOURCE.get(metric, acc) if kind == "rank" else metric
+            source = RANK_SOURCE.get(metric, acc) if kind in ("rank", "hard") else metric
             by_rule = method == initial and source in not_initial
             if kind == "name":
                 row.append(Cell(str(method)))
                 entries.append(None)
                 continue
             mark = gaps.mark(method, task) if kind == "score" else "" if by_rule else gaps.mark(method, task, source)
-            if kind == "value":
-                cell, value = _value_cell(stats, method, metric, by_rule, mark)
+            if kind in ("value", "hard"):
+                cell, value = _value_cell(stats, method, metric, by_rule, mark, "items" if kind == "hard" else "")
             else:
                 value = float(ranks.get((method, metric), math.nan))
                 cell = Cell(fmt(value), marks=mark)
@@ -295,20 +312,21 @@ def task_table(board: bd.Board, task: str) -> Table:
     for j, (_, kind, metric) in enumerate(spec):
         if kind == "name":
             continue
-        higher = higher_is_better(metric) if kind == "value" else True
-        shown = (lambda v, m=metric: fmt_metric(m, v)) if kind == "value" else fmt
-        with_best(rows, j, best_flags([c[j] for c in competing], higher, shown))
+        values = kind in ("value", "hard")
+        higher = higher_is_better(metric) if values else True
+        text = (lambda v, m=metric: fmt_metric(m, v)) if values else fmt
+        with_best(rows, j, best_flags([c[j] for c in competing], higher, text))
     power = board.power.loc[board.power["task"] == task]
     footnotes = gaps.footnotes(task) + power_footnote(power, board.config.p_threshold)
     return Table([c for c, _, _ in spec], rows, footnotes)
 
 
-def _value_cell(stats: pd.DataFrame, method: str, metric: str, by_rule: bool, mark: str) -> tuple[Cell, float]:
-    """The "mean ± std" cell of one method and metric and its mean (NaN if none)."""
+def _value_cell(stats: pd.DataFrame, method: str, metric: str, by_rule: bool, mark: str, unit: str = "") -> tuple[Cell, float]:
+    """The "mean ± std" cell of one method and metric and its mean (NaN if none); ``unit`` after n (e.g. "items")."""
     if by_rule or (method, metric) not in stats.index:
         return Cell("-"), math.nan
     mean, std, n = (stats.at[(method, metric), k] for k in ("mean", "std", "n"))
     if int(n) == 0 and math.isnan(mean):
         return Cell("missing" if mark == MISSING else "-", marks=mark, missing=mark == MISSING), math.nan
-    text = fmt_metric(metric, mean) + ("" if math.isnan(std) else f" ± {fmt_metric(metric, std)}")
-    return Cell(text, detail=f"n={int(n)}", marks=mark), float(mean)
+    spread = "" if math.isnan(std) else f"± {fmt_metric(metric, std)}"
+    return Cell(fmt_metric(metric, mean), f"n={int(n)}" + (f" {unit}" if unit else ""), mark, spread=spread), float(mean)

@@ -95,3 +95,41 @@ def grid_step(shape: Sequence[int], lines: int = 12) -> int:
 def folded(det: np.ndarray) -> np.ndarray:
     """Folded voxels: where the Jacobian determinant is ``<= 0`` (the map folds space there)."""
     return np.asarray(det) <= 0
+
+
+def plane_slab(size: int, fraction: float = 0.05, least: int = 2) -> int:
+    """Half-thickness in voxels of the slab around a plane whose points are drawn on it:
+    ``fraction`` of the axis, at least ``least`` (2 voxels on a 40-voxel axis, 13 on 256)."""
+    return max(int(least), int(round(fraction * size)))
+
+
+def points_near(points: np.ndarray, axis: int, index: int, slab: int) -> np.ndarray:
+    """Which of the ``N x 3`` voxel ``points`` lie within ``slab`` voxels of the plane ``index``
+    along array ``axis`` (boolean ``N``)."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    return np.abs(points[:, axis] - index) <= slab
+
+
+def densest_plane(points: np.ndarray, axis: int, size: int, slab: int) -> int:
+    """The plane along ``axis`` (of ``size`` planes) with the most ``points`` within ``slab``
+    voxels (the lowest such index on a tie; the middle plane without points)."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if not points.shape[0]:
+        return int(size) // 2
+    counts = [int(points_near(points, axis, i, slab).sum()) for i in range(int(size))]
+    return int(np.argmax(counts))
+
+
+def richest_plane(volumes: Sequence[np.ndarray], axis: int, ids: Sequence[int]) -> int:
+    """The plane along ``axis`` that cuts the most of the labels ``ids`` in the label maps
+    ``volumes`` together (e.g. fixed and warped: both outlines show), then the most of their
+    voxels; the lowest index on a tie: where contours of those labels can be seen at all."""
+    wanted = np.asarray(list(ids))
+    present = np.zeros(volumes[0].shape[axis], np.int64)
+    voxels = np.zeros(volumes[0].shape[axis], np.int64)
+    for volume in volumes:
+        moved = np.moveaxis(np.asarray(volume), axis, 0).reshape(volume.shape[axis], -1)
+        chosen = np.isin(moved, wanted)
+        present += [len(np.unique(moved[i][chosen[i]])) for i in range(moved.shape[0])]
+        voxels += chosen.sum(axis=1)
+    return int(np.lexsort((-voxels, -present))[0])

@@ -1,13 +1,17 @@
 """The report stage: per-pair visual reports of any submission, generated from files only.
 
 ``python -m pipeline report --data TASK --submission SUB [--pairs KEY ...] [--split val|test]
-[--out DIR]`` (also ``python -m evaluation.pair_reports``) reads, for every pair, the fixed and moving
-images, their label maps when the task has them, and the submitted field (either challenge
-format, as the evaluator reads it), and writes atomically:
+[--out DIR] [--overwrite]`` (also ``python -m evaluation.pair_reports``) reads, for every pair, the
+fixed and moving images, their label maps and point files (landmarks, else keypoints) when the
+task has them for both images, and the submitted field (either challenge format, as the
+evaluator reads it), and writes atomically:
 
-* ``DIR/{fixed}_{moving}.html``: the self-contained page (``evaluation.pair_reports.page``);
-* ``DIR/{fixed}_{moving}.json``: its numbers (Dice per label before/after, folded voxels);
+* ``DIR/{fixed}_{moving}.html``: the self-contained page (``evaluation.pair_reports.page``), with
+  links to the index and to the previous and next pair;
+* ``DIR/{fixed}_{moving}.json``: its numbers (Dice per label and TRE per point before/after, folded voxels);
 * ``DIR/index.html`` (+ ``index.json``): every report in DIR, linked, with its numbers.
+
+Reports already in DIR are refused unless ``--overwrite`` (the command names them).
 
 The default DIR is ``SUB/report`` (:func:`report_path`): ``predict --report`` writes there too,
 and the leaderboard links to the ``index.html`` it finds there (:func:`report_links_html`).
@@ -26,12 +30,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from evaluation.pair_reports import markup
 from evaluation.pair_reports import page as pair_report
-from evaluation.pair_reports.page import PairInputs, PairReport
-from learn2reg.cli import run_cli
-from learn2reg.io import DataError, Geometry, atomic_open, check_output_path, load_nifti, read_json, write_json
+from evaluation.pair_reports.page import Nav, PairInputs, PairReport
+from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_open,
+    check_output_path,
+    load_nifti,
+    read_json,
+    read_points,
+    write_json,
+)
+from learn2reg.progress import progress
 from learn2reg.segmentation import check_label_map, label_dtype, max_label
 from learn2reg.submission import detect_format, field_folder, load_field, locate_fields
 from learn2reg.task import Layout, Pair, Task, load_task
@@ -76,28 +90,36 @@ def read_labels(path: str | Path, shape: Sequence[int]) -> np.ndarray:
 
 def inputs_from_files(
     fixed: Path, moving: Path, field: Path, fixed_label: Path | None = None, moving_label: Path | None = None,
-    fmt: str = Layout.L2R,
+    fmt: str = Layout.L2R, points: tuple[Path, Path] | None = None, point_kind: str = "landmarks",
 ) -> PairInputs:
-    """A pair's report inputs from its files; the field in challenge format ``fmt`` on the fixed grid."""
+    """A pair's report inputs from its files; the field in challenge format ``fmt`` on the fixed grid;
+    ``points``: the fixed and the moving point file (``N x 3`` voxels each, rows corresponding)."""
     fixed_img, geometry = read_image(fixed)
-    moving_img, _ = read_image(moving)
+    moving_img, moving_geometry = read_image(moving)
     u = load_field(Path(field), fmt, (*fixed_img.shape, 3))
     if (fixed_label is None) != (moving_label is None):
         raise DataError(f"{fixed_label or moving_label}: Dice and label contours need both label maps (fixed and moving)")
     labels: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
     if fixed_label is not None and moving_label is not None:
         labels = (read_labels(fixed_label, fixed_img.shape), read_labels(moving_label, moving_img.shape))
-    return PairInputs(fixed_img, moving_img, u, *labels, spacing=geometry.spacing)
+    fixed_pts = moving_pts = None
+    if points is not None:
+        fixed_pts, moving_pts = read_points(points[0]), read_points(points[1])
+        if fixed_pts.shape != moving_pts.shape:
+            raise DataError(f"{points[0]} has {len(fixed_pts)} points but {points[1]} has {len(moving_pts)}")
+    return PairInputs(fixed_img, moving_img, u, *labels, spacing=geometry.spacing, fixed_points=fixed_pts,
+                      moving_points=moving_pts, moving_spacing=moving_geometry.spacing, point_kind=point_kind)
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def write_report(path: str | Path, report: PairReport) -> Path:
-    """The page and its numbers (``.json`` beside it), each written atomically."""
+def write_report(path: str | Path, report: PairReport, nav: Nav | None = None) -> Path:
+    """The page (``nav``: its links to the index and the neighbouring pairs) and its numbers
+    (``.json`` beside it), each written atomically."""
     path = Path(path)
     with atomic_open(path) as fh:
-        fh.write(pair_report.render_html(report))
+        fh.write(pair_report.render_html(report, nav))
     write_json(path.with_suffix(".json"), {**report.summary(), "report": path.name})
     return path
 
@@ -105,21 +127,43 @@ def write_report(path: str | Path, report: PairReport) -> Path:
 def report_from_files(
     out: str | Path, fixed: Path, moving: Path, field: Path, fixed_label: Path | None = None,
     moving_label: Path | None = None, names: Mapping[int, str] | None = None, title: str | None = None,
-    fmt: str = Layout.L2R,
+    fmt: str = Layout.L2R, points: tuple[Path, Path] | None = None, point_kind: str = "landmarks", nav: Nav | None = None,
 ) -> PairReport:
     """Read a pair's files, build its report and write it to ``out`` (``.html``); returns it."""
-    inputs = inputs_from_files(fixed, moving, field, fixed_label, moving_label, fmt)
+    inputs = inputs_from_files(fixed, moving, field, fixed_label, moving_label, fmt, points, point_kind)
     try:
         report = pair_report.build_report(inputs, title or f"{Path(fixed).name} <-- {Path(moving).name}", names)
     except ValueError as exc:  # every input was checked on reading: a last guard, still naming the field
         raise DataError(f"{field}: {exc}") from exc
-    write_report(out, report)
+    write_report(out, report, nav)
     return report
 
 
-def task_pair_report(task: Task, pair: Pair, submission: Path, out_dir: Path | None = None, fmt: str = "auto") -> PairReport:
+def pair_points(task: Task, pair: Pair) -> tuple[tuple[Path, Path] | None, str]:
+    """The point files of a pair, landmarks before keypoints, when both images have them."""
+    fixed, moving = task.case(pair.fixed), task.case(pair.moving)
+    for kind in ("landmarks", "keypoints"):
+        f, m = getattr(fixed, kind), getattr(moving, kind)
+        if f is not None and m is not None and f.is_file() and m.is_file():
+            return (f, m), kind
+    return None, ""
+
+
+def pair_nav(pair: Pair, order: Sequence[Pair]) -> Nav:
+    """Links of a pair's page among the pages of ``order`` (same folder, beside ``index.html``)."""
+    keys = [p.key for p in order]
+    i = keys.index(pair.key) if pair.key in keys else -1
+    prev = order[i - 1] if i > 0 else None
+    after = order[i + 1] if 0 <= i < len(order) - 1 else None
+    return Nav(INDEX, report_name(prev.fixed, prev.moving) if prev else None, report_name(after.fixed, after.moving) if after else None,
+               prev.key if prev else "", after.key if after else "", i + 1, len(order) if i >= 0 else 0)
+
+
+def task_pair_report(task: Task, pair: Pair, submission: Path, out_dir: Path | None = None, fmt: str = "auto",
+                     order: Sequence[Pair] | None = None) -> PairReport:
     """The report of one pair of ``task`` from the field in ``submission`` (either format),
-    written to ``out_dir`` (default ``submission/report``) as :func:`report_name`."""
+    written to ``out_dir`` (default ``submission/report``) as :func:`report_name`, linked to its
+    neighbours in ``order`` (default: the pairs of its split)."""
     fmt = detect_format(submission) if fmt == "auto" else fmt
     found, problems = locate_fields(field_folder(submission, fmt, task.root.name), (pair,), fmt)  # type: ignore[arg-type]
     if problems:
@@ -127,13 +171,18 @@ def task_pair_report(task: Task, pair: Pair, submission: Path, out_dir: Path | N
     fixed, moving = task.case(pair.fixed), task.case(pair.moving)
     with_labels = fixed.label is not None and moving.label is not None
     out = (out_dir or submission / REPORT_DIR) / report_name(pair.fixed, pair.moving)
+    if order is None:
+        order = next((pairs for pairs in task.pairs.values() if pair in pairs), (pair,))
+    points, kind = pair_points(task, pair)
     return report_from_files(out, fixed.image, moving.image, found[pair.key], fixed.label if with_labels else None,
-                             moving.label if with_labels else None, task.labels, pair.key, fmt)
+                             moving.label if with_labels else None, task.labels, pair.key, fmt, points, kind,
+                             pair_nav(pair, order))
 
 
 def write_index(folder: Path, task: str = "") -> Path:
     """``folder/index.html`` (and ``index.json``): every report in ``folder`` that has its
-    numbers beside it, linked, with mean Dice before/after and folded voxels."""
+    numbers beside it, linked, with mean Dice and mean TRE before/after (where the task has them)
+    and folded voxels."""
     entries = []
     for numbers in sorted(folder.glob("*.json")):
         if numbers.name == "index.json":
@@ -141,18 +190,24 @@ def write_index(folder: Path, task: str = "") -> Path:
         summary = read_json(numbers)
         if isinstance(summary, dict) and (folder / str(summary.get("report", ""))).is_file():
             entries.append(summary)
-    fmt = pair_report.fmt
+    fmt = markup.fmt
+    with_tre = any("tre_after" in e for e in entries)
+
+    def tre(e: dict) -> str:
+        return f"<td>{fmt(_num(e.get('tre_before')), 2)}</td><td>{fmt(_num(e.get('tre_after')), 2)}</td>" if with_tre else ""
+
     rows = "".join(
         f'<tr><td><a href="{html.escape(e["report"])}">{html.escape(str(e.get("pair", e["report"])))}</a></td>'
-        f"<td>{fmt(_num(e.get('dice_before')))}</td><td>{fmt(_num(e.get('dice_after')))}</td>"
+        f"<td>{fmt(_num(e.get('dice_before')))}</td><td>{fmt(_num(e.get('dice_after')))}</td>{tre(e)}"
         f"<td>{int(e.get('folded_voxels', 0))}</td></tr>\n"
         for e in entries
     )
     title = f"Registration reports{': ' + task if task else ''}"
+    tre_heads = "<th>mean TRE before (mm)</th><th>mean TRE after (mm)</th>" if with_tre else ""
     page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>{pair_report.CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n<table>\n<thead><tr><th>pair</th>"
-            f"<th>mean Dice before</th><th>mean Dice after</th><th>folded voxels</th></tr></thead>\n<tbody>\n{rows}</tbody>\n"
-            "</table>\n</body>\n</html>\n")
+            f"<style>{markup.CSS}</style>\n</head>\n<body>\n<h1>{html.escape(title)}</h1>\n<table>\n<thead><tr><th>pair</th>"
+            f"<th>mean Dice before</th><th>mean Dice after</th>{tre_heads}<th>folded voxels</th></tr></thead>\n<tbody>\n{rows}"
+            "</tbody>\n</table>\n</body>\n</html>\n")
     with atomic_open(folder / INDEX) as fh:
         fh.write(page)
     write_json(folder / "index.json", {"task": task, "reports": [e["report"] for e in entries]})
@@ -191,25 +246,29 @@ def select_pairs(task: Task, split: str, wanted: Sequence[str] | None) -> tuple[
 
 
 def report_submission(data_dir: Path, submission: Path, out_dir: Path | None = None, pairs: Sequence[str] | None = None,
-                      split: str = "val") -> int:
-    """Reports of the chosen pairs and the index; returns the exit code (1 if a pair failed)."""
+                      split: str = "val", overwrite: bool = False) -> int:
+    """Reports of the chosen pairs and the index; returns the exit code (1 if a pair failed).
+    Pages of the chosen pairs already in ``out_dir`` are refused unless ``overwrite``; progress
+    is a bar on a terminal and plain lines in a log (:mod:`learn2reg.progress`)."""
     if not Path(submission).is_dir():
         raise DataError(f"{submission}: submission folder not found")
     out_dir = check_output_path(out_dir or Path(submission) / REPORT_DIR, folder=True)
     task = load_task(data_dir)
     chosen = select_pairs(task, split, pairs)
+    refuse_existing([out_dir / report_name(p.fixed, p.moving) for p in chosen], overwrite)
     fmt = detect_format(Path(submission))
     problems = []
-    for pair in tqdm(chosen, desc=f"report {task.name}", unit="pair"):
+    for pair in progress(chosen, desc=f"report {task.name}", unit="pair", logger=log):
         try:
-            task_pair_report(task, pair, Path(submission), out_dir, fmt)
+            task_pair_report(task, pair, Path(submission), out_dir, fmt, chosen)
         except DataError as exc:
             problems.append(f"{pair.key}: {exc}")
     if out_dir.is_dir():
         write_index(out_dir, task.name)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    log.info("reports in %s", out_dir)
+    if out_dir.is_dir():
+        print(f"{len(chosen) - len(problems)} report(s) in {out_dir}; open {out_dir / INDEX}")
     return 1 if problems else 0
 
 
@@ -268,10 +327,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="pairs to report (FIXED<--MOVING or FIXED,MOVING case ids; default every pair of --split)")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="the pairs reported when --pairs is not given")
     parser.add_argument("--out", type=Path, default=None, help=f"report folder (default SUB/{REPORT_DIR})")
+    add_overwrite_argument(parser, "reports of the same pairs already in the report folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    return report_submission(args.data, args.submission, args.out, args.pairs, args.split)
+    return report_submission(args.data, args.submission, args.out, args.pairs, args.split, args.overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from evaluation.metrics import tre
+from learn2reg.cli import add_overwrite_argument, refuse_existing
 from learn2reg.contract import warp
 from learn2reg.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
 from learn2reg.progress import progress as progress_bar
@@ -229,9 +230,11 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fov", choices=FOV_CHOICES, default="auto", help="zeros outside an ultrasound field of view (auto: by modality)")
     parser.add_argument("--mask", action="store_true", help="weight the metric by the fixed mask where the task has one")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while registering (default: config, else 1)")
+    add_overwrite_argument(parser, "an earlier alignment in --out")
 
 
 def run(args: argparse.Namespace) -> int:
+    refuse_existing([Path(args.out) / "align_summary.json"], args.overwrite)
     summary = align_task(args.data, args.out, args.split, _config_from_args(args), args.fov, progress=True)
     for key, entry in summary["pairs"].items():
         tre_text = f", TRE {entry['tre_initial_mm']:.2f} -> {entry['tre_aligned_mm']:.2f} mm" if "tre_aligned_mm" in entry else ""

@@ -1,10 +1,11 @@
 """``python -m pipeline summary TASK_DIR [...]``: one table describing task folders.
 
 Reads only the task description, the first image's header and the point files (row counts);
-no voxel data. Fields that cannot be read are shown as ``?`` (``validate`` says why).
-:func:`provides` says what a task gives per split (``validate`` prints it under a clean task's
-OK line): the 2024-2026 tasks train without any annotation and keep their ground truth for the
-evaluated images, which is how they ship, not a problem.
+no voxel data. "training pairs" counts those ``train`` uses by default (``train.exclude_val_subjects``:
+pairs touching a validation subject are held out) of those the task lists. Fields that cannot be read
+are shown as ``?`` (``validate`` says why). :func:`provides` says what a task gives per split
+(``validate`` prints it under a clean task's OK line): the 2024-2026 tasks train without any
+annotation and keep their ground truth for the evaluated images, which is how they ship, not a problem.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from learn2reg.io import DataError, read_nifti_header, read_points
 from learn2reg.task import POINT_KINDS, VOLUME_KIND, Pair, Task, load_task
+from pipeline.config import TrainConfig
+from pipeline.data.split import split_pairs
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,7 @@ def summarize(task: Task) -> dict[str, Any]:
         "masks": sum(case.mask is not None for case in task.cases.values()),
         **{kind: _point_counts(task, kind) for kind in POINT_KINDS},
         "training_pairs": len(task.training_pairs()),
+        "training_pairs_used": training_pairs_used(task),
         "val_pairs": len(task.pairs.get("val", ())),
         "test_pairs": len(task.pairs.get("test", ())),
         "pairing": "intra-patient" if task.intra_patient else "inter-patient",
@@ -97,6 +101,15 @@ def summarize(task: Task) -> dict[str, Any]:
         "train_provides": ", ".join(_provided(task, task.training, task.training_pairs() if task.intra_patient else ())) or "image only",
         "val_provides": ", ".join(_provided(task, _images(task.pairs.get("val", ())), task.pairs.get("val", ()))) or "nothing",
     }
+
+
+def training_pairs_used(task: Task) -> int:
+    """How many training pairs ``train`` uses with the default ``train.exclude_val_subjects``
+    (true): those that touch a subject of a validation pair are held out."""
+    try:
+        return len(split_pairs(task, TrainConfig().exclude_val_subjects)[0])
+    except DataError:  # none left
+        return 0
 
 
 # Case field -> how it is named in the descriptions
@@ -145,7 +158,9 @@ def provides(task: Task) -> list[str]:
     else:
         text = "image only: no labels, masks or points (" + ("training is unsupervised)" if rules == "l2r" else f"normal for {rules}: unsupervised training)")
     count = f"{len(train_only)} images" + (f" (and {also} of the evaluated pairs)" if also else "")
-    lines.append(f"training: {count}, {text}; {len(task.training_pairs())} training pairs ({'intra' if task.intra_patient else 'inter'}-patient)")
+    listed, used = len(task.training_pairs()), training_pairs_used(task)
+    held = f" of {listed} ({listed - used} touching val subjects held out)" if used != listed else ""
+    lines.append(f"training: {count}, {text}; {used}{held} training pairs ({'intra' if task.intra_patient else 'inter'}-patient)")
     for split, title in (("val", "validation"), ("test", "test")):
         pairs = task.pairs.get(split, ())
         if not pairs:
@@ -189,6 +204,8 @@ def _format_value(key: str, value: Any, row: dict[str, Any]) -> str:
         return _format_counts(value)
     if key == "landmark_volumes":
         return f"yes ({value}/{row['images_train'] + row['images_val'] + row['images_test']})" if value else "no"
+    if key == "training_pairs" and row.get("training_pairs_used", value) != value:
+        return f"{row['training_pairs_used']} of {value} (train holds out {value - row['training_pairs_used']} touching val subjects)"
     return str(value)
 
 

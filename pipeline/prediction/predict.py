@@ -15,9 +15,11 @@ then write it in the task's challenge format:
 
 Every file is written atomically. ``OUT/runtimes.json`` (``learn2reg.submission`` schema) records
 per pair the end-to-end and network-only runtimes (GPU-synchronised), the device, the
-checkpoint and a configuration hash; pairs already written under the same hash are skipped, so
-an interrupted prediction resumes. A folder holding fields of another configuration is refused
-(``--overwrite`` removes them first), so every field in it keeps its record. A pair that cannot
+checkpoint and a configuration hash, and ``OUT/predict_config.json`` the resolved configuration
+behind that hash; pairs already written under the same hash are skipped, so an interrupted
+prediction resumes (a run with nothing left to do says so). A folder holding fields of another
+configuration is refused, naming the options that differ (``--overwrite`` removes them first), so
+every field in it keeps its record. The command ends with where it wrote and what to run next. A pair that cannot
 be processed, or a pair entry of the task that cannot be read, is reported by name with the
 reason on stderr; the others still run and the command exits 1. Under ``torchrun`` the pairs
 are sharded.
@@ -35,6 +37,7 @@ import argparse
 import dataclasses
 import hashlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -53,13 +56,22 @@ from learn2reg.contract import (
     grid_scale,
     warp,
 )
-from learn2reg.io import DataError, Geometry, atomic_path, check_output_path, load_nifti, read_json, save_nifti
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_path,
+    check_output_path,
+    load_nifti,
+    read_json,
+    save_nifti,
+    write_json,
+)
 from learn2reg.progress import progress
 from learn2reg.submission import read_manifest, submission_shape, write_manifest
 from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
-from pipeline.config import RunConfig, config_from_dict
+from pipeline.config import RunConfig, config_from_dict, differences
 from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
 from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
@@ -70,6 +82,12 @@ from pipeline.model.lapirn import LapIRN
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
 
 log = logging.getLogger(__name__)
+
+#: The resolved configuration of the fields in a submission folder (beside runtimes.json).
+CONFIG_RECORD = "predict_config.json"
+#: Configuration keys the command line sets -> their option (a refusal names the option).
+OPTION_OF = {"predict.affine": "--affine", "predict.instance_opt_steps": "--instance-opt-steps",
+             "predict.input_scale": "--input-scale", "predict.target_spacing": "--target-spacing"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,9 +277,14 @@ def predict(
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
-        for pair in progress(mine, desc=f"predict {task.name}", unit="pair", enabled=info.is_main, logger=log):
+        present = {q.key for q in mine if q.key in manifest["runtimes"] and (out_dir / output_name(task, q)).exists()}
+        todo = [q for q in mine if q.key not in present or (outputs.any() and missing(out_dir, task, q, outputs))]
+        if info.is_main and present:
+            what = "nothing to do" if not todo else f"{len(todo)} to do"
+            log.info("%d pair(s) already present in %s (same configuration), %s", len(present), out_dir, what)
+        for pair in progress(todo, desc=f"predict {task.name}", unit="pair", enabled=info.is_main and bool(todo), logger=log):
             field = out_dir / output_name(task, pair)
-            done = pair.key in manifest["runtimes"] and field.exists()  # written earlier under the same configuration
+            done = pair.key in present  # written earlier under the same configuration
             try:
                 if not done:
                     manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
@@ -279,9 +302,23 @@ def predict(
             write_index(out_dir / REPORT_DIR, task.name)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
+        if info.is_main:
+            log.info("%d field(s) in %s (%d predicted now)", len(manifest["runtimes"]), out_dir, len(todo) - len(problems))
         return 1 if problems else 0
     finally:
         shutdown(info)
+
+
+def next_steps(data_dir: Path, out_dir: Path, split: str, report: bool) -> list[str]:
+    """What to run after ``predict``: evaluate the val pairs, or zip the test fields."""
+    lines = [f"fields and runtimes.json in {out_dir}"]
+    if report:
+        lines.append(f"reports: {out_dir / REPORT_DIR / 'index.html'}")
+    if split == "val":
+        lines.append(f"next: python -m pipeline evaluate -i {out_dir} -d {data_dir} -o {out_dir.with_suffix('.json')}")
+    else:
+        lines.append(f"next: the submission zip: cd {out_dir} && zip ../{out_dir.name}.zip disp_*")
+    return lines
 
 
 def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, info: DistInfo) -> None:
@@ -299,11 +336,11 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
     if present and not overwrite:
         old = read_manifest(next(iter(foreign)))
         raise DataError(
-            f"{out_dir}: holds {len(present)} field(s) predicted under another configuration (checkpoint "
-            f"{old.get('checkpoint')}, config hash {old.get('config_hash')}; this run: {p.checkpoint}, {p.config_hash}); "
-            "choose another --out, or pass --overwrite to replace them"
+            f"{out_dir}: holds {len(present)} field(s) predicted under another configuration: "
+            f"{what_differs(out_dir, p, old)}; choose another --out, or pass --overwrite to replace them"
         )
     if info.is_main:
+        write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "config": p.cfg.to_dict()})
         for stale in out_dir.glob(".*.tmp*"):
             stale.unlink(missing_ok=True)  # a write interrupted by kill -9 never completes
         for path in present + list(foreign):
@@ -311,6 +348,24 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
             path.unlink(missing_ok=True)
     if info.enabled:
         torch.distributed.barrier()
+
+
+def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
+    """The options and configuration keys whose values differ from those the fields in ``out_dir``
+    were predicted with (``CONFIG_RECORD``), else the two checkpoints and hashes."""
+    record_path = out_dir / CONFIG_RECORD
+    record = read_json(record_path) if record_path.is_file() else None
+    found = []
+    if isinstance(record, dict) and isinstance(record.get("config"), dict):
+        for key, was, now in differences(record["config"], p.cfg.to_dict()):
+            found.append(f"{OPTION_OF.get(key, key)} was {was!r}, now {now!r}" + ("" if key in OPTION_OF else f" ({key} of the configuration)"))
+        if record.get("checkpoint") != p.checkpoint:
+            found.append(f"--run/--checkpoint was {record.get('checkpoint')}, now {p.checkpoint}")
+        elif not found:
+            found.append(f"the weights of {p.checkpoint} changed since (config hash {old_manifest.get('config_hash')}, now {p.config_hash})")
+        return "; ".join(found)
+    return (f"checkpoint {old_manifest.get('checkpoint')}, config hash {old_manifest.get('config_hash')}; this run: "
+            f"{p.checkpoint}, {p.config_hash}")
 
 
 def _field_name(task: Task, key: str) -> str:
@@ -367,7 +422,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
+    code = predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
                    args.overwrite, save_jacobian=args.save_jacobian, report=args.report,
                    affine=args.affine, instance_opt_steps=args.instance_opt_steps,
                    input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)
+    if int(os.environ.get("RANK", "0")) == 0 and Path(args.out).is_dir():
+        print("\n".join(next_steps(args.data, args.out, args.split, args.report)))
+    return code

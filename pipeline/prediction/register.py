@@ -15,8 +15,10 @@ instance optimisation, the field on the fixed grid composed with the affine part
   when both label maps are given (``--no-report`` skips it);
 * ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes and outputs.
 
-Outputs of an earlier registration into the same folder that this one does not write are removed,
-so the folder never mixes two registrations.
+A folder that already holds a registration's outputs is refused unless ``--overwrite``; then
+outputs of the earlier registration that this one does not write are removed, so the folder never
+mixes two registrations. ``--device`` takes the values of every stage (``auto|cpu|cuda|cuda:N``;
+CUDA where there is none is a usage error, exit 2).
 
 Images of different grids need a run whose configuration has affine pre-alignment
 (``predict.affine``, or ``--affine rigid|affine``); otherwise the command stops with a message
@@ -31,12 +33,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from evaluation.pair_reports.stage import report_from_files
+from learn2reg.cli import add_overwrite_argument, refuse_existing
 from learn2reg.io import DataError, check_output_path, save_nifti, write_json
 from learn2reg.task import Case
-from pipeline.distributed import DistInfo, pick_device
+from pipeline.distributed import DistInfo, add_device_argument, pick_device
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
 from pipeline.prediction.predict import load_predictor, register_images, run_config
 
@@ -54,11 +56,12 @@ RECORD = "register.json"
 def register(
     fixed: Path, moving: Path, run_dir: Path, out_dir: Path, fixed_label: Path | None = None,
     moving_label: Path | None = None, device: str = "auto", checkpoint: str = "best", report: bool = True,
-    save_jacobian: bool = False, **overrides,
+    save_jacobian: bool = False, overwrite: bool = False, **overrides,
 ) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` with the run in ``run_dir``; write the outputs to
     ``out_dir`` and return them by kind. ``overrides``: ``predict`` settings (``affine``,
-    ``instance_opt_steps``). ``DataError`` naming the file for any bad input, before any work."""
+    ``instance_opt_steps``). ``DataError`` naming the file for any bad input, and for outputs of
+    an earlier registration in ``out_dir`` unless ``overwrite``, before any work."""
     cfg = run_config(run_dir, overrides)
     inputs = [Path(fixed), Path(moving)] + [Path(p) for p in (fixed_label, moving_label) if p is not None]
     for path in inputs:
@@ -66,9 +69,8 @@ def register(
             raise DataError(f"{path}: file not found")
     if fixed_label is not None and moving_label is None:
         raise DataError(f"{fixed_label}: a fixed label map alone is not used: Dice needs --moving-label too")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device cuda: no CUDA device is available")
     out_dir = check_output_path(out_dir, folder=True)
+    refuse_existing([out_dir / name for name in (FIELD, WARPED, WARPED_LABELS, JACOBIAN, REPORT, RECORD)], overwrite)
     p = load_predictor(cfg, run_dir, None, pick_device(device, DistInfo()), checkpoint)
     start = time.perf_counter()
     u, geometry, timings = register_images(p, Case("fixed", Path(fixed).resolve()), Case("moving", Path(moving).resolve()))
@@ -111,16 +113,17 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed-label", type=Path, default=None, help="fixed label map (with --moving-label: Dice in the report)")
     parser.add_argument("--moving-label", type=Path, default=None, help="moving label map (also written warped)")
     parser.add_argument("--checkpoint", default="best", help="best | last | PATH")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
     parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
     parser.add_argument("--no-report", action="store_true", help="skip the visual report")
+    add_overwrite_argument(parser, "the outputs of an earlier registration in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
-                       args.checkpoint, not args.no_report, args.save_jacobian, affine=args.affine,
+                       args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, affine=args.affine,
                        instance_opt_steps=args.instance_opt_steps)
     for kind, path in written.items():
         print(f"{kind}: {path}")

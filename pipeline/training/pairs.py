@@ -12,6 +12,9 @@ from learn2reg.io import DataError
 from learn2reg.task import Task
 from pipeline.config import RunConfig
 from pipeline.data.preprocess import MAX_TRAINING_LABEL, Prepared, load_prepared
+from pipeline.data.split import split_pairs
+
+__all__ = ["TrainingData", "load_training_data", "split_pairs", "tensor"]
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,6 @@ class TrainingData:
             "network_shape": {c: list(p.shape) for c, p in sorted(self.cases.items())},
             "train_pairs": [list(p) for p in self.train_pairs], "val_pairs": [list(p) for p in self.val_pairs],
         }
-
-
-def split_pairs(task: Task, exclude_val_subjects: bool) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
-    """All training pairs of the task (minus those touching validation subjects) and the val pairs."""
-    val = tuple((p.fixed, p.moving) for p in task.pairs.get("val", ()))
-    held_out = {c.split("_")[0] for pair in val for c in pair} if exclude_val_subjects else set()
-    train = tuple(
-        (p.fixed, p.moving) for p in task.training_pairs()
-        if p.fixed.split("_")[0] not in held_out and p.moving.split("_")[0] not in held_out
-    )
-    if not train:
-        raise DataError(f"{task.root}: no training pairs left (held-out validation subjects: {sorted(held_out)})")
-    return train, val
 
 
 def load_training_data(task: Task, cfg: RunConfig, cache: Path | None) -> TrainingData:

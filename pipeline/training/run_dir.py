@@ -17,7 +17,7 @@ from typing import Any
 
 from learn2reg.io import DataError, check_output_path, read_json
 from learn2reg.task import Task
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, differences
 
 
 def task_problems(task: Task) -> None:
@@ -46,13 +46,7 @@ def checkpoint_to_resume(run_dir: Path, resume: bool) -> Path | None:
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     """Dotted keys whose values differ between two JSON-like trees (lists compared whole)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        found = []
-        for key in sorted(set(old) | set(new), key=str):
-            found += _differences(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
-        return found
-    as_json = (list(new) if isinstance(new, tuple) else new)
-    return [] if old == as_json else [f"{where}: run {old!r}, now {as_json!r}"]
+    return [f"{key}: run {was!r}, now {now!r}" for key, was, now in differences(old, new, where)]
 
 
 def check_resume(run_dir: Path, cfg: RunConfig, description: dict[str, Any]) -> None:

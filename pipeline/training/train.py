@@ -279,7 +279,9 @@ class Trainer:
         if step % t.val_every == 0 or step == level_steps:
             metrics = self.validate(level) if self.info.is_main else {}
             if self.info.is_main:
-                log.info("validation at step %d (level %d, step %d of %d): %s", g, level, step, level_steps, format_validation(metrics))
+                why = "" if level == self.levels else f"; not a best.pt candidate (best.pt is chosen at the final level {self.levels})"
+                log.info("validation at step %d (level %d, step %d of %d): %s%s", g, level, step, level_steps,
+                         format_validation(metrics), why)
                 tlog.add(global_step=g, level=level, step=step, kind="val", **metrics)
                 if level == self.levels:
                     self.keep_best(metrics["val_score"], g)
@@ -299,8 +301,13 @@ class Trainer:
             self.state.update({"best_step": global_step})
             self.save("best.pt")
         elif score > self.state["best_score"]:
+            first = self.state["best_step"] < 0
             self.state.update({"best_score": score, "best_step": global_step})
-            log.info("new best checkpoint at step %d: validation score %.4f", global_step, score)
+            if first:  # earlier levels may have scored higher: their coarser fields are not candidates
+                log.info("first best checkpoint at step %d: validation score %.4f (best.pt is tracked at the final level %d only)",
+                         global_step, score, self.levels)
+            else:
+                log.info("new best checkpoint at step %d: validation score %.4f (best at level %d so far)", global_step, score, self.levels)
             self.save("best.pt")
 
     def validate_zero(self) -> dict[str, float]:
@@ -390,4 +397,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache)
+    code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache)
+    if code == 0 and int(os.environ.get("RANK", "0")) == 0:
+        print(f"run folder: {args.out} (checkpoints/best.pt, log.csv, curves.png)\n"
+              f"next: python -m pipeline predict --run {args.out} --data {args.data} --out outputs/{Path(args.out).name}/{Path(args.data).name}")
+    return code

@@ -142,11 +142,13 @@ def test_a_device_outside_the_choices_is_a_usage_error(text, capsys):
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA")
-@pytest.mark.parametrize("command", ["train", "predict", "demo"])
+@pytest.mark.parametrize("command", ["train", "predict", "demo", "register"])
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_cuda_where_there_is_none_is_refused_naming_the_build_and_the_way_out(command, device, capsys, tmp_path):
+    """A usage error (exit 2) in every command with --device; register exited 1 before (issue 21)."""
     required = {"train": ["--data", "d", "--config", "c", "--out", str(tmp_path / "r")],
-                "predict": ["--data", "d", "--config", "c", "--out", str(tmp_path / "o")], "demo": ["--out", str(tmp_path / "o")]}
+                "predict": ["--data", "d", "--config", "c", "--out", str(tmp_path / "o")], "demo": ["--out", str(tmp_path / "o")],
+                "register": ["--fixed", "f", "--moving", "m", "--run", "r", "--out", str(tmp_path / "o")]}
     with pytest.raises(SystemExit) as stop:
         cli.main([command, *required[command], "--device", device])
     assert stop.value.code == 2
@@ -207,7 +209,7 @@ def test_python_m_pipeline_evaluate_is_the_evaluator(zero_submission, tmp_path, 
     assert capsys.readouterr().out == direct_out.replace("direct.json", "routed.json")
     assert read_json(tmp_path / "routed.json") == read_json(tmp_path / "direct.json")
     # evaluate's own -v (per-case results) reaches it, before or after the other options
-    for argv in (["-v", "-i", str(sub)], ["-i", str(sub), "--verbose"]):
+    for argv in (["-v", "-i", str(sub)], ["-i", str(sub), "--verbose", "--overwrite"]):
         assert cli.main(["evaluate", *argv, "-d", str(task), "-o", str(tmp_path / "v.json"), "-j", "1"]) == 0
         assert capsys.readouterr().out.startswith("0004_0000<--0005_0000  LogJacDetStd=0.00000")
 

@@ -109,7 +109,11 @@ def test_train_in_a_file_counts_global_steps_names_the_level_and_logs_validation
     assert f"training Blob on cpu (world size 1) into {run}" in text
     assert "validation of the zero field: Dice " in text
     assert [int(s) for s in re.findall(r"validation at step (\d+) \(level \d, step 4 of 4\): Dice 0\.\d{4}", text)] == [4, 8, 12]
-    assert re.search(r"new best checkpoint at step 12: validation score 0\.\d{4}", text)
+    # issue 21: levels 1 and 2 are not best.pt candidates, and the log says so where a reader looks
+    assert len(re.findall(r"\(level [12], step 4 of 4\): .*; not a best\.pt candidate \(best\.pt is chosen at the final level 3\)", text)) == 2
+    assert re.search(r"first best checkpoint at step 12: validation score 0\.\d{4} \(best\.pt is tracked at the final level 3 only\)", text)
+    assert f"run folder: {run} (checkpoints/best.pt, log.csv, curves.png)" in text
+    assert f"next: python -m pipeline predict --run {run} --data {task} --out outputs/run/Blob" in text
     assert f"finished at step 12: checkpoints in {run / 'checkpoints'} (best.pt from step 12)" in text
 
 
@@ -119,3 +123,15 @@ def test_train_on_a_terminal_draws_a_bar_with_the_level(blob, tmp_path):
     text = run_on_terminal("train", "--data", str(task), "--config", str(config), "--out", str(tmp_path / "run"), "--device", "cpu")
     assert "\r" in text and "train: 100%|" in text and "12/12" in text and "level=3" in text
     assert "validation at step 12" in text and not progress_lines(text, "train: step")
+
+
+def test_report_in_a_file_logs_plain_lines_and_ends_with_where_it_wrote(blob, tmp_path):
+    """report drew tqdm bars with carriage returns into a redirected log (issue 21)."""
+    from evaluation.initial import write_zero_submission
+
+    task, _ = blob
+    sub = write_zero_submission(task, tmp_path / "zero")
+    text = run_to_file(tmp_path, "report", "--data", str(task), "--submission", str(sub))
+    assert "\r" not in text
+    assert [line.split(", ")[0] for line in progress_lines(text, "report Blob: pair")] == ["INFO evaluation.pair_reports.stage: report Blob: pair 1/1 (100%)"]
+    assert f"1 report(s) in {sub / 'report'}; open {sub / 'report' / 'index.html'}" in text

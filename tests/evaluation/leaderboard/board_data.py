@@ -1,7 +1,9 @@
 """Evaluator result JSONs with hand-chosen values for the leaderboard tests (written to tmp folders).
 
 Three methods: ``Initial`` (zero field), ``Good`` and ``Bad``, on a landmark task ``LungCT``
-(per-point TRE) and a label task ``OASIS`` (per-label DSC and HD95). Values are ``base + ramp``
+(per-point TRE) and a label task ``OASIS`` (per-label DSC and HD95); :func:`brain_json` joins
+both in a task ``BrainDev`` with labels and landmarks (ranked on TRE, TRE30, DSC, DSC30, HD95,
+SDlogJ and runtime). Values are ``base + ramp``
 so that means are easy to compute by hand; ``Good`` is better than ``Bad`` everywhere.
 """
 
@@ -55,6 +57,15 @@ def oasis_json(method: str, n_cases: int = 5) -> dict:
             "LogJacDetStd": {"mean": {"Initial": 0.0, "Good": 0.05, "Bad": 0.2}[method] + 0.001 * c},
         }
     return {"name": "OASIS", "aggregates": {"DSC": {"mean": -1.0}}, "cases": out, "eval_version": "test"}
+
+
+def brain_json(method: str, n_cases: int = 4) -> dict:
+    """Task ``BrainDev``: the LungCT cases (TRE_lm, SDlogJ, folding, runtime) with the OASIS cases'
+    DSC and HD95 (labels and landmarks on every case)."""
+    lung, labels = lung_json(method, cases=range(n_cases)), oasis_json(method, n_cases=n_cases)
+    for case, other in zip(lung["cases"].values(), labels["cases"].values(), strict=True):
+        case.update(DSC=other["DSC"], HD95=other["HD95"])
+    return {**lung, "name": "BrainDev"}
 
 
 def dump(path: Path, obj: dict) -> Path:

@@ -14,7 +14,7 @@ import pytest
 from evaluation.leaderboard import stage as leaderboard
 from evaluation.leaderboard.results import Results, load_results
 from tests.browser import Browser, BrowserUnavailable, ensure_chromium
-from tests.evaluation.leaderboard.board_data import dump, lung_json, oasis_json
+from tests.evaluation.leaderboard.board_data import brain_json, dump, lung_json, oasis_json
 
 #: The demo's four tasks and case counts (task -> builder); LapIRN+IO has no DemoCuRIOUS results, as in the demo.
 TASKS = {
@@ -89,7 +89,7 @@ def test_page_fits_a_laptop_and_shows_the_views(chromium: str, tmp_path: Path) -
     # Table 1, the rank summary and one table per task, with the marks a reader needs.
     assert facts["tables"] == ["board", "ranks"] + ["task"] * 4
     assert facts["headersWithoutDirection"] == []
-    assert facts["missing"] == ["missing†"] * 8  # 4 cells in Table 1, 4 values in the DemoCuRIOUS table
+    assert facts["missing"] == ["missing†"] * 9  # 4 cells in Table 1, 5 values (TRE30's too) in the DemoCuRIOUS table
     assert any("LapIRN+IO has no results for DemoCuRIOUS" in n for n in facts["footnotes"])
     assert any(n.startswith("° n too small to separate methods: SDlogJ, runtime (n = 1 per method)") for n in facts["footnotes"])
     assert facts["best"] > 0 and set(facts["bestWeight"]) == {"700"}
@@ -107,3 +107,37 @@ def test_demo_shaped_markdown(tmp_path: Path) -> None:
     assert rows[0] == "| # | Method | DemoAbdomenCTCT ↑ | DemoCuRIOUS ↑ | DemoHippocampusMR ↑ | DemoLungCT ↑ | mean ↑ |"
     assert rows[1].startswith("| 1 | LapIRN+IO | **0.843** | 0.359† | **0.843** | **0.742** | **0.697**† |")
     assert "- ° n too small to separate methods in: DemoAbdomenCTCT (DSC30); DemoCuRIOUS (TRE30, SDlogJ, runtime);" in summary
+
+
+TASK_FACTS = """(() => {
+  const table = [...document.querySelectorAll('h3')].find((h) => h.textContent === 'BrainDev').nextElementSibling;
+  const groups = [...table.querySelectorAll('th.group')].map((th) => th.textContent.trim());
+  return {
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    wraps: [...document.querySelectorAll('.table-wrap')].map((w) => [w.scrollWidth, w.clientWidth]),
+    groups,
+    headers: [...table.querySelectorAll('thead tr:nth-child(2) th')].map((th) => th.textContent.replace(/\\s+/g, ' ').trim()),
+    good: [...table.querySelectorAll('tbody tr:first-child td')].map((td) => td.innerText.replace(/\\s+/g, ' ').trim()),
+  };
+})()"""
+
+
+@pytest.mark.slow
+def test_a_task_with_labels_and_points_shows_every_ranked_metric_within_a_laptop_screen(chromium: str, tmp_path: Path) -> None:
+    """Issue 21, item 1, as a reader sees it: the task table of a task ranked on TRE, TRE30, DSC, DSC30,
+    HD95, SDlogJ and runtime shows each one's values beside its rank, and still fits 1366 px."""
+    files = {m: dump(tmp_path / "results" / m / "BrainDev.json", brain_json(m)) for m in ("Initial", "Good", "Bad")}
+    out = tmp_path / "board"
+    leaderboard.write_leaderboard(load_results([f"Good={files['Good']}", f"Bad={files['Bad']}"], [str(files["Initial"])]), out)
+    with Browser(chromium, tmp_path / "profile") as page:
+        page.open(out / "leaderboard.html", width=1366, height=768)
+        page.screenshot(tmp_path / "leaderboard-braindev-1366.png", full_page=True)
+        facts = page.evaluate(TASK_FACTS)
+    assert facts["innerWidth"] == 1366 and facts["scrollWidth"] <= facts["innerWidth"], facts["scrollWidth"]
+    assert all(scroll <= client for scroll, client in facts["wraps"]), facts["wraps"]
+    assert facts["groups"] == ["TRE_lm (mm)", "DSC", "HD95 (vox)", "SDlogJ", "fold (%)", "runtime (s)"]
+    for name in ("TRE30 mean ± std (n) ↓", "TRE30 rank ↑", "DSC30 mean ± std (n) ↑", "DSC30 rank ↑"):
+        assert name in facts["headers"], facts["headers"]
+    assert facts["good"][:5] == ["Good", "1.19 ± 0.11 · n=4", "1.000", "1.33 ± 0.03 · n=6 items", "1.000"]
+    assert "0.833 ± 0.015 · n=4" in facts["good"] and "0.810 ± 0.008 · n=3 items" in facts["good"]

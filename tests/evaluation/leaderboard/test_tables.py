@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from evaluation.leaderboard import board as bd
@@ -13,7 +14,7 @@ from evaluation.leaderboard import render as report
 from evaluation.leaderboard import stage as leaderboard
 from evaluation.leaderboard import tables
 from evaluation.leaderboard.results import Results, load_results
-from tests.evaluation.leaderboard.board_data import dump, lung_json, oasis_json, write_specs
+from tests.evaluation.leaderboard.board_data import brain_json, dump, lung_json, oasis_json, write_specs
 
 
 def md_tables(markdown: str) -> dict[str, list[list[str]]]:
@@ -103,7 +104,8 @@ def test_task_tables_show_values_beside_ranks(specs: dict[str, Path]) -> None:
     md = leaderboard.write_leaderboard(load_results([f"Good={specs['Good']}", f"Bad={specs['Bad']}"], [str(specs["Initial"])]))
     oasis = md_tables(md)["OASIS"]
     assert oasis[0] == [
-        "Method", "DSC mean ± std (n) ↑", "DSC rank ↑", "DSC30 rank ↑", "HD95 (vox) mean ± std (n) ↓", "HD95 (vox) rank ↑",
+        "Method", "DSC mean ± std (n) ↑", "DSC rank ↑", "DSC30 mean ± std (n) ↑", "DSC30 rank ↑", "HD95 (vox) mean ± std (n) ↓",
+        "HD95 (vox) rank ↑",
         "SDlogJ mean ± std (n) ↓", "SDlogJ rank ↑", "score ↑",
     ]  # fmt: skip (no runtime: no method reports it on OASIS)
     # Good's DSC case means 0.81, 0.83 .. 0.86: mean 0.838, population std 0.0172.
@@ -180,3 +182,51 @@ def test_too_small_samples_get_a_note(tmp_path: Path) -> None:
     full = {m: dump(tmp_path / f"{m}4.json", lung_json(m)) for m in ("Initial", "Good", "Bad")}
     md4 = leaderboard.write_leaderboard(load_results([f"Good={full['Good']}", f"Bad={full['Bad']}"], [str(full["Initial"])]))
     assert "n too small" not in md4 and "°" not in md4
+
+
+#: Rank metric -> the metric whose values it ranks (their rows in the CSV), for a task with labels and landmarks.
+VALUES_OF = {"TRE": "TRE_lm", "TRE30": "TRE30", "DSC": "DSC", "DSC30": "DSC30", "HD95": "HD95", "SDlogJ": "SDlogJ", "runtime": "runtime"}
+#: The values' column in the task table (Markdown header).
+VALUE_HEADER = {
+    "TRE_lm": "TRE_lm (mm) mean ± std (n) ↓", "TRE30": "TRE30 mean ± std (n) ↓", "DSC": "DSC mean ± std (n) ↑",
+    "DSC30": "DSC30 mean ± std (n) ↑", "HD95": "HD95 (vox) mean ± std (n) ↓", "SDlogJ": "SDlogJ mean ± std (n) ↓",
+    "runtime": "runtime (s) mean ± std (n) ↓",
+}  # fmt: skip
+
+
+def test_every_ranked_metric_of_a_task_with_labels_and_points_is_shown_with_its_values(tmp_path: Path) -> None:
+    """Issue 21, item 1: DSC was missing wherever TRE was the accuracy metric, though the score
+    ranks both. Through the command line: every rank metric's values (mean ± std, n) are in
+    leaderboard.md, .html and .csv, and the task score is the geometric mean of the rank columns shown."""
+    files = {m: dump(tmp_path / "results" / m / "BrainDev.json", brain_json(m)) for m in ("Initial", "Good", "Bad")}
+    out = tmp_path / "board"
+    argv = [f"Good={files['Good']}", f"Bad={files['Bad']}", "--initial", str(files["Initial"]), "-o", str(out)]
+    assert leaderboard.main(argv) == 0
+    csv = pd.read_csv(out / "leaderboard.csv")
+    cell = csv.set_index(["method", "task", "metric"])["value"]
+    ranked = set(csv.loc[csv["metric"].str.startswith(bd.RANK_PREFIX), "metric"].str.removeprefix(bd.RANK_PREFIX))
+    assert ranked - {"score", "mean"} == set(VALUES_OF)  # (the task score and the mean over tasks)
+    md = (out / "leaderboard.md").read_text()
+    found = md_tables(md)
+    assert "BrainDev DSC ↑" in found["Leaderboard"][0] and "BrainDev TRE_lm (mm) ↓" in found["Leaderboard"][0]
+    table = found["BrainDev"]
+    page = (out / "leaderboard.html").read_text()
+    task_html = page.split("<h3>BrainDev</h3>", 1)[1].split("</table>", 1)[0]
+    for metric in VALUES_OF.values():
+        shown = column(table, VALUE_HEADER[metric])
+        for method in ("Initial", "Good", "Bad"):
+            if method == "Initial" and metric in ("SDlogJ", "runtime"):
+                assert shown[method] == "-" and (method, "BrainDev", metric) not in cell.index  # the zero field has none
+                continue
+            mean, std, n = (cell[(method, "BrainDev", prefix + metric)] for prefix in ("", bd.STD_PREFIX, bd.N_PREFIX))
+            value, spread = tables.fmt_metric(metric, mean), tables.fmt_metric(metric, std)
+            unit = " items" if metric in ("TRE30", "DSC30") else ""
+            assert shown[method].replace("**", "") == f"{value} ± {spread} (n={int(n)}{unit})", (metric, method)
+            small = f"±\u00a0{spread} · n={int(n)}{unit.replace(' ', chr(0xA0))}"
+            assert f'>{value}<span class="n">{small}</span></td>' in task_html, (metric, method)
+    rank_columns = [i for i, h in enumerate(table[0]) if h.rstrip("°").endswith("rank ↑")]
+    assert len(rank_columns) == len(VALUES_OF)
+    for row in table[1:]:
+        ranks = [float(row[i].strip("*")) for i in rank_columns]
+        score = float(row[table[0].index("score ↑")].strip("*"))
+        assert score == pytest.approx(math.prod(ranks) ** (1 / len(ranks)), abs=5e-4), row[0]

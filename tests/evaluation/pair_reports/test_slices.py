@@ -84,3 +84,22 @@ def test_folded_voxels_of_a_known_fold():
     fold = visual.folded(det)
     assert fold.sum() == 5 * SHAPE[1] * SHAPE[2] and fold[:5].all()
     assert visual.folded(np.array([0.0, -0.0, 1e-12, -1e-12])).tolist() == [True, True, False, True]
+
+
+def test_points_near_a_plane_and_the_plane_with_the_most():
+    points = np.array([[1.0, 0, 0], [2.4, 5, 5], [3.0, 1, 1], [7.0, 2, 2], [8.0, 3, 3], [9.0, 4, 4]])
+    assert visual.points_near(points, 0, 2, 1).tolist() == [True, True, True, False, False, False]
+    assert visual.densest_plane(points, 0, 10, 1) == 2  # planes 2 and 8 both hold three: the lower one
+    assert visual.densest_plane(points, 0, 10, 0) == 1  # no slab: exact planes 1, 3, 7, 8, 9 hold one each
+    assert visual.densest_plane(np.zeros((0, 3)), 1, 10, 2) == 5
+    assert [visual.plane_slab(n) for n in (10, 40, 256)] == [2, 2, 13]
+
+
+def test_the_richest_plane_cuts_the_most_labels_of_all_maps():
+    fixed = np.zeros(SHAPE, np.uint8)
+    fixed[1, :2, :2], fixed[1, 4:, 4:], fixed[6, :, :] = 1, 2, 3  # plane 1: labels 1, 2; plane 6: label 3 (more voxels)
+    assert visual.richest_plane([fixed], 0, [1, 2, 3]) == 1
+    assert visual.richest_plane([fixed], 0, [3]) == 6
+    moved = np.zeros(SHAPE, np.uint8)
+    moved[6, :2, :2], moved[6, 4:, 4:] = 1, 2  # the warped labels moved to plane 6: it now cuts the most
+    assert visual.richest_plane([fixed, moved], 0, [1, 2, 3]) == 6

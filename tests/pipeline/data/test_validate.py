@@ -424,6 +424,7 @@ def test_summarize_l2r(tmp_path):
     assert row["keypoints"] == {_stem(s).removeprefix(f"{NAME}_"): N_POINTS for s in range(1, 5)}
     assert row["landmarks"] == {}
     assert (row["training_pairs"], row["val_pairs"], row["test_pairs"]) == (12, 1, 0)  # 4 * 3 ordered pairs
+    assert row["training_pairs_used"] == 2  # subjects 3 and 4 form the val pair: train holds out every pair touching them
     assert row["pairing"] == "inter-patient"
 
 
@@ -436,7 +437,9 @@ def test_summarize_2020_and_table(tmp_path, capsys):
     lines = format_summary(rows).splitlines()
     table = {line.split("  ")[0]: line.split()[-1] for line in lines}
     assert lines[0].split() == ["name", NAME, "Lung2020"]
-    assert table["spacing (mm)"] == "1.5x1.5x2" and table["training pairs"] == "3"
+    assert table["spacing (mm)"] == "1.5x1.5x2" and table["training pairs"] == "subjects)"
+    # issue 21: the count train uses, not the one the task lists (30 -> 12 on a real task)
+    assert "training pairs       2 of 12 (train holds out 10 touching val subjects)  2 of 3 (" in "\n".join(lines)
     assert "keypoints per image  5 (4 files)" in "\n".join(lines)
     assert "2 (liver, spleen)" in lines[[line.split("  ")[0] for line in lines].index("labels")]
 

@@ -46,12 +46,15 @@ def test_register_writes_the_field_warped_image_labels_and_report(trained, tmp_p
     assert record["checkpoint"].endswith("best.pt") and record["runtimes"]["network_s"] > 0
     assert record["outputs"]["field"] == "disp.nii.gz"
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
-    # the moving labels alone (an atlas): warped labels, a report without Dice; older outputs removed
-    again = register(fixed, moving, run, out, None, moving_label, device="cpu")
+    # the moving labels alone (an atlas): warped labels, a report without Dice; refused over the first
+    # registration unless overwrite, then the older outputs are removed
+    with pytest.raises(DataError, match="already exist; pass --overwrite to replace them"):
+        register(fixed, moving, run, out, None, moving_label, device="cpu")
+    again = register(fixed, moving, run, out, None, moving_label, device="cpu", overwrite=True)
     assert set(again) == {"field", "warped", "warped_labels", "report", "record"} and not (out / "jacobian_det.nii.gz").exists()
     assert '<section id="dice">' not in (out / "report.html").read_text()
     with pytest.raises(DataError, match=f"{fixed_label}: a fixed label map alone"):
-        register(fixed, moving, run, out, fixed_label, None, device="cpu")
+        register(fixed, moving, run, out, fixed_label, None, device="cpu", overwrite=True)
 
 
 def test_the_command_line_names_a_missing_file(trained, tmp_path, capsys):
