@@ -17,6 +17,7 @@ from learn2reg.io import Geometry, save_nifti, write_points
 from pipeline.cli import main
 from pipeline.data.summary import format_summary, summarize
 from pipeline.data.validate import Problem, validate_task
+from pipeline.demo.tasks import write_demo
 from tests.paths import REPO
 
 SHAPE = (8, 8, 8)
@@ -448,8 +449,7 @@ def test_summarize_2020_and_table(tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["l2r", "l2r2020"])
 def test_demo_tasks_validate_clean(tmp_path, layout):
     """Every generated demo task passes validation (no errors, no warnings) in both layouts."""
-    demo_data = pytest.importorskip("pipeline.demo.tasks", reason="pipeline/demo_data.py not written yet")
-    task_dirs = demo_data.write_demo(tmp_path / "data", seed=0, layout=layout)
-    assert len(task_dirs) > 0
+    task_dirs = write_demo(tmp_path / "data", seed=0, layout=layout)
+    assert len(task_dirs) == 4
     for task_dir in task_dirs:
         assert [str(p) for p in validate_task(task_dir)] == []
