@@ -58,6 +58,11 @@ def add_val_pair(meta: dict, fixed: str, moving: str) -> None:
     meta["registration_val"].append({"fixed": fixed, "moving": moving})
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> content): compare before and after a command."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 # ------------------------------------------------------------------- 1. nothing dropped silently
 
 
@@ -85,7 +90,7 @@ def test_a_pairs_csv_line_that_is_not_two_ids_fails_predict_and_evaluate_by_line
     code, _, err = run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu")
     assert code == 1 and "pairs_val.csv: line 3 is not two integer ids" in err and (out / "disp_0004_0005.npz").exists()
     code, _, err = run(capsys, "-i", str(out), "-d", str(task), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
-    assert code == 1 and "pairs_val.csv: line 3" in err
+    assert code == 1 and "pairs_val.csv: line 3" in err and not (tmp_path / "r.json").exists()
 
 
 def test_a_training_entry_outside_the_task_names_the_json_the_entry_and_the_path(trained, tmp_path, capsys):
@@ -123,6 +128,7 @@ def test_a_2020_npz_under_another_key_is_refused_naming_both_keys(tmp_path, caps
     np.savez(tmp_path / "sub" / "disp_0004_0005.npz", disp=np.zeros((3, *SHAPE), np.float16))
     code, _, err = run(capsys, "-i", str(tmp_path / "sub"), "-d", str(task), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
     assert code == 1 and "disp_0004_0005.npz" in err and "'disp'" in err and "'arr_0'" in err
+    assert not (tmp_path / "r.json").exists()
 
 
 @pytest.mark.parametrize(("values", "why"), [((0.0, 1.5), "non-integer"), ((0.0, -1.0), "negative")])
@@ -156,9 +162,11 @@ def test_validate_warns_about_duplicate_pairs_and_reports_a_label_map_on_another
     twice = copy_task(task, tmp_path / "task", lambda m: add_val_pair(m, "./imagesTr/Blob_0004_0000.nii.gz", "./imagesTr/Blob_0005_0000.nii.gz"))
     label = twice / "labelsTr" / "Blob_0003_0000.nii.gz"
     save_nifti(label, np.zeros(SHAPE, np.uint8), Geometry.identity(SHAPE, spacing=(1.0, 1.0, 2.0)))
+    before = snapshot(twice)
     code, _, err = run(capsys, "validate", "--no-progress", str(twice))
     assert code == 1 and f"{label.resolve()}: " in err and "spacing" in err
     assert "warning: val pair 0004_0000<--0005_0000 is listed 2 times" in err
+    assert snapshot(twice) == before  # validate only reads
 
 
 # ------------------------------------------------------------------- 2. clear errors, never a traceback
@@ -185,13 +193,16 @@ def test_a_checkpoint_of_another_network_is_refused_naming_it(trained, tmp_path,
     save_checkpoint(foreign / "checkpoints" / "best.pt", {k: v for k, v in ckpt.items() if k not in ("format", "version")})
     out = tmp_path / "sub"
     code, _, err = run(capsys, "predict", "--data", str(task), "--run", str(foreign), "--out", str(out), "--device", "cpu")
-    assert code == 1 and "best.pt" in err and not out.exists()
+    why = {"model_config": "model_config is not a LapIRN configuration (unknown LapIRN config keys: width)",
+           "weights": "the weights do not fit this LapIRN"}[breakage]
+    assert code == 1 and f"{foreign / 'checkpoints' / 'best.pt'}: {why}" in err and not out.exists()
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained, tmp_path, capsys):
     task, run_dir = trained
     a_file = tmp_path / "file"
     a_file.write_text("keep me")
+    before = snapshot(tmp_path)
     code, _, err = run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(a_file), "--device", "cpu")
     assert code == 1 and str(a_file) in err and a_file.read_text() == "keep me"
     code, _, err = run(capsys, "-i", str(tmp_path), "-d", str(task), "-o", str(a_file / "r.json"), module=evaluate_cli)
@@ -200,6 +211,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(trained, tmp
     assert code == 1 and f"{a_file} is a file" in err
     code, _, err = run(capsys, "-d", str(task), "-o", str(a_file / "i.json"), module=initial_cli)
     assert code == 1 and f"{a_file} is a file" in err
+    assert snapshot(tmp_path) == before
 
 
 def test_predict_without_a_run_or_a_config_is_a_usage_error(trained, tmp_path, capsys):
@@ -207,6 +219,7 @@ def test_predict_without_a_run_or_a_config_is_a_usage_error(trained, tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "--data", str(task), "--out", str(tmp_path / "sub")])
     assert exit_info.value.code == 2 and "--run" in capsys.readouterr().err
+    assert not (tmp_path / "sub").exists()
 
 
 def test_a_truncated_image_names_the_real_cause(trained, tmp_path, capsys):
@@ -216,6 +229,9 @@ def test_a_truncated_image_names_the_real_cause(trained, tmp_path, capsys):
     image.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
     code, _, err = run(capsys, "predict", "--data", str(bad), "--run", str(run_dir), "--out", str(tmp_path / "sub"), "--device", "cpu")
     assert code == 1 and f"{image}: unreadable or truncated NIfTI (EOFError" in err and "BufferError" not in err
+    written = snapshot(tmp_path / "sub")  # no field of the only pair; the manifests, if any, record none
+    assert not [name for name in written if name not in ("runtimes.json", "predict_config.json")]
+    assert "runtimes.json" not in written or json.loads(written["runtimes.json"])["runtimes"] == {}
 
 
 # ------------------------------------------------------------------- 3. nothing already written is lost
@@ -225,11 +241,11 @@ def test_resume_with_another_configuration_is_refused_before_anything_is_rewritt
     task, run_dir = trained
     run_copy = tmp_path / "run"
     shutil.copytree(run_dir, run_copy)
-    before = {p.name: p.read_bytes() for p in run_copy.glob("*.json")}
+    before = snapshot(run_copy)
     other = _config(tmp_path, loss={"smooth": 2.0})
     code, _, err = run(capsys, "train", "--data", str(task), "--config", str(other), "--out", str(run_copy), "--resume")
     assert code == 1 and "loss.smooth" in err and "--resume" in err
-    assert {p.name: p.read_bytes() for p in run_copy.glob("*.json")} == before
+    assert snapshot(run_copy) == before  # config, checkpoints, log and curves untouched
 
 
 def test_a_submission_folder_never_holds_fields_without_their_records(trained, tmp_path, capsys):

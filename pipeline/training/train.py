@@ -17,7 +17,8 @@ with ``warn_only``, since ``grid_sample``'s backward has no deterministic kernel
 
 Faults: checkpoints are atomic; ``--resume`` restores model, optimiser, schedule position and
 the random generator (and the fp16 loss scale), so a resumed run ends with the same weights as an uninterrupted one
-(deterministic mode on CPU); SIGTERM/SIGINT save ``last.pt`` before exiting (code 143/130).
+(deterministic mode on CPU); SIGTERM/SIGINT save ``last.pt`` before exiting (code 143/130), and
+``--stop-at-step N`` does the same after global step N, exiting 0 (training in slices).
 Under ``torchrun`` the model is wrapped in DistributedDataParallel (nccl on GPU, gloo on CPU),
 the pairs are sharded across ranks and rank 0 writes every file.
 """
@@ -31,6 +32,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypedDict
 
@@ -102,6 +104,8 @@ class Trainer:
         self.wrapped: torch.nn.Module = self.model
         self.phase: tuple[int, bool] | None = None
         self.stop_signal: int | None = None
+        self.stop_at_step: int | None = None  # see train()
+        self.on_step: Callable[[dict], None] | None = None  # see train()
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -259,11 +263,17 @@ class Trainer:
                              dice=parts["dice"], antifold=parts["antifold"], lr=lr, steps_per_s=rate,
                              elapsed_s=time.perf_counter() - start)
                 self.after_step(level, step + 1, steps[level - 1], tlog)
-                if any_flag(self.stop_signal is not None, self.info, self.device):
+                if self.on_step is not None:
+                    self.on_step(dict(self.state))
+                asked = self.state["global_step"] == self.stop_at_step and self.state["global_step"] < total
+                if any_flag(self.stop_signal is not None or asked, self.info, self.device):
                     self.save("last.pt")
                     if self.info.is_main:
                         tlog.write()
                     bar.close()
+                    if asked and self.stop_signal is None:
+                        log.info("stopped at global step %d (--stop-at-step); continue with --resume", self.state["global_step"])
+                        return 0
                     sig = self.stop_signal or signal.SIGTERM
                     log.warning("stopped by signal %d at global step %d; resume with --resume", sig, self.state["global_step"])
                     return 128 + int(sig)
@@ -346,8 +356,16 @@ def use_deterministic_algorithms(device: torch.device) -> None:
              " CUBLAS_WORKSPACE_CONFIG=%s", device, os.environ["CUBLAS_WORKSPACE_CONFIG"])
 
 
-def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None) -> int:
-    """Train LapIRN on a task folder into ``run_dir``; returns the exit code."""
+def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None,
+          stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None) -> int:
+    """Train LapIRN on a task folder into ``run_dir``; returns the exit code.
+
+    ``stop_at_step``: after that global step (counted over all levels) write ``last.pt`` and the
+    log and return 0; ``resume=True`` continues from there (a step at or past the end: the run
+    just finishes). ``on_step``: called after every step, once its validation and checkpoint are
+    done, with a copy of the trainer state (``level``, ``step``, ``global_step``, ``best_score``,
+    ``best_step``), e.g. to report progress from Python.
+    """
     if cfg.predict.affine_only:
         raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
     info = init_distributed(device)
@@ -371,6 +389,9 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
                 log.info("training %s on %s (world size %d) into %s", task.name, dev, info.world_size, run_dir)
             if resume_from is not None:
                 trainer.restore(resume_from)
+            if stop_at_step is not None and trainer.state["global_step"] >= stop_at_step:
+                raise DataError(f"{run_dir}: --stop-at-step {stop_at_step} is not after the run's step {trainer.state['global_step']}")
+            trainer.stop_at_step, trainer.on_step = stop_at_step, on_step
         tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None, levels=cfg.model.levels,
                            best_step=trainer.state["best_step"] if trainer.state["best_step"] >= 0 else None)
         previous = {s: signal.signal(s, lambda signum, _f: setattr(trainer, "stop_signal", signum)) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -392,13 +413,19 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="run configuration (JSON, see configs/)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, log, plots)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--stop-at-step", type=int, default=None, metavar="N",
+                        help="after global step N (all levels counted): write last.pt and exit 0; continue with --resume")
     add_device_argument(parser)
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default: OUT/cache)")
 
 
 def run(args: argparse.Namespace) -> int:
-    code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache)
+    code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache, args.stop_at_step)
     if code == 0 and int(os.environ.get("RANK", "0")) == 0:
-        print(f"run folder: {args.out} (checkpoints/best.pt, log.csv, curves.png)\n"
-              f"next: python -m pipeline predict --run {args.out} --data {args.data} --out outputs/{Path(args.out).name}/{Path(args.data).name}")
+        if args.stop_at_step is not None:
+            print(f"run folder: {args.out} (stopped at step {args.stop_at_step} or earlier if the schedule ended)\n"
+                  f"next: the same command with --resume (and without --stop-at-step, or a later one) continues it")
+        else:
+            print(f"run folder: {args.out} (checkpoints/best.pt, log.csv, curves.png)\n"
+                  f"next: python -m pipeline predict --run {args.out} --data {args.data} --out outputs/{Path(args.out).name}/{Path(args.data).name}")
     return code

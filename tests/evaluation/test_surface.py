@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import surface_distance as sd  # the oracle, pinned in requirements-dev.txt
 from scipy import ndimage
+from surface_distance import lookup_tables
 
 from evaluation import surface
 from tests.evaluation.official_reference import deepmind_compat
-
-sd = pytest.importorskip("surface_distance")
 
 
 def _oracle_hd95(a: np.ndarray, b: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
@@ -32,8 +32,6 @@ def _blob(seed: int, shape=(26, 30, 34)) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.7, 1.3, 2.5), (1.5, 1.5, 1.5)])
 def test_area_table_is_bit_identical_to_deepmind(spacing):
-    from surface_distance import lookup_tables
-
     ours = surface.surfel_area_table(spacing)
     theirs = lookup_tables.create_table_neighbour_code_to_surface_area(spacing)
     assert ours.shape == (256,)
@@ -50,8 +48,6 @@ def test_area_table_analytic_entries():
 
 
 def test_neighbour_codes_equal_the_correlation_of_the_reference():
-    from surface_distance import lookup_tables
-
     mask = np.random.default_rng(3).random((7, 8, 9)) > 0.5
     padded = np.zeros((8, 9, 10), np.uint8)
     padded[:-1, :-1, :-1] = mask

@@ -171,7 +171,9 @@ def test_cuda_where_there_is_none_is_refused_naming_the_build_and_the_way_out(co
         (False, 0, None, "auto", None),
     ],
 )
-def test_cuda_problems(monkeypatch, available, count, cuda_version, device, problem):
+def test_cuda_problems_on_machines_stood_in_by_monkeypatching(monkeypatch, available, count, cuda_version, device, problem):
+    """CUDA availability, device count and build are monkeypatched, so every kind of machine is
+    covered from any machine; a real GPU: test_a_real_cuda_device_is_accepted_and_picked."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
     monkeypatch.setattr(torch.version, "cuda", cuda_version)
@@ -182,6 +184,15 @@ def test_cuda_problems(monkeypatch, available, count, cuda_version, device, prob
     else:
         with pytest.raises(argparse.ArgumentTypeError):
             device_arg(device)
+
+
+@pytest.mark.cuda
+def test_a_real_cuda_device_is_accepted_and_picked():
+    count = torch.cuda.device_count()
+    assert cuda_problem("cuda") is None and device_arg("cuda") == "cuda" and device_arg("cuda:0") == "cuda:0"
+    assert pick_device("cuda", DistInfo()) == torch.device("cuda", 0) and pick_device("auto", DistInfo()).type == "cuda"
+    assert backend_kind("auto") == "cuda"
+    assert f"there is no cuda:{count}: {count} CUDA device(s) visible" in cuda_problem(f"cuda:{count}")
 
 
 def test_devices_pick_their_process_group_backend(monkeypatch):

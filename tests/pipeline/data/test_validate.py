@@ -18,6 +18,7 @@ from learn2reg.task import load_task
 from pipeline.cli import main
 from pipeline.data.summary import format_summary, provides, summarize
 from pipeline.data.validate import Problem, validate_task
+from pipeline.demo.tasks import write_demo
 from tests.paths import REPO
 
 SHAPE = (8, 8, 8)
@@ -453,8 +454,7 @@ def test_summarize_2020_and_table(tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["l2r", "l2r2020", "lumir", "remind2reg"])
 def test_demo_tasks_validate_clean(tmp_path, layout):
     """Every generated demo task passes validation (no errors, no warnings) in every layout."""
-    demo_data = pytest.importorskip("pipeline.demo.tasks", reason="pipeline/demo_data.py not written yet")
-    task_dirs = demo_data.write_demo(tmp_path / "data", seed=0, layout=layout)
-    assert len(task_dirs) > 0
+    task_dirs = write_demo(tmp_path / "data", seed=0, layout=layout)
+    assert len(task_dirs) == {"l2r": 4, "l2r2020": 4, "lumir": 1, "remind2reg": 1}[layout]
     for task_dir in task_dirs:
         assert [str(p) for p in validate_task(task_dir)] == []

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from evaluation.initial import evaluate_initial
 from learn2reg.contract import affine_to_field, jacobian_determinant, sample_field, warp_labels
 from learn2reg.io import DataError, load_nifti, read_json, read_points
 from learn2reg.task import Task, load_task
@@ -265,10 +266,14 @@ def test_t3_has_all_organs_and_low_initial_overlap(folders: dict[str, dict[str, 
         hu = _image(task, case_id)
         assert abs(np.median(hu[labels == 6]) - 60) < 30 and hu[labels == 8].mean() > 100  # liver, contrast aorta
     organs = list(range(1, 14))
+    initial = evaluate_initial(folders["T3"]["l2r"], workers=1)["cases"]  # the Initial row, from the written files
+    assert len(initial) == len(task.pairs["val"]) == 3
     for pair in task.pairs["val"]:
         fixed, moving = _image(task, pair.fixed, "label"), _image(task, pair.moving, "label")
-        assert _dice(fixed, moving, organs) < 0.5
-        assert _dice(fixed, fixed, organs) == 1.0
+        assert pair.fixed[:4] != pair.moving[:4] and not np.array_equal(fixed, moving)  # two subjects
+        overlap = _dice(fixed, moving, organs)
+        assert overlap < 0.5
+        assert initial[f"{pair.fixed}<--{pair.moving}"]["DSC"]["mean"] == pytest.approx(overlap, abs=1e-6)
 
 
 def test_t4_has_both_hippocampus_labels(folders: dict[str, dict[str, Path]]) -> None:

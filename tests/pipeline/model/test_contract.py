@@ -1,4 +1,8 @@
-"""Torch side of the contract: padding of image and label warps, full precision of grids and warps."""
+"""Torch side of the contract: padding of image and label warps, full precision of grids and warps.
+
+Warps under autocast run twice (``tests/devices.py``): as ``cpu_stand_in`` under CPU autocast,
+standing in for the GPU, and as ``cuda`` under the product's autocast on the GPU (``pytest -m cuda``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.model.contract import flow_to_voxel, identity_flow_grid, voxel_to_flow, warp_flow, warp_torch
+from tests.devices import STAND_IN_AND_CUDA, bf16_autocast
 
 SHAPE = (9, 7, 8)
 
@@ -76,11 +81,13 @@ def test_grids_and_conversions_are_float32_for_half_precision_inputs():
     assert identity_flow_grid(shape, torch.zeros((), dtype=torch.float64)).dtype == torch.float64  # float64 stays
 
 
+@pytest.mark.parametrize("device", STAND_IN_AND_CUDA)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_a_half_precision_zero_field_warps_exactly_even_under_autocast(dtype):
-    image = textured((40, 33, 24))
-    zero = torch.zeros(1, 3, 40, 33, 24, dtype=dtype)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def test_a_half_precision_zero_field_warps_exactly_even_under_autocast(dtype, device):
+    dev = torch.device(device)
+    image = textured((40, 33, 24)).to(dev)
+    zero = torch.zeros(1, 3, 40, 33, 24, dtype=dtype, device=dev)
+    with bf16_autocast(dev):
         by_voxel = warp_torch(image, zero, padding="border")
         by_flow = warp_flow(image, zero, padding="border")
     for out in (by_voxel, by_flow):
@@ -88,10 +95,12 @@ def test_a_half_precision_zero_field_warps_exactly_even_under_autocast(dtype):
         torch.testing.assert_close(out, image, atol=1e-5, rtol=0)  # float32 grid round-off
 
 
-def test_warps_under_autocast_equal_the_float32_warps():
-    image = textured((16, 12, 10), seed=1)
-    u = torch.randn(1, 3, 16, 12, 10, generator=torch.Generator().manual_seed(2)) * 2.0
+@pytest.mark.parametrize("device", STAND_IN_AND_CUDA)
+def test_warps_under_autocast_equal_the_float32_warps(device):
+    dev = torch.device(device)
+    image = textured((16, 12, 10), seed=1).to(dev)
+    u = (torch.randn(1, 3, 16, 12, 10, generator=torch.Generator().manual_seed(2)) * 2.0).to(dev)
     want = warp_torch(image, u, padding="border")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with bf16_autocast(dev):
         got = warp_torch(image, u, padding="border")
     assert got.dtype == torch.float32 and torch.equal(got, want)

@@ -304,7 +304,7 @@ class ConstantResidual(torch.nn.Module):
         self.value, self.dtype = value, dtype
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        r = torch.tensor(self.value, dtype=self.dtype).view(1, 3, 1, 1, 1).expand(x.shape[0], 3, *x.shape[2:])
+        r = torch.tensor(self.value, dtype=self.dtype, device=x.device).view(1, 3, 1, 1, 1).expand(x.shape[0], 3, *x.shape[2:])
         return r.contiguous(), x.new_zeros(x.shape[0], 1, *x.shape[2:])
 
 

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from scipy import ndimage
 from evaluation.metrics import dice, label_counts
 from learn2reg.io import DataError, Geometry, save_nifti
 from learn2reg.task import load_task
+from pipeline.cli import main
 from pipeline.config import TrainConfig, config_from_dict
 from pipeline.distributed import DistInfo
 from pipeline.model.checkpoint import load_checkpoint
@@ -190,36 +190,78 @@ def test_coarse_levels_score_the_dice_term_on_the_input_grid(blob_task, tmp_path
     assert soft_dice(pooled, pooled).item() > 0.5
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_killed_run_resumes_to_the_same_final_weights(blob_task, tmp_path, sig):
-    raw = {**TINY, "train": {**TINY["train"], "lr_schedule": "cosine", "warmup_steps": 2}}  # the schedule resumes too
-    cfg_path = tmp_path / "cfg.json"
-    cfg_path.write_text(json.dumps(raw))
-    train(blob_task, config_from_dict(raw), tmp_path / "straight", device="cpu")
-    run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(_cli("train", "--data", str(blob_task), "--config", str(cfg_path), "--out", str(run), "--device", "cpu"),
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    last = run / "checkpoints" / "last.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists() and load_checkpoint(last)["state"]["global_step"] >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(sig)
-    code = proc.wait(timeout=60)
-    assert code == (143 if sig == signal.SIGTERM else -9), proc.stderr.read().decode()[-2000:]
-    stopped_at = load_checkpoint(last)["state"]["global_step"]
-    assert 3 <= stopped_at < 12  # really in the middle
-    resumed = subprocess.run(_cli("train", "--data", str(blob_task), "--config", str(cfg_path), "--out", str(run), "--device", "cpu", "--resume"),
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+# Exact resume: a run interrupted at global step STOP of 12 (level 2, step 3: after the frozen
+# phase, mid-level with Adam state, one step after a checkpoint) ends, resumed through the real
+# command line, with the same weights as an uninterrupted run. The schedule resumes too.
+RESUMABLE = {**TINY, "train": {**TINY["train"], "lr_schedule": "cosine", "warmup_steps": 2, "checkpoint_every": 2}}
+STOP = 7
+# A real training process that signals itself right after global step STOP (its validation and
+# checkpoint done), through train()'s documented on_step hook: the signal arrives at a known
+# step however fast the machine is. SIGTERM runs the real handler; SIGKILL leaves what was on disk.
+SIGNAL_AT_STEP = """
+import os, sys
+from pathlib import Path
+from pipeline.config import load_config
+from pipeline.training.train import train
+data, config, out, sig, at = sys.argv[1:]
+def on_step(state):
+    if state["global_step"] == int(at):
+        os.kill(os.getpid(), int(sig))
+sys.exit(train(Path(data), load_config(Path(config)), Path(out), device="cpu", on_step=on_step))
+"""
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def straight_run(blob_task, tmp_path_factory) -> tuple[Path, Path]:
+    """(config file, run folder) of RESUMABLE trained without interruption."""
+    root = tmp_path_factory.mktemp("straight")
+    (root / "cfg.json").write_text(json.dumps(RESUMABLE))
+    assert train(blob_task, config_from_dict(RESUMABLE), root / "run", device="cpu") == 0
+    return root / "cfg.json", root / "run"
+
+
+def _resume_to_the_end(blob_task: Path, config: Path, run: Path, straight: Path) -> None:
+    resumed = subprocess.run(_cli("train", "--data", str(blob_task), "--config", str(config), "--out", str(run), "--device", "cpu", "--resume"),
+                             cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = _weights(tmp_path / "straight"), _weights(run)
-    assert load_checkpoint(last)["state"]["global_step"] == 12
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["global_step"] == 12
+    a, b = _weights(straight), _weights(run)
+    assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code", "saved_at"), [(signal.SIGTERM, 143, STOP), (signal.SIGKILL, -9, STOP - 1)], ids=["SIGTERM", "SIGKILL"])
+def test_killed_run_resumes_to_the_same_final_weights(blob_task, straight_run, tmp_path, sig, code, saved_at):
+    """SIGTERM saves last.pt at the step it arrives (exit 143); SIGKILL leaves the checkpoint of
+    the step before (checkpoint_every 2), so the resumed run redoes a lost step."""
+    config, straight = straight_run
+    run = tmp_path / "killed"
+    killed = subprocess.run([sys.executable, "-c", SIGNAL_AT_STEP, str(blob_task), str(config), str(run), str(int(sig)), str(STOP)],
+                            cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == code, killed.stderr[-2000:]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["global_step"] == saved_at
+    assert not (run / "final.json").exists()
+    _resume_to_the_end(blob_task, config, run, straight)
+
+
+@pytest.mark.slow
+def test_stop_at_step_exits_cleanly_and_resumes_to_the_same_final_weights(blob_task, straight_run, tmp_path, capsys):
+    config, straight = straight_run
+    run = tmp_path / "sliced"
+    stopped = subprocess.run(_cli("train", "--data", str(blob_task), "--config", str(config), "--out", str(run), "--device", "cpu",
+                                  "--stop-at-step", str(STOP)), cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 0, stopped.stderr[-2000:]
+    assert f"stopped at global step {STOP} (--stop-at-step); continue with --resume" in stopped.stderr
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["state"]["global_step"] == STOP
+    assert not (run / "final.json").exists()
+    _resume_to_the_end(blob_task, config, run, straight)
+    with pytest.raises(DataError, match="--stop-at-step 12 is not after the run's step 12"):
+        train(blob_task, config_from_dict(RESUMABLE), run, resume=True, device="cpu", stop_at_step=12)
+    assert main(["train", "--data", str(blob_task), "--config", str(config), "--out", str(tmp_path / "x"), "--stop-at-step", "0"]) == 1
+    assert "--stop-at-step 0 is not after the run's step 0" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 @pytest.mark.slow
