@@ -1,29 +1,36 @@
 # Learn2Reg LapIRN pipeline image. Use it through docker-compose.yml:
 #   docker compose run --rm train | predict | evaluate | ...
 #
-# Python and torch come from the base image (the official PyTorch CUDA runtime image by default);
-# this image adds the other pinned requirements (requirements-docker.txt = requirements.txt
-# without torch) and never downloads another torch.
+# Stages (docker build --target NAME; compose builds `pipeline`):
+#   install-files  what the dependency install reads (requirements, lock, .docker-wheels/): mounted, never copied
+#   runtime        the base image + a venv with torch and every pinned dependency + the non-root user
+#   pipeline       runtime + the code, configs and published weights; the stages' entrypoint
+#
+# Python and torch: by default the official PyTorch CUDA runtime image, whose torch is kept. For a base
+# without torch (a CPU image), TORCH_WHEEL or TORCH_INDEX installs the pinned torch. Every other package,
+# torch's own dependencies included, comes at the version pinned in requirements-lock.txt
+# (docker/install-deps.sh).
 #
 # Build arguments:
-#   BASE_IMAGE   image with python3 >= 3.11 and pip (and usually torch). The container tests pass a locally
-#                built Debian image, since nothing can be pulled on the CI machines.
-#   TORCH_WHEEL  optional path, inside the build context, of a torch wheel to install (for a base
-#                image without torch). It is only mounted for the install: it adds no layer.
-#   APP_UID      uid/gid of the image's non-root user (compose runs as the host user instead).
+#   BASE_IMAGE   image with python3 >= 3.11 and pip (and usually torch). docker-compose.cpu.yml makes it
+#                python:3.11-slim-bookworm; docker/local-base.sh builds one where nothing can be pulled.
+#   TORCH_WHEEL  a torch wheel inside the build context, under .docker-wheels/ (docker/torch-wheel.sh puts
+#                the CPU wheel there). Only mounted for the install: it adds no layer.
+#   TORCH_INDEX  a wheel index to take the pinned torch from (docker-compose.cpu.yml: PyTorch's CPU index),
+#                when TORCH_WHEEL is empty.
+#   APP_UID      uid/gid of the image's non-root user (compose runs the stages as the host user instead).
 # Needs BuildKit (the default builder of Docker >= 23 and of docker compose v2).
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
-ARG TORCH_WHEEL=""
-
-# Only the files the install needs (so code changes keep the install layer cached); mounted below,
-# never copied into the image.
-FROM scratch AS install-files
-ARG TORCH_WHEEL
-COPY requirements-docker.txt ${TORCH_WHEEL} /
-
-FROM ${BASE_IMAGE}
-ARG TORCH_WHEEL
 ARG APP_UID=10001
+
+# Only the files the install needs (code changes keep the install layer cached). .docker-wheels/ is always
+# there (its .gitignore is tracked), empty unless a wheel was put there.
+FROM scratch AS install-files
+COPY requirements.txt requirements-docker.txt requirements-lock.txt docker/install-deps.sh /
+COPY .docker-wheels/ /.docker-wheels/
+
+FROM ${BASE_IMAGE} AS runtime
+ARG APP_UID
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -39,17 +46,21 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # on Ubuntu/Debian-based images). --without-pip: the base's pip is used (no ensurepip needed).
 RUN python3 -m venv --system-site-packages --without-pip "${VIRTUAL_ENV}"
 
+# TORCH_WHEEL and TORCH_INDEX reach the script as environment variables (declared here, so that they
+# only key this layer's cache).
+ARG TORCH_WHEEL=""
+ARG TORCH_INDEX=""
 RUN --mount=type=bind,from=install-files,target=/mnt \
-    if [ -n "${TORCH_WHEEL}" ]; then python -m pip install --no-cache-dir "/mnt/$(basename "${TORCH_WHEEL}")"; fi \
-    && python -m pip install --no-cache-dir --only-binary=:all: -r /mnt/requirements-docker.txt \
-    && python -c "import matplotlib, nibabel, numpy, pandas, scipy, SimpleITK, torch, tqdm; print('torch', torch.__version__)" \
+    sh /mnt/install-deps.sh /mnt \
     && rm -rf /tmp/matplotlib
 
 RUN groupadd --gid "${APP_UID}" l2r \
     && useradd --uid "${APP_UID}" --gid l2r --no-create-home --home-dir /tmp --shell /usr/sbin/nologin l2r
 
+FROM runtime AS pipeline
+ARG APP_UID
 WORKDIR /app
-COPY pyproject.toml requirements.txt requirements-docker.txt ./
+COPY pyproject.toml requirements.txt requirements-docker.txt requirements-lock.txt ./
 COPY configs/ configs/
 COPY learn2reg/ learn2reg/
 COPY evaluation/ evaluation/

@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-fast lint clean check-python
+.PHONY: demo test test-fast lint lock clean check-python
 
 # Fails early, before a venv is made, when $(PYTHON) is not Python $(PYTHON_VERSION).
 check-python:
@@ -17,10 +17,11 @@ check-python:
 	case "$$found" in $(PYTHON_VERSION)|$(PYTHON_VERSION).*) ;; \
 	*) echo "Python $(PYTHON_VERSION) is needed, found $$found at PYTHON=$(PYTHON): the pins in requirements.txt need it; run e.g. make PYTHON=python$(PYTHON_VERSION) $(or $(GOALS),$(MAKECMDGOALS))" >&2; exit 1;; esac
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# requirements-lock.txt pins every package they pull in (the Docker image installs from it too)
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-lock.txt
 	@$(MAKE) --no-print-directory check-python PYTHON=$(PYTHON) PYTHON_VERSION=$(PYTHON_VERSION) GOALS="$(MAKECMDGOALS)"
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c requirements-lock.txt
 	touch $@
 
 demo: $(VENV)/.installed
@@ -34,8 +35,13 @@ test-fast: $(VENV)/.installed
 
 # ruff (style, imports, bug patterns) and mypy (types; settings in pyproject.toml) on the whole tree
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check learn2reg pipeline evaluation tests bench
+	$(VENV)/bin/ruff check learn2reg pipeline evaluation tests bench tools
 	$(VENV)/bin/mypy
+
+# rewrite requirements-lock.txt from the .venv, after changing a pin in requirements*.txt and
+# installing it there ($(VENV)/bin/pip install -r requirements-dev.txt)
+lock: $(VENV)/.installed
+	$(PY) -m tools.lock > requirements-lock.txt.partial && mv requirements-lock.txt.partial requirements-lock.txt
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -2,20 +2,29 @@
 ``DataError`` into its message on stderr and exit code 1 (argparse exits 2 on usage errors).
 
 Also shared with ``python -m pipeline``: :class:`HelpFormatter` (every ``--help`` shows the
-defaults) and :func:`package_version` (``--version``)."""
+defaults) and :func:`package_version` (``--version``).
+
+In the container (docker-compose.yml), the host folders mounted at ``/data``, ``/runs`` and
+``/outputs`` are named in ``L2R_HOST_DATA``, ``L2R_HOST_RUNS`` and ``L2R_HOST_OUTPUTS`` as the user
+gave them (``./data`` or ``DATA_DIR``): an error message then names the host path, and every command
+ends with one line saying which host folder each container folder is."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
 import logging
+import os
+import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from learn2reg.io import DataError
 
 DISTRIBUTION = "l2r-lapirn"  # [project] name in pyproject.toml
+#: container folder -> the variable in which docker-compose.yml names the host folder mounted there
+CONTAINER_MOUNTS = {"/data": "L2R_HOST_DATA", "/runs": "L2R_HOST_RUNS", "/outputs": "L2R_HOST_OUTPUTS"}
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -67,6 +76,35 @@ def refuse_existing(paths: Iterable[str | Path], overwrite: bool, option: str = 
                     f" or choose another {option}")
 
 
+def host_folders(
+    environ: Mapping[str, str] = os.environ, mounted: Callable[[str], bool] = os.path.isdir
+) -> dict[str, str]:
+    """Container folder -> host folder as the user mounted it, for the folders this container has
+    (``mounted``); empty outside the container (no ``L2R_HOST_*`` variables)."""
+    return {
+        folder: environ[variable]
+        for folder, variable in CONTAINER_MOUNTS.items()
+        if environ.get(variable) and mounted(folder)
+    }
+
+
+def on_host(text: str, folders: Mapping[str, str]) -> str:
+    """``text`` with the container paths under ``folders`` written as host paths
+    (``/data/T: no such task`` -> ``./data/T: no such task``); ``/database`` or ``/app/data`` stay."""
+    if not folders:
+        return text
+    pattern = "|".join(re.escape(folder) for folder in sorted(folders, key=len, reverse=True))
+    return re.sub(rf"(?<![\w.~/-])({pattern})(?![\w.-])", lambda m: folders[m.group(1)].rstrip("/") or "/", text)
+
+
+def mount_note(folders: Mapping[str, str]) -> str:
+    """The one line that maps the container folders to the host's (``""`` outside the container)."""
+    if not folders:
+        return ""
+    pairs = ", ".join(f"{folder} = {host}" for folder, host in folders.items())
+    return f"(container paths: {pairs} on the host)"
+
+
 def run_cli(
     prog: str,
     description: str,
@@ -89,11 +127,16 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, intermixe
 
 def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, verbose: bool = False) -> int:
     """Log at INFO (DEBUG with ``verbose`` or the command's own ``-v``), run, and turn a
-    ``DataError`` into its message on stderr and exit code 1: the one policy of every command."""
+    ``DataError`` into its message on stderr and exit code 1: the one policy of every command.
+    In the container the message names host paths, and a last line maps the container's folders."""
     verbose = verbose or bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    folders = host_folders()
     try:
         return int(run(args))
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {on_host(str(exc), folders)}", file=sys.stderr)
         return 1
+    finally:
+        if folders:
+            print(mount_note(folders), file=sys.stderr)

@@ -10,9 +10,9 @@ but no engine. This module makes ``make test`` self-sufficient there, following
    the temporary folder removed afterwards.
 2. The compose v2 CLI plugin, taken from Debian trixie's ``docker-compose`` package with a private
    apt state (the host's apt configuration is left alone) and cached in ``~/.docker/cli-plugins``.
-3. A Debian base image with Python (debootstrap + ``docker import``), standing in for the official
-   PyTorch image that cannot be pulled here; its root filesystem tarball is cached by tag under
-   ``CACHE_DIR`` so that later runs skip debootstrap.
+3. The local Debian base image with Python, standing in for the official PyTorch image that cannot
+   be pulled here: made by ``docker/local-base.sh``, the script the README's no-registry recipe runs,
+   with its root filesystem tarball cached under ``CACHE_DIR`` so that later runs skip debootstrap.
 
 Everything is a subprocess call; failures raise ``EngineError`` with the command and its output.
 """
@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,9 +37,9 @@ log = logging.getLogger(__name__)
 CACHE_DIR = Path(os.environ.get("L2R_DOCKER_CACHE", "/var/tmp/l2r-docker"))
 PLUGIN_DIR = Path.home() / ".docker" / "cli-plugins"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-BASE_SUITE = "bookworm"  # Python 3.11, matching the cp311 torch wheel of the dev machines
-BASE_PACKAGES = ("python3", "python3-pip", "ca-certificates", "passwd")  # no python3-venv: like Ubuntu bases
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_BASE_SCRIPT = REPO / "docker" / "local-base.sh"
+LOCAL_BASE_TAG = "l2r-base:bookworm"  # the script's default, which the README uses
 # The engine's data root (~2 GB, ~45k files after the image build) goes on a tmpfs when memory
 # allows: removing it from the CI disk (ext4 with online discard) takes minutes, unmounting is instant.
 TMPFS_SIZE_GIB = 6
@@ -257,60 +255,10 @@ def _install_compose_plugin(env: Mapping[str, str]) -> None:
         raise EngineError(f"docker compose still does not run after installing {PLUGIN_DIR / 'docker-compose'}")
 
 
-def base_image_tag() -> str:
-    """Tag of the local base image; it changes whenever what goes into the image changes."""
-    recipe = "|".join((BASE_SUITE, DEBIAN_MIRROR, *BASE_PACKAGES))
-    return f"l2r-base:{BASE_SUITE}-{hashlib.sha256(recipe.encode()).hexdigest()[:10]}"
-
-
-def _build_rootfs_tarball(tarball: Path) -> None:
-    """debootstrap a minimal Debian with Python into a temporary folder and tar it to ``tarball`` atomically."""
-    if os.geteuid() != 0:
-        raise EngineError("debootstrap needs root")
-    tarball.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="l2r-rootfs-", dir=tarball.parent) as tmp:
-        rootfs = Path(tmp) / "rootfs"
-        sh(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", BASE_SUITE, rootfs,
-            DEBIAN_MIRROR], timeout=900)
-        # The registries are reached through a proxy whose CA only the host bundle has.
-        shutil.copyfile(HOST_CA_BUNDLE, rootfs / "etc/ssl/certs/ca-certificates.crt")
-        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
-            for item in (rootfs / junk).glob("*"):
-                if item.is_file():
-                    item.unlink()
-        partial = Path(tmp) / "rootfs.tar"
-        sh(["tar", "-C", rootfs, "--numeric-owner", "-cf", partial, "."], timeout=600)
-        partial.replace(tarball)
-
-
-def ensure_base_image(engine: Engine) -> str:
-    """The local base image in ``engine`` (imported from the cached tarball, built first if needed)."""
-    tag = base_image_tag()
-    if sh(["docker", "image", "inspect", tag], env=engine.env, check=False, timeout=60).returncode == 0:
-        return tag
-    tarball = CACHE_DIR / "base" / (tag.replace(":", "_") + ".tar")
-    with cache_lock():
-        if not tarball.is_file():
-            for stale in tarball.parent.glob("l2r-base_*.tar"):  # other recipes: keep one tarball
-                stale.unlink()
-            _build_rootfs_tarball(tarball)
-    changes = ["ENV LANG=C.UTF-8", f"ENV PIP_CERT={HOST_CA_BUNDLE}", 'CMD ["/bin/bash"]']
-    cmd: list[str | os.PathLike] = ["docker", "import"]
-    for change in changes:
-        cmd += ["--change", change]
-    sh([*cmd, tarball, tag], env=engine.env, timeout=600)
+def ensure_base_image(engine: Engine, tag: str = LOCAL_BASE_TAG) -> str:
+    """The local base image ``tag`` in ``engine``: ``docker/local-base.sh TAG`` (kept if it exists;
+    its root filesystem tarball cached in ``CACHE_DIR``, locked by the script)."""
+    if shutil.which("debootstrap") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        apt_install(["debootstrap"])
+    sh(["sh", LOCAL_BASE_SCRIPT, tag], env={**engine.env, "L2R_DOCKER_CACHE": str(CACHE_DIR)}, timeout=1200)
     return tag
-
-
-def find_torch_wheel(version: str, python_tag: str = "cp311") -> Path | None:
-    """The local torch wheel ``torch-{version}-{python_tag}-*.whl`` from pip's find-links folders, if any."""
-    folders = [Path(p) for p in os.environ.get("PIP_FIND_LINKS", "").split() if p]
-    pip_config = sh([sys.executable, "-m", "pip", "config", "list"], check=False, timeout=60).stdout
-    for line in pip_config.splitlines():
-        if "find-links" in line and "=" in line:
-            folders += [Path(p) for p in line.split("=", 1)[1].strip().strip("'\"").split()]
-    for folder in folders:
-        hits = sorted(folder.glob(f"torch-{version}-{python_tag}-*.whl")) if folder.is_dir() else []
-        if hits:
-            return hits[0]
-    return None

@@ -1,0 +1,61 @@
+"""learn2reg.cli in the container: messages name the host folders the user mounted."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from learn2reg import cli
+from learn2reg.io import DataError
+
+FOLDERS = {"/data": "./data", "/runs": "/srv/runs/", "/outputs": "./outputs"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("/data: neither a *_dataset.json nor images/", "./data: neither a *_dataset.json nor images/"),
+        ("/data/T/pairs_val.csv: missing", "./data/T/pairs_val.csv: missing"),
+        ("cannot write /outputs/demo/T.json", "cannot write ./outputs/demo/T.json"),
+        ("'/runs/demo' has no checkpoint", "'/srv/runs/demo' has no checkpoint"),  # trailing / of the host path dropped
+        ("--initial=/outputs/initial", "--initial=./outputs/initial"),
+        ("/database /app/data /outputs2 ~/data data/x /data.json", "/database /app/data /outputs2 ~/data data/x /data.json"),
+    ],
+)
+def test_container_paths_are_written_as_the_host_folders(text, expected):
+    assert cli.on_host(text, FOLDERS) == expected
+
+
+def test_only_announced_and_mounted_folders_are_mapped():
+    environ = {"L2R_HOST_DATA": "./data", "L2R_HOST_RUNS": "", "L2R_HOST_OUTPUTS": "/o"}
+    assert cli.host_folders(environ, mounted=lambda folder: folder != "/outputs") == {"/data": "./data"}
+    assert cli.host_folders({}, mounted=lambda folder: True) == {}
+    assert cli.on_host("/data/x", {}) == "/data/x"
+    assert cli.mount_note({}) == ""
+    assert cli.mount_note({"/data": "./data", "/outputs": "./out"}) == "(container paths: /data = ./data, /outputs = ./out on the host)"
+
+
+def test_execute_names_host_paths_in_errors_and_ends_with_the_mapping(monkeypatch, capsys):
+    monkeypatch.setattr(cli, "host_folders", lambda: {"/data": "./data"})
+
+    def fails(args: argparse.Namespace) -> int:
+        raise DataError("/data/NoSuchTask: not a task folder")
+
+    assert cli.execute(fails, argparse.Namespace()) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "error: ./data/NoSuchTask: not a task folder", "(container paths: /data = ./data on the host)",
+    ]
+    assert cli.execute(lambda args: 0, argparse.Namespace()) == 0
+    assert capsys.readouterr().err.splitlines() == ["(container paths: /data = ./data on the host)"]
+
+
+def test_outside_the_container_nothing_is_added(monkeypatch, capsys):
+    for variable in cli.CONTAINER_MOUNTS.values():
+        monkeypatch.delenv(variable, raising=False)
+
+    def fails(args: argparse.Namespace) -> int:
+        raise DataError("/data/x: missing")
+
+    assert cli.execute(fails, argparse.Namespace()) == 1
+    assert capsys.readouterr().err == "error: /data/x: missing\n"
