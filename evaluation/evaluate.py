@@ -93,6 +93,9 @@ def plan(data_dir: str | Path, config: ConfigSource = None, rules: str | Rules =
         bad = next(sources[r] for r, raw in zip(order, raws, strict=True) if not isinstance(raw, dict))
         raise DataError(f"{bad}: invalid evaluation config:\n  must be a JSON object")
     chosen, reason = rulesets.select(rules if isinstance(rules, str) else rules.name, order, raws)
+    if order != ["c"] and not set(order) <= set(chosen.roles):
+        log.warning("the %s evaluator's command line takes %s; the configs given (%s) are run in that order and merged", chosen.name,
+                    " ".join(f"-{r}" for r in chosen.roles), " ".join(f"-{r}" for r in order))  # fmt: skip
     configs = tuple((r, _checked(config_from_dict(raw, data_dir, str(sources[r]), chosen), chosen, str(sources[r]))) for r, raw in zip(order, raws, strict=True))
     return Plan(chosen, reason, configs)
 

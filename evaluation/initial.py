@@ -55,7 +55,7 @@ def evaluate_initial(
             for pair in cfg.pairs:
                 name = rulesets.disp_name(run_plan.rules, pair.fixed, pair.moving)
                 save_nifti(Path(tmp) / name, np.zeros((*cfg.expected_shape[:3], 3), np.float32))
-        return evaluate(tmp, data_dir, config, rules=run_plan.rules, workers=workers)
+        return evaluate(tmp, data_dir, config, rules=rules, workers=workers)  # the same choice, logged with its reason
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:

@@ -20,13 +20,26 @@ under a rule set (accepted by that evaluator as it is), :func:`output_format` ad
 
 Case ids are ``SSSS_MMMM`` (subject, modality), as ``learn2reg.task`` and the evaluators' path
 slices ``[-16:-12]`` / ``[-11:-7]`` give them.
+
+Where we deliberately differ from an organiser (never in a number they report):
+
+* a missing or unreadable file, a wrong shape, a field with NaN/Inf values: a ``DataError`` that
+  names the file and, for a field, the name the rule set wants (LUMIR 2024's own message names the
+  long name even where it requires the short one); their code raises, or scores NaN fields;
+* ``remind2reg`` skips DSC/HD95 (and ``ndv``) methods with a warning without reading label maps
+  (theirs reads and warps them, then ignores them); ``l2r`` refuses an ``ndv`` metric up front
+  (HEAD fails in its aggregation); ``-o`` naming a folder writes a timestamped file under every rule
+  set (only HEAD does);
+* not reproduced: LUMIR's ``ndv`` branch overwriting the SDlogJ mask when a config has
+  ``masked_evaluation`` and ``ndv`` before ``sdlogj`` (their code then fails on a shape mismatch;
+  no shipped config does it).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from learn2reg.io import DataError
@@ -117,17 +130,15 @@ LUMIR24 = Rules(
     roles=("c1", "c2"),
     extras=False,
 )
-LUMIR25 = Rules(
-    **{
-        **LUMIR24.__dict__,
-        "name": "lumir25",
-        "title": "JHU-MedImage-Reg/LUMIR25_L2R25 LUMIR25_Evalution_GC (62d3ae4, LUMIR 2025)",
-        "ndv_mask": "fixed",
-        "high_names": frozenset({"TRE_lm"}),
-        "dice_groups": (("s1", "ID_dice"), ("s2", "OOD_dice"), ("s3", "MM_dice")),
-        "eval_version": "3.0",
-        "roles": ("l1", "s1", "s2", "s3"),
-    }
+LUMIR25 = replace(  # what changed from 2024 (SPEC 3.2)
+    LUMIR24,
+    name="lumir25",
+    title="JHU-MedImage-Reg/LUMIR25_L2R25 LUMIR25_Evalution_GC (62d3ae4, LUMIR 2025)",
+    ndv_mask="fixed",
+    high_names=frozenset({"TRE_lm"}),
+    dice_groups=(("s1", "ID_dice"), ("s2", "OOD_dice"), ("s3", "MM_dice")),
+    eval_version="3.0",
+    roles=("l1", "s1", "s2", "s3"),
 )
 REMIND2REG = Rules(
     name="remind2reg",

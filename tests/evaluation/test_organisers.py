@@ -91,15 +91,18 @@ def differences(ours: Any, theirs: Any, where: str = "", extras: frozenset[str] 
     return [] if ok else [f"{where}: {ours!r} instead of {theirs!r} (relative {abs(ours - theirs) / abs(theirs):.1e})"]
 
 
-def max_relative(ours: Any, theirs: Any) -> float:
-    """Largest relative difference of the finite nonzero numbers (for the parity report)."""
-    if isinstance(theirs, dict):
-        return max([max_relative(ours[k], v) for k, v in theirs.items()], default=0.0)
-    if isinstance(theirs, list):
-        return max([max_relative(a, b) for a, b in zip(ours, theirs, strict=True)], default=0.0)
-    if isinstance(theirs, str) or not math.isfinite(theirs) or theirs == 0:
-        return 0.0
-    return abs(ours - theirs) / abs(theirs)
+def max_difference(ours: Any, theirs: Any) -> tuple[float, float]:
+    """(largest relative difference where theirs is above ATOL in size, largest absolute difference
+    where it is not: round-off around zero), over every finite number (for the parity report)."""
+    if isinstance(theirs, dict | list):
+        pairs = [(ours[k], v) for k, v in theirs.items()] if isinstance(theirs, dict) else list(zip(ours, theirs, strict=True))
+        found = [max_difference(a, b) for a, b in pairs]
+        return max([f[0] for f in found], default=0.0), max([f[1] for f in found], default=0.0)
+    if isinstance(theirs, str) or not math.isfinite(theirs):
+        return 0.0, 0.0
+    if abs(theirs) <= ATOL:
+        return 0.0, abs(ours - theirs)
+    return abs(ours - theirs) / abs(theirs), 0.0
 
 
 def check(run: Run, ours: dict[str, Any]) -> None:
