@@ -201,7 +201,8 @@ def run_child(kind: str, task: Path, sub: Path, workers: int, config: Path | Non
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--task", str(task), "--sub", str(sub), "--workers", str(workers)]
     if config is not None:
         cmd += ["--config", str(config)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # keep e.g. bench/gpu_check.sh's wheels
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True, cwd=REPO)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

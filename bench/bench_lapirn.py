@@ -184,7 +184,8 @@ def run_child(script: Path, spec: dict[str, Any], threads: int, timeout_s: float
     """``python SCRIPT --child JSON`` in a fresh process with ``threads`` OpenMP threads: the last
     JSON line it prints, plus ``wall_s``, or an ``error`` entry (benchmarks measure in children so
     that each case starts cold and alone)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])  # keep e.g. bench/gpu_check.sh's wheels
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=str(threads))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see the module docstring
     cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)]
     started = time.perf_counter()

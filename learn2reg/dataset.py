@@ -7,6 +7,19 @@ The keys (../shared/docs/learn2reg.md section 1): ``name``, ``tensorImageShape {
 pair lists ``registration_val`` / ``registration_test`` (objects with ``fixed`` and ``moving``
 paths), ``training_paired_images``. Paths are relative to the task folder.
 
+The files of the 2024-2026 tasks (../shared/docs/learn2reg-current.md) use the same keys, with these
+differences, all accepted here:
+
+* LUMIR / LUMIR25 list the validation pairs under ``validation`` (no ``registration_val``, no
+  ``test``/``registration_test``), ``training`` entries hold only an ``image``, ``labels`` is ``{}``,
+  counts are ``numTraining`` / ``numValidation``; ``provided_data {"0": ["image"]}``, ``license``.
+* ReMIND2Reg: three modalities (``{"0": "3D iUS", "1": "ceT1", "2": "T2"}``), image-only training.
+* OncoReg / revised ThoraxCBCT: ``training_paired_images``, ``registration_val``,
+  ``registration_test``; point folders ``keypoints01Tr``/``keypoints02Tr`` (found by
+  :meth:`learn2reg.task.Task.pair_points`, not named in the json).
+
+A description lists its validation pairs under exactly one of :data:`VAL_KEYS`.
+
 :func:`check_description` lists every problem of a description (``(severity, message)``) before any
 file is read; :func:`build_description` + :func:`write_description` are how every generator in
 this project (demo tasks, benchmarks) writes one; :mod:`learn2reg.task` reads the folder it describes.
@@ -29,6 +42,14 @@ WARNING = "warning"
 # split -> key of the image lists and of the pair lists
 IMAGE_LISTS = (("train", "training"), ("test", "test"))
 PAIR_LISTS = (("val", "registration_val"), ("test", "registration_test"))
+# The keys a validation pair list may have: the L2R files' and LUMIR's.
+VAL_KEYS = ("registration_val", "validation")
+# Count keys and the list each counts (a mismatch is a warning).
+COUNT_KEYS = (
+    ("numTraining", "training"), ("numTest", "test"), ("numValidation", "validation"),
+    ("numRegistration_val", "registration_val"), ("numRegistration_test", "registration_test"),
+    ("numPairedTraining", "training_paired_images"),
+)
 
 Finding = tuple[str, str]  # (severity, message)
 
@@ -47,6 +68,14 @@ def read_description(path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise DataError(f"{path}: top level must be a JSON object")
     return meta
+
+
+def pair_key(meta: Mapping[str, Any], split: str) -> str | None:
+    """The key holding the pairs of ``split`` ("val", "test") in ``meta``; ``None`` when there is none.
+    Validation pairs: ``registration_val`` (L2R) or ``validation`` (LUMIR), whichever is present
+    (:func:`check_description` refuses a file with both)."""
+    keys = VAL_KEYS if split == "val" else (dict(PAIR_LISTS)[split],)
+    return next((k for k in keys if k in meta), None)
 
 
 def task_name(meta: Mapping[str, Any], path: Path) -> str:
@@ -151,13 +180,32 @@ def check_description(meta: Mapping[str, Any], layout_2020: bool = False) -> lis
     direction = meta.get("registration_direction", {})
     if not isinstance(direction, dict) or not all(_is_int(direction.get(k, 0)) for k in ("fixed", "moving")):
         found.append((ERROR, f"'registration_direction' must be {{\"fixed\": int, \"moving\": int}}, found {direction!r}"))
+    val_keys = [k for k in VAL_KEYS if k in meta]
+    if not val_keys:
+        found.append((ERROR, "required key 'registration_val' (or 'validation', as LUMIR names it) is missing"))
+    elif len(val_keys) > 1:
+        found.append((ERROR, "both 'registration_val' and 'validation' list validation pairs: keep one of them"))
     for key, fields, required in (
         ("training", ("image",), True),
         ("test", ("image",), False),
-        ("registration_val", ("fixed", "moving"), True),
+        *((k, ("fixed", "moving"), True) for k in val_keys),
         ("registration_test", ("fixed", "moving"), False),
+        ("training_paired_images", ("fixed", "moving"), False),
     ):
         found += [(ERROR, m) for m in _check_entries(meta, key, fields, required)]
+    found += _check_counts(meta)
+    return found
+
+
+def _check_counts(meta: Mapping[str, Any]) -> list[Finding]:
+    """``numTraining``, ``numValidation``... against the lists they count (warnings)."""
+    found: list[Finding] = []
+    for count_key, list_key in COUNT_KEYS:
+        count, entries = meta.get(count_key), meta.get(list_key)
+        if count is None or not isinstance(entries, list):
+            continue
+        if not _is_int(count) or int(count) != len(entries):
+            found.append((WARNING, f"'{count_key}' is {count!r} but '{list_key}' has {len(entries)} entries"))
     return found
 
 
@@ -181,12 +229,22 @@ def build_description(
     test: Sequence[Mapping[str, str]] = (),
     registration_test: Sequence[Mapping[str, str]] = (),
     training_paired_images: Sequence[Mapping[str, str]] | None = None,
+    val_key: str = "registration_val",
     **about: Any,
 ) -> dict[str, Any]:
     """A complete description with the official keys and counts. ``training`` entries are
     ``{"image": "./imagesTr/...", "label": ...}``; pairs ``{"fixed": path, "moving": path}``.
-    ``training_paired_images`` (intra-patient tasks) sets ``pairings: paired`` and the direction
-    fixed 0 / moving 1. ``about``: free keys such as ``description``, ``reference``, ``licence``, ``release``."""
+    ``training_paired_images`` (intra-patient tasks: ReMIND2Reg, OncoReg, ThoraxCBCT) sets
+    ``pairings: paired`` and the direction fixed 0 / moving 1. ``about``: free keys such as
+    ``description``, ``reference``, ``licence`` / ``license``, ``release``.
+
+    ``val_key``: ``"registration_val"`` (the L2R files: also ``test``, ``registration_test`` and
+    their counts) or ``"validation"`` (LUMIR's file: the pairs under ``validation`` with
+    ``numValidation``, no test lists)."""
+    if val_key not in VAL_KEYS:
+        raise ValueError(f"val_key must be one of {VAL_KEYS}, got {val_key!r}")
+    if val_key == "validation" and (test or registration_test):
+        raise ValueError("a LUMIR-style description ('validation') has no test lists")
     modality = dict(modality or {"0": "MR"})
     provided = {m: sorted({k for e in training if _modality(e["image"]) == m for k in e}) for m in modality}
     meta: dict[str, Any] = {
@@ -199,14 +257,20 @@ def build_description(
         "modality": modality,
         "labels": {"0": {str(k): v for k, v in label_names.items()}} if label_names else {},
         "numTraining": len(training),
-        "numTest": len(test),
-        "training": [dict(e) for e in training],
-        "test": [dict(e) for e in test],
-        "numRegistration_val": len(registration_val),
-        "registration_val": [dict(p) for p in registration_val],
-        "numRegistration_test": len(registration_test),
-        "registration_test": [dict(p) for p in registration_test],
     }
+    if val_key == "validation":
+        meta.update(training=[dict(e) for e in training], numValidation=len(registration_val),
+                    validation=[dict(p) for p in registration_val])
+    else:
+        meta.update(
+            numTest=len(test),
+            training=[dict(e) for e in training],
+            test=[dict(e) for e in test],
+            numRegistration_val=len(registration_val),
+            registration_val=[dict(p) for p in registration_val],
+            numRegistration_test=len(registration_test),
+            registration_test=[dict(p) for p in registration_test],
+        )
     if training_paired_images is not None:
         meta["registration_direction"] = {"fixed": 0, "moving": 1}
         meta["numPairedTraining"] = len(training_paired_images)

@@ -17,6 +17,23 @@ works on a split reports the pairs it cannot read instead of skipping them.
 Pairs may name images that lie in the task's image folders but are not listed under
 ``training`` (held-out subjects; the official evaluator reads files by path): such an image
 becomes a case with ``listed=False``, usable for prediction and evaluation but never trained on.
+
+The 2024-2026 tasks (../shared/docs/learn2reg-current.md) read into the same model:
+
+* LUMIR / LUMIR25: validation pairs under ``validation`` between images of ``imagesVal/``
+  (never listed: cases with ``split="val"``), image-only training, the image prefix
+  ``LUMIRMRI`` (not the task name), multi-contrast pairs whose moving image is ``_0001``; the
+  landmarks are label *volumes* ``landmarksVal/{stem}.nii.gz`` (blob ids, 0 = background):
+  :attr:`Case.landmark_volume`, apart from the CSV :attr:`Case.landmarks`.
+* ReMIND2Reg: fixed ultrasound ``_0000``, moving ceT1 ``_0001`` and T2 ``_0002``, no training
+  annotations, landmark CSVs for the validation cases only.
+* OncoReg / revised ThoraxCBCT: pairs fixed ``_0001``/``_0002`` <- moving ``_0000`` with their
+  keypoints in ``keypoints01Tr``/``keypoints02Tr``: one image has different points per pair, so
+  points are looked up per pair (:meth:`Task.pair_points`).
+
+Case ids are ``SSSS_MMMM`` from the end of the file name, whatever the prefix. Which
+organisers' rule set (evaluator, file names) a folder follows is :attr:`Task.rules`
+(:func:`learn2reg.editions.rules_for`).
 """
 
 from __future__ import annotations
@@ -24,9 +41,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 
 from learn2reg import dataset
+from learn2reg.editions import point_folders, rules_for
 from learn2reg.io import DataError
 
 
@@ -40,6 +59,8 @@ class Layout(StrEnum):
 # Case field -> sibling folder stem ("labelsTr" / "labels", ...).
 SIBLINGS = {"label": "labels", "mask": "masks", "keypoints": "keypoints", "landmarks": "landmarks"}
 POINT_KINDS = ("keypoints", "landmarks")
+# LUMIR's landmarks: label volumes in the landmarks folder, under the image's own name.
+VOLUME_KIND = "landmark_volume"
 _CASE_RE = re.compile(r"(\d{4})_(\d{4})\.nii\.gz$")
 
 
@@ -52,9 +73,12 @@ class Case:
     label: Path | None = None
     mask: Path | None = None
     keypoints: Path | None = None
-    landmarks: Path | None = None
-    split: str = "train"  # "train" | "test"
+    landmarks: Path | None = None  # CSV points (N x 3 voxel coordinates)
+    split: str = "train"  # "train" | "val" (an imagesVal/ image) | "test"
     listed: bool = True  # False: named only by a registration pair, not by training/test
+    # LUMIR: landmarks as a label volume (blob ids 1..K, 0 = background) on the image's grid,
+    # ``landmarksVal/{stem}.nii.gz``; the organisers' TRE compares the blobs' centroids.
+    landmark_volume: Path | None = None
 
     @property
     def subject(self) -> str:
@@ -94,6 +118,7 @@ class Task:
     intra_patient: bool
     problems: tuple[str, ...] = field(default=())
     pair_problems: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> unreadable pair entries
+    pair_keys: dict[str, str] = field(default_factory=dict)  # split -> the json key of its pairs ("validation"...)
 
     def split_problems(self, split: str) -> tuple[str, ...]:
         """Pair entries of ``split`` ("val", "test") that could not be read (file, entry, reason)."""
@@ -118,6 +143,30 @@ class Task:
             return self.pairs.get("train", ())
         ids = sorted(self.training)
         return tuple(Pair(f, m) for f in ids for m in ids if f != m)
+
+    @cached_property
+    def rules(self) -> str:
+        """The organisers' rule set this folder follows (:func:`learn2reg.editions.rules_for`)."""
+        return rules_for(self)
+
+    @property
+    def image_prefixes(self) -> tuple[str, ...]:
+        """The file name prefixes of the images (``LUMIRMRI``, ``ReMIND2Reg``...), sorted."""
+        found = (_CASE_RE.search(c.image.name) for c in self.cases.values())
+        return tuple(sorted({m.string[: m.start()].rstrip("_") for m in found if m is not None}))
+
+    def pair_points(self, pair: Pair, kind: str, rules: str | None = None) -> tuple[Path | None, Path | None]:
+        """The point files (``kind``: keypoints | landmarks) of a pair, fixed and moving; ``None``
+        for a file that is not there. Between modalities other than equal or ``0000 -> 0001`` a
+        folder named after both modalities is looked for first (:func:`point_folders`: OncoReg's
+        ``keypoints01Tr``, the L2R evaluator's ``keypoints00000001Tr``); a folder of which one of
+        the pair's files exists is returned as it is, so a missing partner is reported, not masked."""
+        fixed, moving = self.case(pair.fixed), self.case(pair.moving)
+        for folder in point_folders(kind, fixed.modality, moving.modality, rules or self.rules):
+            f, m = derived_path(fixed.image, folder, points=True), derived_path(moving.image, folder, points=True)
+            if f.is_file() or m.is_file():
+                return (f if f.is_file() else None), (m if m.is_file() else None)
+        return getattr(fixed, kind), getattr(moving, kind)
 
 
 def load_task(root: str | Path) -> Task:
@@ -164,32 +213,49 @@ def _case_id(path: Path) -> str:
     return f"{match[1]}_{match[2]}"
 
 
-def derived_path(image: Path, kind: str) -> Path:
-    """The official naming rule for a sibling file of an image: replace 'images' by kind (and .nii.gz by .csv for points)."""
+def derived_path(image: Path, kind: str, points: bool | None = None) -> Path:
+    """The official naming rule for a sibling file of an image: replace 'images' by ``kind`` in
+    the folder name, and ``.nii.gz`` by ``.csv`` for point files (``points``; default: ``kind``
+    is one of :data:`POINT_KINDS`). ``points=False`` with ``"landmarks"``: LUMIR's label volume."""
     parent = image.parent.name.replace("images", kind)
     name = image.name
-    if kind in POINT_KINDS:
+    if kind in POINT_KINDS if points is None else points:
         name = name.replace(".nii.gz", ".csv")
     return image.parent.parent / parent / name
+
+
+def _siblings(root: Path, image: Path, entry: dict, problems: list[str], where: str) -> dict[str, Path | None]:
+    """A case's label, mask, point files and landmark volume: the entry's paths, else the files
+    that exist under the official names. A ``landmarks`` path ending in ``.nii.gz`` is a volume."""
+    extra: dict[str, Path | None] = {}
+    for key, kind in SIBLINGS.items():
+        if key in entry:
+            path = _inside(root, str(entry[key]), problems, f"{where} ({key})")
+            if key == "landmarks" and str(entry[key]).endswith(".nii.gz"):
+                extra[VOLUME_KIND] = path
+                continue
+            extra[key] = path
+        else:
+            derived = derived_path(image, kind)
+            extra[key] = derived if derived.exists() else None
+    if VOLUME_KIND not in extra:
+        volume = derived_path(image, "landmarks", points=False)
+        extra[VOLUME_KIND] = volume if volume.exists() else None
+    extra.setdefault("landmarks", None)
+    return extra
 
 
 def _l2r_case(root: Path, entry: dict, split: str, problems: list[str], where: str) -> Case | None:
     image = _inside(root, str(entry.get("image", "")), problems, f"{where} (image)")
     if image is None:
         return None
-    extra: dict[str, Path | None] = {}
-    for key, kind in SIBLINGS.items():
-        if key in entry:
-            extra[key] = _inside(root, str(entry[key]), problems, f"{where} ({key})")
-        else:
-            derived = derived_path(image, kind)
-            extra[key] = derived if derived.exists() else None
+    extra = _siblings(root, image, entry, problems, where)
     try:
         case_id = _case_id(image)
     except DataError as exc:
         problems.append(str(exc))
         return None
-    return Case(case_id, image, split=split, **extra)  # type: ignore[arg-type]  # extra: the Path | None fields
+    return Case(case_id, image, split=split, listed=True, **extra)
 
 
 def _load_l2r(root: Path, json_path: Path) -> Task:
@@ -207,7 +273,11 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
                     training.append(case.case_id)
     pairs: dict[str, tuple[Pair, ...]] = {}
     pair_problems: dict[str, tuple[str, ...]] = {}
-    for split, key in dataset.PAIR_LISTS:
+    pair_keys: dict[str, str] = {}
+    for split, default in dataset.PAIR_LISTS:
+        key = dataset.pair_key(meta, split) or default
+        if key in meta:
+            pair_keys[split] = key
         found, mine = [], []
         for i, entry in enumerate(meta.get(key, []) or []):
             where = f"{json_path.name} {key}[{i}]"
@@ -224,8 +294,8 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
                 mine.append(f"{where}: {exc}")
                 continue
             for case_id, path in zip(ids, paths, strict=True):
-                if case_id not in cases:  # named by the pair only (e.g. a held-out subject in imagesTr)
-                    cases[case_id] = _unlisted_case(case_id, path)
+                if case_id not in cases:  # named by the pair only (a held-out subject in imagesTr, LUMIR's imagesVal)
+                    cases[case_id] = _unlisted_case(root, case_id, path)
             found.append(Pair(*ids))
         pairs[split] = tuple(found)
         pair_problems[split] = tuple(mine)
@@ -246,14 +316,17 @@ def _load_l2r(root: Path, json_path: Path) -> Task:
         intra_patient=intra,
         problems=tuple(problems),
         pair_problems=pair_problems,
+        pair_keys=pair_keys,
     )
 
 
-def _unlisted_case(case_id: str, image: Path) -> Case:
-    """A case named only by a registration pair: its siblings by the official naming rule."""
-    extra = {key: derived_path(image, kind) for key, kind in SIBLINGS.items()}
-    split = "test" if image.parent.name.endswith("Ts") else "train"
-    return Case(case_id, image, split=split, listed=False, **{k: v if v.exists() else None for k, v in extra.items()})
+def _unlisted_case(root: Path, case_id: str, image: Path) -> Case:
+    """A case named only by a registration pair: its siblings by the official naming rule; its
+    split from its folder (``imagesTs`` test, ``imagesVal`` val, else train)."""
+    extra = _siblings(root, image, {}, [], "")
+    folder = image.parent.name
+    split = "test" if folder.endswith("Ts") else "val" if folder.endswith("Val") else "train"
+    return Case(case_id, image, split=split, listed=False, **extra)
 
 
 def _paired_training(meta: dict, training: list[str]) -> tuple[Pair, ...]:

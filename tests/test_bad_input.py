@@ -22,6 +22,7 @@ from learn2reg.contract import disp_filename_l2r
 from learn2reg.io import Geometry, load_nifti, save_nifti
 from pipeline.cli import main
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
+from tests.learn2reg.test_task_current import CASES, remind_task
 from tests.pipeline.training.test_train import FAST, SHAPE, make_blob_task, trained_blob_run
 
 VAL_FIELD = disp_filename_l2r("0004_0000", "0005_0000")
@@ -330,3 +331,63 @@ def _config(tmp_path: Path, **sections) -> Path:
     path = tmp_path / f"cfg{len(os.listdir(tmp_path))}.json"
     path.write_text(json.dumps(raw))
     return path
+
+
+# ------------------------------------------------------------------- 4. the layouts of 2024-2026
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``root`` with its size and modification time (to see that nothing is written)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def _lumir(tmp_path: Path, edit=None) -> Path:
+    """A copy of the organisers' LUMIR 2024 parity case, its LUMIR_dataset.json passed through ``edit(meta)``."""
+    root = tmp_path / "LUMIR"
+    shutil.copytree(CASES / "lumir24", root, ignore=shutil.ignore_patterns("disp"))
+    if edit is not None:
+        meta = json.loads((root / "LUMIR_dataset.json").read_text())
+        edit(meta)
+        (root / "LUMIR_dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def _validate_fails(capsys, root: Path, *expected: str) -> None:
+    """``validate`` exits 1, names every ``expected`` text, and writes nothing."""
+    before = _snapshot(root)
+    code, out, err = run(capsys, "validate", "--no-progress", str(root))
+    assert code == 1 and out == "" and err.strip().splitlines()[-1].startswith(f"FAILED {root}: ")
+    for text in expected:
+        assert text in err, err
+    assert _snapshot(root) == before
+
+
+def test_a_lumir_validation_pair_naming_a_missing_image(tmp_path, capsys):
+    root = _lumir(tmp_path, lambda m: m["validation"][2].update(moving="./imagesVal/LUMIRMRI_3999_0000.nii.gz"))
+    missing = root.resolve() / "imagesVal" / "LUMIRMRI_3999_0000.nii.gz"
+    _validate_fails(capsys, root, f"{missing}: image of case 3999_0000 not found (named by LUMIR_dataset.json validation "
+                                  "pair 3457_0000<--3999_0000)")
+
+
+def test_a_lumir_landmark_volume_on_another_grid(tmp_path, capsys):
+    root = _lumir(tmp_path)
+    volume = root / "landmarksVal" / "LUMIRMRI_3486_0000.nii.gz"
+    data, geometry = load_nifti(volume, dtype=None)
+    save_nifti(volume, data[:, :, :-2], Geometry.identity((20, 24, 18)))
+    _validate_fails(capsys, root, f"{volume.resolve()}: landmark volume shape (20, 24, 18) differs from its image's shape (20, 24, 20)")
+
+
+def test_a_remind2reg_pair_missing_its_moving_t2_image(tmp_path, capsys):
+    root = remind_task(tmp_path)
+    shutil.rmtree(root / "masksTr")  # the parity case's masks hold 2s on purpose
+    t2 = root.resolve() / "imagesTr" / "ReMIND2Reg_0100_0002.nii.gz"
+    t2.unlink()
+    _validate_fails(capsys, root, f"{t2}: image of case 0100_0002 not found")
+
+
+def test_a_lumir_training_entry_escaping_the_folder(tmp_path, capsys):
+    root = _lumir(tmp_path, lambda m: m["training"][1].update(image="../outside/LUMIRMRI_0001_0000.nii.gz"))
+    escapes = "(image): path '../outside/LUMIRMRI_0001_0000.nii.gz' escapes the task folder"
+    _validate_fails(capsys, root, f"{root.resolve() / 'LUMIR_dataset.json'}: training[1] {escapes}")
+    code, _, err = run(capsys, "train", "--data", str(root), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"))
+    assert code == 1 and f"LUMIR_dataset.json training[1] {escapes}" in err and not (tmp_path / "run").exists()

@@ -14,7 +14,16 @@ anything is reported, so one run names every problem at once, each with its file
 * registration pairs listed twice in a split, or in both the val and the test split (warnings);
 * point files (``N x 3`` voxel coordinates): column count, numbers, points outside the image
   extent ``[-0.5, s - 0.5]`` per axis (voxel centres are ``0 .. s-1``), and equal row counts
-  for the fixed and moving file of every evaluated pair.
+  for the fixed and moving file of every evaluated pair (the pair's own folder where the task
+  has one: OncoReg's ``keypoints01Tr``, :meth:`learn2reg.task.Task.pair_points`);
+* LUMIR's landmark volumes (``landmarksVal/*.nii.gz``) as label maps on their image's grid;
+  landmark ids of a pair's fixed volume that its moving volume lacks (warning: the organisers'
+  TRE is NaN then).
+
+The layouts of 2024-2026 (LUMIR, LUMIR25, ReMIND2Reg, OncoReg) are accepted as shipped: images
+of ``imagesVal/`` named only by ``validation`` pairs, training without any annotation and
+ground truth for the evaluated images only are normal, not problems. A clean task's OK line is
+followed by what it provides per split (:func:`pipeline.data.summary.provides`).
 
 Only one volume is held in memory at a time. Warnings (e.g. no ``tensorImageShape``) are
 listed but do not make the check fail.
@@ -35,8 +44,9 @@ import numpy as np
 from learn2reg.io import DataError, Geometry, load_nifti, read_points
 from learn2reg.progress import progress as progress_bar
 from learn2reg.segmentation import label_problems, mask_problems
-from learn2reg.task import POINT_KINDS, SIBLINGS, Case, Layout, Pair, Task, derived_path, load_task
+from learn2reg.task import POINT_KINDS, SIBLINGS, VOLUME_KIND, Case, Layout, Pair, Task, derived_path, load_task
 from pipeline.data.description import WARNING, Problem, check_description, problem_from_text
+from pipeline.data.summary import provides
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +114,25 @@ def _check_image(path: Path, task: Task, found: list[Problem]) -> tuple[tuple[in
     return data.shape, geometry
 
 
-def _check_segmentation(path: Path, kind: str, image: tuple[tuple[int, ...], Geometry] | None, found: list[Problem]) -> None:
-    """Label maps: non-negative integers; masks: exactly {0, 1} (``learn2reg.segmentation``);
-    both: the image's grid (shape, then spacing, direction and origin within tolerance)."""
+def _check_segmentation(
+    path: Path, kind: str, image: tuple[tuple[int, ...], Geometry] | None, found: list[Problem]
+) -> np.ndarray | None:
+    """Label maps (and landmark volumes): non-negative integers; masks: exactly {0, 1}
+    (``learn2reg.segmentation``); all: the image's grid (shape, then spacing, direction and
+    origin within tolerance). Returns the landmark ids (non-zero values) of a readable, valid
+    landmark volume, else None."""
     loaded = _load(path, found)
     if loaded is None:
-        return
+        return None
     data, geometry = loaded
     if image is not None:
         found += [Problem(path, m) for m in grid_differences(kind, (data.shape, geometry), image)]
-    found += [Problem(path, m) for m in (mask_problems(data) if kind == "mask" else label_problems(data))]
+    wrong = mask_problems(data) if kind == "mask" else label_problems(data)
+    found += [Problem(path, m) for m in wrong]
+    if kind != "landmark volume" or wrong:
+        return None
+    values = np.unique(data)
+    return values[values != 0]
 
 
 def _vector(values: tuple[float, ...]) -> str:
@@ -159,54 +178,85 @@ def _check_points(path: Path, image_shape: tuple[int, ...] | None, found: list[P
     return len(points)
 
 
-def _check_case(case: Case, task: Task, found: list[Problem], counts: dict[tuple[str, str], int]) -> None:
+# What _check_case learnt of each file, for the pair checks: point rows, landmark ids.
+Seen = dict[Path, int | np.ndarray]
+
+
+def _check_case(case: Case, task: Task, found: list[Problem], seen: Seen, shapes: dict[str, tuple[int, ...]]) -> None:
     """Every file of one case; one volume in memory at a time."""
     image = None
     if not case.image.is_file():
-        found.append(Problem(case.image, f"image of case {case.case_id} not found"))
+        found.append(Problem(case.image, f"image of case {case.case_id} not found" + _named_by(task, case)))
     else:
         image = _check_image(case.image, task, found)
-    for kind in ("label", "mask", *POINT_KINDS):
+        if image is not None:
+            shapes[case.case_id] = image[0]
+    for kind in ("label", "mask", *POINT_KINDS, VOLUME_KIND):
         path = getattr(case, kind)
+        name = "landmark volume" if kind == VOLUME_KIND else kind
         if path is None:
             continue
         if not path.is_file():
-            found.append(Problem(path, f"{kind} file of case {case.case_id} not found"))
+            found.append(Problem(path, f"{name} file of case {case.case_id} not found"))
         elif kind in POINT_KINDS:
             rows = _check_points(path, image[0] if image is not None else None, found)
             if rows is not None:
-                counts[(case.case_id, kind)] = rows
+                seen[path] = rows
         else:
-            _check_segmentation(path, kind, image, found)
+            ids = _check_segmentation(path, name, image, found)
+            if kind == VOLUME_KIND and ids is not None:
+                seen[path] = ids
+                if not ids.size:
+                    found.append(Problem(path, "landmark volume holds no landmark (only 0)", WARNING))
+
+
+def _named_by(task: Task, case: Case) -> str:
+    """`` (named by X_dataset.json validation pair F<--M)`` for a case that only a pair names."""
+    if case.listed or task.layout == Layout.L2R2020:
+        return ""
+    for split, pairs in task.pairs.items():
+        for pair in pairs:
+            if case.case_id in (pair.fixed, pair.moving):
+                key = task.pair_keys.get(split, split)
+                return f" (named by {_pair_source(task, split).name} {key} pair {pair.key})"
+    return ""
 
 
 def check_unlisted(task: Task) -> list[Problem]:
     """Current layout: a sibling folder (``labelsTr`` ...) with files for some images of a
-    folder but not for others, where the json does not list them (warning, one per folder)."""
+    folder but not for others (warning, one per folder). Files for exactly the images of the
+    evaluated pairs are no gap: that is how ReMIND2Reg and LUMIR ship their ground truth."""
     if task.layout == Layout.L2R2020:  # there, an existing sibling folder makes files required
         return []
+    evaluated = {c for split in ("val", "test") for pair in task.pairs.get(split, ()) for c in (pair.fixed, pair.moving)}
+    kinds = {**SIBLINGS, VOLUME_KIND: "landmarks"}
     groups: dict[tuple[Path, str], list[Case]] = {}
     for case in task.cases.values():
-        for key, kind in SIBLINGS.items():
-            groups.setdefault((derived_path(case.image, kind).parent, key), []).append(case)
+        for key, kind in kinds.items():
+            folder = derived_path(case.image, kind, points=False if key == VOLUME_KIND else None).parent
+            groups.setdefault((folder, key), []).append(case)
     found = []
     for (folder, key), cases in sorted(groups.items()):
         missing = sorted(c.case_id for c in cases if getattr(c, key) is None)
+        if set(missing) == {c.case_id for c in cases if c.case_id not in evaluated}:
+            continue  # ground truth for the evaluated images only
         if folder.is_dir() and 0 < len(missing) < len(cases):
+            what = "landmark volume" if key == VOLUME_KIND else key
             found.append(
-                Problem(folder, f"no {key} file for {len(missing)} of {len(cases)} images (e.g. {', '.join(missing[:3])})", WARNING)
+                Problem(folder, f"no {what} file for {len(missing)} of {len(cases)} images (e.g. {', '.join(missing[:3])})", WARNING)
             )
     return found
 
 
 def check_pair_only_images(task: Task) -> list[Problem]:
     """Images that registration pairs name but ``training``/``test`` do not list (held-out
-    subjects; the official evaluator reads them by path): a warning, once per image, when present."""
+    subjects; the official evaluator reads them by path): a warning, once per image, when present.
+    Images of ``imagesVal/`` (LUMIR: listed by ``validation`` pairs only) are never listed: no warning."""
     return [
         Problem(case.image, f"named by a registration pair but not listed in {_pair_source(task, 'val').name} "
                             "training/test: used for prediction and evaluation, never for training", WARNING)
         for case_id, case in sorted(task.cases.items())
-        if not case.listed and case.image.is_file()
+        if not case.listed and case.split != "val" and case.image.is_file()
     ]
 
 
@@ -237,8 +287,9 @@ def check_duplicate_pairs(task: Task) -> list[Problem]:
     return found
 
 
-def _check_pair(task: Task, pair: Pair, split: str, counts: dict[tuple[str, str], int]) -> list[Problem]:
-    """Known cases, and matching fixed/moving point files (row i corresponds to row i)."""
+def _check_pair(task: Task, pair: Pair, split: str, seen: Seen, shapes: dict[str, tuple[int, ...]]) -> list[Problem]:
+    """Known cases, matching fixed/moving point files (row i corresponds to row i), landmark
+    volumes on both sides with the fixed ids present in the moving one."""
     unknown = [role for role, cid in (("fixed", pair.fixed), ("moving", pair.moving)) if cid not in task.cases]
     if unknown:
         source = _pair_source(task, split)
@@ -246,17 +297,44 @@ def _check_pair(task: Task, pair: Pair, split: str, counts: dict[tuple[str, str]
             Problem(source, f"{split} pair {pair.key}: {role} case is not an image of the task (not listed in training/test)")
             for role in unknown
         ]
-    found = []
-    fixed, moving = task.cases[pair.fixed], task.cases[pair.moving]
+    found: list[Problem] = []
     for kind in POINT_KINDS:
-        f_path, m_path = getattr(fixed, kind), getattr(moving, kind)
-        if (f_path is None) != (m_path is None):
-            have, lack = (f_path, "moving") if f_path is not None else (m_path, "fixed")
-            found.append(Problem(have, f"{split} pair {pair.key}: the {lack} case has no {kind} file", WARNING))
-        n_f, n_m = counts.get((pair.fixed, kind)), counts.get((pair.moving, kind))
-        if n_f is not None and n_m is not None and n_f != n_m:
-            found.append(Problem(f_path, f"{split} pair {pair.key}: {n_f} {kind} rows, but moving file {m_path} has {n_m}"))
-    return found
+        f_path, m_path = task.pair_points(pair, kind)
+        for path, role in ((f_path, pair.fixed), (m_path, pair.moving)):
+            own = getattr(task.cases[role], kind)  # checked with its case already
+            if path is not None and path != own and path not in seen and path.is_file():  # the pair's folder (keypoints01Tr)
+                rows = _check_points(path, shapes.get(role), found)
+                if rows is not None:
+                    seen[path] = rows
+        found += _one_sided(f_path, m_path, f"{split} pair {pair.key}", f"{kind} file")
+        if f_path is not None and m_path is not None:
+            n_f, n_m = seen.get(f_path), seen.get(m_path)
+            if isinstance(n_f, int) and isinstance(n_m, int) and n_f != n_m:
+                found.append(Problem(f_path, f"{split} pair {pair.key}: {n_f} {kind} rows, but moving file {m_path} has {n_m}"))
+    return found + _check_volume_pair(task, pair, split, seen)
+
+
+def _one_sided(f_path: Path | None, m_path: Path | None, where: str, what: str) -> list[Problem]:
+    """A warning when only one image of a pair has a ground-truth file of a kind."""
+    if f_path is not None and m_path is None:
+        return [Problem(f_path, f"{where}: the moving case has no {what}", WARNING)]
+    if f_path is None and m_path is not None:
+        return [Problem(m_path, f"{where}: the fixed case has no {what}", WARNING)]
+    return []
+
+
+def _check_volume_pair(task: Task, pair: Pair, split: str, seen: Seen) -> list[Problem]:
+    """LUMIR's landmark volumes: both images have one, and the moving one has every fixed id."""
+    f_path, m_path = task.cases[pair.fixed].landmark_volume, task.cases[pair.moving].landmark_volume
+    if f_path is None or m_path is None:
+        return _one_sided(f_path, m_path, f"{split} pair {pair.key}", "landmark volume")
+    f_ids, m_ids = seen.get(f_path), seen.get(m_path)
+    if isinstance(f_ids, np.ndarray) and isinstance(m_ids, np.ndarray):
+        absent = np.setdiff1d(f_ids, m_ids)
+        if absent.size:
+            return [Problem(m_path, f"{split} pair {pair.key}: landmark id(s) {absent[:5].tolist()} of the fixed volume "
+                                    f"{f_path.name} are absent here (the organisers' TRE is NaN for this pair)", WARNING)]
+    return []
 
 
 def _pairs_to_check(task: Task) -> Iterable[tuple[str, Pair]]:
@@ -295,15 +373,16 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
     found += [p for p in check_symlinks(root) if str(p.path) not in named]
     if task.layout == Layout.L2R2020:
         found += [Problem(root / name, f"not found: {why}", WARNING) for name, why in _OPTIONAL_2020 if not (root / name).exists()]
-    counts: dict[tuple[str, str], int] = {}
+    seen: Seen = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for case_id in progress_bar(sorted(task.cases), desc=f"validate {task.name}", unit="case", enabled=progress, logger=log):
         log.debug("checking case %s", case_id)
-        _check_case(task.cases[case_id], task, found, counts)
+        _check_case(task.cases[case_id], task, found, seen, shapes)
     found += check_unlisted(task)
     found += check_pair_only_images(task)
     found += check_duplicate_pairs(task)
     for split, pair in _pairs_to_check(task):
-        found += _check_pair(task, pair, split, counts)
+        found += _check_pair(task, pair, split, seen, shapes)
     return found
 
 
@@ -316,7 +395,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Problems go to stderr, one per line; one OK line per clean task on stdout.
+    """Problems go to stderr, one per line; one OK line per clean task on stdout, followed by
+    what the task provides per split (indented; :func:`pipeline.data.summary.provides`).
     Exit 1 if any task has an error (warnings alone do not fail)."""
     failed = 0
     for task_dir in args.task_dirs:
@@ -330,4 +410,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"FAILED {task_dir}: {errors} problem(s), {warnings} warning(s)", file=sys.stderr)
         else:
             print(f"OK {task_dir}" + (f" ({warnings} warning(s))" if warnings else ""))
+            print("\n".join(f"  {line}" for line in provides(load_task(task_dir))))
     return 1 if failed else 0

@@ -19,6 +19,13 @@ The last subjects of each task are held out for the validation pairs (they stay 
 ``training``, as in the official files). Every task folder is written into a temporary
 sibling and renamed into place, so a folder is either complete or absent; an existing folder
 is replaced only if it was written by this command (it carries ``demo_data.json``).
+
+Two more tasks mirror the layouts of 2024-2026 (:mod:`pipeline.demo.current`): ``LUMIR``
+(``DemoLUMIR``, layout ``lumir``) and ``ReMIND`` (``DemoReMIND2Reg``, layout ``remind2reg``, an
+ultrasound-like fixed image against ceT1/T2). Each task has its own layout: T1-T4 are written in
+``l2r`` (or ``l2r2020`` when asked), LUMIR and ReMIND only in theirs. ``--layout lumir`` alone
+writes LUMIR, ``--layout remind2reg`` ReMIND, ``--tasks LUMIR,ReMIND`` both; without either
+option the four T tasks are written, as before.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +48,7 @@ from learn2reg import dataset
 from learn2reg.eval_config import build_config
 from learn2reg.io import DataError, Geometry, atomic_open, float3, read_json, save_nifti, write_json, write_points
 from learn2reg.task import Layout
+from pipeline.demo.current import CURRENT, LAYOUT_TASKS
 from pipeline.demo.phantom_abdomen import LABELS as ABDOMEN_LABELS
 from pipeline.demo.phantom_abdomen import abdomen_subject
 from pipeline.demo.phantom_brain import curious_subject
@@ -246,6 +255,15 @@ def write_task(task: DemoTask, root: Path, layout: str = Layout.L2R) -> None:
     write_json(root / MARKER, marker)
 
 
+def write_current(key: str, made: Any, root: Path) -> None:
+    """Write a generated task of the current layouts (``CURRENT[key].generate``'s result) and its marker."""
+    current = CURRENT[key]
+    extra = current.write(made, root)
+    marker = {"generator": "pipeline.demo.current", "version": VERSION, "task": key, "seed": made.seed,
+              "layout": current.spec.layout, "spacing": list(current.spec.spacing), **extra}
+    write_json(root / MARKER, marker)
+
+
 @contextmanager
 def _staged(target: Path) -> Iterator[Path]:
     """Yield an empty temporary sibling of ``target``; on success it replaces ``target``."""
@@ -276,25 +294,50 @@ def _check_replaceable(target: Path) -> None:
         read_json(target / MARKER)  # a corrupt marker is reported, not silently trusted
 
 
+LAYOUTS = (Layout.L2R, Layout.L2R2020, *LAYOUT_TASKS)  # the --layout choices
+KEYS = {key.upper(): key for key in (*SPEC_BY_KEY, *CURRENT)}  # --tasks, case-insensitive
+
+
 def parse_tasks(text: str | Sequence[str]) -> tuple[str, ...]:
-    """``"T1,T3"`` (or a sequence) -> ``("T1", "T3")``; ``DataError`` for unknown keys."""
+    """``"T1,T3"`` (or a sequence) -> ``("T1", "T3")``; ``"lumir"`` -> ``("LUMIR",)``;
+    ``DataError`` for unknown keys."""
     keys = [k.strip().upper() for k in (text.split(",") if isinstance(text, str) else text) if k.strip()]
-    unknown = [k for k in keys if k not in SPEC_BY_KEY]
+    unknown = [k for k in keys if k not in KEYS]
     if unknown or not keys:
-        raise DataError(f"--tasks: unknown or empty task list {unknown or text!r} (choose from {','.join(SPEC_BY_KEY)})")
-    return tuple(dict.fromkeys(keys))
+        raise DataError(f"--tasks: unknown or empty task list {unknown or text!r} (choose from {','.join(KEYS.values())})")
+    return tuple(dict.fromkeys(KEYS[k] for k in keys))
+
+
+def _resolve(layout: str | None, tasks: str | Sequence[str] | None) -> list[tuple[str, str]]:
+    """(task key, layout) for every task to write: ``layout`` None = each task's own layout;
+    ``tasks`` None = T1-T4, or the one task of a current layout (``lumir`` -> LUMIR)."""
+    if layout is not None and layout not in LAYOUTS:
+        raise DataError(f"--layout: unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
+    if tasks is None:
+        tasks = (LAYOUT_TASKS[layout],) if layout in LAYOUT_TASKS else tuple(SPEC_BY_KEY)
+    resolved = []
+    for key in parse_tasks(tasks):
+        own = CURRENT[key].spec.layout if key in CURRENT else None
+        if own is not None and layout not in (None, own):
+            raise DataError(f"--tasks {key}: written in its own layout {own!r} only, not {layout!r}")
+        if own is None and layout in LAYOUT_TASKS:
+            raise DataError(f"--tasks {key}: layout {layout!r} holds task {LAYOUT_TASKS[layout]} only; {key} is written in "
+                            f"{Layout.L2R} or {Layout.L2R2020}")
+        resolved.append((key, own or layout or Layout.L2R))
+    return resolved
 
 
 def write_demo(
-    out: Path, seed: int = 0, layout: str = Layout.L2R, tasks: Sequence[str] = ("T1", "T2", "T3", "T4"), subjects: int | None = None
+    out: Path, seed: int = 0, layout: str | None = None, tasks: str | Sequence[str] | None = None, subjects: int | None = None
 ) -> list[Path]:
     """Generate and write the demo tasks under ``out``; returns the task folders written.
 
-    ``out/<name>`` (layout ``l2r``) or ``out/task_0T`` (``l2r2020``). ``subjects`` overrides
-    the number of subjects per task (tests; at least the held-out count + 1).
+    ``out/<name>`` (layouts ``l2r``, ``lumir``, ``remind2reg``) or ``out/task_0T`` (``l2r2020``);
+    ``layout`` and ``tasks`` combine as :func:`_resolve` says. ``subjects`` overrides the number of
+    subjects per task (tests; T tasks: at least the held-out count + 1; LUMIR: training images,
+    ReMIND: training patients).
     """
-    if layout not in (Layout.L2R, Layout.L2R2020):
-        raise DataError(f"--layout: unknown layout {layout!r} (choose from {Layout.L2R}, {Layout.L2R2020})")
+    todo = _resolve(layout, tasks)
     if int(seed) < 0:
         raise DataError(f"--seed: must be >= 0, got {seed}")
     out = Path(out)
@@ -302,15 +345,21 @@ def write_demo(
         raise DataError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for key in parse_tasks(tasks):
-        spec = SPEC_BY_KEY[key]
-        target = out / (spec.name if layout == Layout.L2R else spec.folder_2020)
+    for key, task_layout in todo:
+        current = CURRENT.get(key)
+        name = current.spec.name if current is not None else SPEC_BY_KEY[key].name
+        target = out / (SPEC_BY_KEY[key].folder_2020 if task_layout == Layout.L2R2020 else name)
         _check_replaceable(target)
         start = time.perf_counter()
-        task = generate_task(spec, int(seed), subjects)
-        with _staged(target) as tmp:
-            write_task(task, tmp, layout)
-        log.info("%s: %s written to %s in %.1f s", key, spec.name, target, time.perf_counter() - start)
+        if current is None:
+            task = generate_task(SPEC_BY_KEY[key], int(seed), subjects)
+            with _staged(target) as tmp:
+                write_task(task, tmp, task_layout)
+        else:
+            made = current.generate(int(seed), subjects)
+            with _staged(target) as tmp:
+                write_current(key, made, tmp)
+        log.info("%s: %s written to %s in %.1f s", key, name, target, time.perf_counter() - start)
         written.append(target)
     return written
 
@@ -321,12 +370,14 @@ def write_demo(
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one folder per task")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> identical data)")
-    parser.add_argument("--layout", choices=[Layout.L2R, Layout.L2R2020], default=Layout.L2R,
-                        help="current Learn2Reg layout (l2r) or the 2020 one (l2r2020)")
-    parser.add_argument("--tasks", default="T1,T2,T3,T4", help="comma-separated subset of T1,T2,T3,T4")
+    parser.add_argument("--layout", choices=LAYOUTS, default=None,
+                        help="l2r (Learn2Reg 2022 on, default for T1-T4), l2r2020 (T1-T4 in the 2020 layout), "
+                             "lumir (the LUMIR task), remind2reg (the ReMIND2Reg task)")
+    parser.add_argument("--tasks", default=None,
+                        help="comma-separated subset of T1,T2,T3,T4,LUMIR,ReMIND (default: T1-T4, or the task of --layout)")
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in write_demo(args.out, seed=args.seed, layout=args.layout, tasks=parse_tasks(args.tasks)):
+    for path in write_demo(args.out, seed=args.seed, layout=args.layout, tasks=args.tasks):
         print(path)
     return 0

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from learn2reg.io import Geometry, save_nifti, write_points
+from learn2reg.task import load_task
 from pipeline.cli import main
-from pipeline.data.summary import format_summary, summarize
+from pipeline.data.summary import format_summary, provides, summarize
 from pipeline.data.validate import Problem, validate_task
 from tests.paths import REPO
 
@@ -115,7 +116,8 @@ def test_clean_folder_has_no_problems_and_exits_0(tmp_path, capsys, make):
     assert validate_task(task) == []
     assert main(["validate", "--no-progress", str(task)]) == 0
     out, err = capsys.readouterr()
-    assert out.strip() == f"OK {task}" and err == ""
+    assert out.splitlines()[0] == f"OK {task}" and err == ""
+    assert out.splitlines()[1:] == [f"  {line}" for line in provides(load_task(task))]  # what it provides, per split
 
 
 def test_problem_str_names_path_first():
@@ -147,7 +149,7 @@ def test_unlisted_sibling_gap_is_a_warning(tmp_path, capsys):
     problems = validate_task(task)
     assert [str(p) for p in problems] == [f"{task.resolve() / 'labelsTr'}: warning: no label file for 1 of 4 images (e.g. 0002_0000)"]
     assert main(["validate", "--no-progress", str(task)]) == 0
-    assert capsys.readouterr().out.strip() == f"OK {task} (1 warning(s))"
+    assert capsys.readouterr().out.splitlines()[0] == f"OK {task} (1 warning(s))"
 
 
 # ---------------------------------------------------------------- acceptance: four problems, one run
@@ -199,7 +201,7 @@ def test_subprocess_cli_lists_every_problem(tmp_path):
     cmd = [sys.executable, "-m", "pipeline", "validate", "--no-progress", str(clean), str(task)]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr
-    assert proc.stdout.strip() == f"OK {clean}"
+    assert proc.stdout.splitlines()[0] == f"OK {clean}" and "FAILED" not in proc.stdout
     for path in files.values():
         assert str(path.resolve()) in proc.stderr
     assert "Traceback" not in proc.stderr and "BufferError" not in proc.stderr
@@ -445,9 +447,9 @@ def test_summarize_2020_and_table(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["l2r", "l2r2020"])
+@pytest.mark.parametrize("layout", ["l2r", "l2r2020", "lumir", "remind2reg"])
 def test_demo_tasks_validate_clean(tmp_path, layout):
-    """Every generated demo task passes validation (no errors, no warnings) in both layouts."""
+    """Every generated demo task passes validation (no errors, no warnings) in every layout."""
     demo_data = pytest.importorskip("pipeline.demo.tasks", reason="pipeline/demo_data.py not written yet")
     task_dirs = demo_data.write_demo(tmp_path / "data", seed=0, layout=layout)
     assert len(task_dirs) > 0
