@@ -102,3 +102,16 @@ def test_the_result_name_comes_from_the_rule_sets_key():
         rules.config_name(rules.LUMIR25, {"task_name": "ReMIND2Reg"}, "c.json", "c")
     with pytest.raises(DataError, match="remind2reg rules read the task name from the config key 'task_name'.*LUMIR config"):
         rules.config_name(rules.REMIND2REG, {"name": "LUMIR"}, "c.json", "c")
+
+
+def test_the_task_models_rule_names_and_point_folders_agree_with_these_tables():
+    """learn2reg.editions (the task folder side) names the same rule sets and finds a pair's points
+    in the same folders (its stems exclude the images' own folder, returned here as ``dest``)."""
+    from learn2reg import editions
+
+    assert tuple(rules.RULES) == editions.RULE_SETS
+    for name, r in rules.RULES.items():
+        for dest in ("keypoints", "landmarks"):
+            for pair in (SAME, MR_US, REV, T2):
+                stems = list(editions.point_folders(dest, pair[0][-4:], pair[1][-4:], name))
+                assert rules.point_folders(r, dest, *pair) == (stems or [dest]), (name, dest, pair)
