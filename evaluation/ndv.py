@@ -15,12 +15,15 @@ registration", IJCV 2024; ``digital_diffeomorphism.py`` in the LUMIR evaluators;
   being ``image > 0`` on the interior (LUMIR 2024: the moving image; LUMIR 2025: the fixed one).
 
 Speed without changing a number: the planes are processed in slabs along the field's slowest
-axis in memory (bounded memory: no ten full-size float64 determinant maps); every determinant is
-the organisers' cofactor expansion, term by term in their order (so each is bit-identical), but
-the 2x2 minors are shared between the eight one-sided Jacobians (a determinant is multilinear in
-its rows: a minor of rows ``a, b`` depends only on their two signs), 76 operations per voxel
-instead of 136; only negative determinants inside the mask are summed. Sums run per slab, so the
-total can differ from the organisers' whole-array sum in the last bits (~1e-16 relative).
+axis in memory (bounded memory: no ten full-size float64 determinant maps); voxels whose
+neighbourhood provably keeps all ten determinants positive (:func:`_may_fold`: every edge
+difference of ``u`` small enough) are skipped, the others computed densely or gathered; every
+determinant is the organisers' cofactor expansion, term by term in their order (so each is
+bit-identical), with the 2x2 minors shared between the eight one-sided Jacobians (a determinant
+is multilinear in its rows: a minor of rows ``a, b`` depends only on their two signs), 76
+operations per voxel instead of 112; only negative determinants inside the mask are summed. Sums
+run per slab, so the total can differ from the organisers' whole-array sum in the last bits
+(~1e-16 relative).
 """
 
 from __future__ import annotations
