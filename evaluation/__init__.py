@@ -2,7 +2,10 @@
 the zero-field row, plus what is built on scores.
 
 * ``metrics``, ``surface``, ``jacobian``  DSC, HD95 (DeepMind's surface method), TRE, SDlogJ, folding
-* ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the official flags and schema)
+* ``ndv``          LUMIR's non-diffeomorphic volume (%)
+* ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the organisers' flags and schema),
+                   one rule set per organiser (``learn2reg.rules``); ``case`` scores one pair,
+                   ``aggregate`` merges configurations and aggregates as each organiser does
 * ``initial``      the zero field evaluated like a submission (``python -m evaluation.initial``)
 * ``console``      what both print at the end: official and corrected aggregates, labelled as such
 * ``leaderboard/`` several evaluated methods -> tables, rank scores, Markdown/CSV/HTML

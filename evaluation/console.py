@@ -30,18 +30,25 @@ DIFFERENCE = (
     " the spread about 4x smaller near det J = 1 and hides folding), *_mm gives HD95 in mm where the official"
     " one is in voxels (spacing 1)."
 )
-QUANTILE = "30%: the worst 30 % of cases begin there (0.3 quantile for Dice/HD95, 0.7 for SDlogJ/TRE/runtime)."
+QUANTILE = {  # rule set -> what its "30" column is
+    "l2r": "30%: the worst 30 % of cases begin there (0.3 quantile for Dice/HD95, 0.7 for SDlogJ/TRE/runtime).",
+    "lumir24": "30%: the 0.3 quantile of the per-case values for every metric (LUMIR 2024's rule, even where larger is worse).",
+    "lumir25": "30%: the 0.7 quantile for TRE_lm, the 0.3 quantile for every other metric (LUMIR 2025's rule).",
+    "remind2reg": "30%: the 0.3 quantile of the per-case values for every metric (ReMIND2Reg's rule, TRE included).",
+}
 
 
-def official_note(name: str, aggregates: Mapping[str, Any]) -> str:
-    """The unit or quirk of an official metric, recognised by its name (empty when unknown)."""
+def official_note(name: str, aggregates: Mapping[str, Any], rules: str = "l2r") -> str:
+    """The unit or quirk of an official metric under a rule set, recognised by its name (empty when unknown)."""
     if f"{name}_mm" in aggregates:
         return f"voxels (official spacing 1; {name}_mm below is in mm)"
     lower = name.lower()
     if "logjacdet" in lower or lower.startswith("sdlogj"):
         return "std of log(det J + 3): the official +3 quirk" + ("; SDlogJ_true below is without it" if "SDlogJ_true" in aggregates else "")
     if lower.startswith("tre"):
-        return "mm"
+        return "voxels (centroids of the landmark volumes; LUMIR applies no spacing)" if rules.startswith("lumir") else "mm"
+    if lower.startswith("non-diffeomorphic") or lower == "ndv":
+        return "% of the mask's voxels that are non-diffeomorphic (NDV, 10 finite-difference Jacobians)"
     if lower.startswith(("dsc", "dice")):
         return "Dice, mean over labels per case"
     return ""
@@ -60,10 +67,11 @@ def summary_lines(result: Mapping[str, Any], output: str | Path | None = None, t
     aggregates: Mapping[str, Any] = result.get("aggregates") or {}
     corrected = set(CORRECTED) | {f"{n}_mm" for n in aggregates if f"{n}_mm" in aggregates}
     official = [n for n in aggregates if n not in corrected and n not in RUNTIMES]
-    lines = [f"{title or 'Evaluation'} of {result.get('name', '?')}: {len(result.get('cases') or {})} pair(s)"]
+    rules = str(result.get("rules", "l2r"))
+    lines = [f"{title or 'Evaluation'} of {result.get('name', '?')}: {len(result.get('cases') or {})} pair(s), rules {rules}"]
     if official:
         lines.append("Official metrics (the Learn2Reg evaluator's; ranked on the leaderboard):")
-        lines += [_line(n, aggregates[n], official_note(n, aggregates)) for n in official]
+        lines += [_line(n, aggregates[n], official_note(n, aggregates, rules)) for n in official]
     ours = [n for n in aggregates if n in corrected]
     if ours:
         lines.append("Corrected metrics (ours, for reading; not ranked):")
@@ -75,7 +83,7 @@ def summary_lines(result: Mapping[str, Any], output: str | Path | None = None, t
     if ours:
         lines.append(DIFFERENCE)
     if official:
-        lines.append(QUANTILE)
+        lines.append(QUANTILE.get(rules, QUANTILE["l2r"]))
     if output is not None:
         lines.append(f"Results saved to: {output}")
     return lines

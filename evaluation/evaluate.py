@@ -1,15 +1,21 @@
 """The evaluator: ``python -m evaluation.evaluate -i DISP_DIR -d DATA_DIR [-c CONFIG.json] -o OUT.json``.
 
-A drop-in for the official Learn2Reg ``evaluation.py`` (same flags, same output schema:
+A drop-in for each Learn2Reg organiser's ``evaluation.py`` (same flags, same output schema:
 ``{name, aggregates: {metric: {mean, std, "30"}}, cases: {"SSSS_MMMM<--SSSS_MMMM": {metric:
-{mean, detailed}}}, eval_version}``), with the official numbers by default and, clearly named,
-ours: ``SDlogJ_true``, ``num_foldings_true``, ``folding_fraction``, ``<HD95 name>_mm`` and, when
-the submission carries a ``runtimes.json`` manifest, ``runtime`` / ``runtime_network`` (seconds).
+{mean, detailed}}}, eval_version}``, plus ``"rules"``: the rule set used). One evaluator, four rule
+sets (``learn2reg.rules``): ``l2r`` (MDL-UzL/L2R, the default), ``lumir24`` (``-c1 -c2``),
+``lumir25`` (``-l1 -s1 -s2 -s3``) and ``remind2reg``, picked from the command line and the
+configuration (``--rules auto``) or named (``--rules NAME``); each reproduces its organiser's
+numbers, quirks included. Under ``l2r``, ours are added, clearly named: ``SDlogJ_true``,
+``num_foldings_true``, ``folding_fraction``, ``<HD95 name>_mm`` and, when the submission carries a
+``runtimes.json`` manifest, ``runtime`` / ``runtime_network`` (seconds); the organiser rule sets
+write exactly their organiser's keys.
 
-Flow: resolve the config (file, or derived from the task), find every field and ground-truth file
-(all missing files reported at once), then evaluate the pairs in a worker pool; each worker
-validates its field (shape, dtype, NaN/Inf) before any metric. Any problem -> ``DataError`` listing
-all of them and no output file (it is written atomically at the very end).
+Flow: resolve the configs (files, or derived from the task) and the rule set, find every field and
+ground-truth file (all missing files reported at once), then evaluate the pairs of every config in
+one worker pool; each worker validates its field (shape, dtype, NaN/Inf) before any metric. Any
+problem -> ``DataError`` listing all of them and no output file (it is written atomically at the
+very end). Several configs (LUMIR) are merged as their organisers merge them (``evaluation.aggregate``).
 """
 
 from __future__ import annotations
@@ -21,65 +27,96 @@ import multiprocessing
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-
-from evaluation import jacobian, metrics
+from evaluation import aggregate
+from evaluation.case import CaseJob, Options, evaluate_case
 from evaluation.console import print_summary
-from learn2reg import contract
+from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
-from learn2reg.eval_config import EvalConfig, EvalPair, Method, derive_config, read_config
-from learn2reg.io import DataError, check_output_path, load_nifti, read_nifti_header, read_points, write_json
+from learn2reg.eval_config import EvalConfig, EvalPair, config_from_dict, derive_config
+from learn2reg.io import DataError, check_output_path, read_json, write_json
 from learn2reg.progress import progress as progress_bar
-from learn2reg.segmentation import check_label_map, label_dtype, max_label
-from learn2reg.submission import (
-    MANIFEST_NAME,
-    Manifest,
-    detect_format,
-    field_folder,
-    load_field,
-    load_manifest,
-    locate_fields,
-)
+from learn2reg.rules import Rules
+from learn2reg.submission import MANIFEST_NAME, Manifest, detect_format, field_folder, load_manifest, locate_fields
 from learn2reg.task import Layout
 
+__all__ = ["Options", "Plan", "evaluate", "ground_truth_problems", "main", "plan"]
+
 log = logging.getLogger(__name__)
-EVAL_VERSION = "2.0"
+ROLES = ("c", "c1", "c2", "l1", "s1", "s2", "s3")  # config flags, in run order
+ConfigSource = EvalConfig | str | Path | None | Mapping[str, "str | Path"]
 
 
 @dataclass(frozen=True)
-class Options:
-    """How to evaluate: ``extras`` adds our corrected metrics; ``aggregate`` is ``l2r`` or
-    ``2020``; ``tre_method`` is the TRE sampler (``metrics.sample_cubic``)."""
+class Plan:
+    """What a run evaluates: the rule set (and why it was chosen) and each config with its flag."""
 
-    extras: bool = True
-    aggregate: str = "l2r"
-    tre_method: str = "auto"
+    rules: Rules
+    reason: str
+    configs: tuple[tuple[str, EvalConfig], ...]  # (role: c, c1, c2, l1, s1, s2, s3; config)
+
+    @property
+    def pairs(self) -> list[EvalPair]:
+        """Every pair of every config, each key once (first appearance)."""
+        return list({p.key: p for _, c in self.configs for p in c.pairs}.values())
 
 
-@dataclass(frozen=True)
-class CaseJob:
-    """Everything one worker needs for one pair (picklable)."""
+def plan(data_dir: str | Path, config: ConfigSource = None, rules: str | Rules = "auto", split: str = "val") -> Plan:
+    """Resolve the configs and the rule set of a run (``learn2reg.rules.select``).
 
-    pair: EvalPair
-    field: Path
-    fmt: str
-    methods: tuple[Method, ...]
-    expected_shape: tuple[int, int, int, int]
-    masked: bool
-    options: Options
+    ``config``: an :class:`EvalConfig`; the path of an official config json (flag ``-c``); a
+    mapping of flags to paths (``{"c1": ..., "c2": ...}``, ``{"l1": ..., "s1": ..., ...}``: LUMIR's
+    several configs, evaluated in that order and merged); or ``None`` to derive the config from
+    the task in ``data_dir`` (``split`` pairs). ``DataError`` for a config the rule set cannot read
+    (its task-name key missing; a metric it does not score).
+    """
+    if isinstance(config, EvalConfig):
+        chosen = rulesets.get(rulesets.L2R if rules == "auto" else rules)
+        return Plan(chosen, "a resolved configuration" if rules == "auto" else f"--rules {rules}", (("c", config),))
+    if config is None:
+        chosen, reason = rulesets.select(rules if isinstance(rules, str) else rules.name, (), ())
+        if chosen is not rulesets.L2R:
+            raise DataError(f"the {chosen.name} rules need the organisers' evaluation config (-c, -c1/-c2 or -l1/-s1/-s2/-s3); a derived one is for the l2r rules")
+        return Plan(chosen, reason + "; configuration derived from the task", (("c", _checked(derive_config(data_dir, split), chosen)),))
+    sources = {"c": config} if isinstance(config, str | Path) else dict(config)
+    given = set(sources)
+    if not given or given - set(ROLES) or ("c" in given and len(given) > 1) or (given & {"c1", "c2"} and given & {"l1", "s1", "s2", "s3"}):
+        raise DataError(f"configs {sorted(given)}: give -c CONFIG, or LUMIR 2024's -c1/-c2, or LUMIR 2025's -l1/-s1/-s2/-s3")
+    order = [r for r in ROLES if r in given]
+    raws = [read_json(sources[r]) for r in order]
+    if not all(isinstance(raw, dict) for raw in raws):
+        bad = next(sources[r] for r, raw in zip(order, raws, strict=True) if not isinstance(raw, dict))
+        raise DataError(f"{bad}: invalid evaluation config:\n  must be a JSON object")
+    chosen, reason = rulesets.select(rules if isinstance(rules, str) else rules.name, order, raws)
+    if order != ["c"] and not set(order) <= set(chosen.roles):
+        log.warning("the %s evaluator's command line takes %s; the configs given (%s) are run in that order and merged", chosen.name,
+                    " ".join(f"-{r}" for r in chosen.roles), " ".join(f"-{r}" for r in order))  # fmt: skip
+    configs = tuple((r, _checked(config_from_dict(raw, data_dir, str(sources[r]), chosen), chosen, str(sources[r]))) for r, raw in zip(order, raws, strict=True))
+    return Plan(chosen, reason, configs)
+
+
+def _checked(config: EvalConfig, rules: Rules, where: str = "derived configuration") -> EvalConfig:
+    """``DataError`` for a metric the rule set does not know; a warning for one it skips."""
+    for m in config.methods:
+        if m.metric in rules.ignored:
+            log.warning("%s: method %r (%s) is ignored by the %s rules, as by the organisers' evaluator", where, m.name, m.metric, rules.name)
+        elif m.metric not in rules.scored:
+            raise DataError(f"{where}: metric {m.metric!r} ({m.name}) is not scored by the {rules.name} rules ({rules.title}); NDV is LUMIR's: --rules lumir24 or lumir25")
+    return config
 
 
 def evaluate(
     disp_dir: str | Path,
     data_dir: str | Path,
-    config: EvalConfig | str | Path | None = None,
+    config: ConfigSource = None,
     *,
+    rules: str | Rules = "auto",
     split: str = "val",
     fmt: str = "auto",
     workers: int | None = None,
@@ -87,59 +124,83 @@ def evaluate(
     task_folder: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a submission folder against a task; returns the official-schema result dict.
+    """Evaluate a submission folder against a task; returns the organisers' result dict
+    (``name``, ``aggregates``, ``cases``, ``eval_version``) plus ``rules``.
 
-    ``config``: an :class:`EvalConfig`, the path of an official config json, or ``None`` to
-    derive it from the task in ``data_dir`` (``split`` pairs). ``fmt``: ``auto``, ``l2r`` or
-    ``l2r2020``. ``options``: :class:`Options` (default: official metrics plus ours).
-    ``workers``: processes (default ``min(cores, pairs)``). ``task_folder``: the ``task_NN``
-    sub-folder of a 2020 submission (default: the only one, or the data folder's name). Raises
-    ``DataError`` listing every problem (missing or invalid fields, missing ground truth, an
-    invalid runtime manifest) before any output exists.
+    ``config``: see :func:`plan` (a file, LUMIR's several files as ``{"c1": ..., "c2": ...}``, or
+    ``None`` to derive from the task). ``rules``: ``auto`` (:func:`learn2reg.rules.select`) or a
+    rule set. ``fmt``: ``auto``, ``l2r`` or ``l2r2020`` (2020 submissions: ``l2r`` rules only).
+    ``options``: :class:`Options`. ``workers``: processes (default ``min(cores, pairs)``).
+    ``task_folder``: the ``task_NN`` sub-folder of a 2020 submission (default: the only one, or
+    the data folder's name). Raises ``DataError`` listing every problem (missing or invalid
+    fields, missing ground truth, an invalid runtime manifest) before any output exists.
     """
     disp_dir, data_dir, options = Path(disp_dir), Path(data_dir), options or Options()
-    if not isinstance(config, EvalConfig):
-        config = read_config(config, data_dir) if config is not None else derive_config(data_dir, split)
+    run_plan = plan(data_dir, config, rules, split)
+    chosen = run_plan.rules
+    log.info("rules %s (%s): %s", chosen.name, chosen.title, run_plan.reason)
+    if chosen is not rulesets.L2R and options.aggregate != "l2r":
+        raise DataError(f"--aggregate {options.aggregate} applies to the l2r rules only (the {chosen.name} rules aggregate as their organisers)")
     if not disp_dir.is_dir():
         raise DataError(f"{disp_dir}: submission folder not found")
-    fmt = detect_format(disp_dir) if fmt == "auto" else fmt
-    if fmt not in list(Layout):
-        raise DataError(f"unknown submission format {fmt!r} (auto, {', '.join(Layout)})")
+    fmt = _format(disp_dir, fmt, chosen)
     if task_folder and not (disp_dir / task_folder).is_dir():
         raise DataError(f"{disp_dir / task_folder}: task folder of the submission not found")
     folder = field_folder(disp_dir, fmt, task_folder or data_dir.resolve().name)
-    fields, problems = locate_fields(folder, config.pairs, fmt)
-    problems += ground_truth_problems(config)
+    fields, problems = locate_fields(folder, run_plan.pairs, fmt, chosen)
+    for _, cfg in run_plan.configs:
+        problems += ground_truth_problems(cfg, chosen)
     if problems:
-        raise DataError(_problem_text(problems))
-    manifest = _find_manifest(folder, disp_dir)
-    jobs = [CaseJob(p, fields[p.key], fmt, config.methods, config.expected_shape, config.masked, options) for p in config.pairs]
+        raise DataError(_problem_text(list(dict.fromkeys(problems))))
+    manifest = _find_manifest(folder, disp_dir) if chosen.extras else None
+    jobs = [
+        CaseJob(p, fields[p.key], fmt, cfg.methods, cfg.expected_shape, cfg.masked, options, chosen)
+        for _, cfg in run_plan.configs for p in cfg.pairs
+    ]  # fmt: skip
     outcomes = _run(jobs, workers, progress)
-    problems = [msg for _, _, msgs in outcomes for msg in msgs]
+    problems = list(dict.fromkeys(msg for _, _, msgs in outcomes for msg in msgs))  # every pair of every config
     if problems:
         raise DataError(_problem_text(problems))
-    cases = {key: result for key, result, _ in outcomes if result is not None}  # problems raised above otherwise
+    results = iter([(key, result) for key, result, _ in outcomes if result is not None])  # in job order
+    runs = [aggregate.ConfigRun(role, cfg, dict(next(results) for _ in cfg.pairs)) for role, cfg in run_plan.configs]
+    cases = aggregate.merge(runs)
     if manifest is not None:
         _add_runtimes(cases, manifest)
-    return {"name": config.name, "aggregates": _aggregates(cases, config, options), "cases": cases, "eval_version": EVAL_VERSION}
+    aggregates = aggregate.aggregates(chosen, runs, cases, options.aggregate)
+    name = run_plan.configs[-1][1].name
+    return {"name": name, "aggregates": aggregates, "cases": cases, "eval_version": chosen.eval_version, "rules": chosen.name}
+
+
+def _format(disp_dir: Path, fmt: str, rules: Rules) -> str:
+    """The submission format: ``auto`` detects it (2020 or current: ``l2r`` rules only)."""
+    if fmt == "auto":
+        return detect_format(disp_dir) if rules is rulesets.L2R else Layout.L2R
+    if fmt not in list(Layout):
+        raise DataError(f"unknown submission format {fmt!r} (auto, {', '.join(Layout)})")
+    if fmt != Layout.L2R and rules is not rulesets.L2R:
+        raise DataError(f"submission format {fmt!r}: the {rules.name} rules read {Layout.L2R!r} submissions only")
+    return fmt
 
 
 def _problem_text(problems: list[str]) -> str:
     return f"{len(problems)} problem(s):\n  " + "\n  ".join(problems)
 
 
-def ground_truth_problems(config: EvalConfig) -> list[str]:
-    """Missing ground-truth files the configured metrics need, all at once."""
+def ground_truth_problems(config: EvalConfig, rules: Rules = rulesets.L2R) -> list[str]:
+    """Missing ground-truth files the configured metrics need under ``rules``, all at once."""
     problems = []
+    scored = [m for m in config.methods if m.metric in rules.scored]
     for pair in config.pairs:
         needed: list[Path | None] = []
-        if config.has("dice") or config.has("hd95"):
+        if any(m.metric in ("dice", "hd95") for m in scored):
             needed += [pair.fixed_label, pair.moving_label]
-        for m in config.methods:
+        for m in scored:
             if m.metric == "tre":
                 files = pair.point_files(m.dest or "")
                 needed += list(files) if files else [None]
-                needed.append(pair.moving_image)
+                needed += [pair.fixed_image, pair.moving_image]  # every evaluator reads both headers
+            elif m.metric == "ndv":
+                needed.append(pair.moving_image if rules.ndv_mask == "moving" else pair.fixed_image)
         if config.masked and config.require_masks:
             needed.append(pair.fixed_mask)
         for path in needed:
@@ -169,104 +230,6 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
         return [f.result() for f in bar(futures)]
 
 
-def evaluate_case(job: CaseJob) -> tuple[str, dict | None, list[str]]:
-    """Validate and evaluate one pair -> ``(key, metrics or None, problems)``."""
-    try:
-        u = load_field(job.field, job.fmt, job.expected_shape)
-        return job.pair.key, case_metrics(job, u), []
-    except DataError as exc:
-        return job.pair.key, None, [str(exc)]
-    except ValueError as exc:  # e.g. a grid too small for the metric: still this pair's problem
-        return job.pair.key, None, [f"{job.pair.key}: {exc}"]
-
-
-def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
-    """All configured metrics of one pair, in config order (``num_foldings`` after SDlogJ), then ours."""
-    pair = job.pair
-    found: dict[str, Any] = {}
-    ours: dict[str, Any] = {}
-    if any(m.metric == "sdlogj" for m in job.methods):
-        stats = jacobian.jacobian_stats(u, _load_mask(pair, u) if job.masked else None)
-        found["sdlogj"] = stats
-        ours.update(SDlogJ_true=stats.sdlogj_true, num_foldings_true=stats.num_foldings_true, folding_fraction=stats.folding_fraction)
-    label_methods = [m for m in job.methods if m.metric in ("dice", "hd95")]
-    if label_methods:
-        order = contract.memory_order(u)
-        fixed, geometry = _load_labels(pair.fixed_label, u.shape[:3], order)
-        moving, _ = _load_labels(pair.moving_label, None, order)
-        warped = metrics.warp_labels(moving, u)
-        cache: dict[tuple[int, ...], metrics.LabelCounts] = {}
-        for m in label_methods:
-            if m.labels not in cache:
-                cache[m.labels] = metrics.label_counts(fixed, moving, warped, m.labels)
-            counts = cache[m.labels]
-            if m.metric == "dice":
-                found[m.name] = metrics.dice(counts)
-            else:
-                spacings = [(1.0, 1.0, 1.0)] + ([geometry.spacing] if job.options.extras else [])
-                values = metrics.hd95(fixed, warped, counts, spacings)
-                found[m.name] = values[0]
-                if job.options.extras:
-                    ours[f"{m.name}_mm"] = (metrics.nanmean(values[1]), values[1])
-    for m in job.methods:
-        if m.metric == "tre":
-            files = pair.point_files(m.dest or "")
-            if files is None:
-                raise DataError(f"{pair.key}: no {m.dest} files configured for {m.name}")
-            fixed_csv, moving_csv = files
-            fixed_pts, moving_pts = read_points(fixed_csv), read_points(moving_csv)
-            if fixed_pts.shape != moving_pts.shape:
-                raise DataError(f"{fixed_csv} has {len(fixed_pts)} points but {moving_csv} has {len(moving_pts)}")
-            spacing = read_nifti_header(pair.moving_image).spacing
-            found[m.name] = metrics.tre(u, fixed_pts, moving_pts, spacing, job.options.tre_method)
-    return _assemble(job, found, ours)
-
-
-def _assemble(job: CaseJob, found: dict[str, Any], ours: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for m in job.methods:
-        if m.metric == "sdlogj":
-            stats = found["sdlogj"]
-            out[m.name] = {"mean": stats.sdlogj, "detailed": stats.sdlogj}
-            out["num_foldings"] = {"mean": stats.num_foldings, "detailed": stats.num_foldings}
-        elif m.metric == "tre":
-            values = found[m.name]
-            out[m.name] = {"mean": float(values.mean()) if values.size else float("nan"), "detailed": [float(v) for v in values]}
-        else:
-            values = found[m.name]
-            out[m.name] = {"mean": metrics.nanmean(values), "detailed": values}
-    if job.options.extras:
-        for name, value in ours.items():
-            mean, detailed = value if isinstance(value, tuple) else (value, value)
-            out[name] = {"mean": mean, "detailed": detailed}
-    return out
-
-
-def _load_labels(path: Path | None, grid: tuple[int, ...] | None, order: Literal["C", "F"] = "F") -> tuple[np.ndarray, Any]:
-    """Integer label map (smallest unsigned dtype) in the memory ``order`` of the field (NIfTI
-    data are Fortran-ordered; mixing orders makes every voxel-wise step strided, ~3x slower);
-    ``DataError`` for non-integer/negative values or (for the fixed labels) a grid other than
-    the field's."""
-    if path is None:
-        raise DataError("label map not configured")
-    arr, geometry = load_nifti(path, dtype=None, copy=False)
-    if arr.ndim != 3 or (grid is not None and arr.shape != tuple(grid)):
-        raise DataError(f"{path}: label map shape {arr.shape} differs from the field grid {grid}")
-    check_label_map(path, arr)
-    return np.asarray(arr, dtype=label_dtype(max_label(arr)), order=order), geometry
-
-
-def _load_mask(pair: EvalPair, u: np.ndarray) -> np.ndarray | None:
-    """Fixed mask for SDlogJ, or ``None`` (with a warning, as the official evaluator) if absent."""
-    if pair.fixed_mask is None or not pair.fixed_mask.is_file():
-        log.warning("%s: no fixed mask (%s); SDlogJ unmasked", pair.key, pair.fixed_mask)
-        return None
-    mask, _ = load_nifti(pair.fixed_mask, dtype=None, copy=False)  # stored type: only == 1 is asked
-    if mask.shape != u.shape[:3]:
-        raise DataError(f"{pair.fixed_mask}: mask shape {mask.shape} differs from the field grid {u.shape[:3]}")
-    return mask
-
-
 def _find_manifest(folder: Path, disp_dir: Path) -> Manifest | None:
     for where in dict.fromkeys((folder, disp_dir)):
         if (where / MANIFEST_NAME).is_file():
@@ -285,42 +248,51 @@ def _add_runtimes(cases: dict[str, dict], manifest: Manifest) -> None:
         case["runtime_network"] = {"mean": network, "detailed": network}
 
 
-def _aggregates(cases: dict[str, dict], config: EvalConfig, options: Options) -> dict[str, dict[str, float]]:
-    """Official aggregates per configured method name, then ours (runtime over the known values)."""
-    kinds = {m.name: m.metric for m in config.methods}
-    first = next(iter(cases.values()))
-    if options.extras:
-        kinds.update({k: "sdlogj" for k in ("SDlogJ_true",) if k in first})
-        kinds.update({k: "folding" for k in ("num_foldings_true", "folding_fraction") if k in first})
-        kinds.update({f"{m.name}_mm": "hd95" for m in config.methods if m.metric == "hd95"})
-    kinds.update({k: "runtime" for k in ("runtime", "runtime_network") if k in first})
-    out = {}
-    for name, kind in kinds.items():
-        values = [float(c[name]["mean"]) for c in cases.values()]
-        if kind == "runtime":
-            values = [v for v in values if not np.isnan(v)]
-        out[name] = metrics.aggregate(values, kind, options.aggregate)
-    return out
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
+CONFIG_FLAGS = (  # (flags, role, help): LUMIR's several configs, run in this order and merged
+    (("-c1", "--config1"), "c1", "LUMIR 2024: the first config (their Docker: the Landmark one); implies --rules lumir24"),
+    (("-c2", "--config2"), "c2", "LUMIR 2024: the second config (Segmentation), merged after -c1"),
+    (("-l1", "--landmark_config"), "l1", "LUMIR 2025: the landmark config; implies --rules lumir25"),
+    (("-s1", "--seg_config1"), "s1", "LUMIR 2025: the first segmentation config (ID_dice)"),
+    (("-s2", "--seg_config2"), "s2", "LUMIR 2025: the second segmentation config (OOD_dice)"),
+    (("-s3", "--seg_config3"), "s3", "LUMIR 2025: the third segmentation config (MM_dice)"),
+)
+
+
 def build_parser(parser: argparse.ArgumentParser) -> None:
-    """Flags of the official script (-i -d -o -c -v) plus ours."""
+    """Flags of the organisers' scripts (-i -d -o -c -v; LUMIR's -c1 -c2 and -l1 -s1 -s2 -s3) plus ours."""
     parser.add_argument("-i", "--input", dest="input_path", required=True, help="folder with the displacement fields")
     parser.add_argument("-d", "--data", dest="gt_path", required=True, help="task data folder (ground truth)")
     parser.add_argument("-o", "--output", dest="output_path", default="metrics.json", help="output json (a folder: timestamped name)")
     parser.add_argument("-c", "--config", dest="config_path", default=None, help="official evaluation config json (default: derive from the task)")
+    for flags, role, text in CONFIG_FLAGS:
+        parser.add_argument(*flags, dest=f"config_{role}", default=None, metavar="CONFIG", help=text)
+    parser.add_argument(
+        "--rules", choices=rulesets.CHOICES, default="auto",
+        help="whose evaluator to reproduce: auto = lumir24 for -c1/-c2, lumir25 for -l1/-s*, for one config lumir25 when it is "
+        "LUMIR's (name without task_name, or an ndv metric), remind2reg for task_name ReMIND2Reg, else l2r (MDL-UzL/L2R)",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="print per-case results")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="pairs of a derived config")
     parser.add_argument("--format", dest="fmt", choices=("auto", *Layout), default="auto", help="submission format")
     parser.add_argument("--task-folder", default=None, help="2020 submissions: the task_NN sub-folder to read")
     parser.add_argument("-j", "--workers", type=int, default=None, help="worker processes (default: min(cores, pairs))")
     parser.add_argument("--official-only", action="store_true", help="only the official metrics (no *_true, *_mm, folding_fraction)")
-    parser.add_argument("--aggregate", choices=("l2r", "2020"), default="l2r", help="aggregate rule (2020: ddof=1, 0.3 quantile)")
+    parser.add_argument("--aggregate", choices=("l2r", "2020"), default="l2r", help="aggregate rule of the l2r rules (2020: ddof=1, 0.3 quantile)")
     parser.add_argument("--tre", dest="tre_method", choices=("auto", "kernel", "crop", "full"), default="auto", help="TRE sampler")
     add_overwrite_argument(parser, "an existing output json")
+
+
+def config_source(args: argparse.Namespace) -> ConfigSource:
+    """The ``config`` argument of :func:`evaluate` from the flags: ``-c``, LUMIR's, or none (derive)."""
+    several = {role: getattr(args, f"config_{role}") for _, role, _ in CONFIG_FLAGS if getattr(args, f"config_{role}", None)}
+    if several:
+        if args.config_path:
+            several["c"] = args.config_path  # plan() refuses the mix, naming the flags
+        return several
+    return args.config_path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -330,8 +302,8 @@ def run(args: argparse.Namespace) -> int:
     out = out / (datetime.now().strftime("%Y%m%d_%H%M") + ".json") if out.is_dir() else check_output_path(out, folder=False)
     refuse_existing([out], args.overwrite, "-o")
     result = evaluate(
-        args.input_path, args.gt_path, args.config_path, split=args.split, fmt=args.fmt, workers=args.workers,
-        options=options, task_folder=args.task_folder, progress=True,
+        args.input_path, args.gt_path, config_source(args), rules=getattr(args, "rules", "auto"), split=args.split, fmt=args.fmt,
+        workers=args.workers, options=options, task_folder=args.task_folder, progress=True,
     )  # fmt: skip
     write_json(out, result)
     if args.verbose:

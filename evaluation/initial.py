@@ -1,8 +1,9 @@
 """The ``Initial`` row: the zero field, evaluated like any submission.
 
-``python -m evaluation.initial -d TASK_DIR -o OUT.json [--split val|test]`` writes zero fields
-for every pair into a temporary folder (in the task's own format) and evaluates them, so a
-leaderboard's first row needs nothing but the data.
+``python -m evaluation.initial -d TASK_DIR -o OUT.json [--split val|test] [-c CONFIG] [--rules R]``
+writes zero fields for every pair into a temporary folder (in the task's own format; with a
+config, for its pairs under the file names of its rule set, ``learn2reg.rules.disp_name``) and
+evaluates them, so a leaderboard's first row needs nothing but the data.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from evaluation.console import print_summary
-from evaluation.evaluate import evaluate
+from evaluation.evaluate import ConfigSource, evaluate, plan
+from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.contract import disp_filename_2020, disp_filename_l2r
 from learn2reg.io import DataError, check_output_path, read_nifti_header, save_nifti, write_json
@@ -40,11 +42,21 @@ def write_zero_submission(data_dir: str | Path, out_dir: str | Path, split: str 
     return out_dir
 
 
-def evaluate_initial(data_dir: str | Path, split: str = "val", config: str | Path | None = None, workers: int | None = None) -> dict[str, Any]:
-    """The official-schema result of the zero field on ``split`` pairs."""
+def evaluate_initial(
+    data_dir: str | Path, split: str = "val", config: ConfigSource = None, workers: int | None = None, rules: str = "auto"
+) -> dict[str, Any]:
+    """The official-schema result of the zero field: on the task's ``split`` pairs, or on the
+    pairs of ``config`` (``evaluate``'s argument: a file or LUMIR's several) under its rule set."""
     with tempfile.TemporaryDirectory(prefix="l2r-initial-") as tmp:
-        write_zero_submission(data_dir, tmp, split)
-        return evaluate(tmp, data_dir, config, split=split, workers=workers)
+        if config is None:
+            write_zero_submission(data_dir, tmp, split)
+            return evaluate(tmp, data_dir, None, rules=rules, split=split, workers=workers)
+        run_plan = plan(data_dir, config, rules, split)
+        for _, cfg in run_plan.configs:
+            for pair in cfg.pairs:
+                name = rulesets.disp_name(run_plan.rules, pair.fixed, pair.moving)
+                save_nifti(Path(tmp) / name, np.zeros((*cfg.expected_shape[:3], 3), np.float32))
+        return evaluate(tmp, data_dir, config, rules=rules, workers=workers)  # the same choice, logged with its reason
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +64,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="result json")
     parser.add_argument("-c", "--config", default=None, help="official evaluation config (default: derived)")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")
+    parser.add_argument("--rules", choices=rulesets.CHOICES, default="auto", help="whose evaluator (as evaluate --rules)")
     add_overwrite_argument(parser, "an existing result json")
 
 
@@ -59,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate the zero field, write the json, print its summary as ``evaluate`` does."""
     check_output_path(args.output, folder=False)
     refuse_existing([args.output], args.overwrite, "-o")
-    result = evaluate_initial(args.data, args.split, args.config)
+    result = evaluate_initial(args.data, args.split, args.config, rules=args.rules)
     write_json(args.output, result)
     print_summary(result, args.output, title="Initial (zero field)")
     return 0

@@ -11,6 +11,8 @@
 * ``segmentation`` the value rules for label maps and masks
 * ``submission``   submission formats: finding, checking and loading fields; the runtime manifest
 * ``eval_config``  the organisers' ``{TASK}_VAL_evaluation_config.json``, read or derived from a task
+* ``rules``        each organiser's evaluator rules as data (file names, layouts, point folders,
+                   aggregation), and the file name a prediction writes under them
 * ``cli``, ``progress``  the shared shape of the command lines and their progress output
 
 May import: numpy, scipy, nibabel, tqdm and the standard library; never torch, ``pipeline`` or

@@ -5,11 +5,13 @@ Official format (../shared/docs/learn2reg.md section 1): ``task_name``, ``evalua
 ``keypoints`` / ``landmarks``), ``expected_shape`` ``[X, Y, Z, 3]``, ``eval_pairs`` ``[{fixed,
 moving}]`` (image paths relative to the data folder), optional ``masked_evaluation`` and
 ``eval_config_version`` (0.2 or 0.3 in the organisers' files; unknown keys are ignored with a
-warning, as the official script ignores them). Ground-truth files are found the official way:
-the image path with ``images`` replaced by ``labels`` / ``masks`` / the TRE ``dest`` (and
-``.nii.gz`` by ``.csv``);
-for TRE between different modalities (other than ``0000 -> 0001``) the ``dest`` folder gets a
-modality suffix.
+warning, as the official script ignores them). LUMIR's configs name the task under ``name``
+instead of ``task_name`` and add the metric ``ndv``; which key gives the result's name is the
+rule set's (``learn2reg.rules``). Ground-truth files are found the official way: the image path
+with ``images`` replaced by ``labels`` / ``masks`` / the TRE ``dest`` (and ``.nii.gz`` by ``.csv``
+for point lists; LUMIR's landmarks are label volumes and keep ``.nii.gz``); for TRE between
+different modalities (other than ``0000 -> 0001``) the ``dest`` folder gets a modality suffix,
+per rule set (``learn2reg.rules.point_folders``).
 
 Without a config file, :func:`derive_config` builds the same thing from the task's dataset
 (``learn2reg.task.load_task``): DSC and HD95 over ``Task.labels`` when the pairs have label
@@ -27,14 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from learn2reg import rules as rulesets
 from learn2reg.io import DataError, load_nifti, read_json, read_nifti_header
 from learn2reg.task import Case, Pair, derived_path, load_task
 
 log = logging.getLogger(__name__)
 
-METRICS = ("sdlogj", "dice", "hd95", "tre")
+METRICS = ("sdlogj", "dice", "hd95", "tre", "ndv")
 POINT_DESTS = ("landmarks", "keypoints")
-_KNOWN_KEYS = {"task_name", "evaluation_methods", "expected_shape", "eval_pairs", "masked_evaluation", "eval_config_version"}
+_KNOWN_KEYS = {"task_name", "name", "evaluation_methods", "expected_shape", "eval_pairs", "masked_evaluation", "eval_config_version"}
 _ID_RE = re.compile(r"(\d{4})_(\d{4})\.nii\.gz$")
 # Names the official configs use for what we derive.
 DERIVED_NAMES = {"sdlogj": "LogJacDetStd", "dice": "DSC", "hd95": "HD95", "landmarks": "TRE_lm", "keypoints": "TRE_kp"}
@@ -145,15 +148,16 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def read_config(path: str | Path, data_dir: str | Path) -> EvalConfig:
+def read_config(path: str | Path, data_dir: str | Path, rules: rulesets.Rules = rulesets.L2R) -> EvalConfig:
     """Read an official evaluation config; ``DataError`` naming the file lists every problem."""
     path = Path(path)
     raw = read_json(path)
-    return config_from_dict(raw, data_dir, where=str(path))
+    return config_from_dict(raw, data_dir, where=str(path), rules=rules)
 
 
-def config_from_dict(raw: Any, data_dir: str | Path, where: str = "config") -> EvalConfig:
-    """Validate an official-format config dict and resolve its ground-truth paths."""
+def config_from_dict(raw: Any, data_dir: str | Path, where: str = "config", rules: rulesets.Rules = rulesets.L2R) -> EvalConfig:
+    """Validate an official-format config dict and resolve its ground-truth paths under ``rules``
+    (its point-folder rule, and the config key that names the task)."""
     if not isinstance(raw, dict):
         raise DataError(f"{where}: must be a JSON object")
     problems: list[str] = []
@@ -176,12 +180,12 @@ def config_from_dict(raw: Any, data_dir: str | Path, where: str = "config") -> E
         problems.append("eval_pairs must be a non-empty list of {fixed, moving}")
         entries = []
     for i, entry in enumerate(entries):
-        pair = _official_pair(entry, root, methods, problems, f"eval_pairs[{i}]")
+        pair = _official_pair(entry, root, methods, problems, f"eval_pairs[{i}]", rules)
         if pair is not None:
             pairs.append(pair)
     if problems:
         raise DataError(f"{where}: invalid evaluation config:\n  " + "\n  ".join(problems))
-    name = str(raw.get("task_name", Path(where).stem))
+    name = rulesets.config_name(rules, raw, where, Path(where).stem)
     return EvalConfig(name, tuple(methods), tuple(shape), tuple(pairs), masked)  # type: ignore[arg-type]
 
 
@@ -223,7 +227,9 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _official_pair(entry: Any, root: Path, methods: list[Method], problems: list[str], where: str) -> EvalPair | None:
+def _official_pair(
+    entry: Any, root: Path, methods: list[Method], problems: list[str], where: str, rules: rulesets.Rules
+) -> EvalPair | None:
     if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("fixed", "moving")):
         problems.append(f"{where}: needs 'fixed' and 'moving' image paths")
         return None
@@ -246,7 +252,9 @@ def _official_pair(entry: Any, root: Path, methods: list[Method], problems: list
     points: list[tuple[str, Path, Path]] = []
     for m in methods:
         if m.metric == "tre" and m.dest is not None and m.dest not in [p[0] for p in points]:
-            fixed_csv, moving_csv = (_point_path(root, entry[r], m.dest, ids, problems, where) for r in ("fixed", "moving"))
+            folders = rulesets.point_folders(rules, m.dest, ids[0], ids[1])
+            ext = rulesets.point_extension(rules)
+            fixed_csv, moving_csv = (_point_path(root, entry[r], folders, ext, problems, where) for r in ("fixed", "moving"))
             if fixed_csv is not None and moving_csv is not None:
                 points.append((m.dest, fixed_csv, moving_csv))
     if any(v is None for k, v in paths.items() if k.endswith("image")):
@@ -262,15 +270,10 @@ def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | Non
     return path
 
 
-def _point_path(root: Path, image_rel: str, dest: str, ids: list[str], problems: list[str], where: str) -> Path | None:
-    """Official point-file rule; between modalities other than equal or 0000->0001, the folder
-    gets a modality suffix (current evaluator: both 4-digit ids; older one: both as integers)."""
-    fm, mm = ids[0][-4:], ids[1][-4:]
-    dests = [dest]
-    if not (fm == mm or (fm == "0000" and mm == "0001")):
-        lo, hi = sorted((fm, mm))
-        dests = [dest + lo + hi, dest + str(int(lo)) + str(int(hi))]
-    found = [_inside(root, image_rel.replace("images", d).replace(".nii.gz", ".csv"), problems, where) for d in dests]
+def _point_path(root: Path, image_rel: str, folders: list[str], ext: str, problems: list[str], where: str) -> Path | None:
+    """Official point-file rule: ``images`` replaced by the folder (``rules.point_folders``: the
+    first that exists, else the first), ``.nii.gz`` by ``ext`` (``.csv``; label volumes keep it)."""
+    found = [_inside(root, image_rel.replace("images", d).replace(".nii.gz", ext), problems, where) for d in folders]
     candidates = [c for c in found if c is not None]
     for c in candidates:
         if c.exists():

@@ -9,21 +9,24 @@ becomes thousands of overwritten frames. :func:`progress` returns a tqdm bar whe
     train: step 1030/1030 (100%), level 3, loss -0.6012, 14.0 steps/s, done in 1m14s
 
 Both objects take the same calls (iterate, ``update``, ``set_postfix``, ``close``, ``with``).
-While a bar is open, log records go through ``tqdm.write`` so they do not break it.
+While a bar is open, log records go through ``tqdm.write`` so they do not break it. tqdm is
+imported only when a bar is drawn (a terminal): a command whose output goes to a file or a pipe
+(the evaluator in a container, a benchmark) starts without it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -146,28 +149,36 @@ class _SilentProgress(PlainProgress):
         self.closed = True
 
 
-class _Bar(tqdm):
-    """A tqdm bar that routes log records through ``tqdm.write`` while it is open."""
+@functools.cache
+def _bar_class() -> type[tqdm]:
+    """The bar class, made (and tqdm imported) on first use."""
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._redirect = logging_redirect_tqdm()
-        self._redirect.__enter__()
-        try:
-            super().__init__(*args, **kwargs)
-        except BaseException:
-            self._end_redirect()
-            raise
+    class _Bar(tqdm):
+        """A tqdm bar that routes log records through ``tqdm.write`` while it is open."""
 
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self._end_redirect()
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+            try:
+                super().__init__(*args, **kwargs)
+            except BaseException:
+                self._end_redirect()
+                raise
 
-    def _end_redirect(self) -> None:
-        redirect, self._redirect = getattr(self, "_redirect", None), None
-        if redirect is not None:
-            redirect.__exit__(None, None, None)
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                self._end_redirect()
+
+        def _end_redirect(self) -> None:
+            redirect, self._redirect = getattr(self, "_redirect", None), None
+            if redirect is not None:
+                redirect.__exit__(None, None, None)
+
+    return _Bar
 
 
 def progress(
@@ -190,7 +201,7 @@ def progress(
     if _is_terminal(stream):
         width = _terminal_columns(stream)  # 0: a terminal that reports no size (a bare pty)
         sizing = {"dynamic_ncols": True} if width else {"ncols": 80, "nrows": 24}
-        return _Bar(iterable, total=total, desc=desc, unit=unit, initial=initial, file=stream, **sizing)
+        return _bar_class()(iterable, total=total, desc=desc, unit=unit, initial=initial, file=stream, **sizing)
     return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, every_s=every_s, logger=logger)
 
 

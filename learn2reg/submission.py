@@ -3,9 +3,13 @@
 Two formats (../shared/docs/learn2reg.md section 1; the field contract is ``learn2reg.contract``):
 
 * ``l2r`` (current): ``disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` or ``.npz`` (a single array),
-  ``X x Y x Z x 3``, voxel units, full resolution. The short name ``disp_{fixS}_{movS}`` is
-  accepted only for ``_0000 -> _0001`` pairs. ``.npz`` is looked for before ``.nii.gz``, the
-  short name before the long one (the official order).
+  ``X x Y x Z x 3``, voxel units, full resolution. Which names, extensions, ``.npz`` keys and
+  layouts are accepted is the rule set's (``learn2reg.rules``): under the default ``l2r`` rules
+  (MDL-UzL/L2R) the short name ``disp_{fixS}_{movS}`` is accepted only for ``_0000 -> _0001``
+  pairs, ``.npz`` is looked for before ``.nii.gz`` and the short name before the long one;
+  ``lumir24``/``lumir25`` want ``.nii.gz`` only, the short name for equal modalities and
+  ``0000 -> 0001`` (the long one otherwise) and also accept ``3 x X x Y x Z``; ``remind2reg``
+  wants the long name, ``.npz`` (key ``arr_0``) before ``.nii.gz``.
 * ``l2r2020``: ``disp_{fixS}_{movS}.npz`` (key ``arr_0``, any other name is refused, as the
   2020 evaluator reads ``["arr_0"]``), **float16**, channels first
   ``3 x X/2 x Y/2 x Z/2`` (upsampled exactly as the 2020 evaluator, ``contract.from_2020``), or
@@ -34,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from learn2reg import contract
+from learn2reg import rules as rulesets
 from learn2reg.eval_config import EvalConfig, EvalPair
 from learn2reg.io import DataError, load_nifti, read_json, write_json
 from learn2reg.task import Layout, Task
@@ -144,13 +149,9 @@ def submission_shape(task: Task, fixed_shape: Sequence[int]) -> tuple[int, int, 
     return tuple(n // 2 for n in shape)  # type: ignore[return-value]
 
 
-def l2r_names(pair: EvalPair) -> list[str]:
-    """Candidate file names of a current-format field, in the official lookup order."""
-    long_stem = contract.disp_filename_l2r(pair.fixed, pair.moving).removesuffix(".nii.gz")
-    stems = [long_stem]
-    if pair.fixed.endswith("_0000") and pair.moving.endswith("_0001"):
-        stems.insert(0, f"disp_{pair.fixed[:4]}_{pair.moving[:4]}")
-    return [stem + ext for stem in stems for ext in (".npz", ".nii.gz")]
+def l2r_names(pair: EvalPair, rules: rulesets.Rules = rulesets.L2R) -> list[str]:
+    """Candidate file names of a current-format field under ``rules``, in their lookup order."""
+    return rulesets.disp_candidates(rules, pair.fixed, pair.moving)
 
 
 def field_folder(disp_dir: Path, fmt: str, task_folder: str | None = None) -> Path:
@@ -184,24 +185,41 @@ def _npz_format(path: Path) -> str:
     return Layout.L2R2020 if len(shape) == 4 and shape[0] == 3 and shape[-1] != 3 else Layout.L2R
 
 
-def locate_fields(folder: Path, pairs: tuple[EvalPair, ...], fmt: str) -> tuple[dict[str, Path], list[str]]:
-    """Map every pair key to its field file; problems list every missing file at once."""
+def locate_fields(
+    folder: Path, pairs: Sequence[EvalPair], fmt: str, rules: rulesets.Rules = rulesets.L2R
+) -> tuple[dict[str, Path], list[str]]:
+    """Map every pair key to its field file; problems list every missing file at once, naming
+    the file(s) the rule set wants and any file of the pair it does not accept (another rule
+    set's name or extension)."""
     found: dict[str, Path] = {}
     problems = []
     for pair in pairs:
-        names = [contract.disp_filename_2020(pair.fixed, pair.moving)] if fmt == Layout.L2R2020 else l2r_names(pair)
+        names = [contract.disp_filename_2020(pair.fixed, pair.moving)] if fmt == Layout.L2R2020 else l2r_names(pair, rules)
         hit = next((folder / n for n in names if (folder / n).is_file()), None)
-        if hit is None:
-            problems.append(f"{folder}: missing displacement field for {pair.key}: expected {' or '.join(names)}")
-        else:
+        if hit is not None:
             found[pair.key] = hit
+            continue
+        text = f"{folder}: missing displacement field for {pair.key}: expected {' or '.join(names)}"
+        if fmt != Layout.L2R2020:
+            text += f" ({rules.name} rules)"
+            others = [n for n in _any_rules_names(pair) if n not in names and (folder / n).is_file()]
+            if others:
+                text += f"; found {', '.join(others)}, which the {rules.name} rules do not accept for this pair"
+        problems.append(text)
     return found, problems
+
+
+def _any_rules_names(pair: EvalPair) -> list[str]:
+    """Every name some rule set accepts for the pair, with either extension."""
+    stems = dict.fromkeys(s for r in rulesets.RULES.values() for s in rulesets.disp_stems(r, pair.fixed, pair.moving))
+    stems.update(dict.fromkeys([f"disp_{pair.fixed[:4]}_{pair.moving[:4]}", f"disp_{pair.fixed}_{pair.moving}"]))
+    return [stem + ext for stem in stems for ext in (".npz", ".nii.gz")]
 
 
 # ----------------------------------------------------------------------------- loading / checking
 
 
-def npz_header(path: Path, key: str | None = None) -> tuple[tuple[int, ...], np.dtype]:
+def npz_header(path: Path, key: str | None = None, owner: str = "2020 fields") -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of the single array in an ``.npz`` without reading its data; ``key``
     (e.g. ``arr_0``) is the name that array must have, any name if ``None``."""
     try:
@@ -209,7 +227,7 @@ def npz_header(path: Path, key: str | None = None) -> tuple[tuple[int, ...], np.
             members = [n for n in zf.namelist() if n.endswith(".npy")]
             if len(members) != 1:
                 raise DataError(f"{path}: .npz must hold exactly one array, found {len(members)}")
-            _check_key(path, members[0].removesuffix(".npy"), key)
+            _check_key(path, members[0].removesuffix(".npy"), key, owner)
             with zf.open(members[0]) as fh:
                 version = np.lib.format.read_magic(fh)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -221,21 +239,21 @@ def npz_header(path: Path, key: str | None = None) -> tuple[tuple[int, ...], np.
     return tuple(shape), np.dtype(dtype)
 
 
-def _check_key(path: Path, found: str, expected: str | None) -> None:
+def _check_key(path: Path, found: str, expected: str | None, owner: str = "2020 fields") -> None:
     if expected is not None and found != expected:
         raise DataError(
-            f"{path}: the array is named {found!r}; 2020 fields must be stored under {expected!r} "
+            f"{path}: the array is named {found!r}; {owner} must be stored under {expected!r} "
             f"(np.savez(path, {expected}=field))"
         )
 
 
-def _load_npz(path: Path, key: str | None = None) -> np.ndarray:
+def _load_npz(path: Path, key: str | None = None, owner: str = "2020 fields") -> np.ndarray:
     """The single array of an ``.npz``; ``key``: the name it must have (any if ``None``)."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if len(data.files) != 1:
                 raise DataError(f"{path}: .npz must hold exactly one array, found {len(data.files)}")
-            _check_key(path, data.files[0], key)
+            _check_key(path, data.files[0], key, owner)
             return data[data.files[0]]
     except DataError:  # a ValueError too: ours, already naming the file
         raise
@@ -243,12 +261,19 @@ def _load_npz(path: Path, key: str | None = None) -> np.ndarray:
         raise DataError(f"{path}: unreadable .npz ({type(exc).__name__}: {exc})") from exc
 
 
-def load_field(path: Path, fmt: str, expected_shape: tuple[int, ...]) -> np.ndarray:
+def load_field(
+    path: Path, fmt: str, expected_shape: tuple[int, ...], rules: rulesets.Rules = rulesets.L2R, keep_float64: bool = False
+) -> np.ndarray:
     """Load and validate one submitted field -> contract field ``X x Y x Z x 3`` float32.
 
-    ``expected_shape`` is ``(X, Y, Z, 3)`` (the fixed grid). ``DataError`` naming the file for a
-    wrong shape, a wrong dtype (2020: float16 only), a 2020 array not named ``arr_0``, or
-    NaN/Inf values.
+    ``expected_shape`` is ``(X, Y, Z, 3)`` (the fixed grid). ``rules``: the ``.npz`` key and
+    dtype rule and whether a ``3 x X x Y x Z`` field is transposed (``lumir*``: when
+    ``shape[0] == 3``, their test, so an ``X == 3`` channel-last field would be transposed too).
+    ``keep_float64``: a float64 field stays float64 (the organisers compute in float64; every
+    other stored type is exact in float32), except an ``.npz`` under ``l2r`` (cast to float32,
+    as L2R's ``load_disp``). ``DataError`` naming the file for a wrong shape (saying which
+    layouts the rule set accepts), a wrong dtype (2020: float16 only), an array under another
+    key than the rule set's (2020 and ``remind2reg``/``lumir*``: ``arr_0``), or NaN/Inf values.
     """
     grid = tuple(expected_shape[:3])
     if fmt == Layout.L2R2020:
@@ -263,14 +288,21 @@ def load_field(path: Path, fmt: str, expected_shape: tuple[int, ...]) -> np.ndar
         _check_finite(path, disp)
         return contract.from_2020(disp, full_resolution=tuple(disp.shape[1:]) == grid)
     if path.name.endswith(".npz"):
-        disp = _load_npz(path)
+        disp = _load_npz(path, rules.npz_key, f"{rules.name} fields")
         if not np.issubdtype(disp.dtype, np.number):
             raise DataError(f"{path}: dtype {disp.dtype} is not numeric")
-        disp = disp.astype(np.float32, copy=False)
+        wide = keep_float64 and disp.dtype == np.float64 and not rules.npz_float32
     else:
-        disp, _ = load_nifti(path, dtype=np.float32, copy=False)  # read-only view: nothing writes into it
+        disp, _ = load_nifti(path, dtype=None, copy=False)  # read-only view: nothing writes into it
+        wide = keep_float64 and disp.dtype == np.float64
+    disp = disp if wide else disp.astype(np.float32, copy=False)
+    if rules.channel_first and disp.ndim == 4 and disp.shape[0] == 3:
+        disp = disp.transpose(1, 2, 3, 0)
     if tuple(disp.shape) != tuple(expected_shape):
-        raise DataError(f"{path}: shape {_fmt(disp.shape)}; expected {_fmt(expected_shape)} (fixed grid x 3)")
+        accepted = f"{_fmt(expected_shape)} or 3x{_fmt(expected_shape[:3])}" if rules.channel_first else _fmt(expected_shape)
+        cf = disp.ndim == 4 and disp.shape[0] == 3 and tuple(disp.shape[1:]) == tuple(expected_shape[:3])
+        extra = f"; the {rules.name} rules do not accept channel-first 3 x X x Y x Z" if cf and not rules.channel_first else ""
+        raise DataError(f"{path}: shape {_fmt(disp.shape)}; expected {accepted} (fixed grid x 3){extra}")
     _check_finite(path, disp)
     return disp  # NIfTI data come in Fortran order: the metrics follow the memory layout
 
@@ -286,7 +318,12 @@ def _fmt(shape: tuple[int, ...]) -> str:
 
 
 def check_submission(
-    disp_dir: str | Path, config: EvalConfig, fmt: str = "auto", deep: bool = False, task_folder: str | None = None
+    disp_dir: str | Path,
+    config: EvalConfig,
+    fmt: str = "auto",
+    deep: bool = False,
+    task_folder: str | None = None,
+    rules: rulesets.Rules = rulesets.L2R,
 ) -> list[str]:
     """Every problem of a submission, listed at once (empty = fine).
 
@@ -298,20 +335,20 @@ def check_submission(
     if not disp_dir.is_dir():
         return [f"{disp_dir}: submission folder not found"]
     fmt = detect_format(disp_dir) if fmt == "auto" else fmt
-    found, problems = locate_fields(field_folder(disp_dir, fmt, task_folder), config.pairs, fmt)
+    found, problems = locate_fields(field_folder(disp_dir, fmt, task_folder), config.pairs, fmt, rules)
     for key, path in found.items():
         try:
             if deep:
-                load_field(path, fmt, config.expected_shape)
+                load_field(path, fmt, config.expected_shape, rules)
             elif path.name.endswith(".npz"):
-                _check_npz_header(path, fmt, config.expected_shape)
+                _check_npz_header(path, fmt, config.expected_shape, rules)
         except DataError as exc:
             problems.append(f"{exc} [{key}]")
     return problems
 
 
-def _check_npz_header(path: Path, fmt: str, expected_shape: tuple[int, ...]) -> None:
-    shape, dtype = npz_header(path, KEY_2020 if fmt == Layout.L2R2020 else None)
+def _check_npz_header(path: Path, fmt: str, expected_shape: tuple[int, ...], rules: rulesets.Rules = rulesets.L2R) -> None:
+    shape, dtype = npz_header(path, *((KEY_2020,) if fmt == Layout.L2R2020 else (rules.npz_key, f"{rules.name} fields")))
     grid = tuple(expected_shape[:3])
     if fmt == Layout.L2R2020:
         if dtype != np.float16:
@@ -319,5 +356,5 @@ def _check_npz_header(path: Path, fmt: str, expected_shape: tuple[int, ...]) -> 
         ok = len(shape) == 4 and shape[0] == 3 and (shape[1:] == grid or tuple(2 * n for n in shape[1:]) == grid)
         if not ok:
             raise DataError(f"{path}: shape {_fmt(shape)} fits neither 3x{_fmt(grid)} nor half resolution of it")
-    elif shape != tuple(expected_shape):
+    elif shape != tuple(expected_shape) and not (rules.channel_first and shape == (3, *grid)):
         raise DataError(f"{path}: shape {_fmt(shape)}; expected {_fmt(expected_shape)} (fixed grid x 3)")

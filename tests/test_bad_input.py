@@ -234,6 +234,70 @@ def test_a_truncated_image_names_the_real_cause(trained, tmp_path, capsys):
     assert "runtimes.json" not in written or json.loads(written["runtimes.json"])["runtimes"] == {}
 
 
+# ------------------------------------------------------------------- 2b. the organisers' rule sets (evaluate)
+
+ORGANISERS = Path(__file__).resolve().parent / "fixtures" / "organisers" / "cases"
+LUMIR25_FLAGS = [("-l1", "LUMIR24_Landmark"), ("-s1", "LUMIR24_Segmentation"), ("-s2", "HighField_Segmentation"), ("-s3", "MultiModal_Segmentation")]
+
+
+def _lumir25_args(disp: Path) -> list[str]:
+    root = ORGANISERS / "lumir25"
+    configs = [a for flag, name in LUMIR25_FLAGS for a in (flag, str(root / f"LUMIR25_VAL_{name}_evaluation_config.json"))]
+    return [*configs, "-i", str(disp), "-d", str(root)]
+
+
+def test_a_field_under_a_name_its_rules_refuse_names_the_one_they_want(tmp_path, capsys):
+    """LUMIR wants disp_3485_3484.nii.gz (equal modalities: the short name), not the long one."""
+    disp = tmp_path / "disp"
+    shutil.copytree(ORGANISERS / "lumir25" / "disp" / "smooth", disp)
+    (disp / "disp_3485_3484.nii.gz").rename(disp / "disp_3485_0000_3484_0000.nii.gz")
+    (disp / "disp_4024_4033.nii.gz").rename(disp / "disp_4024_4033.npz")  # MultiModal pair: .npz is never read
+    code, _, err = run(capsys, *_lumir25_args(disp), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and not (tmp_path / "r.json").exists() and "2 problem(s)" in err
+    assert "expected disp_3485_3484.nii.gz (lumir25 rules); found disp_3485_0000_3484_0000.nii.gz, which the lumir25 rules do not accept" in err
+    assert "expected disp_4024_4033.nii.gz (lumir25 rules); found disp_4024_4033.npz" in err
+
+
+@pytest.mark.parametrize("rules", ["remind2reg", "l2r"])
+def test_a_channel_first_field_is_refused_where_its_rules_refuse_it(tmp_path, capsys, rules):
+    root = ORGANISERS / "remind"
+    disp = tmp_path / "disp"
+    shutil.copytree(root / "disp" / "smooth", disp)
+    name = "disp_0100_0000_0100_0001.nii.gz"
+    u, geometry = load_nifti(disp / name, dtype=None)
+    save_nifti(disp / name, np.ascontiguousarray(u.transpose(3, 0, 1, 2)), geometry)
+    argv = ["-c", str(root / "ReMIND2Reg_VAL_evaluation_config.json"), "-i", str(disp), "-d", str(root), "--rules", rules]
+    code, _, err = run(capsys, *argv, "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and name in err and f"shape 3x20x24x20; expected 20x24x20x3 (fixed grid x 3); the {rules} rules do not accept channel-first" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--rules", "lumir24", "-c", "remind/ReMIND2Reg_VAL_evaluation_config.json"], "the lumir24 rules read the task name from the config key 'name'"),
+        (["--rules", "remind2reg", "-c", "lumir24/LUMIR_VAL_Landmark_evaluation_config.json"], "the remind2reg rules read the task name from the config key 'task_name'"),
+        (["--rules", "l2r", "-c", "lumir24/LUMIR_VAL_Landmark_evaluation_config.json"], "metric 'ndv' (Non-diffeomorphic Volumes) is not scored by the l2r rules"),
+        (["-c", "lumir24/LUMIR_VAL_Landmark_evaluation_config.json", "-c1", "lumir24/LUMIR_VAL_Segmentation_evaluation_config.json"], "give -c CONFIG, or LUMIR 2024's -c1/-c2, or LUMIR 2025's -l1/-s1/-s2/-s3"),
+        (["-c1", "lumir24/LUMIR_dataset.json"], "LUMIR_dataset.json: invalid evaluation config"),
+    ],
+)  # fmt: skip
+def test_a_config_its_rules_cannot_read_is_refused_by_name(tmp_path, capsys, args, message):
+    args = [str(ORGANISERS / a) if a.endswith(".json") else a for a in args]
+    code, _, err = run(capsys, *args, "-i", str(ORGANISERS / "lumir24" / "disp" / "zero"), "-d", str(ORGANISERS / "lumir24"), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and message in err and not (tmp_path / "r.json").exists()
+
+
+def test_remind2reg_rules_with_fewer_than_three_pairs_say_why(tmp_path, capsys):
+    root = ORGANISERS / "remind"
+    config = json.loads((root / "ReMIND2Reg_VAL_evaluation_config.json").read_text())
+    config["eval_pairs"] = config["eval_pairs"][:2]
+    (tmp_path / "two.json").write_text(json.dumps(config))
+    argv = ["-c", str(tmp_path / "two.json"), "-i", str(root / "disp" / "smooth"), "-d", str(root), "-o", str(tmp_path / "r.json")]
+    code, _, err = run(capsys, *argv, module=evaluate_cli)
+    assert code == 1 and "take the aggregated metrics from the third case, and this run has 2 pair(s)" in err
+    assert run(capsys, *argv, "--rules", "l2r", module=evaluate_cli)[0] == 0
+
+
 # ------------------------------------------------------------------- 3. nothing already written is lost
 
 

@@ -5,6 +5,8 @@ Independent of ``evaluation.metrics`` / ``evaluation.surface`` on purpose: full-
 the full cubic prefilter for TRE, the PyPI ``surface-distance`` package (DeepMind's code, which the
 official evaluator calls) for HD95, fields read with ``get_fdata`` and header zooms for spacing, as
 the official script does. Slow and memory-hungry by design; only for tests and the benchmark.
+Also LUMIR's NDV and landmark-centroid TRE (``tests/fixtures/organisers/SPEC.md`` 2.5, 2.6), as
+ten full-volume ``correlate`` Jacobians and one mask per landmark.
 """
 
 from __future__ import annotations
@@ -200,3 +202,65 @@ def _case(
             out[key] = {"mean": mean, "detailed": detailed}
     return out
 
+
+
+NDV_ORDER = ("+x+y+z", "+x+y-z", "+x-y+z", "+x-y-z", "Jstar_1", "Jstar_2", "-x+y+z", "-x+y-z", "-x-y+z", "-x-y-z")
+
+
+def _cofactor_det(j: list[list[np.ndarray]]) -> np.ndarray:
+    """det of ``j[a][c]`` by the cofactor expansion down the first column (the organisers' order)."""
+    return (
+        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+        - j[1][0] * (j[0][1] * j[2][2] - j[0][2] * j[2][1])
+        + j[2][0] * (j[0][1] * j[1][2] - j[0][2] * j[1][1])
+    )
+
+
+def ndv_dets(disp: np.ndarray) -> dict[str, np.ndarray]:
+    """The ten determinants of LUMIR's NDV on the interior: ``phi = u + id`` (float64), each row
+    from ``correlate(phi_c, kernel, mode="nearest")`` over the whole volume, then cropped."""
+    phi = disp.transpose(3, 0, 1, 2).astype(np.float64) + np.indices(disp.shape[:3]).astype(np.float32)
+    dets = {}
+    one_sided = {"+": [0, -1, 1], "-": [-1, 1, 0]}
+    for name in NDV_ORDER:
+        if name.startswith("Jstar"):
+            sign, pairs = (-1, ((0, 1), (0, 2), (1, 2))) if name == "Jstar_1" else (1, ((0, 1), (1, 2), (0, 2)))
+            kernels = []
+            for a, b in pairs:
+                k = np.zeros((3, 3, 3))
+                k[1, 1, 1] = -1
+                at = [1, 1, 1]
+                at[a] += sign
+                at[b] += sign
+                k[tuple(at)] = 1
+                kernels.append(k)
+        else:
+            kernels = [np.reshape(one_sided[name[2 * a]], [3 if d == a else 1 for d in range(3)]).astype(float) for a in range(3)]
+        j = [[ndimage.correlate(phi[c], kernels[a], mode="nearest") for c in range(3)] for a in range(3)]
+        dets[name] = _cofactor_det(j)[1:-1, 1:-1, 1:-1]
+    return dets
+
+
+def ndv(disp: np.ndarray, image: np.ndarray) -> float:
+    """LUMIR's NDV (%): ``sum_k sum(-0.5 min(J_k, 0) mask / 6) / sum(mask) * 100``, mask = image > 0."""
+    mask = image[1:-1, 1:-1, 1:-1] > 0
+    dets = ndv_dets(disp)
+    total = 0.0
+    for name in NDV_ORDER:
+        total += np.sum(-0.5 * np.minimum(dets[name], 0) * mask / 6)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return float(total / np.sum(mask) * 100)
+
+
+def centroid_tre(fixed_lms: np.ndarray, moving_lms: np.ndarray, disp: np.ndarray) -> float:
+    """LUMIR's landmark TRE (voxels): nearest warp of the moving landmark volume, then the mean
+    distance of the label centroids, labels = ``np.unique(fixed)[1:]``; NaN for a vanished one."""
+    identity = np.meshgrid(*[np.arange(n) for n in fixed_lms.shape], indexing="ij")
+    warped = ndimage.map_coordinates(moving_lms, identity + disp.transpose(3, 0, 1, 2), order=0)
+    grid = np.indices(fixed_lms.shape).astype(np.float64)
+    errors = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for label in np.unique(fixed_lms)[1:]:
+            centres = [[np.sum((vol == label).astype(np.float32) * g) / np.sum((vol == label).astype(np.float32)) for g in grid] for vol in (warped, fixed_lms)]
+            errors.append(np.sqrt(np.sum((np.asarray(centres[0]) - np.asarray(centres[1])) ** 2)))
+        return float(np.mean(errors)) if errors else float("nan")

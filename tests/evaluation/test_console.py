@@ -53,7 +53,7 @@ def test_evaluate_labels_official_and_corrected_metrics(task, tmp_path, capsys):
 def test_initial_prints_its_summary_like_evaluate(task, tmp_path, capsys):
     assert main(["initial", "-d", str(task), "-o", str(tmp_path / "Initial.json")]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Initial (zero field) of Blob: 1 pair(s)\nOfficial metrics")
+    assert out.startswith("Initial (zero field) of Blob: 1 pair(s), rules l2r\nOfficial metrics")
     assert "DSC" in out and "Corrected metrics" in out and f"Results saved to: {tmp_path / 'Initial.json'}" in out
     zero = write_zero_submission(task, tmp_path / "zero")
     assert main(["evaluate", "-i", str(zero), "-d", str(task), "-o", str(tmp_path / "e.json"), "-j", "1"]) == 0
@@ -66,3 +66,15 @@ def test_runtime_and_unknown_metrics_are_kept_apart():
     lines = summary_lines({"name": "T", "cases": {}, "aggregates": {"TRE_kp": agg, "custom": agg, "runtime": agg}})
     assert lines[1].startswith("Official metrics") and "TRE_kp" in lines[2] and lines[2].endswith("mm") and "custom" in lines[3]
     assert lines[4].startswith("Runtime") and "runtime" in lines[5] and DIFFERENCE not in lines
+
+
+def test_the_notes_follow_the_rule_set():
+    """Under LUMIR's rules TRE is in voxels and the '30' column is the 0.3 quantile (2024); NDV is named."""
+    result = {"name": "LUMIR", "rules": "lumir24", "cases": {"a": {}},
+              "aggregates": {"TRE_lm": {"mean": 2.0, "std": 0.1, "30": 1.9},
+                             "Non-diffeomorphic Volumes": {"mean": 0.01, "std": 0.0, "30": 0.01}}}
+    text = "\n".join(summary_lines(result))
+    assert "rules lumir24" in text and "voxels (centroids" in text and "non-diffeomorphic" in text
+    assert "0.3 quantile of the per-case values for every metric (LUMIR 2024" in text
+    l2r = "\n".join(summary_lines({**result, "rules": "l2r"}))
+    assert "TRE_lm" in l2r and "   mm" in l2r and "0.7 for SDlogJ/TRE" in l2r

@@ -312,7 +312,8 @@ def test_cli_exit_codes_and_output(task, tmp_path, capsys):
     out = tmp_path / "res" / "metrics.json"
     assert main(["-i", str(sub), "-d", str(task), "-o", str(out), "-j", "1", "--official-only", "--aggregate", "2020"]) == 0
     result = json.loads(out.read_text())
-    assert set(result) == {"name", "aggregates", "cases", "eval_version"} and result["name"] == "Toy"
+    assert list(result) == ["name", "aggregates", "cases", "eval_version", "rules"] and result["name"] == "Toy"
+    assert result["rules"] == "l2r"  # the rule set used, after the organisers' keys
     assert set(result["aggregates"]["DSC"]) == {"mean", "std", "30"} and "SDlogJ_true" not in result["aggregates"]
     assert "Results saved to" in capsys.readouterr().out
     assert main(["-i", str(sub), "-d", str(task), "-o", str(out.parent), "-j", "1"]) == 0  # a folder: timestamped name

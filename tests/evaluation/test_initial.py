@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from evaluation.initial import evaluate_initial, main
@@ -27,3 +29,13 @@ def test_cli_writes_the_result_and_fails_cleanly(tmp_path, capsys):
     assert (tmp_path / "initial.json").is_file()
     assert main(["-d", str(tmp_path / "missing"), "-o", str(tmp_path / "x.json")]) == 1
     assert "task folder not found" in capsys.readouterr().err and not (tmp_path / "x.json").exists()
+
+
+def test_a_lumir_config_gets_zero_fields_under_its_own_file_names():
+    """LUMIR wants disp_FIXED_MOVING.nii.gz (short) for its 0000 <- 0001 pairs: the zero fields are
+    written under the names of the rule set the config selects, so the organisers' config just works."""
+    cases = Path(__file__).resolve().parents[1] / "fixtures" / "organisers" / "cases" / "lumir25"
+    result = evaluate_initial(cases, config=cases / "LUMIR25_VAL_MultiModal_Segmentation_evaluation_config.json")
+    assert result["rules"] == "lumir25" and result["eval_version"] == "3.0"
+    assert list(result["cases"]) == ["4024_0000<--4033_0001", "4025_0000<--4034_0001"]
+    assert result["aggregates"]["Non-diffeomorphic Volumes"] == {"mean": 0.0, "std": 0.0, "30": 0.0}

@@ -144,14 +144,17 @@ def test_bounding_box_equals_the_extent_of_the_nonzero_voxels(order, dtype):
     assert surface.bounding_box(np.zeros((4, 5, 6), dtype=dtype, order=order)) is None
 
 
-def test_far_apart_structures_use_the_tree_and_match_the_reference():
-    a = np.zeros((80, 40, 40), bool)
+def test_far_apart_structures_use_the_tree_and_match_the_reference(monkeypatch):
+    a = np.zeros((220, 80, 80), bool)
     b = np.zeros_like(a)
     a[2:6, 2:6, 2:6] = True
-    b[70:75, 30:34, 31:35] = True
+    b[210:215, 70:74, 71:75] = True
     sa, sb = surface.mask_surface(a), surface.mask_surface(b)
-    assert np.prod([74, 33, 34]) > surface.EDT_BOX_PER_SURFEL * (len(sa) + len(sb))  # sparse box: the k-d tree
-    assert surface.hd95(a, b) == _oracle_hd95(a, b)
+    box = np.prod([214, 73, 74])
+    assert box > surface.EDT_BOX_PER_SURFEL * (len(sa) + len(sb)) and box > surface.EDT_BOX_MIN  # large sparse box: the k-d tree
+    used = []
+    monkeypatch.setattr(surface, "_tree_distances", lambda s, t, sp, f=surface._tree_distances: used.append(1) or f(s, t, sp))
+    assert surface.hd95(a, b) == _oracle_hd95(a, b) and used
     with pytest.raises(ValueError):
         surface.pair_distances(surface.mask_surface(a), surface.mask_surface(b), method="nope")
 

@@ -1,0 +1,290 @@
+"""Our evaluator vs each Learn2Reg organiser's own, whole process, side by side.
+
+Usage (from the repository root)::
+
+    python bench/bench_organisers.py                       # ours only -> bench/results/organisers_vs_ours_cpu.{json,md}
+    python bench/bench_organisers.py --organisers-python /path/to/venv/bin/python \\
+        --organisers-root /path/to/checkouts              # theirs too, interleaved with ours
+
+The case is the 80x96x80 six-pair timing case of ``tests/fixtures/organisers/make_cases.py
+--timing`` (built in a temporary folder unless ``--case`` names one). Each rule set runs its
+organiser's command line on it (``tests/fixtures/organisers/HOW_MADE.md``; the scripts'
+``evaluation.py`` under ``--organisers-root``: ``LUMIR_L2R/L2R_LUMIR_Eval``,
+``LUMIR25_L2R25/LUMIR25_Evalution_GC``, ``ReMIND2Reg/evaluation``, ``L2R/evaluation``, as cloned
+at the commits named there; their code needs numpy < 2, hence a separate Python). Ours runs
+``python -m evaluation.evaluate`` with the same arguments (plus ``--rules`` where the config does
+not say whose it is). Every run is a fresh process, timed from start to exit (interpreter start
+and imports included): wall seconds, and from ``wait4`` the user+system CPU seconds of the process
+and all its (reaped) worker processes, and the peak resident memory of the largest one of them.
+Rounds are interleaved
+(ours and theirs, every rule set, round after round) so that the shared machine's noisy spells
+hit all alike; medians are reported. Our results are checked against theirs (1e-6 relative) on
+this case too. Also written: the start-up floor (interpreter and imports alone) and the parity of
+every stored fixture run (tests/evaluation/test_organisers.py).
+
+Nothing of the organisers' code is stored in this repository or fetched by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from learn2reg import io  # noqa: E402
+
+MAKE_CASES = REPO / "tests" / "fixtures" / "organisers" / "make_cases.py"
+SEG = ["-s1", "seg_part1_evaluation_config.json", "-s2", "seg_part2_evaluation_config.json", "-s3", "seg_part3_evaluation_config.json"]
+# rule set -> (their script under --organisers-root, the arguments, what ours adds)
+RUNS: dict[str, tuple[str, list[str], list[str]]] = {
+    "lumir24": (
+        "LUMIR_L2R/L2R_LUMIR_Eval/evaluation.py",
+        ["-c1", "LUMIR_VAL_Landmark_evaluation_config.json", "-c2", "LUMIR_VAL_Segmentation_evaluation_config.json", "-i", "disp/smooth/", "-d", "./"],
+        [],
+    ),
+    "lumir25": (
+        "LUMIR25_L2R25/LUMIR25_Evalution_GC/evaluation.py",
+        ["-l1", "LUMIR_VAL_Landmark_evaluation_config.json", *SEG, "-i", "disp/smooth/", "-d", "./"],
+        [],
+    ),
+    "remind2reg": (
+        "ReMIND2Reg/evaluation/evaluation.py",
+        ["-c", "remind_style_evaluation_config.json", "-i", "disp/smooth_full/", "-d", "./"],
+        ["--rules", "remind2reg"],  # its task_name is LUMIRtiming: the config does not say whose it is
+    ),
+    "l2r": ("L2R/evaluation/evaluation.py", ["-c", "l2r_style_evaluation_config.json", "-i", "disp/smooth_full/", "-d", "./"], ["--rules", "l2r"]),
+}
+ENV = {"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+IMPORTS = {"python (nothing)": "pass", "numpy": "import numpy", "numpy + nibabel": "import nibabel", "numpy + scipy.ndimage": "import scipy.ndimage",
+           "evaluation.evaluate (all of ours)": "import evaluation.evaluate"}  # fmt: skip
+
+
+NOTES = [
+    "Reading the numbers:",
+    "- The organisers' evaluators run single-threaded; ours evaluates the pairs in min(cores, pairs) worker processes. "
+    "On a shared machine whose other jobs keep the cores busy, a second worker buys little, so the CPU columns "
+    "(all processes of a run) are the steadier comparison; on idle cores our wall time falls towards the start-up "
+    "floor plus half the CPU time.",
+    "- Our start-up is the imports of numpy, nibabel and scipy.ndimage (their own import-time work, see the floor "
+    "table); the organisers' ~1.1 s start-up is mostly evalutils' imports. This floor bounds the ReMIND2Reg speed-up, "
+    "whose whole computation (SDlogJ and six-point TRE on six pairs) takes them ~1 s: 10x would need a run shorter than "
+    "our imports.",
+    "- Our per-pair work is dominated by HD95 (the step table): DeepMind's method needs a Euclidean distance transform "
+    "of each label's surface over the box of both surfaces, both ways (label 0 included, which spans the whole grid); "
+    "ours uses the exact transform of the edt package, ~3x faster than theirs, and the surfels per label's own box. "
+    "NDV, which dominates the LUMIR evaluators (~0.9 s per pair, twelve times here), takes us ~0.01 s per pair.",
+    "- Parity: the only differences above round-off are the l2r runs on `.npz` fields (1.2e-8): L2R HEAD casts an "
+    "`.npz` to float32 and its cubic TRE sampling then returns float32; we cast the same way but sample in float64.",
+]
+
+
+def timed(cmd: list[str], cwd: Path, out: Path | None = None) -> dict[str, float | int]:
+    """Run ``cmd`` to its end: wall seconds, CPU seconds of it and its workers, the largest peak RSS (MB)."""
+    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+    t0 = time.perf_counter()
+    with open(out.with_suffix(".log") if out else os.devnull, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}" + (f"; see {out.with_suffix('.log')}" if out else ""))
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_mb": usage.ru_maxrss / 1024}
+
+
+def machine() -> dict[str, Any]:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo if ln.startswith("model name")), platform.processor())
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "load_avg_before": os.getloadavg()}
+
+
+def run_rounds(case: Path, work: Path, repeats: int, theirs: tuple[Path, Path] | None) -> dict[str, dict[str, list[dict]]]:
+    """``repeats`` interleaved rounds of every (rule set, ours/theirs) and the import floor."""
+    runs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "theirs": []} for name in RUNS}
+    runs["imports"] = {label: [] for label in IMPORTS}
+    for r in range(repeats):
+        for name, (script, args, extra) in RUNS.items():
+            ours = work / f"ours_{name}.json"
+            runs[name]["ours"].append(timed([sys.executable, "-m", "evaluation.evaluate", *args, *extra, "-o", str(ours)], case, ours))
+            if theirs is not None:
+                out = work / f"theirs_{name}.json"
+                runs[name]["theirs"].append(timed([str(theirs[0]), str(theirs[1] / script), *args, "-o", str(out)], case, out))
+        for label, code in IMPORTS.items():
+            runs["imports"][label].append(timed([sys.executable, "-c", code], REPO))
+        print(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {v['ours'][-1]['wall_s']:.2f} s" for n, v in runs.items() if n != "imports"), flush=True)
+    return runs
+
+
+def compare(work: Path) -> dict[str, str]:
+    """Our result vs theirs on the timing case, per rule set (when theirs ran)."""
+    from tests.evaluation.test_organisers import OURS, differences, max_difference
+
+    found = {}
+    for name in RUNS:
+        theirs = work / f"theirs_{name}.json"
+        if not theirs.is_file():
+            continue
+        ours, expected = json.loads((work / f"ours_{name}.json").read_text()), json.loads(theirs.read_text())
+        extras = frozenset(OURS | {"rules"}) if name == "l2r" else frozenset({"rules"})
+        diffs = differences(ours, expected, extras=extras)
+        rel, _ = max_difference(ours, expected)
+        found[name] = f"{len(diffs)} differences, max relative {rel:.1e}" if not diffs else "; ".join(diffs[:3])
+    return found
+
+
+def parity() -> list[dict[str, Any]]:
+    """Max relative difference of every stored fixture run (the parity test's comparison)."""
+    from evaluation.evaluate import evaluate
+    from tests.evaluation.test_organisers import FIXTURES, PASSING, max_difference
+
+    rows = []
+    for run in PASSING:
+        ours = evaluate(FIXTURES / run.flags["-i"], FIXTURES / run.flags["-d"], run.config, rules=run.rules, workers=1)
+        rel, absolute = max_difference(ours, run.expected())
+        rows.append({"evaluator": run.evaluator, "run": run.name, "field_set": run.field_set, "max_relative": rel, "max_absolute_near_zero": absolute})
+    return rows
+
+
+def components(case: Path, repeats: int = 5) -> dict[str, float]:
+    """CPU seconds of each of our steps on the first pair, in-process (best of ``repeats``)."""
+    from evaluation import jacobian, metrics, ndv
+    from evaluation.case import _load_labels
+    from learn2reg.io import load_nifti, read_nifti_header, read_points
+
+    field = case / "disp" / "smooth" / "disp_3455_3454.nii.gz"
+    u, _ = load_nifti(field, dtype=None)
+    labels = [_load_labels(case / f"labelsVal/LUMIRMRI_{s}_0000.nii.gz", u.shape[:3], "F")[0] for s in (3455, 3454)]
+    marks = [_load_labels(case / f"landmarksVal/LUMIRMRI_{s}_0000.nii.gz", u.shape[:3], "F")[0] for s in (3455, 3454)]
+    image, _ = load_nifti(case / "imagesVal/LUMIRMRI_3454_0000.nii.gz", dtype=None)
+    points = [read_points(case / f"landmarksVal/LUMIRMRI_{s}_0000.csv") for s in (3455, 3454)]
+    spacing = read_nifti_header(case / "imagesVal/LUMIRMRI_3454_0000.nii.gz").spacing
+    ids = [0, 4, 11, 23, 30, 31, 32, 35]
+    warped = metrics.warp_labels(labels[1], u)
+    counts = metrics.label_counts(labels[0], labels[1], warped, ids)
+    steps = {
+        "read the field (.nii.gz, 7.4 MB)": lambda: load_nifti(field, dtype=None),
+        "NDV (ten determinants per voxel)": lambda: ndv.ndv(u, image),
+        "label warp + DSC counts (8 ids)": lambda: metrics.label_counts(labels[0], labels[1], metrics.warp_labels(labels[1], u), ids),
+        "HD95 (8 ids, 6 present incl. 0)": lambda: metrics.hd95(labels[0], warped, counts),
+        "SDlogJ (+ ours)": lambda: jacobian.jacobian_stats(u),
+        "TRE from 6 CSV points (cubic)": lambda: metrics.tre(u, points[0], points[1], spacing),
+        "TRE from landmark volumes (centroids)": lambda: metrics.centroid_tre(marks[0], metrics.warp_labels(marks[1], u)),
+    }
+    out = {}
+    for name, step in steps.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.process_time()
+            step()
+            times.append(time.process_time() - t0)
+        out[name] = min(times)
+    return out
+
+
+def median(values: list[dict], key: str) -> float:
+    return statistics.median(v[key] for v in values)
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> None:
+    io.write_json(out_dir / "organisers_vs_ours_cpu.json", results)
+    m = results["machine"]
+    lines = [
+        "# Our evaluator vs the organisers' own, whole process (CPU)", "",
+        f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs); Python {m['python']} (ours: numpy {results['numpy']}, "
+        f"theirs: {results.get('theirs_python', 'not run')}). Load average before {tuple(round(x, 1) for x in m['load_avg_before'])}, "
+        f"after {tuple(round(x, 1) for x in results['load_avg_after'])}.",
+        f"Case: `make_cases.py --timing` (six 80x96x80 LUMIR-like pairs, 8 label ids incl. 0, 6 landmarks; smooth float32 fields). "
+        f"{results['repeats']} interleaved rounds; medians; every run a fresh process (interpreter start and imports included), "
+        f"environment {' '.join(f'{k}={v}' for k, v in ENV.items())}; ours with its default worker pool (min(cores, pairs) processes).", "",
+        "| rule set (their command line) | theirs: wall s | ours: wall s (runs: min - max) | speed-up (wall) | theirs: CPU s | ours: CPU s (all processes) | speed-up (CPU) | peak MB theirs / ours (largest process) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name in RUNS:
+        ours, theirs = results["runs"][name]["ours"], results["runs"][name]["theirs"]
+        ow = median(ours, "wall_s")
+        tw = median(theirs, "wall_s") if theirs else float("nan")
+        tc = f"{median(theirs, 'cpu_s'):.2f}" if theirs else "-"
+        cpu_speed = f"{median(theirs, 'cpu_s') / median(ours, 'cpu_s'):.1f}x" if theirs else "-"
+        tm = f"{max(t['maxrss_mb'] for t in theirs):.0f}" if theirs else "-"
+        span = f"{min(o['wall_s'] for o in ours):.2f} - {max(o['wall_s'] for o in ours):.2f}"
+        speed = f"{tw / ow:.1f}x" if theirs else "-"
+        lines.append(f"| {name} | {tw:.2f} | {ow:.2f} ({span}) | {speed} | {tc} | {median(ours, 'cpu_s'):.2f} | {cpu_speed} | {tm} / {max(o['maxrss_mb'] for o in ours):.0f} |")
+    lines += ["", "Start-up floor (a fresh interpreter that only imports, same rounds):", "", "| import | wall s | CPU s |", "|---|---|---|"]
+    for label, values in results["runs"]["imports"].items():
+        lines.append(f"| {label} | {median(values, 'wall_s'):.2f} | {median(values, 'cpu_s'):.2f} |")
+    if results.get("components"):
+        lines += ["", "Where our time goes: CPU seconds of each step on one pair, in-process (best of 5):", "", "| step | CPU s |", "|---|---|"]
+        lines += [f"| {name} | {value:.3f} |" for name, value in results["components"].items()]
+    if results.get("agreement"):
+        lines += ["", "Ours vs theirs on this case (organiser keys, 1e-6 relative):", ""]
+        lines += [f"- {name}: {text}" for name, text in results["agreement"].items()]
+    if results.get("parity"):
+        lines += ["", "Parity on the stored fixture runs (tests/fixtures/organisers; every number of their metrics.json: the largest "
+                  "relative difference, and the largest absolute one among values within 1e-12 of zero):", "",
+                  "| evaluator | run (field set) | max relative difference | max absolute difference near 0 |", "|---|---|---|---|"]  # fmt: skip
+        for row in results["parity"]:
+            lines.append(f"| {row['evaluator']} | {row['run']} ({row['field_set']}) | {row['max_relative']:.1e} | {row['max_absolute_near_zero']:.1e} |")
+    lines += ["", *results.get("notes", [])]
+    (out_dir / "organisers_vs_ours_cpu.md").write_text("\n".join(lines).rstrip() + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", type=Path, default=None, help="an existing timing case folder (its lumir24/ inside; default: build one)")
+    parser.add_argument("--organisers-python", type=Path, default=None, help="a Python with numpy < 2, evalutils, surface-distance")
+    parser.add_argument("--organisers-root", type=Path, default=None, help="folder holding their checkouts LUMIR_L2R/, LUMIR25_L2R25/, ReMIND2Reg/, L2R/")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--no-parity", action="store_true", help="skip the fixture parity table")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
+    parser.add_argument("--render", type=Path, default=None, help="only rewrite the markdown beside this results json")
+    args = parser.parse_args()
+    if args.render is not None:
+        results = json.loads(args.render.read_text())
+        results["notes"] = NOTES
+        write_results(results, args.render.parent)
+        return
+    theirs = None
+    if args.organisers_python or args.organisers_root:
+        if not (args.organisers_python and args.organisers_root):
+            parser.error("--organisers-python and --organisers-root go together")
+        theirs = (args.organisers_python, args.organisers_root)
+    import numpy
+
+    results: dict[str, Any] = {"machine": machine(), "numpy": numpy.__version__, "repeats": args.repeats}
+    if theirs is not None:
+        version = subprocess.run([str(theirs[0]), "-c", "import numpy, scipy, platform; print(platform.python_version(), 'numpy', numpy.__version__, 'scipy', scipy.__version__)"],
+                                 capture_output=True, text=True, check=True)  # fmt: skip
+        results["theirs_python"] = "Python " + version.stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="bench_organisers_") as tmp:
+        root = args.case
+        if root is None:
+            subprocess.run([sys.executable, str(MAKE_CASES), "--timing", str(Path(tmp) / "case")], check=True, capture_output=True)
+            root = Path(tmp) / "case"
+        case = root / "lumir24" if (root / "lumir24").is_dir() else root
+        work = Path(tmp) / "out"
+        work.mkdir()
+        results["runs"] = run_rounds(case, work, args.repeats, theirs)
+        results["agreement"] = compare(work)
+        results["components"] = components(case)
+    results["load_avg_after"] = os.getloadavg()
+    if not args.no_parity:
+        results["parity"] = parity()
+    results["notes"] = NOTES
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_results(results, args.out)
+    print((args.out / "organisers_vs_ours_cpu.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

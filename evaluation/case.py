@@ -1,0 +1,178 @@
+"""One pair's metrics under a rule set: load and check the field, compute what the configuration
+asks for, in its order (the worker side of ``evaluation.evaluate``).
+
+Per metric (``tests/fixtures/organisers/SPEC.md`` section 2): SDlogJ and ``num_foldings``
+(``evaluation.jacobian``), DSC and HD95 over the configured labels after the nearest-neighbour
+label warp (``evaluation.metrics``, ``evaluation.surface``), TRE from CSV points (mm, the moving
+image's spacing) or, under the LUMIR rules, from landmark label volumes (centroids, voxels), and
+LUMIR's NDV (``evaluation.ndv``, mask = the moving (2024) or fixed (2025) image > 0). A metric the
+rule set does not score is left out; ours (``SDlogJ_true``, ``num_foldings_true``,
+``folding_fraction``, ``<HD95>_mm``) are added only under the ``l2r`` rules.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from evaluation import jacobian, metrics, ndv
+from learn2reg import contract
+from learn2reg import rules as rulesets
+from learn2reg.eval_config import EvalPair, Method
+from learn2reg.io import DataError, load_nifti, read_nifti_header, read_points
+from learn2reg.rules import Rules
+from learn2reg.segmentation import check_label_map, label_dtype, max_label
+from learn2reg.submission import load_field
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to evaluate: ``extras`` adds our corrected metrics (``l2r`` rules only); ``aggregate``
+    is ``l2r`` or ``2020`` (``l2r`` rules only); ``tre_method`` is the TRE sampler
+    (``metrics.sample_cubic``)."""
+
+    extras: bool = True
+    aggregate: str = "l2r"
+    tre_method: str = "auto"
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    """Everything one worker needs for one pair (picklable)."""
+
+    pair: EvalPair
+    field: Path
+    fmt: str
+    methods: tuple[Method, ...]
+    expected_shape: tuple[int, int, int, int]
+    masked: bool
+    options: Options
+    rules: Rules = rulesets.L2R
+
+
+def evaluate_case(job: CaseJob) -> tuple[str, dict | None, list[str]]:
+    """Validate and evaluate one pair -> ``(key, metrics or None, problems)``."""
+    try:
+        u = load_field(job.field, job.fmt, job.expected_shape, job.rules, keep_float64=True)
+        return job.pair.key, case_metrics(job, u), []
+    except DataError as exc:
+        return job.pair.key, None, [str(exc)]
+    except ValueError as exc:  # e.g. a grid too small for the metric: still this pair's problem
+        return job.pair.key, None, [f"{job.pair.key}: {exc}"]
+
+
+def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
+    """All configured metrics of one pair the rule set scores, in config order (``num_foldings``
+    after SDlogJ), then ours (``l2r`` rules)."""
+    pair, rules = job.pair, job.rules
+    methods = [m for m in job.methods if m.metric in rules.scored]
+    extras = job.options.extras and rules.extras
+    found: dict[str, Any] = {}
+    ours: dict[str, Any] = {}
+    if any(m.metric == "sdlogj" for m in methods):
+        stats = jacobian.jacobian_stats(u, _load_mask(pair, u) if job.masked else None)
+        found["sdlogj"] = stats
+        ours.update(SDlogJ_true=stats.sdlogj_true, num_foldings_true=stats.num_foldings_true, folding_fraction=stats.folding_fraction)
+    label_methods = [m for m in methods if m.metric in ("dice", "hd95")]
+    if label_methods:
+        order = contract.memory_order(u)
+        fixed, geometry = _load_labels(pair.fixed_label, u.shape[:3], order)
+        moving, _ = _load_labels(pair.moving_label, None, order)
+        warped = metrics.warp_labels(moving, u)
+        cache: dict[tuple[int, ...], metrics.LabelCounts] = {}
+        for m in label_methods:
+            if m.labels not in cache:
+                cache[m.labels] = metrics.label_counts(fixed, moving, warped, m.labels)
+            counts = cache[m.labels]
+            if m.metric == "dice":
+                found[m.name] = metrics.dice(counts)
+            else:
+                spacings = [(1.0, 1.0, 1.0)] + ([geometry.spacing] if extras else [])
+                values = metrics.hd95(fixed, warped, counts, spacings)
+                found[m.name] = values[0]
+                if extras:
+                    ours[f"{m.name}_mm"] = (metrics.nanmean(values[1]), values[1])
+    for m in methods:
+        if m.metric == "tre":
+            found[m.name] = _tre(job, m, u)
+        elif m.metric == "ndv":
+            image = pair.moving_image if rules.ndv_mask == "moving" else pair.fixed_image
+            mask_image, _ = load_nifti(image, dtype=None, copy=False)
+            if mask_image.shape != u.shape[:3]:
+                raise DataError(f"{image}: image shape {mask_image.shape} differs from the field grid {u.shape[:3]} (NDV mask)")
+            found[m.name] = ndv.ndv(u, mask_image)
+    return _assemble(job, found, ours if extras else {})
+
+
+def _tre(job: CaseJob, m: Method, u: np.ndarray) -> Any:
+    """TRE of one method: per point (mm) from CSV points, or LUMIR's centroid error (voxels)."""
+    pair = job.pair
+    files = pair.point_files(m.dest or "")
+    if files is None:
+        raise DataError(f"{pair.key}: no {m.dest} files configured for {m.name}")
+    fixed_file, moving_file = files
+    if job.rules.tre == "centroids":
+        fixed, _ = _load_labels(fixed_file, u.shape[:3], contract.memory_order(u), "landmark volume")
+        moving, _ = _load_labels(moving_file, None, contract.memory_order(u), "landmark volume")
+        return metrics.centroid_tre(fixed, metrics.warp_labels(moving, u))
+    fixed_pts, moving_pts = read_points(fixed_file), read_points(moving_file)
+    if fixed_pts.shape != moving_pts.shape:
+        raise DataError(f"{fixed_file} has {len(fixed_pts)} points but {moving_file} has {len(moving_pts)}")
+    spacing = read_nifti_header(pair.moving_image).spacing
+    return metrics.tre(u, fixed_pts, moving_pts, spacing, job.options.tre_method)
+
+
+def _assemble(job: CaseJob, found: dict[str, Any], ours: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for m in job.methods:
+        if m.metric not in job.rules.scored:
+            continue
+        if m.metric == "sdlogj":
+            stats = found["sdlogj"]
+            out[m.name] = {"mean": stats.sdlogj, "detailed": stats.sdlogj}
+            out["num_foldings"] = {"mean": stats.num_foldings, "detailed": stats.num_foldings}
+        elif m.metric == "ndv" or (m.metric == "tre" and job.rules.tre == "centroids"):
+            out[m.name] = {"mean": found[m.name], "detailed": found[m.name]}  # a scalar "detailed": theirs
+        elif m.metric == "tre":
+            values = found[m.name]
+            out[m.name] = {"mean": float(values.mean()) if values.size else float("nan"), "detailed": [float(v) for v in values]}
+        else:
+            values = found[m.name]
+            out[m.name] = {"mean": metrics.nanmean(values), "detailed": values}
+    for name, value in ours.items():
+        mean, detailed = value if isinstance(value, tuple) else (value, value)
+        out[name] = {"mean": mean, "detailed": detailed}
+    return out
+
+
+def _load_labels(
+    path: Path | None, grid: tuple[int, ...] | None, order: Literal["C", "F"] = "F", what: str = "label map"
+) -> tuple[np.ndarray, Any]:
+    """Integer label map (smallest unsigned dtype) in the memory ``order`` of the field (NIfTI
+    data are Fortran-ordered; mixing orders makes every voxel-wise step strided, ~3x slower);
+    ``DataError`` for non-integer/negative values or (for the fixed labels) a grid other than
+    the field's."""
+    if path is None:
+        raise DataError(f"{what} not configured")
+    arr, geometry = load_nifti(path, dtype=None, copy=False)
+    if arr.ndim != 3 or (grid is not None and arr.shape != tuple(grid)):
+        raise DataError(f"{path}: {what} shape {arr.shape} differs from the field grid {grid}")
+    check_label_map(path, arr)
+    return np.asarray(arr, dtype=label_dtype(max_label(arr)), order=order), geometry
+
+
+def _load_mask(pair: EvalPair, u: np.ndarray) -> np.ndarray | None:
+    """Fixed mask for SDlogJ, or ``None`` (with a warning, as the official evaluator) if absent."""
+    if pair.fixed_mask is None or not pair.fixed_mask.is_file():
+        log.warning("%s: no fixed mask (%s); SDlogJ unmasked", pair.key, pair.fixed_mask)
+        return None
+    mask, _ = load_nifti(pair.fixed_mask, dtype=None, copy=False)  # stored type: only == 1 is asked
+    if mask.shape != u.shape[:3]:
+        raise DataError(f"{pair.fixed_mask}: mask shape {mask.shape} differs from the field grid {u.shape[:3]}")
+    return mask
