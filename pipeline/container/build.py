@@ -136,6 +136,8 @@ def stage_context(dest: Path, contract: Contract, source: Source, record: dict[s
     for name in PROJECT_DIRS:
         shutil.copytree(PROJECT / name, dest / name, ignore=ignore)
     (dest / WHEELS).mkdir()
+    if (PROJECT / WHEELS / ".gitignore").is_file():  # as in a clone: the install layer's cache key is the folder's content
+        shutil.copy2(PROJECT / WHEELS / ".gitignore", dest / WHEELS / ".gitignore")
     if wheel is not None:
         _link_or_copy(wheel, dest / WHEELS / wheel.name)
     sub = dest / "submission"

@@ -97,8 +97,6 @@ def main(argv: list[str] | None = None, root: Path = SUBMISSION, mounts: Mounts 
     others (and ``switch_user=False``: the test process keeps its user)."""
     started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout, force=True)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # as PID 1 an unhandled SIGTERM would be ignored
-        signal.signal(sig, _stop)
     try:
         contract, record = load_contract(root)
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -141,4 +139,6 @@ def _log_to_file(path: Path) -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads (see pipeline/cli.py)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # as PID 1 (no --init) an unhandled SIGTERM would be ignored
+        signal.signal(sig, _stop)
     sys.exit(main())
