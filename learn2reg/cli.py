@@ -13,7 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from learn2reg.io import DataError
+from learn2reg.errors import DataError, OutputError
+from learn2reg.faults import FAULTS, describe
 
 DISTRIBUTION = "l2r-lapirn"  # [project] name in pyproject.toml
 
@@ -72,11 +73,18 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, intermixe
 
 def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, verbose: bool = False) -> int:
     """Log at INFO (DEBUG with ``verbose`` or the command's own ``-v``), run, and turn a
-    ``DataError`` into its message on stderr and exit code 1: the one policy of every command."""
+    ``DataError`` (the input), an ``OutputError`` (a write the machine refused) or an ``OSError``
+    of the machine that escaped (a full disk, a quota, no permission, a read-only file system:
+    ``learn2reg.faults``) into its message on stderr and exit code 1: the one policy of every command."""
     verbose = verbose or bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(run(args))
-    except DataError as exc:
+    except (DataError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in FAULTS:
+            raise
+        print(f"error: {describe(exc)}", file=sys.stderr)
         return 1
