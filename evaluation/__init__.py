@@ -2,7 +2,8 @@
 the zero-field row, plus what is built on scores.
 
 * ``metrics``, ``surface``, ``jacobian``  DSC, HD95 (DeepMind's surface method), TRE, SDlogJ, folding
-* ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the official flags and schema)
+* ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the official flags and schema);
+                   ``pool`` its worker processes (a worker that dies is named by its pair)
 * ``initial``      the zero field evaluated like a submission (``python -m evaluation.initial``)
 * ``leaderboard/`` several evaluated methods -> tables, rank scores, Markdown/CSV/HTML
                    (``python -m evaluation.leaderboard``)
