@@ -35,9 +35,20 @@ import SimpleITK as sitk
 
 from evaluation.metrics import tre
 from learn2reg.contract import warp
-from learn2reg.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_path,
+    check_output_path,
+    load_nifti,
+    read_json,
+    read_points,
+    save_nifti,
+    write_json,
+)
 from learn2reg.progress import progress as progress_bar
 from learn2reg.task import Case, Pair, Task, load_task
+from learn2reg.writers import hold_folder
 from pipeline.affine.fov import FOV_CHOICES, pair_config
 from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
 from pipeline.config import RunConfig, config_from_dict
@@ -232,7 +243,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = align_task(args.data, args.out, args.split, _config_from_args(args), args.fov, progress=True)
+    config = _config_from_args(args)
+    with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
+        summary = align_task(args.data, args.out, args.split, config, args.fov, progress=True)
     for key, entry in summary["pairs"].items():
         tre_text = f", TRE {entry['tre_initial_mm']:.2f} -> {entry['tre_aligned_mm']:.2f} mm" if "tre_aligned_mm" in entry else ""
         print(f"{key}: NGF {entry['metric_initial']:.4f} -> {entry['metric_final']:.4f} in {entry['runtime_s']:.1f} s{tre_text}")

@@ -32,6 +32,7 @@ images, shared with the single-pair ``register`` command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -53,7 +54,18 @@ from learn2reg.contract import (
     grid_scale,
     warp,
 )
-from learn2reg.io import DataError, Geometry, atomic_path, check_output_path, load_nifti, read_json, save_nifti
+from learn2reg.errors import OutputError
+from learn2reg.faults import require_space
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_path,
+    check_output_path,
+    load_nifti,
+    read_json,
+    read_nifti_header,
+    save_nifti,
+)
 from learn2reg.progress import progress
 from learn2reg.submission import read_manifest, submission_shape, write_manifest
 from learn2reg.task import Case, Layout, Pair, Task, load_task
@@ -61,7 +73,7 @@ from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
-from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
+from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
 from pipeline.model.field import predict_field
@@ -248,6 +260,7 @@ def predict(
     cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     check_output_path(out_dir, folder=True)
     info: DistInfo = init_distributed(device)
+    held = contextlib.ExitStack()  # the submission folder's writer lock (one writer; the torchrun job is one)
     try:
         task = load_task(data_dir)
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
@@ -255,8 +268,10 @@ def predict(
             raise DataError(f"{data_dir}: the task has no {split} pairs")
         p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
+        held.enter_context(hold_folder(out_dir, info, p.device))
         prepare_out_dir(out_dir, p, task, overwrite, info)
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
+        check_field_space(out_dir, p, task, [q for q in pairs if q.key not in manifest["runtimes"]])  # every rank: all stop
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
         for pair in progress(mine, desc=f"predict {task.name}", unit="pair", enabled=info.is_main, logger=log):
@@ -280,15 +295,20 @@ def predict(
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
+    except OutputError as exc:  # a full disk or a folder it may not write: what is kept, how to resume
+        raise exc.with_next_step(
+            f"the fields already in {out_dir} are complete and kept with their records; free space (or choose another --out), "
+            "then rerun the same command: the pairs already written are skipped") from exc
     finally:
+        held.close()
         shutdown(info)
 
 
 def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, info: DistInfo) -> None:
-    """Keep ``out_dir`` consistent before writing: temporaries of a killed earlier run are
-    removed; fields predicted under another configuration (recorded in a manifest there) are
-    refused, or removed with their manifests when ``overwrite`` (every rank decides the same;
-    rank 0 deletes)."""
+    """Keep ``out_dir`` consistent before writing (its writer lock held, which also removed the
+    temporaries of a killed earlier run): fields predicted under another configuration (recorded
+    in a manifest there) are refused, or removed with their manifests when ``overwrite`` (every
+    rank decides the same; rank 0 deletes)."""
     manifests = [m for m in (out_dir / "runtimes.json", *sorted(out_dir.glob("runtimes.rank*.json"))) if m.is_file()]
     foreign = {}
     for path in manifests:
@@ -304,13 +324,31 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
             "choose another --out, or pass --overwrite to replace them"
         )
     if info.is_main:
-        for stale in out_dir.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)  # a write interrupted by kill -9 never completes
         for path in present + list(foreign):
             log.info("removing %s (another configuration; --overwrite)", path)
             path.unlink(missing_ok=True)
     if info.enabled:
         torch.distributed.barrier()
+
+
+#: a field file is at least this fraction of its raw size (float32, or float16 for 2020): gzip/zip
+#: shrink displacement fields to about 60-95 % (their mantissas are noise); zero fields are exempt
+MIN_COMPRESSED = 0.25
+
+
+def check_field_space(out_dir: Path, p: Predictor, task: Task, pairs: Sequence[Pair]) -> None:
+    """Refuse before the work (``OutputError``) when ``out_dir`` cannot hold the fields of
+    ``pairs`` (those not yet written) at :data:`MIN_COMPRESSED` of their raw size; the fixed
+    images' headers give the grids (an unreadable one is that pair's problem, reported later)."""
+    if p.model is None and p.cfg.predict.affine == "none":
+        return  # zero fields compress to almost nothing
+    itemsize = 2 if task.layout == Layout.L2R2020 else 4
+    total = 0
+    for pair in pairs:
+        with contextlib.suppress(DataError, OSError, KeyError):
+            shape = submission_shape(task, read_nifti_header(task.case(pair.fixed).image).shape)
+            total += int(np.prod(shape)) * 3 * itemsize
+    require_space(out_dir, int(total * MIN_COMPRESSED), f"the fields of the {len(pairs)} pair(s) still to predict")
 
 
 def _field_name(task: Task, key: str) -> str:
