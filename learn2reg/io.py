@@ -25,7 +25,7 @@ import numpy as np
 
 from learn2reg.errors import DataError as DataError  # defined there, imported from here by every stage
 from learn2reg.faults import FAULTS, error_path, output_error, permission_fix
-from learn2reg.writers import remove_stale_temporaries, temporary_prefix
+from learn2reg.writers import claim_temporary, remove_stale_temporaries, temporary_prefix
 
 _GzipReader: Any
 try:  # Intel ISA-L: gzip decoding ~1.4x faster than zlib (the largest cost of reading a field)
@@ -252,15 +252,17 @@ def read_nifti_scaling(path: str | Path) -> tuple[float, float] | None:
 def check_output_path(path: str | Path, folder: bool) -> Path:
     """Refuse, before any work, an output path that cannot be written: ``DataError`` naming it
     when it exists as the wrong kind (a file where a folder is wanted, or the reverse), when one
-    of its parents is a file, or when the folder it goes into (an existing output folder itself)
-    is not writable, with the fix (its owner, ``mkdir`` first, ``export UID GID`` in the
+    of its parents is a file, or when the folder it goes into (an existing output folder itself,
+    else the nearest existing parent; files are renamed into theirs) is not writable, with the fix (its owner, ``mkdir`` first, ``export UID GID`` in the
     containers: ``learn2reg.faults.permission_fix``). Returns it."""
     path = Path(path)
     kind = "folder" if folder else "file"
     if path.exists() and path.is_dir() != folder:
         raise DataError(f"{path}: exists and is a {'file' if folder else 'folder'}, but a {kind} is needed here")
-    if folder and path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
-        raise DataError(f"{path}: cannot be written: no write permission ({permission_fix(path)})")
+    if folder and path.is_dir():  # an existing output folder: what counts is writing into it
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise DataError(f"{path}: cannot be written: no write permission ({permission_fix(path)})")
+        return path
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -290,11 +292,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent, path.name)
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
-        os.close(fd)
     except OSError as exc:
         if exc.errno not in FAULTS:
             raise
         raise output_error(exc, path) from exc
+    claim_temporary(fd)  # held until the rename: another process sees a live writer
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
@@ -308,6 +310,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise output_error(exc, path) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -1,15 +1,16 @@
 """One writer per folder, and temporaries removed only when their writer is dead.
 
 **Temporaries.** An atomic write (``learn2reg.io.atomic_path``) goes to a hidden sibling named
-after its writer, ``.{name}.{machine}-{pid}-{random}.tmp{suffixes}``, then is renamed onto the
-file. ``machine`` is a short hash of the host name, the boot id and the pid namespace, so a pid
-is only ever looked up where it means the same process (a container has its own pid namespace).
-:func:`remove_stale_temporaries` removes a temporary only when its writer is known to be dead
-(same machine, no such pid), or, for a writer it cannot see (another host or container, or a
-name of an older version), when the file has not changed for :data:`UNKNOWN_WRITER_AGE_S`. Two
-processes that write the same file (the ranks of one job filling a shared cache) thus never
-delete each other's temporaries: the last complete rename wins, and every reader sees a
-complete file.
+after its writer, ``.{name}.{machine}-{pid}-{random}.tmp{suffixes}``, which the writer holds an
+``fcntl.flock`` on until it has renamed it onto the file (:func:`claim_temporary`). ``machine``
+is a short hash of the host name, the boot id and the pid namespace, so a pid is only looked up
+where it means the same process (a container has its own pid namespace).
+:func:`remove_stale_temporaries` removes a temporary only when no live writer owns it: on the same
+machine when its pid is gone; otherwise (another host or container, a name of an older version)
+when nobody holds its lock (the kernel drops a killed writer's lock), or, on a file system
+without ``flock``, when it has not changed for :data:`UNKNOWN_WRITER_AGE_S`. Two processes that
+write the same file (the ranks of one job filling a shared cache) thus never delete each other's
+temporaries: the last complete rename wins, and every reader sees a complete file.
 
 **Folder lock.** :func:`hold_folder` gives a run folder or a submission folder one writer at a time:
 ``fcntl.flock`` on ``FOLDER/.l2r-lock``, held while the stage runs, released by the kernel when
@@ -49,7 +50,7 @@ from learn2reg.faults import output_error
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".l2r-lock"
-#: a temporary whose writer cannot be looked up is stale once unchanged for this long (seconds)
+#: on a file system without flock, a temporary of another machine is stale once unchanged this long (s)
 UNKNOWN_WRITER_AGE_S = 24 * 3600.0
 _TEMPORARY = re.compile(r"^\..+\.(?P<machine>[0-9a-f]{8})-(?P<pid>\d+)-[A-Za-z0-9_]+\.tmp(\.[^/]*)?$")
 _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
@@ -83,16 +84,30 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def claim_temporary(fd: int) -> None:
+    """Mark the open temporary ``fd`` as being written by this process (until ``fd`` is closed)."""
+    with contextlib.suppress(OSError):  # no flock here: the name (machine, pid) and the age still tell
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def is_stale(path: Path, now: float | None = None) -> bool:
     """Whether the temporary ``path`` belongs to no live writer (module docstring)."""
     match = _TEMPORARY.match(path.name)
     if match and match["machine"] == machine_id():
         return not pid_alive(int(match["pid"]))
     try:
-        age = (time.time() if now is None else now) - path.stat().st_mtime
-    except OSError:  # gone meanwhile
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # gone meanwhile, or not ours to judge
         return False
-    return age > UNKNOWN_WRITER_AGE_S
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return True  # nobody holds it: its writer is dead
+    except BlockingIOError:
+        return False  # a live writer, elsewhere
+    except OSError:  # a file system without flock: only the age can tell
+        return (time.time() if now is None else now) - os.fstat(fd).st_mtime > UNKNOWN_WRITER_AGE_S
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(folder: Path, name: str | None = None) -> list[Path]:

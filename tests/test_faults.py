@@ -149,7 +149,8 @@ def test_predict_on_a_full_disk_names_the_field_keeps_the_others_and_a_rerun_res
     code, err = run(capsys, *argv)
     assert code == 1, disk.how
     assert f"error: {out / FIELDS[2]}: cannot be written: no space left on device (" in err
-    assert "free on the file system of" in err and "the fields already in" in err and "rerun the same command" in err
+    assert "free on the file system of" in err and f"; 2 of 3 field(s) are in {out}, complete and kept" in err
+    assert "the 1 left need up to 92.2 kB" in err and "rerun the same command: the pairs already written are skipped" in err
     assert [(out / f).exists() for f in FIELDS] == [True, True, False] and not temporaries(out)
     kept = {f: (out / f).stat().st_mtime_ns for f in FIELDS[:2]}
     records = json.loads((out / "runtimes.json").read_text())["runtimes"]

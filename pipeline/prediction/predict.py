@@ -55,7 +55,7 @@ from learn2reg.contract import (
     warp,
 )
 from learn2reg.errors import OutputError
-from learn2reg.faults import require_space
+from learn2reg.faults import require_space, size_text
 from learn2reg.io import (
     DataError,
     Geometry,
@@ -296,9 +296,7 @@ def predict(
             print(f"error: {problem}", file=sys.stderr)
         return 1 if problems else 0
     except OutputError as exc:  # a full disk or a folder it may not write: what is kept, how to resume
-        raise exc.with_next_step(
-            f"the fields already in {out_dir} are complete and kept with their records; free space (or choose another --out), "
-            "then rerun the same command: the pairs already written are skipped") from exc
+        raise exc.with_next_step(resume_advice(out_dir, task, pairs)) from exc
     finally:
         held.close()
         shutdown(info)
@@ -336,19 +334,31 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
 MIN_COMPRESSED = 0.25
 
 
-def check_field_space(out_dir: Path, p: Predictor, task: Task, pairs: Sequence[Pair]) -> None:
-    """Refuse before the work (``OutputError``) when ``out_dir`` cannot hold the fields of
-    ``pairs`` (those not yet written) at :data:`MIN_COMPRESSED` of their raw size; the fixed
-    images' headers give the grids (an unreadable one is that pair's problem, reported later)."""
-    if p.model is None and p.cfg.predict.affine == "none":
-        return  # zero fields compress to almost nothing
+def fields_bytes(task: Task, pairs: Sequence[Pair]) -> int:
+    """The raw size of the fields of ``pairs`` (float32, or float16 for 2020; files are smaller),
+    from the fixed images' headers (an unreadable one is that pair's problem, reported later)."""
     itemsize = 2 if task.layout == Layout.L2R2020 else 4
     total = 0
     for pair in pairs:
         with contextlib.suppress(DataError, OSError, KeyError):
-            shape = submission_shape(task, read_nifti_header(task.case(pair.fixed).image).shape)
-            total += int(np.prod(shape)) * 3 * itemsize
-    require_space(out_dir, int(total * MIN_COMPRESSED), f"the fields of the {len(pairs)} pair(s) still to predict")
+            total += int(np.prod(submission_shape(task, read_nifti_header(task.case(pair.fixed).image).shape))) * 3 * itemsize
+    return total
+
+
+def check_field_space(out_dir: Path, p: Predictor, task: Task, pairs: Sequence[Pair]) -> None:
+    """Refuse before the work (``OutputError``) when ``out_dir`` cannot hold the fields of
+    ``pairs`` (those not yet written) at :data:`MIN_COMPRESSED` of their raw size."""
+    if p.model is None and p.cfg.predict.affine == "none":
+        return  # zero fields compress to almost nothing
+    require_space(out_dir, int(fields_bytes(task, pairs) * MIN_COMPRESSED), f"the fields of the {len(pairs)} pair(s) still to predict")
+
+
+def resume_advice(out_dir: Path, task: Task, pairs: Sequence[Pair]) -> str:
+    """What a failed write of a prediction leaves safe, what the rest needs and how to go on."""
+    left = [q for q in pairs if not (out_dir / output_name(task, q)).exists()]
+    return (f"{len(pairs) - len(left)} of {len(pairs)} field(s) are in {out_dir}, complete and kept with their records; "
+            f"the {len(left)} left need up to {size_text(fields_bytes(task, left))}: free space (or choose another --out), "
+            "then rerun the same command: the pairs already written are skipped")
 
 
 def _field_name(task: Task, key: str) -> str:

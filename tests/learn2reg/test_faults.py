@@ -11,7 +11,7 @@ import pytest
 from learn2reg import faults
 from learn2reg.cli import execute
 from learn2reg.errors import OutputError
-from learn2reg.io import write_json
+from learn2reg.io import check_output_path, write_json
 
 
 def test_a_full_disk_names_the_file_the_cause_and_the_free_space(tmp_path):
@@ -80,3 +80,13 @@ def test_an_atomic_write_that_fails_leaves_nothing_and_names_the_file(tmp_path, 
         write_json(tmp_path / "r.json", {"a": 1})
     monkeypatch.setattr(os, "replace", real_replace)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_existing_writable_output_folder_passes_whatever_its_parent(tmp_path):
+    parent = tmp_path / "mount"
+    (parent / "out").mkdir(parents=True)
+    parent.chmod(0o555)  # a mount point in a folder the user may not write (/data in the containers)
+    try:
+        assert check_output_path(parent / "out", folder=True) == parent / "out"
+    finally:
+        parent.chmod(0o755)

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -81,25 +80,48 @@ def test_a_file_where_the_folder_should_be_is_refused(tmp_path):
         pass
 
 
-def test_temporaries_of_dead_writers_go_and_those_of_live_or_unknown_ones_stay(tmp_path):
+LOCK_AND_WAIT = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_temporaries_of_dead_writers_go_and_those_of_live_ones_stay(tmp_path):
     machine, dead = machine_id(), dead_pid()
     names = {
         "dead": f".a.nii.gz.{machine}-{dead}-x1.tmp.nii.gz",
         "live": f".a.nii.gz.{machine}-{os.getpid()}-x2.tmp.nii.gz",
-        "other_machine": f".a.nii.gz.0badf00d-{dead}-x3.tmp.nii.gz",  # another host or container: not looked up
-        "old_other_machine": f".a.nii.gz.0badf00d-{dead}-x4.tmp.nii.gz",
+        "elsewhere_live": f".a.nii.gz.0badf00d-{dead}-x3.tmp.nii.gz",  # another host or container, writing (its lock held)
+        "elsewhere_dead": f".a.nii.gz.0badf00d-{dead}-x4.tmp.nii.gz",  # its writer gone: nobody holds its lock
         "old_version": ".a.nii.gz.k1ll3d.tmp.nii.gz",
         "other_file": f".b.json.{machine}-{dead}-x5.tmp.json",
     }
-    for key, name in names.items():
+    for name in names.values():
         (tmp_path / name).write_bytes(b"")
-        if key.startswith("old"):
-            os.utime(tmp_path / name, (time.time() - 2 * 86400,) * 2)
-    assert is_stale(tmp_path / names["dead"]) and not is_stale(tmp_path / names["live"])
-    removed = remove_stale_temporaries(tmp_path, "a.nii.gz")
-    assert sorted(p.name for p in removed) == sorted(names[k] for k in ("dead", "old_other_machine", "old_version"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[k] for k in ("live", "other_machine", "other_file"))
+    writer = subprocess.Popen([sys.executable, "-c", LOCK_AND_WAIT, str(tmp_path / names["elsewhere_live"])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "locked"
+        assert is_stale(tmp_path / names["dead"]) and not is_stale(tmp_path / names["live"])
+        removed = remove_stale_temporaries(tmp_path, "a.nii.gz")
+    finally:
+        writer.kill()
+        writer.wait()
+    assert sorted(p.name for p in removed) == sorted(names[k] for k in ("dead", "elsewhere_dead", "old_version"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[k] for k in ("live", "elsewhere_live", "other_file"))
+    assert is_stale(tmp_path / names["elsewhere_live"])  # its writer was killed: the kernel dropped the lock
     assert temporary_prefix("a.nii.gz") == f".a.nii.gz.{machine}-{os.getpid()}-"
+
+
+def test_an_atomic_write_holds_its_temporary_until_the_rename(tmp_path):
+    with atomic_path(tmp_path / "f.json") as tmp:
+        tmp.write_text("{}")
+        seen = [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+        assert seen == [tmp] and not remove_stale_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
 def _write_many(path: str, start, count: int) -> None:
