@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from learn2reg.errors import DataError, OutputError
-from learn2reg.faults import FAULTS, describe
+from learn2reg.faults import describe, machine_fault
 
 DISTRIBUTION = "l2r-lapirn"  # [project] name in pyproject.toml
 
@@ -83,8 +83,9 @@ def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, 
     except (DataError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        if exc.errno not in FAULTS:
+    except Exception as exc:  # a full disk, a permission... met outside an atomic write (or wrapped by a library)
+        fault = machine_fault(exc)
+        if fault is None:
             raise
-        print(f"error: {describe(exc)}", file=sys.stderr)
+        print(f"error: {describe(fault)}", file=sys.stderr)
         return 1

@@ -157,9 +157,24 @@ def output_error(exc: OSError, path: str | Path | None = None, needed: int | Non
     return OutputError(describe(exc, where, needed), path=where, errno=exc.errno)
 
 
-def is_fault(exc: BaseException) -> bool:
-    """An ``OSError`` of the machine (full disk, quota, permission, read-only file system)."""
-    return isinstance(exc, OSError) and exc.errno in FAULTS
+def machine_fault(exc: BaseException) -> OSError | None:
+    """The ``OSError`` of :data:`FAULTS` that ``exc`` is, or that caused it (a library may wrap it:
+    ``torch.save`` into a file object raises a ``RuntimeError`` whose context is the ENOSPC)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError) and current.errno in FAULTS:
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def library_write_error(exc: Exception, path: Path) -> OutputError:
+    """A writer that reports no ``errno`` (SimpleITK, torch's C++ writer) failed on ``path``: its
+    own words and the free space there, which tells a full disk."""
+    return OutputError(f"{path}: cannot be written ({type(exc).__name__}: {str(exc).strip()[:300]}; {space_text(path)})",
+                       path=path)
 
 
 @contextlib.contextmanager
@@ -189,5 +204,5 @@ def require_space(folder: str | Path, needed: int, what: str) -> None:
         )
 
 
-__all__ = ["FAULTS", "NOTHING_PARTIAL", "describe", "error_path", "free_bytes", "next_step", "output_error", "permission_fix",
-           "require_space", "size_text"]
+__all__ = ["FAULTS", "NOTHING_PARTIAL", "describe", "error_path", "free_bytes", "library_write_error", "machine_fault",
+           "next_step", "output_error", "permission_fix", "require_space", "size_text"]

@@ -24,7 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from learn2reg.errors import DataError as DataError  # defined there, imported from here by every stage
-from learn2reg.faults import FAULTS, error_path, output_error, permission_fix
+from learn2reg.faults import FAULTS, error_path, machine_fault, output_error, permission_fix
 from learn2reg.writers import claim_temporary, remove_stale_temporaries, temporary_prefix
 
 _GzipReader: Any
@@ -304,10 +304,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file a normal mode
         os.replace(tmp_path, path)
-    except OSError as exc:
-        if exc.errno not in FAULTS or error_path(exc) not in (None, tmp_path, path):
+    except Exception as exc:  # a writer (torch, say) may wrap the OSError in its own error
+        fault = machine_fault(exc)
+        if fault is None or error_path(fault) not in (None, tmp_path, path):
             raise  # not this write's fault (the block read another file, say)
-        raise output_error(exc, path) from exc
+        raise output_error(fault, path) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
         os.close(fd)

@@ -180,14 +180,15 @@ def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_resume_completes(tra
 
     def save_then_fill(path, payload):
         real_save(path, payload)
-        if payload["state"]["global_step"] == 3:
-            disk.fill()  # something else fills the disk after step 3's checkpoint
+        if payload["state"]["global_step"] == 2:
+            disk.fill()  # something else fills the disk after step 2's checkpoint: step 3's cannot be written
 
     monkeypatch.setattr(train_stage, "save_checkpoint", save_then_fill)
     argv = ("train", "--data", str(task), "--config", str(cfg), "--out", str(run_dir), "--device", "cpu")
     code, err = run(capsys, *argv)
-    assert code == 1 and ": cannot be written: no space left on device (" in err, disk.how
-    assert f"{run_dir / 'checkpoints' / 'last.pt'} (global step 3) is complete and kept" in err and "--resume" in err
+    last = run_dir / "checkpoints" / "last.pt"
+    assert code == 1 and f"error: {last}: cannot be written: no space left on device (" in err, disk.how
+    assert f"; {last} (global step 2) is complete and kept" in err and "--resume" in err
     assert not temporaries(run_dir)
     disk.free()
     monkeypatch.setattr(train_stage, "save_checkpoint", real_save)
@@ -217,6 +218,26 @@ def test_evaluate_on_a_full_disk_writes_nothing_and_a_rerun_completes(trained, d
     disk.free()
     assert run(capsys, "-i", str(sub), "-d", str(task), "-o", str(out), "-j", "1", module=evaluate_cli)[0] == 0
     assert set(json.loads(out.read_text())["cases"]) == {f"{f}<--{m}" for f, m in PAIRS}
+
+
+def test_the_other_writing_stages_on_a_full_disk_name_the_file_and_leave_no_file(trained, disk, tmp_path, capsys):
+    """align, report, leaderboard and import-weights: exit 1, the file and the cause, no file
+    written (every output is renamed into place whole), no temporary."""
+    task, run_dir = trained
+    sub, results = tmp_path / "sub", tmp_path / "LapIRN.json"
+    assert run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(sub), "--device", "cpu")[0] == 0
+    assert run(capsys, "-i", str(sub), "-d", str(task), "-o", str(results), "-j", "1", module=evaluate_cli)[0] == 0
+    disk.fill()
+    commands = {
+        "align": ["align", "--data", str(task), "--out", str(disk.root / "align")],
+        "report": ["report", "--data", str(task), "--submission", str(sub), "--out", str(disk.root / "report")],
+        "leaderboard": ["leaderboard", f"LapIRN={results}", "-o", str(disk.root / "board")],
+        "import-weights": ["import-weights", str(REPO / "weights" / "LapIRN_disp_fea7.pth"), "--out", str(disk.root / "w")],
+    }
+    for name, argv in commands.items():
+        code, err = run(capsys, *argv)
+        assert code == 1 and f"error: {disk.root}/" in err and ": cannot be written: no space left on device (" in err, f"{name}: {err}"
+        assert [p.name for p in disk.root.rglob("*") if p.is_file()] == [disk.filler.name] * (disk.how == "tmpfs"), name
 
 
 # ------------------------------------------------------------------- two writers in one folder

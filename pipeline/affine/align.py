@@ -35,6 +35,7 @@ import SimpleITK as sitk
 
 from evaluation.metrics import tre
 from learn2reg.contract import warp
+from learn2reg.faults import library_write_error
 from learn2reg.io import (
     DataError,
     Geometry,
@@ -72,9 +73,12 @@ def transform_matrix(transform: sitk.Transform) -> np.ndarray:
 
 
 def write_transform(path: str | Path, transform: sitk.Transform) -> None:
-    """``sitk.WriteTransform`` to ``path`` (``.tfm``), atomically."""
+    """``sitk.WriteTransform`` to ``path`` (``.tfm``), atomically (``OutputError`` when ITK cannot write it)."""
     with atomic_path(path) as tmp:
-        sitk.WriteTransform(transform, str(tmp))
+        try:
+            sitk.WriteTransform(transform, str(tmp))
+        except RuntimeError as exc:  # ITK gives no errno: its words and the free space
+            raise library_write_error(exc, Path(path)) from exc
 
 
 def read_transform(path: str | Path) -> sitk.Transform:

@@ -90,3 +90,16 @@ def test_an_existing_writable_output_folder_passes_whatever_its_parent(tmp_path)
         assert check_output_path(parent / "out", folder=True) == parent / "out"
     finally:
         parent.chmod(0o755)
+
+
+def test_a_fault_wrapped_by_a_library_is_found_and_reported(tmp_path, capsys):
+    """torch.save into a Python file raises a RuntimeError whose context is the ENOSPC."""
+    def run(_args):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "last.pt"))
+        except OSError as exc:
+            raise RuntimeError("unexpected pos 128 vs 0") from exc
+
+    assert execute(run, argparse.Namespace()) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'last.pt'}: cannot be written: no space left on device (")
+    assert faults.machine_fault(RuntimeError("a bug")) is None
