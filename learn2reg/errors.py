@@ -4,7 +4,7 @@
 * :class:`OutputError`: the machine: a file or folder a stage must write cannot be written (a full
   disk or quota, no permission, a read-only file system). It names the path and the cause, and
   says what is already safe and how to go on (:attr:`OutputError.next_step`, which the stage
-  that knows how it resumes replaces: ``learn2reg.faults.next_step``).
+  that knows how it resumes replaces: :meth:`OutputError.with_next_step`).
 * :class:`FolderBusy`: another live process writes the folder (``learn2reg.writers``).
 
 Standard library only; ``learn2reg.io`` re-exports ``DataError``, where it has always been imported from.

@@ -4,12 +4,13 @@ not write or read, a read-only file system.
 :func:`output_error` turns such an ``OSError`` into an :class:`~learn2reg.errors.OutputError` that
 names the path, the cause and the fix: for a full disk the free space on that file system (and
 what was needed, when known); for a permission the folder's owner against the process's user,
-with ``chown``/``mkdir`` first and, inside a container, ``export UID GID``; for a read-only file
-system the mount. ``learn2reg.io``'s atomic writes raise it (they know the file), the folder lock
-(``learn2reg.writers``) too, and ``learn2reg.cli.execute`` turns any such ``OSError`` that escapes
-a stage into the same message, exit code 1, never a traceback. :func:`next_step` lets a stage say
-what is already safe and how it resumes; :func:`require_space` refuses, before the work, space a
-run will obviously need.
+with ``chown``/``mkdir`` first and, inside the pipeline's image, ``export UID GID``; for a
+read-only file system the mount. ``learn2reg.io``'s atomic writes raise it (they know the file),
+the folder lock (``learn2reg.writers``) too, and ``learn2reg.cli.execute`` turns any such
+``OSError`` that escapes a stage (or that a library wrapped: :func:`machine_fault`) into the same
+message, exit code 1, never a traceback. A stage that knows how it resumes replaces the error's
+next step (``OutputError.with_next_step``); :func:`require_space` refuses, before the work, space
+a run will obviously need.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import grp
 import os
 import pwd
 import shutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from learn2reg.errors import NOTHING_PARTIAL, OutputError
+from learn2reg.errors import OutputError
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 NO_PERMISSION = frozenset({errno.EACCES, errno.EPERM})
@@ -177,21 +177,6 @@ def library_write_error(exc: Exception, path: Path) -> OutputError:
                        path=path)
 
 
-@contextlib.contextmanager
-def next_step(text: str | Callable[[], str]) -> Iterator[None]:
-    """Inside the block, a failed write (an :class:`OutputError`, or an ``OSError`` of
-    :data:`FAULTS`) says ``text`` (or ``text()``, computed then) as what is kept and how to resume,
-    e.g. ``"the fields written so far are kept; rerun the same command: ... skipped"``."""
-    try:
-        yield
-    except OutputError as exc:
-        raise exc.with_next_step(text() if callable(text) else text) from exc
-    except OSError as exc:
-        if exc.errno not in FAULTS:
-            raise
-        raise output_error(exc).with_next_step(text() if callable(text) else text) from exc
-
-
 def require_space(folder: str | Path, needed: int, what: str) -> None:
     """Refuse before the work when the file system of ``folder`` has less free space than the
     ``needed`` bytes that ``what`` will take (``OutputError``; nothing written yet)."""
@@ -204,5 +189,5 @@ def require_space(folder: str | Path, needed: int, what: str) -> None:
         )
 
 
-__all__ = ["FAULTS", "NOTHING_PARTIAL", "describe", "error_path", "free_bytes", "library_write_error", "machine_fault",
-           "next_step", "output_error", "permission_fix", "require_space", "size_text"]
+__all__ = ["FAULTS", "describe", "error_path", "free_bytes", "library_write_error", "machine_fault", "output_error",
+           "permission_fix", "require_space", "size_text"]

@@ -30,13 +30,14 @@ def test_a_permission_names_the_owner_and_the_process_user(tmp_path):
     assert (f"{tmp_path} is yours" in text) or (f"{tmp_path} belongs to uid" in text and "sudo chown" in text)
 
 
-def test_next_step_replaces_what_is_kept_and_how_to_resume(tmp_path):
-    with pytest.raises(OutputError) as caught, faults.next_step(lambda: "the 2 fields are kept; rerun"):
-        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "f.json"))
-    assert str(caught.value).startswith(f"{tmp_path / 'f.json'}: cannot be written: no space left on device")
-    assert str(caught.value).endswith("; the 2 fields are kept; rerun")
-    with pytest.raises(KeyError), faults.next_step("never said"):
-        raise KeyError("a bug stays a bug")
+def test_a_stage_replaces_what_is_kept_and_how_to_resume_but_not_after_a_refusal_before_the_work(tmp_path):
+    failed = faults.output_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "f.json")
+    assert str(failed).startswith(f"{tmp_path / 'f.json'}: cannot be written: no space left on device")
+    assert str(failed.with_next_step("the 2 fields are kept; rerun")).endswith("; the 2 fields are kept; rerun")
+    with pytest.raises(OutputError) as refused:
+        faults.require_space(tmp_path, 1 << 62, "the fields")
+    assert str(refused.value.with_next_step("never said")).endswith("nothing was written; free space (or choose another "
+                                                                  "folder), then rerun the same command")
 
 
 def test_require_space_refuses_before_the_work(tmp_path):
