@@ -23,12 +23,9 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import multiprocessing
 import os
 import sys
-import warnings
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +34,7 @@ from typing import Any
 from evaluation import aggregate
 from evaluation.case import CaseJob, Options, evaluate_case
 from evaluation.console import print_summary
+from evaluation.pool import run_pool
 from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.eval_config import EvalConfig, EvalPair, config_from_dict, derive_config
@@ -216,18 +214,8 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
     bar = functools.partial(progress_bar, total=len(jobs), enabled=progress, desc="evaluate", unit="pair", logger=log)
     if workers == 1:
         return [evaluate_case(job) for job in bar(jobs)]
-    # fork: workers start in milliseconds with everything imported and need no __main__ guard.
-    # The executor forks all workers at the first submit, before its manager thread exists; the
-    # only other threads are the BLAS pool's (fork-safe via its atfork handlers), hence the
-    # Python >= 3.12 "multi-threaded fork" DeprecationWarning is silenced. Elsewhere: forkserver.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "forkserver" if "forkserver" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    with pool:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            futures = [pool.submit(evaluate_case, job) for job in jobs]
-        return [f.result() for f in bar(futures)]
+    # a worker that dies (out of memory, killed) is named by the pair it held (evaluation.pool)
+    return run_pool(evaluate_case, jobs, [job.pair.key for job in jobs], workers, bar)
 
 
 def _find_manifest(folder: Path, disp_dir: Path) -> Manifest | None:

@@ -1,6 +1,9 @@
 """The Learn2Reg challenge's formats: the ground floor that ``pipeline`` and ``evaluation`` stand on.
 
 * ``io``           the one I/O boundary: NIfTI (nibabel), point CSVs, JSON, atomic writes, ``DataError``
+* ``errors``, ``faults``, ``writers``  what every command reports with exit code 1 (bad input, a write the
+                   machine refused: full disk, permission, read-only); one writer per folder (a lock that
+                   dies with its process) and temporaries removed only when their writer is dead
 * ``contract``     the displacement-field contract (axis order, voxel units, pull direction, file names,
                    normalised <-> voxel, affine -> field, composition, resampling)
 * ``dataset``      ``{TASK}_dataset.json``: reading, checking and writing it

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from evaluation import initial as initial_cli
 from evaluation.leaderboard import stage as leaderboard_cli
 from learn2reg.contract import disp_filename_l2r
 from learn2reg.io import Geometry, load_nifti, save_nifti
+from learn2reg.writers import machine_id
 from pipeline.cli import main
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.learn2reg.test_task_current import CASES, remind_task
@@ -328,15 +332,25 @@ def test_a_submission_folder_never_holds_fields_without_their_records(trained, t
     assert fields == [VAL_FIELD] and list(records) == ["0004_0000<--0005_0000"]  # every field has its record
 
 
-def test_a_temporary_left_by_a_killed_write_is_removed_by_the_next_run(trained, tmp_path, capsys):
+def test_a_temporary_left_by_a_killed_write_is_removed_by_the_next_run_and_a_live_writers_kept(trained, tmp_path, capsys):
     task, run_dir = trained
     out = tmp_path / "sub"
     out.mkdir()
-    stale = [out / f".{VAL_FIELD}.k1ll3d.tmp.nii.gz", out / ".runtimes.json.x9.tmp.json", out / f".{EXTRA_FIELD}.a.tmp.nii.gz"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    machine = machine_id()
+    stale = [out / f".{VAL_FIELD}.{machine}-{dead}-k1ll3d.tmp.nii.gz", out / f".runtimes.json.{machine}-{dead}-x9.tmp.json",
+             out / f".{EXTRA_FIELD}.a.tmp.nii.gz"]  # the last: an older version's name, two days old
     for path in stale:
         path.write_bytes(b"")  # what kill -9 between mkstemp and rename leaves
-    assert run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu")[0] == 0
-    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    os.utime(stale[-1], (time.time() - 2 * 86400,) * 2)
+    with subprocess.Popen(["sleep", "60"]) as live:  # a writer still at work (another job writing this file)
+        alive = out / f".{EXTRA_FIELD}.{machine}-{live.pid}-w0rk.tmp.nii.gz"
+        alive.write_bytes(b"")
+        try:
+            assert run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu")[0] == 0
+        finally:
+            live.kill()
+    assert [p for p in out.iterdir() if ".tmp" in p.name] == [alive]
 
 
 def _config(tmp_path: Path, **sections) -> Path:

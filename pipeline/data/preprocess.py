@@ -15,7 +15,10 @@ and crop back), never here.
 
 ``python -m pipeline preprocess --data TASK_DIR --config CFG.json [--cache DIR]`` fills the
 cache for every case of a task; training and prediction read through the same cache, so a
-repeated run skips the work.
+repeated run skips the work. Several processes may fill one cache at once (the ranks of a
+``torchrun`` job on a fresh run folder, two jobs sharing ``--cache``): each writes a case under a
+temporary of its own and renames it into place (``learn2reg.io.atomic_path``), so a reader only
+ever sees a complete file; one that cannot be read anyway (a disk that failed) is made again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import hashlib
 import logging
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from learn2reg.contract import resize_image, scale_points
-from learn2reg.io import DataError, Geometry, atomic_path, float3, int3, load_nifti, read_nifti_scaling, read_points
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_path,
+    check_output_path,
+    float3,
+    int3,
+    load_nifti,
+    read_nifti_scaling,
+    read_points,
+)
 from learn2reg.progress import progress
 from learn2reg.segmentation import check_label_map, check_mask, label_dtype, max_label
 from learn2reg.task import Case, Task, load_task
@@ -298,24 +312,16 @@ def _cache_file(cache_dir: Path, task: Task, case: Case, cfg: PreprocessConfig) 
 
 
 def load_prepared(task: Task, case_id: str, cfg: PreprocessConfig, cache_dir: Path | None = None) -> Prepared:
-    """A preprocessed case, from the cache when present (written atomically otherwise)."""
+    """A preprocessed case, from the cache when present and readable (written atomically otherwise)."""
     case = task.case(case_id)
     if cache_dir is None:
         return prepare_case(case, cfg)
     path = _cache_file(Path(cache_dir), task, case, cfg)
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            get = {k: z[k] for k in z.files}
-        return Prepared(
-            case_id=case_id,
-            image=get["image"],
-            label=get.get("label"),
-            mask=get.get("mask"),
-            keypoints=get.get("keypoints"),
-            landmarks=get.get("landmarks"),
-            spacing=float3(get["spacing"]),
-            original_shape=int3(get["original_shape"]),
-        )
+        try:
+            return _read_cached(path, case_id)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # damaged: made again
+            log.warning("%s: unreadable cache file (%s: %s): preparing %s again", path, type(exc).__name__, exc, case_id)
     prepared = prepare_case(case, cfg)
     arrays = {
         k: v
@@ -333,6 +339,21 @@ def load_prepared(task: Task, case_id: str, cfg: PreprocessConfig, cache_dir: Pa
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stubs take **kwds as allow_pickle's type
     return prepared
+
+
+def _read_cached(path: Path, case_id: str) -> Prepared:
+    with np.load(path, allow_pickle=False) as z:
+        get = {k: z[k] for k in z.files}
+    return Prepared(
+        case_id=case_id,
+        image=get["image"],
+        label=get.get("label"),
+        mask=get.get("mask"),
+        keypoints=get.get("keypoints"),
+        landmarks=get.get("landmarks"),
+        spacing=float3(get["spacing"]),
+        original_shape=int3(get["original_shape"]),
+    )
 
 
 def preprocess_task(task_dir: Path, cfg: PreprocessConfig, cache_dir: Path) -> list[str]:
@@ -354,7 +375,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    problems = preprocess_task(args.data, load_config(args.config).preprocess, args.cache)
+    cfg = load_config(args.config).preprocess
+    problems = preprocess_task(args.data, cfg, check_output_path(args.cache, folder=True))
     for p in problems:
         print(f"error: {p}")
     return 1 if problems else 0

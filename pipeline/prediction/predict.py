@@ -34,6 +34,7 @@ images, shared with the single-pair ``register`` command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -56,6 +57,8 @@ from learn2reg.contract import (
     grid_scale,
     warp,
 )
+from learn2reg.errors import OutputError
+from learn2reg.faults import require_space, size_text
 from learn2reg.io import (
     DataError,
     Geometry,
@@ -63,6 +66,7 @@ from learn2reg.io import (
     check_output_path,
     load_nifti,
     read_json,
+    read_nifti_header,
     save_nifti,
     write_json,
 )
@@ -73,7 +77,7 @@ from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict, differences
 from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
-from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
+from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
 from pipeline.model.field import predict_field
@@ -266,6 +270,7 @@ def predict(
     cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     check_output_path(out_dir, folder=True)
     info: DistInfo = init_distributed(device)
+    held = contextlib.ExitStack()  # the submission folder's writer lock (one writer; the torchrun job is one)
     try:
         task = load_task(data_dir)
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
@@ -273,8 +278,12 @@ def predict(
             raise DataError(f"{data_dir}: the task has no {split} pairs")
         p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
+        held.enter_context(hold_folder(out_dir, info, p.device))
         prepare_out_dir(out_dir, p, task, overwrite, info)
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
+        check_field_space(out_dir, p, task, [q for q in pairs if q.key not in manifest["runtimes"]])  # every rank: all stop
+        if info.is_main:  # after the checks: a refused start leaves nothing behind
+            write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "config": p.cfg.to_dict()})
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
         present = {q.key for q in mine if q.key in manifest["runtimes"] and (out_dir / output_name(task, q)).exists()}
@@ -305,7 +314,10 @@ def predict(
         if info.is_main:
             log.info("%d field(s) in %s (%d predicted now)", len(manifest["runtimes"]), out_dir, len(todo) - len(problems))
         return 1 if problems else 0
+    except OutputError as exc:  # a full disk or a folder it may not write: what is kept, how to resume
+        raise exc.with_next_step(resume_advice(out_dir, task, pairs)) from exc
     finally:
+        held.close()
         shutdown(info)
 
 
@@ -322,10 +334,10 @@ def next_steps(data_dir: Path, out_dir: Path, split: str, report: bool) -> list[
 
 
 def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, info: DistInfo) -> None:
-    """Keep ``out_dir`` consistent before writing: temporaries of a killed earlier run are
-    removed; fields predicted under another configuration (recorded in a manifest there) are
-    refused, or removed with their manifests when ``overwrite`` (every rank decides the same;
-    rank 0 deletes)."""
+    """Keep ``out_dir`` consistent before writing (its writer lock held, which also removed the
+    temporaries of a killed earlier run): fields predicted under another configuration (recorded
+    in a manifest there) are refused, or removed with their manifests when ``overwrite`` (every
+    rank decides the same; rank 0 deletes)."""
     manifests = [m for m in (out_dir / "runtimes.json", *sorted(out_dir.glob("runtimes.rank*.json"))) if m.is_file()]
     foreign = {}
     for path in manifests:
@@ -340,9 +352,6 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
             f"{what_differs(out_dir, p, old)}; choose another --out, or pass --overwrite to replace them"
         )
     if info.is_main:
-        write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "config": p.cfg.to_dict()})
-        for stale in out_dir.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)  # a write interrupted by kill -9 never completes
         for path in present + list(foreign):
             log.info("removing %s (another configuration; --overwrite)", path)
             path.unlink(missing_ok=True)
@@ -366,6 +375,38 @@ def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
         return "; ".join(found)
     return (f"checkpoint {old_manifest.get('checkpoint')}, config hash {old_manifest.get('config_hash')}; this run: "
             f"{p.checkpoint}, {p.config_hash}")
+
+
+#: a field file is at least this fraction of its raw size (float32, or float16 for 2020): gzip/zip
+#: shrink displacement fields to about 60-95 % (their mantissas are noise); zero fields are exempt
+MIN_COMPRESSED = 0.25
+
+
+def fields_bytes(task: Task, pairs: Sequence[Pair]) -> int:
+    """The raw size of the fields of ``pairs`` (float32, or float16 for 2020; files are smaller),
+    from the fixed images' headers (an unreadable one is that pair's problem, reported later)."""
+    itemsize = 2 if task.layout == Layout.L2R2020 else 4
+    total = 0
+    for pair in pairs:
+        with contextlib.suppress(DataError, OSError, KeyError):
+            total += int(np.prod(submission_shape(task, read_nifti_header(task.case(pair.fixed).image).shape))) * 3 * itemsize
+    return total
+
+
+def check_field_space(out_dir: Path, p: Predictor, task: Task, pairs: Sequence[Pair]) -> None:
+    """Refuse before the work (``OutputError``) when ``out_dir`` cannot hold the fields of
+    ``pairs`` (those not yet written) at :data:`MIN_COMPRESSED` of their raw size."""
+    if p.model is None and p.cfg.predict.affine == "none":
+        return  # zero fields compress to almost nothing
+    require_space(out_dir, int(fields_bytes(task, pairs) * MIN_COMPRESSED), f"the fields of the {len(pairs)} pair(s) still to predict")
+
+
+def resume_advice(out_dir: Path, task: Task, pairs: Sequence[Pair]) -> str:
+    """What a failed write of a prediction leaves safe, what the rest needs and how to go on."""
+    left = [q for q in pairs if not (out_dir / output_name(task, q)).exists()]
+    return (f"{len(pairs) - len(left)} of {len(pairs)} field(s) are in {out_dir}, complete and kept with their records; "
+            f"the {len(left)} left need up to {size_text(fields_bytes(task, left))}: free space (or choose another --out), "
+            "then rerun the same command: the pairs already written are skipped")
 
 
 def _field_name(task: Task, key: str) -> str:

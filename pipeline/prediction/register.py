@@ -38,6 +38,7 @@ from evaluation.pair_reports.stage import report_from_files
 from learn2reg.cli import add_overwrite_argument, refuse_existing
 from learn2reg.io import DataError, check_output_path, save_nifti, write_json
 from learn2reg.task import Case
+from learn2reg.writers import hold_folder
 from pipeline.distributed import DistInfo, add_device_argument, pick_device
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
 from pipeline.prediction.predict import load_predictor, register_images, run_config
@@ -122,9 +123,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
-                       args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, affine=args.affine,
-                       instance_opt_steps=args.instance_opt_steps)
+    with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
+        written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
+                           args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, affine=args.affine,
+                           instance_opt_steps=args.instance_opt_steps)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from learn2reg.io import DataError, check_output_path, write_json
+from learn2reg.writers import hold_folder
 from pipeline.config import ModelConfig, PreprocessConfig, RunConfig
 from pipeline.model.authors import (
     AUTHORS_COMMIT,
@@ -148,7 +149,8 @@ def import_weights(source: Path, run_dir: Path, variant: str | None = None) -> d
         "state": {"imported": True, "level": cfg.model.levels, "step": 0, "global_step": 0},
         "imported": record,
     }
-    with fresh_run_dir(run_dir):
+    with hold_folder(run_dir) as lock, fresh_run_dir(run_dir, created=lock.created):
+        refuse_existing(run_dir)  # again, as the one writer: another import may have finished meanwhile
         for name in ("best.pt", "last.pt"):
             save_checkpoint(run_dir / "checkpoints" / name, payload)
         write_json(run_dir / "config.json", cfg.to_dict())

@@ -26,6 +26,7 @@ the pairs are sharded across ranks and rank 0 writes every file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -39,7 +40,8 @@ from typing import TypedDict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from learn2reg.io import DataError, write_json
+from learn2reg.errors import OutputError
+from learn2reg.io import DataError, check_output_path, write_json
 from learn2reg.progress import progress
 from learn2reg.task import load_task
 from pipeline.config import RunConfig, TrainConfig, load_config
@@ -48,6 +50,7 @@ from pipeline.distributed import (
     add_device_argument,
     any_flag,
     gather_checksums,
+    hold_folder,
     init_distributed,
     pick_device,
     shutdown,
@@ -60,7 +63,14 @@ from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine
 from pipeline.training.log import TrainingLog, format_validation
 from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
-from pipeline.training.run_dir import check_resume, checkpoint_to_resume, fresh_run_dir, task_problems
+from pipeline.training.run_dir import (
+    check_checkpoint_space,
+    check_resume,
+    checkpoint_to_resume,
+    fresh_run_dir,
+    resume_advice,
+    task_problems,
+)
 from pipeline.training.validation import validate_pairs
 
 log = logging.getLogger(__name__)
@@ -106,6 +116,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.stop_at_step: int | None = None  # see train()
         self.on_step: Callable[[dict], None] | None = None  # see train()
+        self.saved: dict[str, int] = {}  # checkpoint name -> global step it holds (written by this process)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -124,6 +135,7 @@ class Trainer:
     def save(self, name: str) -> None:
         if self.info.is_main:
             save_checkpoint(self.run_dir / "checkpoints" / name, self.payload())
+            self.saved[name] = self.state["global_step"]
 
     def restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
@@ -369,23 +381,28 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
     if cfg.predict.affine_only:
         raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
     info = init_distributed(device)
+    held = contextlib.ExitStack()  # the run folder's writer lock (one writer; the torchrun job is one)
+    trainer: Trainer | None = None
     try:
         dev = pick_device(device, info)
         if cfg.train.deterministic:
             use_deterministic_algorithms(dev)  # before any CUDA work
         task = load_task(data_dir)
         task_problems(task)
+        check_output_path(run_dir, folder=True)  # before the lock makes the folder
+        lock = held.enter_context(hold_folder(run_dir, info, dev))
         resume_from = checkpoint_to_resume(run_dir, resume)
         if resume_from is not None:
             train_pairs, val_pairs = split_pairs(task, cfg.train.exclude_val_subjects)
             check_resume(run_dir, cfg, {"train_pairs": [list(p) for p in train_pairs], "val_pairs": [list(p) for p in val_pairs]})
-        with fresh_run_dir(run_dir):
+        with fresh_run_dir(run_dir, created=lock.created):
             data = load_training_data(task, cfg, cache or run_dir / "cache")
             if info.is_main and resume_from is None:
                 write_json(run_dir / "config.json", cfg.to_dict())
                 write_json(run_dir / "dataset.json", data.describe())
             trainer = Trainer(run_dir, data, cfg, dev, info)
             if info.is_main:
+                check_checkpoint_space(run_dir, trainer.model)
                 log.info("training %s on %s (world size %d) into %s", task.name, dev, info.world_size, run_dir)
             if resume_from is not None:
                 trainer.restore(resume_from)
@@ -404,7 +421,12 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             torch.set_num_threads(threads)
             for s, handler in previous.items():
                 signal.signal(s, handler)
+    except OutputError as exc:  # a full disk or a folder it may not write: what is kept, how to resume
+        if trainer is None:
+            raise
+        raise exc.with_next_step(resume_advice(run_dir, trainer.saved.get("last.pt"))) from exc
     finally:
+        held.close()
         shutdown(info)
 
 
