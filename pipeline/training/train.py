@@ -57,6 +57,7 @@ from pipeline.model.losses import level_loss, one_hot
 from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine
 from pipeline.training.log import TrainingLog, format_validation
+from pipeline.training.memory import check_training, write_memory_record
 from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
 from pipeline.training.run_dir import check_resume, checkpoint_to_resume, fresh_run_dir, task_problems
 from pipeline.training.validation import validate_pairs
@@ -339,8 +340,12 @@ def use_deterministic_algorithms(device: torch.device) -> None:
              " CUBLAS_WORKSPACE_CONFIG=%s", device, os.environ["CUBLAS_WORKSPACE_CONFIG"])
 
 
-def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None) -> int:
-    """Train LapIRN on a task folder into ``run_dir``; returns the exit code."""
+def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None,
+          skip_memory_check: bool = False) -> int:
+    """Train LapIRN on a task folder into ``run_dir``; returns the exit code. Before the run folder
+    is touched, the peak memory of training is checked against what the device has free
+    (``pipeline.training.memory``: ``DataError`` when it cannot fit, unless ``skip_memory_check``);
+    the estimate and the measured peak go into ``run_dir/memory.json``."""
     if cfg.predict.affine_only:
         raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
     info = init_distributed(device)
@@ -354,6 +359,7 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         if resume_from is not None:
             train_pairs, val_pairs = split_pairs(task, cfg.train.exclude_val_subjects)
             check_resume(run_dir, cfg, {"train_pairs": [list(p) for p in train_pairs], "val_pairs": [list(p) for p in val_pairs]})
+        memory = check_training(task, cfg, dev, skip_memory_check)  # before the run folder is touched
         with fresh_run_dir(run_dir):
             data = load_training_data(task, cfg, cache or run_dir / "cache")
             if info.is_main and resume_from is None:
@@ -371,7 +377,10 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         if dev.type == "cpu" and cfg.train.cpu_threads:
             torch.set_num_threads(cfg.train.cpu_threads)
         try:
-            return trainer.run(tlog)
+            code = trainer.run(tlog)
+            if info.is_main:
+                write_memory_record(run_dir, memory)
+            return code
         finally:
             torch.set_num_threads(threads)
             for s, handler in previous.items():
@@ -387,7 +396,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     add_device_argument(parser)
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default: OUT/cache)")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="run even when the estimated peak memory exceeds what the device has free")
 
 
 def run(args: argparse.Namespace) -> int:
-    return train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache)
+    return train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache, args.skip_memory_check)
