@@ -44,11 +44,13 @@ def pair_phases(cfg: RunConfig, fixed: Geometry, moving: Geometry, output: Grid,
                              on_gpu=on_gpu)
 
 
-def hints(cfg: RunConfig, device: torch.device, top: Phase) -> list[str]:
-    """The options that would make a prediction fit, the largest part first."""
+def hints(stage: str, device: torch.device, top: Phase) -> list[str]:
+    """The options that would make a prediction fit, the largest part first (``register`` takes
+    the grid from the run's configuration, ``predict`` also from its options)."""
     found = []
     if top.name in ("network", "resample"):
-        found += ["a smaller --input-scale / --target-spacing", "a run with fewer channels (model.start_channel)"]
+        grid = "--input-scale / --target-spacing" if stage == "predict" else "predict.input_scale / predict.target_spacing"
+        found += [f"a smaller {grid}", "a run with fewer channels (model.start_channel)"]
     elif top.name in ("instance_opt", "fold repair"):
         found += ["--instance-opt-steps 0", "a coarser predict.instance_opt_grid"]
     else:
@@ -67,7 +69,7 @@ def check_prediction(stage: str, cfg: RunConfig, pairs: Sequence[tuple[Path, Pat
     ``DataError`` when it cannot fit (unless ``skip``), a warning when it is close. Returns the
     check, whose :meth:`~pipeline.model.memory_check.MemoryCheck.record` goes beside the outputs.
     ``output_grid``: the grid the field is written on for a fixed grid (default: the fixed grid).
-    An unreadable header is left to the stage, which names it."""
+    An unreadable header, or a grid the stage refuses, is left to the stage, which names it."""
     started = time.perf_counter()
     on_gpu = device.type == "cuda"
     headers: dict[Path, Geometry] = {}
@@ -84,7 +86,10 @@ def check_prediction(stage: str, cfg: RunConfig, pairs: Sequence[tuple[Path, Pat
         key = (f.shape, f.spacing, m.shape)
         if key not in seen:
             out = output_grid(f.shape) if output_grid is not None else f.shape
-            seen[key] = peaks(pair_phases(cfg, f, m, out, on_gpu, outputs), on_gpu)
+            try:
+                seen[key] = peaks(pair_phases(cfg, f, m, out, on_gpu, outputs), on_gpu)
+            except ValueError:  # a grid the stage refuses for this pair (e.g. collapsed by the scale): it names it
+                continue
     if not seen:
         return check(stage, [], [], skip, started=started)
     top, host = max(seen.values(), key=lambda v: v[0].device)
@@ -93,7 +98,7 @@ def check_prediction(stage: str, cfg: RunConfig, pairs: Sequence[tuple[Path, Pat
         worst = max((v[1] for v in seen.values() if v[1] is not None), key=lambda p: p.host)
         cpu = torch.device("cpu")
         needs.append(Need(cpu, worst.host + allowance(worst.host, False, "predict"), in_use(cpu), worst.what))
-    return check(stage, needs, hints(cfg, device, top), skip, started=started)
+    return check(stage, needs, hints(stage, device, top), skip, started=started)
 
 
 

@@ -156,6 +156,6 @@ def test_phases_add_up_on_the_cpu_and_split_on_a_gpu():
 def test_allowances_are_a_capped_fraction_plus_a_constant():
     mb = memory.MB
     assert memory.allowance(100 * mb, False, "train") == 50 * mb + 64 * mb
-    assert memory.allowance(10_000 * mb, False, "train") == 768 * mb + 64 * mb
+    assert memory.allowance(10_000 * mb, False, "train") == 384 * mb + 64 * mb
     assert memory.allowance(10_000 * mb, False, "predict") == 256 * mb + 32 * mb
     assert memory.allowance(10_000 * mb, True, "predict") == 1000 * mb + 256 * mb

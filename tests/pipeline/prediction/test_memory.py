@@ -115,3 +115,9 @@ def test_the_estimate_of_a_prediction_matches_the_peak_a_child_process_measures(
     record = read_manifest(tmp_path / "sub" / "runtimes.json")["memory"]
     assert record["work_estimate_gb"] > 0.25
     assert within_tolerance(record), record
+
+
+def test_a_grid_the_stage_refuses_is_left_to_the_stage_which_names_it(setting, tmp_path, capsys):
+    _, blob, run = setting
+    assert predict(blob, tmp_path / "sub", run, device="cpu", input_scale=0.01) == 1  # every axis to one voxel
+    assert "shrinks the grid" in capsys.readouterr().err
