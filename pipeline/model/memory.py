@@ -322,7 +322,7 @@ class Phase:
 # most this many bytes, plus this many). CPU, measured (README, "Memory: the check before the
 # work"): glibc keeps freed blocks below its mmap threshold (at most 32 MB each) in its heap, which
 # a training step's many mid-sized tensors fragment (about half the counted bytes on small grids,
-# 0.15-0.45 GB on the recipes' grids), inference less; libraries loaded after the check add a
+# 0.15-0.35 GB on the recipes' grids), inference less; libraries loaded after the check add a
 # little (matplotlib for the training curves). GPU, an assumption (not measured here): the
 # caching allocator's rounding and fragmentation, cuDNN workspaces.
 MB = 2**20
