@@ -22,7 +22,9 @@ Runtime manifest (written by the prediction stage next to the fields, ``runtimes
      "checkpoint": "runs/x/best.pt",     # which weights
      "config_hash": "sha256...",         # hash of the resolved run config
      "runtimes": {"SSSS_MMMM<--SSSS_MMMM": {"total_s": 1.23,     # load + predict + write, seconds
-                                             "network_s": 0.41}}} # network forward pass only, seconds
+                                             "network_s": 0.41}},  # network forward pass only, seconds
+     "memory": {"device": "cpu", "estimate_gb": 2.1, "peak_gb": 1.9, ...}}  # optional: estimated and
+                                                                            # measured peak memory
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ _TASK_DIR_RE = re.compile(r"^task_\d{2}$")
 # ----------------------------------------------------------------------------- manifest
 
 _MANIFEST_KEYS = ("device", "checkpoint", "config_hash", "runtimes")
+_OPTIONAL_KEYS = ("memory",)  # an object: the prediction's memory estimate and measured peak
 
 
 @dataclass(frozen=True)
@@ -71,21 +74,27 @@ class Manifest:
     checkpoint: str
     config_hash: str
     runtimes: dict[str, CaseRuntime]
+    memory: dict[str, Any] | None = None  # estimated and measured peak memory (pipeline.model.memory_check)
 
     def to_json(self) -> dict[str, Any]:
         runtimes = {k: {"total_s": r.total_s, "network_s": r.network_s, **r.stages} for k, r in self.runtimes.items()}
-        return {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
+        out = {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
+        return out if self.memory is None else {**out, "memory": self.memory}
 
 
 def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
     """Validate the JSON form; ``DataError`` naming ``where`` lists every problem.
 
-    Top level: exactly ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``;
-    per pair: non-negative finite ``total_s`` and ``network_s``, optional other ``*_s`` numbers.
+    Top level: ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``, optionally
+    ``memory`` (an object); per pair: non-negative finite ``total_s`` and ``network_s``, optional
+    other ``*_s`` numbers.
     """
     if not isinstance(raw, dict):
         raise DataError(f"{where}: runtime manifest must be a JSON object")
-    problems = [f"unknown key {k!r} (allowed: {', '.join(_MANIFEST_KEYS)})" for k in raw if k not in _MANIFEST_KEYS]
+    allowed = _MANIFEST_KEYS + _OPTIONAL_KEYS
+    problems = [f"unknown key {k!r} (allowed: {', '.join(allowed)})" for k in raw if k not in allowed]
+    if "memory" in raw and not isinstance(raw["memory"], dict):
+        problems.append("'memory' must be an object")
     problems += [f"{k!r} must be a string" for k in _MANIFEST_KEYS[:3] if not isinstance(raw.get(k), str)]
     entries = raw.get("runtimes")
     if not isinstance(entries, dict):
@@ -102,7 +111,7 @@ def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
         runtimes[key] = CaseRuntime(float(entry["total_s"]), float(entry["network_s"]), stages)
     if problems:
         raise DataError(f"{where}: invalid runtime manifest:\n  " + "\n  ".join(problems))
-    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes)
+    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes, raw.get("memory"))
 
 
 def _seconds(value: Any) -> bool:

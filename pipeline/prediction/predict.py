@@ -83,6 +83,7 @@ from pipeline.model.contract import field_from_numpy, field_to_numpy
 from pipeline.model.field import predict_field
 from pipeline.model.instance_opt import InstanceOptSettings, refine_field
 from pipeline.model.lapirn import LapIRN
+from pipeline.prediction.memory import check_task_prediction
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
 
 log = logging.getLogger(__name__)
@@ -259,13 +260,16 @@ def optimise_instance(p: Predictor, u: np.ndarray, fixed: np.ndarray, moving: np
 def predict(
     data_dir: Path, out_dir: Path, run_dir: Path | None = None, split: str = "val", device: str = "auto",
     checkpoint: str = "best", save_warped: bool = False, overwrite: bool = False, *, save_jacobian: bool = False,
-    report: bool = False, **overrides,
+    report: bool = False, skip_memory_check: bool = False, **overrides,
 ) -> int:
     """Predict every pair of ``split``; returns the exit code (1 if any pair failed or could not
     be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``.
     ``save_warped`` / ``save_jacobian`` / ``report``: also write the warped moving image (and
     labels), the Jacobian determinant map, the per-pair report (``pipeline.prediction.outputs``),
-    also for pairs already predicted that lack them."""
+    also for pairs already predicted that lack them. Before anything is written, the largest
+    pair's peak memory is checked against what the device has free (``pipeline.prediction.memory``:
+    ``DataError`` when it cannot fit, unless ``skip_memory_check``); the estimate and the measured
+    peak go into ``runtimes.json`` (``memory``)."""
     outputs = Outputs(warped=save_warped, jacobian=save_jacobian, report=report)
     cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     check_output_path(out_dir, folder=True)
@@ -276,7 +280,9 @@ def predict(
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
         if not pairs and not unreadable:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
-        p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint)
+        dev = pick_device(device, info)
+        memory = check_task_prediction(task, pairs, cfg, dev, outputs, skip_memory_check)  # before any output
+        p = load_predictor(cfg, run_dir, task, dev, checkpoint)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
         held.enter_context(hold_folder(out_dir, info, p.device))
         prepare_out_dir(out_dir, p, task, overwrite, info)
@@ -286,6 +292,7 @@ def predict(
             write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "config": p.cfg.to_dict()})
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
+        predicted = False
         present = {q.key for q in mine if q.key in manifest["runtimes"] and (out_dir / output_name(task, q)).exists()}
         todo = [q for q in mine if q.key not in present or (outputs.any() and missing(out_dir, task, q, outputs))]
         if info.is_main and present:
@@ -297,11 +304,14 @@ def predict(
             try:
                 if not done:
                     manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
+                    manifest["memory"], predicted = memory.record(), True  # of the run that predicted the fields
                     write_manifest(manifest_path, manifest)
                 if outputs.any() and (not done or missing(out_dir, task, pair, outputs)):
                     write_pair_outputs(out_dir, task, pair, field, outputs)  # not timed: not part of the runtime
             except (DataError, ValueError) as exc:
                 problems.append(f"{pair.key}: {exc}")
+        if predicted:
+            manifest["memory"] = memory.record()  # the measured peak includes the extra outputs
         write_manifest(manifest_path, manifest)
         if info.enabled:
             torch.distributed.barrier()
@@ -424,6 +434,8 @@ def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
             old = read_manifest(path)
             if old.get("config_hash") == p.config_hash:
                 runtimes.update(old.get("runtimes", {}))
+                if "memory" in old:
+                    fresh.setdefault("memory", old["memory"])
     return fresh
 
 
@@ -460,12 +472,14 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="also write a visual report per pair and an index, in OUT/report/ (as `python -m pipeline report`)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace fields that --out holds from another configuration (default: refuse)")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="run even when the estimated peak memory exceeds what the device has free")
 
 
 def run(args: argparse.Namespace) -> int:
     code = predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
                    args.overwrite, save_jacobian=args.save_jacobian, report=args.report,
-                   affine=args.affine, instance_opt_steps=args.instance_opt_steps,
+                   skip_memory_check=args.skip_memory_check, affine=args.affine, instance_opt_steps=args.instance_opt_steps,
                    input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)
     if int(os.environ.get("RANK", "0")) == 0 and Path(args.out).is_dir():
         print("\n".join(next_steps(args.data, args.out, args.split, args.report)))

@@ -13,7 +13,8 @@ instance optimisation, the field on the fixed grid composed with the affine part
 * ``jacobian_det.nii.gz`` with ``--save-jacobian``;
 * ``report.html`` (+ ``report.json``): the visual report, with Dice per label and label contours
   when both label maps are given (``--no-report`` skips it);
-* ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes and outputs.
+* ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes, outputs and
+  memory (the estimate checked before the work, ``pipeline.prediction.memory``, and the measured peak).
 
 A folder that already holds a registration's outputs is refused unless ``--overwrite``; then
 outputs of the earlier registration that this one does not write are removed, so the folder never
@@ -40,6 +41,7 @@ from learn2reg.io import DataError, check_output_path, save_nifti, write_json
 from learn2reg.task import Case
 from learn2reg.writers import hold_folder
 from pipeline.distributed import DistInfo, add_device_argument, pick_device
+from pipeline.prediction.memory import check_prediction
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
 from pipeline.prediction.predict import load_predictor, register_images, run_config
 
@@ -57,12 +59,13 @@ RECORD = "register.json"
 def register(
     fixed: Path, moving: Path, run_dir: Path, out_dir: Path, fixed_label: Path | None = None,
     moving_label: Path | None = None, device: str = "auto", checkpoint: str = "best", report: bool = True,
-    save_jacobian: bool = False, overwrite: bool = False, **overrides,
+    save_jacobian: bool = False, overwrite: bool = False, skip_memory_check: bool = False, **overrides,
 ) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` with the run in ``run_dir``; write the outputs to
     ``out_dir`` and return them by kind. ``overrides``: ``predict`` settings (``affine``,
-    ``instance_opt_steps``). ``DataError`` naming the file for any bad input, and for outputs of
-    an earlier registration in ``out_dir`` unless ``overwrite``, before any work."""
+    ``instance_opt_steps``). ``DataError`` naming the file for any bad input, for outputs of an
+    earlier registration in ``out_dir`` unless ``overwrite``, and when the estimated peak memory
+    exceeds what the device has free (unless ``skip_memory_check``), before any work."""
     cfg = run_config(run_dir, overrides)
     inputs = [Path(fixed), Path(moving)] + [Path(p) for p in (fixed_label, moving_label) if p is not None]
     for path in inputs:
@@ -72,7 +75,10 @@ def register(
         raise DataError(f"{fixed_label}: a fixed label map alone is not used: Dice needs --moving-label too")
     out_dir = check_output_path(out_dir, folder=True)
     refuse_existing([out_dir / name for name in (FIELD, WARPED, WARPED_LABELS, JACOBIAN, REPORT, RECORD)], overwrite)
-    p = load_predictor(cfg, run_dir, None, pick_device(device, DistInfo()), checkpoint)
+    dev = pick_device(device, DistInfo())
+    kinds = ["warped"] + (["jacobian"] if save_jacobian else []) + (["report"] if report else [])
+    memory = check_prediction("register", cfg, [(Path(fixed), Path(moving))], dev, outputs=kinds, skip=skip_memory_check)
+    p = load_predictor(cfg, run_dir, None, dev, checkpoint)
     start = time.perf_counter()
     u, geometry, timings = register_images(p, Case("fixed", Path(fixed).resolve()), Case("moving", Path(moving).resolve()))
     p.sync()
@@ -96,7 +102,7 @@ def register(
         "fixed_label": str(Path(fixed_label).resolve()) if fixed_label else None,
         "moving_label": str(Path(moving_label).resolve()) if moving_label else None,
         "checkpoint": p.checkpoint, "config_hash": p.config_hash, "device": str(p.device), "runtimes": timings,
-        "outputs": {k: v.name for k, v in written.items()},
+        "outputs": {k: v.name for k, v in written.items()}, "memory": memory.record(),
     }
     written["record"] = out_dir / RECORD
     write_json(written["record"], record)
@@ -120,13 +126,15 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
     parser.add_argument("--no-report", action="store_true", help="skip the visual report")
     add_overwrite_argument(parser, "the outputs of an earlier registration in --out")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="run even when the estimated peak memory exceeds what the device has free")
 
 
 def run(args: argparse.Namespace) -> int:
     with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
         written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
-                           args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, affine=args.affine,
-                           instance_opt_steps=args.instance_opt_steps)
+                           args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, args.skip_memory_check,
+                           affine=args.affine, instance_opt_steps=args.instance_opt_steps)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

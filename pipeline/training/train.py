@@ -62,6 +62,7 @@ from pipeline.model.losses import level_loss, one_hot
 from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine
 from pipeline.training.log import TrainingLog, format_validation
+from pipeline.training.memory import check_training, write_memory_record
 from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
 from pipeline.training.run_dir import (
     check_checkpoint_space,
@@ -369,14 +370,17 @@ def use_deterministic_algorithms(device: torch.device) -> None:
 
 
 def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None,
-          stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None) -> int:
+          stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None, skip_memory_check: bool = False) -> int:
     """Train LapIRN on a task folder into ``run_dir``; returns the exit code.
 
     ``stop_at_step``: after that global step (counted over all levels) write ``last.pt`` and the
     log and return 0; ``resume=True`` continues from there (a step at or past the end: the run
     just finishes). ``on_step``: called after every step, once its validation and checkpoint are
     done, with a copy of the trainer state (``level``, ``step``, ``global_step``, ``best_score``,
-    ``best_step``), e.g. to report progress from Python.
+    ``best_step``), e.g. to report progress from Python. Before the run folder is filled, the peak
+    memory of training is checked against what the device has free (``pipeline.training.memory``:
+    ``DataError`` when it cannot fit, unless ``skip_memory_check``); the estimate and the measured
+    peak go into ``run_dir/memory.json``.
     """
     if cfg.predict.affine_only:
         raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
@@ -395,6 +399,7 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         if resume_from is not None:
             train_pairs, val_pairs = split_pairs(task, cfg.train.exclude_val_subjects)
             check_resume(run_dir, cfg, {"train_pairs": [list(p) for p in train_pairs], "val_pairs": [list(p) for p in val_pairs]})
+        memory = check_training(task, cfg, dev, skip_memory_check)  # before the run folder is filled
         with fresh_run_dir(run_dir, created=lock.created):
             data = load_training_data(task, cfg, cache or run_dir / "cache")
             if info.is_main and resume_from is None:
@@ -416,7 +421,10 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         if dev.type == "cpu" and cfg.train.cpu_threads:
             torch.set_num_threads(cfg.train.cpu_threads)
         try:
-            return trainer.run(tlog)
+            code = trainer.run(tlog)
+            if info.is_main:
+                write_memory_record(run_dir, memory)
+            return code
         finally:
             torch.set_num_threads(threads)
             for s, handler in previous.items():
@@ -439,10 +447,13 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="after global step N (all levels counted): write last.pt and exit 0; continue with --resume")
     add_device_argument(parser)
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default: OUT/cache)")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="run even when the estimated peak memory exceeds what the device has free")
 
 
 def run(args: argparse.Namespace) -> int:
-    code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache, args.stop_at_step)
+    code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache, args.stop_at_step,
+                 skip_memory_check=args.skip_memory_check)
     if code == 0 and int(os.environ.get("RANK", "0")) == 0:
         if args.stop_at_step is not None:
             print(f"run folder: {args.out} (stopped at step {args.stop_at_step} or earlier if the schedule ended)\n"
