@@ -13,6 +13,9 @@ The exact behaviour of each evaluator is written down in ``tests/fixtures/organi
 ``remind2reg`` ReubenDo/ReMIND2Reg ``evaluation/`` (f1974de): ReMIND2Reg 2024 and 2025.
 =============  ===========================================================================
 
+Which rule set a task folder follows: :func:`rules_for` (also :attr:`learn2reg.task.Task.rules`);
+a command line's ``--rules`` overrides it.
+
 For a submission writer: :func:`disp_name` is the file name a prediction should write for a pair
 under a rule set (accepted by that evaluator as it is), :func:`output_format` adds the array layout
 (channel-last ``X x Y x Z x 3`` float32 voxels, which every rule set accepts; LUMIR also accepts
@@ -40,9 +43,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from learn2reg.io import DataError
+
+if TYPE_CHECKING:
+    from learn2reg.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +171,7 @@ REMIND2REG = Rules(
     extras=False,
 )
 RULES: dict[str, Rules] = {r.name: r for r in (L2R, LUMIR24, LUMIR25, REMIND2REG)}
+RULE_SETS = tuple(RULES)  # the rule set names, as a task folder and --rules name them
 CHOICES = ("auto", *RULES)
 LUMIR_DEFAULT = LUMIR25  # one LUMIR config (-c): the current edition
 
@@ -238,10 +245,15 @@ def output_format(rules: str | Rules, fixed_id: str, moving_id: str) -> OutputFo
 # ----------------------------------------------------------------------------- point files
 
 
-def point_folders(rules: Rules, dest: str, fixed_id: str, moving_id: str) -> list[str]:
+def point_folders(rules: str | Rules, dest: str, fixed_id: str, moving_id: str) -> list[str]:
     """The folder names replacing ``images`` in the image path for the ``dest`` point files of a
-    pair, first = the evaluator's own (SPEC 2.4/2.5); ``l2r`` adds OncoReg's ``keypoints01``-style
-    folder as a fallback (HEAD itself fails there: SPEC 7.12)."""
+    pair, first = the evaluator's own (SPEC 2.4/2.5); ``[dest]`` (the images' own folder, e.g.
+    ``keypointsTr``) between equal modalities or ``0000 -> 0001``. Otherwise ``l2r`` looks in
+    ``dest`` + both 4-digit modality ids (``keypoints00000001``) for every ``dest`` and adds
+    OncoReg's ``keypoints01``-style folder (ids as integers, the older evaluator's name) as a
+    fallback (HEAD itself fails there: SPEC 7.12); LUMIR's evaluators use the integer form for
+    ``keypoints`` only; ReMIND2Reg's never (its T2 pairs' landmarks are in ``landmarksTr``)."""
+    rules = get(rules)
     fm, mm = _modalities(fixed_id, moving_id)
     if fm == mm or (fm, mm) == ("0000", "0001") or rules.point_suffix == "none":
         return [dest]
@@ -267,6 +279,32 @@ def quantile(rules: Rules, name: str, metric: str) -> float:
 
 
 # ----------------------------------------------------------------------------- selection
+
+
+def rules_for(task: Task, told: str | None = None) -> str:
+    """Which organisers' rule set a task folder follows, one of :data:`RULE_SETS`.
+
+    ``told`` (a command-line choice) wins when given. Otherwise, from the folder:
+
+    * LUMIR (name ``LUMIR``/``LUMIR25``..., or images named ``LUMIRMRI_*``): ``lumir24`` when the
+      folder holds LUMIR 2024's evaluation configs (``LUMIR_VAL_*_evaluation_config.json``) and
+      nothing named ``LUMIR25_*``; else ``lumir25`` (the newest; its json is ``LUMIR25_dataset.json``,
+      same format);
+    * ReMIND2Reg (name or image prefix ``ReMIND2Reg``): ``remind2reg``;
+    * anything else, 2020 layout included: ``l2r`` (the Learn2Reg evaluator; a 2020 folder's
+      submission format is :attr:`Task.layout`'s).
+    """
+    if told is not None:
+        return get(told).name
+    names = {task.name.lower(), *(p.lower() for p in task.image_prefixes)}
+    if any(n.startswith("remind2reg") for n in names):
+        return REMIND2REG.name
+    if any(n.startswith("lumir") for n in names):
+        if not list(task.root.glob("LUMIR25_*")) and list(task.root.glob("LUMIR_VAL_*_evaluation_config.json")):
+            return LUMIR24.name
+        return LUMIR25.name
+    return L2R.name
+
 
 
 def select(requested: str, roles: Sequence[str], configs: Sequence[Mapping[str, Any]]) -> tuple[Rules, str]:
