@@ -84,6 +84,10 @@ class Rules:
     eval_version: str
     roles: tuple[str, ...]  # the command line's config flags, in run order
     extras: bool  # our corrected metrics (SDlogJ_true, HD95_mm, runtime, ...) may be added
+    # the organisers' config files a task folder may hold, per flag: the parts of the name
+    # "{PREFIX}_VAL_{part}_evaluation_config.json" ("" = "{PREFIX}_VAL_evaluation_config.json")
+    # accepted, in order of preference; () = configs are derived from the task (l2r)
+    config_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 _LABEL_METRICS = frozenset({"dice", "hd95"})
@@ -135,6 +139,7 @@ LUMIR24 = Rules(
     eval_version="2.0",
     roles=("c1", "c2"),
     extras=False,
+    config_files=(("c1", ("Landmark", "LUMIR24_Landmark")), ("c2", ("Segmentation", "LUMIR24_Segmentation"))),  # their Docker's order
 )
 LUMIR25 = replace(  # what changed from 2024 (SPEC 3.2)
     LUMIR24,
@@ -145,6 +150,8 @@ LUMIR25 = replace(  # what changed from 2024 (SPEC 3.2)
     dice_groups=(("s1", "ID_dice"), ("s2", "OOD_dice"), ("s3", "MM_dice")),
     eval_version="3.0",
     roles=("l1", "s1", "s2", "s3"),
+    config_files=(("l1", ("LUMIR24_Landmark", "Landmark")), ("s1", ("LUMIR24_Segmentation", "Segmentation")),
+                  ("s2", ("HighField_Segmentation",)), ("s3", ("MultiModal_Segmentation",))),
 )
 REMIND2REG = Rules(
     name="remind2reg",
@@ -169,6 +176,7 @@ REMIND2REG = Rules(
     eval_version="2.0",
     roles=("c",),
     extras=False,
+    config_files=(("c", ("",)),),
 )
 RULES: dict[str, Rules] = {r.name: r for r in (L2R, LUMIR24, LUMIR25, REMIND2REG)}
 RULE_SETS = tuple(RULES)  # the rule set names, as a task folder and --rules name them
