@@ -200,8 +200,9 @@ def _modalities(fixed_id: str, moving_id: str) -> tuple[str, str]:
     return fixed_id[-4:], moving_id[-4:]
 
 
-def short_applies(rules: Rules, fixed_id: str, moving_id: str) -> bool:
+def short_applies(rules: str | Rules, fixed_id: str, moving_id: str) -> bool:
     """Whether the short name ``disp_{fixS}_{movS}`` is accepted (``lumir*``: required) for the pair."""
+    rules = get(rules)
     fm, mm = _modalities(fixed_id, moving_id)
     if rules.short_pairs == "0000-0001":
         return (fm, mm) == ("0000", "0001")
@@ -210,17 +211,19 @@ def short_applies(rules: Rules, fixed_id: str, moving_id: str) -> bool:
     return False
 
 
-def disp_stems(rules: Rules, fixed_id: str, moving_id: str) -> list[str]:
+def disp_stems(rules: str | Rules, fixed_id: str, moving_id: str) -> list[str]:
     """Accepted file stems (no extension) in the evaluator's lookup order."""
+    rules = get(rules)
     short, long = f"disp_{fixed_id[:4]}_{moving_id[:4]}", f"disp_{fixed_id}_{moving_id}"
     if short_applies(rules, fixed_id, moving_id):
         return [short, long] if rules.long_always else [short]
     return [long]
 
 
-def disp_candidates(rules: Rules, fixed_id: str, moving_id: str) -> list[str]:
+def disp_candidates(rules: str | Rules, fixed_id: str, moving_id: str) -> list[str]:
     """Every accepted file name for the pair, in the evaluator's lookup order (the first that
     exists is used): each stem with each extension (``l2r``: short.npz, short.nii.gz, long...)."""
+    rules = get(rules)
     return [stem + ext for stem in disp_stems(rules, fixed_id, moving_id) for ext in rules.extensions]
 
 
