@@ -12,6 +12,8 @@
 * ``rules``        each organiser's evaluator rules as data (file names, layouts, point folders,
                    aggregation), which of them a task folder follows, and the file name a prediction
                    writes under them
+* ``package``      the ``package`` command: a submission folder checked against its task, zipped as
+                   its organisers ask
 * ``cli``, ``progress``  the shared shape of the command lines and their progress output
 
 May import: numpy, scipy, nibabel, tqdm and the standard library; never torch, ``pipeline`` or

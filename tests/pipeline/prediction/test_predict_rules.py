@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -88,14 +89,18 @@ def test_rules_override_the_names_and_a_folder_of_other_names_is_refused(lumir_r
     assert _fields(tmp_path / "l2r") == sorted(f"disp_{p.fixed}_{p.moving}.nii.gz" for p in task.pairs["val"])
 
 
-def test_a_2020_task_refuses_another_rule_set(lumir_remind, tmp_path, capsys):
-    from tests.pipeline.training.test_train import make_blob_task
-
-    task = make_blob_task(tmp_path / "task_04", layout="l2r2020")
-    argv = ["predict", "--data", str(task), "--run", str(lumir_remind["run"]), "--out", str(tmp_path / "sub"), "--rules", "lumir25"]
-    assert main(argv) == 1
-    assert "a 2020-layout task is submitted in the 2020 format; --rules lumir25 is for current layouts" in capsys.readouterr().err
-    assert not (tmp_path / "sub").exists()
+@pytest.mark.parametrize("key", ["LUMIR", "ReMIND"])
+def test_package_zips_what_predict_wrote_as_the_organisers_ask(lumir_remind, tmp_path, key, capsys):
+    """predict -> package -> unzip: the evaluator scores the unpacked folder as the predicted one."""
+    sub, out = lumir_remind[f"sub_{key}"], tmp_path / f"{key.lower()}_val.zip"
+    assert main(["package", "--data", str(lumir_remind[key]), "--submission", str(sub), "--out", str(out)]) == 0
+    assert "left out (our records): predict_config.json, runtimes.json" in capsys.readouterr().out
+    prefix = f"{key.lower()}_val/" if key == "LUMIR" else ""  # LUMIR: folder.zip/folder/; ReMIND2Reg: the top level
+    with zipfile.ZipFile(out) as zf:
+        assert zf.namelist() == [prefix + name for name in _fields(sub)]
+        zf.extractall(tmp_path / "unpacked")
+    unpacked = evaluate(tmp_path / "unpacked" / prefix, lumir_remind[key], workers=1)
+    assert json.dumps(unpacked) == json.dumps(evaluate(sub, lumir_remind[key], workers=1))
 
 
 # ------------------------------------------------------------------- [0, 255] images (LUMIR ships uint8)
