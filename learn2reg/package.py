@@ -94,7 +94,7 @@ def check_package(data_dir: str | Path, submission: str | Path, out: str | Path,
         raise DataError(f"{task.root}: a 2020-layout task is submitted in the 2020 format; --rules {task.rules} is for current layouts")
     if not submission.is_dir():
         raise DataError(f"{submission}: submission folder not found")
-    pairs = task.pairs.get(split, ())
+    pairs = tuple(dict.fromkeys(task.pairs.get(split, ())))  # a pair listed twice is zipped once
     if not pairs:
         raise DataError(f"{task.root}: the task has no {split} pairs")
     folder = field_folder(submission, task.layout, task.root.name)
@@ -141,7 +141,7 @@ def _field_problems(task: Task, pair: Pair, path: Path) -> list[str]:
 def write_zip(package: Package, out: str | Path) -> Path:
     """The zip, atomically: ``.nii.gz`` stored as they are (already compressed), ``.npz`` deflated."""
     out = Path(out)
-    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", strict_timestamps=False) as zf:  # a file dated before 1980: stored as 1980
         for path, name in package.members:
             zf.write(path, name, compress_type=zipfile.ZIP_STORED if name.endswith(".gz") else zipfile.ZIP_DEFLATED)
     return out
