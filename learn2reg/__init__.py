@@ -9,13 +9,14 @@
 * ``dataset``      ``{TASK}_dataset.json``: reading, checking and writing it
 * ``task``         a task folder of either generation as one typed model (``Task``, ``Case``, ``Pair``,
                    ``Layout``); ``task2020`` reads the 2020 layout
-* ``editions``     which organisers' rule set a task folder follows (``l2r``, ``lumir24``, ``lumir25``,
-                   ``remind2reg``) and the point folders that depend on it
 * ``segmentation`` the value rules for label maps and masks
 * ``submission``   submission formats: finding, checking and loading fields; the runtime manifest
 * ``eval_config``  the organisers' ``{TASK}_VAL_evaluation_config.json``, read or derived from a task
 * ``rules``        each organiser's evaluator rules as data (file names, layouts, point folders,
-                   aggregation), and the file name a prediction writes under them
+                   aggregation), which of them a task folder follows, and the file name a prediction
+                   writes under them
+* ``package``      the ``package`` command: a submission folder checked against its task, zipped as
+                   its organisers ask
 * ``cli``, ``progress``  the shared shape of the command lines and their progress output
 
 May import: numpy, scipy, nibabel, tqdm and the standard library; never torch, ``pipeline`` or

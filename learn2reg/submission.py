@@ -304,7 +304,15 @@ def load_field(
     else:
         disp, _ = load_nifti(path, dtype=None, copy=False)  # read-only view: nothing writes into it
         wide = keep_float64 and disp.dtype == np.float64
-    disp = disp if wide else disp.astype(np.float32, copy=False)
+    disp = _oriented(path, disp if wide else disp.astype(np.float32, copy=False), expected_shape, rules)
+    _check_finite(path, disp)
+    return disp  # NIfTI data come in Fortran order: the metrics follow the memory layout
+
+
+def _oriented(path: Path, disp: np.ndarray, expected_shape: tuple[int, ...], rules: rulesets.Rules) -> np.ndarray:
+    """``X x Y x Z x 3``: a ``3 x X x Y x Z`` field transposed where the rule set does it (``lumir*``,
+    whenever ``shape[0] == 3``, their test); ``DataError`` naming the file for any other shape,
+    saying which layouts the rule set accepts."""
     if rules.channel_first and disp.ndim == 4 and disp.shape[0] == 3:
         disp = disp.transpose(1, 2, 3, 0)
     if tuple(disp.shape) != tuple(expected_shape):
@@ -312,8 +320,42 @@ def load_field(
         cf = disp.ndim == 4 and disp.shape[0] == 3 and tuple(disp.shape[1:]) == tuple(expected_shape[:3])
         extra = f"; the {rules.name} rules do not accept channel-first 3 x X x Y x Z" if cf and not rules.channel_first else ""
         raise DataError(f"{path}: shape {_fmt(disp.shape)}; expected {accepted} (fixed grid x 3){extra}")
-    _check_finite(path, disp)
-    return disp  # NIfTI data come in Fortran order: the metrics follow the memory layout
+    return disp
+
+
+#: the stored types a field may have: the evaluators read any float (NIfTI: float32 or float64; an
+#: ``.npz`` also float16, cast to float64, or to float32 by L2R); predict writes float32
+FIELD_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def field_file_problems(path: Path, fmt: str, expected_shape: tuple[int, ...], rules: rulesets.Rules = rulesets.L2R) -> list[str]:
+    """Every problem of one submitted field file, each naming it (empty = fine), reading it once:
+    unreadable, an ``.npz`` array under another key than the rule set's, a stored type that is not
+    a float (:data:`FIELD_DTYPES`; 2020: float16 only), a shape or channel layout the rule set
+    does not accept (``expected_shape``: ``(X, Y, Z, 3)``, the fixed grid), NaN/Inf values."""
+    if fmt == Layout.L2R2020:
+        try:
+            load_field(path, fmt, expected_shape, rules)
+        except DataError as exc:
+            return [str(exc)]
+        return []
+    try:
+        if path.name.endswith(".npz"):
+            disp = _load_npz(path, rules.npz_key, f"{rules.name} fields")
+        else:
+            disp, _ = load_nifti(path, dtype=None, copy=False)
+    except DataError as exc:
+        return [str(exc)]
+    problems = []
+    if disp.dtype not in FIELD_DTYPES:
+        problems.append(f"{path}: dtype {disp.dtype}; a field is stored as float32 (as predict writes it; float64, and float16 in an .npz, are read too)")
+    try:
+        _oriented(path, disp, expected_shape, rules)
+    except DataError as exc:
+        problems.append(str(exc))
+    if np.issubdtype(disp.dtype, np.number) and not np.isfinite(disp).all():
+        problems.append(f"{path}: {int(disp.size - np.count_nonzero(np.isfinite(disp)))} NaN/Inf values")
+    return problems
 
 
 def _check_finite(path: Path, disp: np.ndarray) -> None:

@@ -7,7 +7,11 @@ LapIRN forward (GPU when available), optional instance optimisation, resample th
 field to the fixed image's full grid and compose it with the affine part through the contract,
 then write it in the task's challenge format:
 
-* current layout: ``OUT/disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` (``X x Y x Z x 3`` float32);
+* current layout: ``OUT/`` + the name the task's evaluator reads (``learn2reg.rules.disp_name``
+  under :attr:`Task.rules`, ``--rules`` overrides: ``disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz``
+  for ``l2r`` and ``remind2reg``, LUMIR's short ``disp_{fixS}_{movS}.nii.gz`` for equal
+  modalities and ``0000 <- 0001``), ``X x Y x Z x 3`` float32 voxels (channel-last: every
+  rule set accepts it), the identity grid's header (unit spacing; every evaluator ignores it);
 * 2020 layout: ``OUT/disp_{fix:04d}_{mov:04d}.npz`` (key ``arr_0``, float16, channels first) at
   the resolution the task prescribes (``learn2reg.submission.submission_shape``: half for tasks
   1-3, full for task 4; no configuration changes it). A network run at half resolution gives the
@@ -49,10 +53,10 @@ import numpy as np
 import torch
 
 from evaluation.pair_reports.stage import REPORT_DIR, write_index
+from learn2reg import rules as rulesets
 from learn2reg.contract import (
     compose_affine,
     disp_filename_2020,
-    disp_filename_l2r,
     field_on_grid,
     grid_scale,
     warp,
@@ -146,12 +150,21 @@ def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, devi
             ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
         stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-    digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
+    names = task_rules(task)  # the file names depend on it: l2r's (and 2020's) keep their earlier hashes
+    digest = hashlib.sha256((cfg.digest() + stamp + ("" if names == rulesets.L2R.name else f"rules={names}")).encode()).hexdigest()[:16]
     return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest)
 
 
+def task_rules(task: Task | None) -> str:
+    """The rule set whose file names a prediction writes: the task's (``l2r`` for a 2020 task or none)."""
+    return task.rules if task is not None and task.layout == Layout.L2R else rulesets.L2R.name
+
+
 def output_name(task: Task, pair: Pair) -> str:
-    return disp_filename_2020(pair.fixed, pair.moving) if task.layout == Layout.L2R2020 else disp_filename_l2r(pair.fixed, pair.moving)
+    """The field's file name: the 2020 name, or the one the task's rule set reads (``rules.disp_name``)."""
+    if task.layout == Layout.L2R2020:
+        return disp_filename_2020(pair.fixed, pair.moving)
+    return rulesets.disp_name(task.rules, pair.fixed, pair.moving)
 
 
 def write_field(path: Path, u: np.ndarray, task: Task) -> None:
@@ -260,10 +273,11 @@ def optimise_instance(p: Predictor, u: np.ndarray, fixed: np.ndarray, moving: np
 def predict(
     data_dir: Path, out_dir: Path, run_dir: Path | None = None, split: str = "val", device: str = "auto",
     checkpoint: str = "best", save_warped: bool = False, overwrite: bool = False, *, save_jacobian: bool = False,
-    report: bool = False, skip_memory_check: bool = False, **overrides,
+    report: bool = False, skip_memory_check: bool = False, rules: str | None = None, **overrides,
 ) -> int:
     """Predict every pair of ``split``; returns the exit code (1 if any pair failed or could not
     be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``.
+    ``rules``: the rule set whose file names to write (default: the task folder's, :attr:`Task.rules`).
     ``save_warped`` / ``save_jacobian`` / ``report``: also write the warped moving image (and
     labels), the Jacobian determinant map, the per-pair report (``pipeline.prediction.outputs``),
     also for pairs already predicted that lack them. Before anything is written, the largest
@@ -276,7 +290,9 @@ def predict(
     info: DistInfo = init_distributed(device)
     held = contextlib.ExitStack()  # the submission folder's writer lock (one writer; the torchrun job is one)
     try:
-        task = load_task(data_dir)
+        task = load_task(data_dir).with_rules(rules)
+        if task.layout == Layout.L2R2020 and task.rules != rulesets.L2R.name:
+            raise DataError(f"{data_dir}: a 2020-layout task is submitted in the 2020 format; --rules {task.rules} is for current layouts")
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
         if not pairs and not unreadable:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
@@ -289,7 +305,8 @@ def predict(
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
         check_field_space(out_dir, p, task, [q for q in pairs if q.key not in manifest["runtimes"]])  # every rank: all stop
         if info.is_main:  # after the checks: a refused start leaves nothing behind
-            write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "config": p.cfg.to_dict()})
+            write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "rules": task_rules(task),
+                                                 "config": p.cfg.to_dict()})
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
         predicted = False
@@ -338,8 +355,8 @@ def next_steps(data_dir: Path, out_dir: Path, split: str, report: bool) -> list[
         lines.append(f"reports: {out_dir / REPORT_DIR / 'index.html'}")
     if split == "val":
         lines.append(f"next: python -m pipeline evaluate -i {out_dir} -d {data_dir} -o {out_dir.with_suffix('.json')}")
-    else:
-        lines.append(f"next: the submission zip: cd {out_dir} && zip ../{out_dir.name}.zip disp_*")
+    lines.append(f"{'then' if split == 'val' else 'next'}: the zip to upload: python -m pipeline package --data {data_dir} "
+                 f"--submission {out_dir}{'' if split == 'val' else ' --split test'} --out {out_dir.with_suffix('.zip')}")
     return lines
 
 
@@ -353,7 +370,7 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
     for path in manifests:
         old = read_manifest(path)
         if old.get("config_hash") != p.config_hash:
-            foreign[path] = [out_dir / _field_name(task, key) for key in old.get("runtimes", {})]
+            foreign[path] = [out_dir / name for key in old.get("runtimes", {}) for name in _field_names(task, key)]
     present = sorted({f for fields in foreign.values() for f in fields if f.exists()})
     if present and not overwrite:
         old = read_manifest(next(iter(foreign)))
@@ -378,6 +395,8 @@ def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
     if isinstance(record, dict) and isinstance(record.get("config"), dict):
         for key, was, now in differences(record["config"], p.cfg.to_dict()):
             found.append(f"{OPTION_OF.get(key, key)} was {was!r}, now {now!r}" + ("" if key in OPTION_OF else f" ({key} of the configuration)"))
+        if record.get("rules", rulesets.L2R.name) != task_rules(p.task):  # the file names differ
+            found.append(f"--rules was {record.get('rules', rulesets.L2R.name)!r}, now {task_rules(p.task)!r}")
         if record.get("checkpoint") != p.checkpoint:
             found.append(f"--run/--checkpoint was {record.get('checkpoint')}, now {p.checkpoint}")
         elif not found:
@@ -419,9 +438,13 @@ def resume_advice(out_dir: Path, task: Task, pairs: Sequence[Pair]) -> str:
             "then rerun the same command: the pairs already written are skipped")
 
 
-def _field_name(task: Task, key: str) -> str:
+def _field_names(task: Task, key: str) -> list[str]:
+    """Every name the field of a pair may have in a submission folder: the 2020 one, or those of
+    every rule set (a folder predicted under other ``--rules``)."""
     fixed, _, moving = key.partition("<--")
-    return output_name(task, Pair(fixed, moving))
+    if task.layout == Layout.L2R2020:
+        return [output_name(task, Pair(fixed, moving))]
+    return list(dict.fromkeys(rulesets.disp_name(r, fixed, moving) for r in rulesets.RULE_SETS))
 
 
 def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
@@ -454,6 +477,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")
     parser.add_argument("--checkpoint", default="best", help="best | last | PATH")
+    parser.add_argument("--rules", choices=rulesets.RULE_SETS, default=None,
+                        help="whose file names to write (default: the task folder's rule set: lumir24/lumir25 for LUMIR, "
+                             "remind2reg for ReMIND2Reg, else l2r)")
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
@@ -478,7 +504,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     code = predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
-                   args.overwrite, save_jacobian=args.save_jacobian, report=args.report,
+                   args.overwrite, save_jacobian=args.save_jacobian, report=args.report, rules=args.rules,
                    skip_memory_check=args.skip_memory_check, affine=args.affine, instance_opt_steps=args.instance_opt_steps,
                    input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)
     if int(os.environ.get("RANK", "0")) == 0 and Path(args.out).is_dir():
