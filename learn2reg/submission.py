@@ -18,7 +18,12 @@ Runtime manifest (written by the prediction stage next to the fields, ``runtimes
      "checkpoint": "runs/x/best.pt",     # which weights
      "config_hash": "sha256...",         # hash of the resolved run config
      "runtimes": {"SSSS_MMMM<--SSSS_MMMM": {"total_s": 1.23,     # load + predict + write, seconds
-                                             "network_s": 0.41}}} # network forward pass only, seconds
+                                             "network_s": 0.41}},  # network forward pass only, seconds
+     "network_grid": {...}}              # optional: the grid the network ran on (rule, per pair)
+
+``network_grid`` (written by ``pipeline.prediction.predict``, see ``pipeline.prediction.scale``):
+``rule`` (the run's trained spacing, or the scale given), ``trained_spacing_mm``, and ``pairs``:
+per pair the network ``grid``, its ``spacing_mm`` and ``scale`` (image spacing / network spacing).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ _TASK_DIR_RE = re.compile(r"^task_\d{2}$")
 # ----------------------------------------------------------------------------- manifest
 
 _MANIFEST_KEYS = ("device", "checkpoint", "config_hash", "runtimes")
+_OPTIONAL_KEYS = ("network_grid",)
 
 
 @dataclass(frozen=True)
@@ -66,21 +72,27 @@ class Manifest:
     checkpoint: str
     config_hash: str
     runtimes: dict[str, CaseRuntime]
+    network_grid: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         runtimes = {k: {"total_s": r.total_s, "network_s": r.network_s, **r.stages} for k, r in self.runtimes.items()}
-        return {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
+        out = {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
+        return out if self.network_grid is None else {**out, "network_grid": self.network_grid}
 
 
 def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
     """Validate the JSON form; ``DataError`` naming ``where`` lists every problem.
 
-    Top level: exactly ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``;
+    Top level: exactly ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``, and
+    optionally ``network_grid`` (an object);
     per pair: non-negative finite ``total_s`` and ``network_s``, optional other ``*_s`` numbers.
     """
     if not isinstance(raw, dict):
         raise DataError(f"{where}: runtime manifest must be a JSON object")
-    problems = [f"unknown key {k!r} (allowed: {', '.join(_MANIFEST_KEYS)})" for k in raw if k not in _MANIFEST_KEYS]
+    allowed = _MANIFEST_KEYS + _OPTIONAL_KEYS
+    problems = [f"unknown key {k!r} (allowed: {', '.join(allowed)})" for k in raw if k not in allowed]
+    if not isinstance(raw.get("network_grid", {}), dict):
+        problems.append("'network_grid' must be an object")
     problems += [f"{k!r} must be a string" for k in _MANIFEST_KEYS[:3] if not isinstance(raw.get(k), str)]
     entries = raw.get("runtimes")
     if not isinstance(entries, dict):
@@ -97,7 +109,7 @@ def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
         runtimes[key] = CaseRuntime(float(entry["total_s"]), float(entry["network_s"]), stages)
     if problems:
         raise DataError(f"{where}: invalid runtime manifest:\n  " + "\n  ".join(problems))
-    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes)
+    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes, raw.get("network_grid"))
 
 
 def _seconds(value: Any) -> bool:

@@ -60,7 +60,7 @@ from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict
-from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
+from pipeline.data.preprocess import load_image, network_image, on_grid
 from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
@@ -68,6 +68,7 @@ from pipeline.model.field import predict_field
 from pipeline.model.instance_opt import InstanceOptSettings, refine_field
 from pipeline.model.lapirn import LapIRN
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
+from pipeline.prediction.scale import GridPolicy, network_grid, trained_spacing
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Predictor:
     device: torch.device
     checkpoint: str
     config_hash: str
+    grid_policy: GridPolicy | None = None  # the network's grid (pipeline.prediction.scale); None: affine-only
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -109,11 +111,29 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
     return config_from_dict(raw, where=where)
 
 
-def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str) -> Predictor:
-    """Model of a run folder (``run_dir=None``: a config-only, affine-only run)."""
+def explicit_scale(overrides: dict, cfg: RunConfig) -> str | None:
+    """The network scale the user gave, in words (``None``: none; the run's trained spacing
+    applies, ``pipeline.prediction.scale``): ``--input-scale`` / ``--target-spacing`` among the
+    command line's ``overrides``, else a value other than the default in the configuration."""
+    for key in ("input_scale", "target_spacing"):
+        if overrides.get(key) is not None:
+            return f"--{key.replace('_', '-')} {overrides[key]:g}"
+    if cfg.predict.target_spacing is not None:
+        return f"predict.target_spacing {cfg.predict.target_spacing:g} (configuration)"
+    if cfg.predict.input_scale != 1:
+        return f"predict.input_scale {cfg.predict.input_scale:g} (configuration)"
+    return None
+
+
+def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str,
+                   scale: str | None = None) -> Predictor:
+    """Model of a run folder (``run_dir=None``: a config-only, affine-only run). ``scale``: the
+    network scale the user gave (:func:`explicit_scale`); without one the network runs at the
+    spacing the run was trained at (``pipeline.prediction.scale``)."""
     ckpt_path = None
     model = None
     stamp = ""
+    policy = None
     if not cfg.predict.affine_only:
         if checkpoint not in ("best", "last"):
             ckpt_path = Path(checkpoint)
@@ -122,9 +142,10 @@ def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, devi
         else:
             ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
-        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+        policy = GridPolicy(trained_spacing(run_dir), scale)
+        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest() + policy.stamp()
     digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
-    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest)
+    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest, policy)
 
 
 def output_name(task: Task, pair: Pair) -> str:
@@ -199,13 +220,14 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     """LapIRN -> the voxel field on the network grid; ``fixed``/``moving``: normalised images on
     the fixed grid (``network_image``), ``spacing`` the fixed image's (mm).
 
-    The network grid is ``prediction_shape`` of the fixed image: the preprocessing grid, or its
-    scale by ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
+    The network grid is ``pipeline.prediction.scale.network_grid`` of the fixed image: the
+    preprocessing grid at the spacing the run was trained at, or, when given, scaled by
+    ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
     onto it, and the field, in voxels of that grid, goes back to the fixed grid through
     ``learn2reg.contract.field_on_grid``. The network's field comes from ``predict_field``
     (autocast for the convolutions only, a float32 field), the same function validation during
     training uses."""
-    grid = prediction_shape(fixed.shape, spacing, p.cfg)
+    grid = network_grid(p.grid_policy, fixed.shape, spacing, p.cfg)
     f, m = (torch.from_numpy(on_grid(image, grid))[None, None].to(p.device) for image in (fixed, moving))
     if p.model is None:
         raise ValueError("an affine-only predictor has no network")
@@ -253,7 +275,7 @@ def predict(
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
         if not pairs and not unreadable:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
-        p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint)
+        p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint, explicit_scale(overrides, cfg))
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
         prepare_out_dir(out_dir, p, task, overwrite, info)
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
@@ -265,6 +287,7 @@ def predict(
             try:
                 if not done:
                     manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
+                    record_grid(manifest, p, pair.key)
                     write_manifest(manifest_path, manifest)
                 if outputs.any() and (not done or missing(out_dir, task, pair, outputs)):
                     write_pair_outputs(out_dir, task, pair, field, outputs)  # not timed: not part of the runtime
@@ -321,19 +344,34 @@ def _field_name(task: Task, key: str) -> str:
 def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
     """Start from the earlier manifest when it was made under the same configuration."""
     runtimes: dict[str, Any] = {}
-    fresh = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
+    fresh: dict[str, Any] = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
              "checkpoint": p.checkpoint, "config_hash": p.config_hash, "runtimes": runtimes}
     for path in (own, merged):
         if path.exists():
             old = read_manifest(path)
             if old.get("config_hash") == p.config_hash:
                 runtimes.update(old.get("runtimes", {}))
+                if "network_grid" in old:
+                    pairs = fresh.get("network_grid", {}).get("pairs", {})
+                    fresh["network_grid"] = {**old["network_grid"], "pairs": {**old["network_grid"].get("pairs", {}), **pairs}}
     return fresh
+
+
+def record_grid(manifest: dict, p: Predictor, key: str) -> None:
+    """Keep the network grid of pair ``key`` (``pipeline.prediction.scale``) in ``manifest["network_grid"]``."""
+    if p.grid_policy is None or p.grid_policy.last is None:
+        return
+    per_pair = {k: v for k, v in p.grid_policy.last.items() if k in ("grid", "spacing_mm", "scale")}
+    pairs = manifest.get("network_grid", {}).get("pairs", {})
+    manifest["network_grid"] = {**p.grid_policy.summary(), "pairs": {**pairs, key: per_pair}}
 
 
 def _merge_rank_manifests(out_dir: Path, world: int) -> None:
     parts = [read_manifest(out_dir / f"runtimes.rank{r}.json") for r in range(world)]
     merged = {**parts[0], "runtimes": {k: v for part in parts for k, v in part["runtimes"].items()}}
+    grids = [part["network_grid"] for part in parts if "network_grid" in part]
+    if grids:
+        merged["network_grid"] = {**grids[0], "pairs": {k: v for g in grids for k, v in g.get("pairs", {}).items()}}
     write_manifest(out_dir / "runtimes.json", merged)
 
 
@@ -349,11 +387,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
-    scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--input-scale", type=float, default=None, metavar="S",
-                       help="override predict.input_scale: run the network on a grid S times as fine (2: a 2 mm task at 1 mm)")
-    scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
-                       help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image")
+    add_scale_arguments(parser)
     parser.add_argument("--save-warped", action="store_true",
                         help="also write the warped moving image, and its warped labels (nearest) when it has them, "
                              "on the fixed grid, in OUT/warped/")
@@ -364,6 +398,18 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="also write a visual report per pair and an index, in OUT/report/ (as `python -m pipeline report`)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace fields that --out holds from another configuration (default: refuse)")
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--input-scale`` / ``--target-spacing`` (one of the two), shared with ``register``."""
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--input-scale", type=float, default=None, metavar="S",
+                       help="override predict.input_scale: run the network on a grid S times as fine as the preprocessing "
+                            "grid (2: a 2 mm task at 1 mm); default: the spacing the run was trained at (imported "
+                            "weights: 1 mm), a warning when S departs from it")
+    scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
+                       help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image "
+                            "(default: the spacing the run was trained at)")
 
 
 def run(args: argparse.Namespace) -> int:

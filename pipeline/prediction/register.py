@@ -13,7 +13,12 @@ instance optimisation, the field on the fixed grid composed with the affine part
 * ``jacobian_det.nii.gz`` with ``--save-jacobian``;
 * ``report.html`` (+ ``report.json``): the visual report, with Dice per label and label contours
   when both label maps are given (``--no-report`` skips it);
-* ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes and outputs.
+* ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes, outputs, and the
+  grid the network ran on (``network_grid``: rule, trained spacing, grid, spacing, scale).
+
+The network runs at the spacing the run was trained at (imported weights: 1 mm), as in
+``predict`` (``pipeline.prediction.scale``); ``--input-scale`` / ``--target-spacing`` choose
+another grid, with a warning when it departs from that spacing.
 
 Outputs of an earlier registration into the same folder that this one does not write are removed,
 so the folder never mixes two registrations.
@@ -38,7 +43,7 @@ from learn2reg.io import DataError, check_output_path, save_nifti, write_json
 from learn2reg.task import Case
 from pipeline.distributed import DistInfo, pick_device
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
-from pipeline.prediction.predict import load_predictor, register_images, run_config
+from pipeline.prediction.predict import add_scale_arguments, explicit_scale, load_predictor, register_images, run_config
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def register(
 ) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` with the run in ``run_dir``; write the outputs to
     ``out_dir`` and return them by kind. ``overrides``: ``predict`` settings (``affine``,
-    ``instance_opt_steps``). ``DataError`` naming the file for any bad input, before any work."""
+    ``instance_opt_steps``, ``input_scale``, ``target_spacing``). ``DataError`` naming the file for any bad input, before any work."""
     cfg = run_config(run_dir, overrides)
     inputs = [Path(fixed), Path(moving)] + [Path(p) for p in (fixed_label, moving_label) if p is not None]
     for path in inputs:
@@ -69,7 +74,7 @@ def register(
     if device == "cuda" and not torch.cuda.is_available():
         raise DataError("--device cuda: no CUDA device is available")
     out_dir = check_output_path(out_dir, folder=True)
-    p = load_predictor(cfg, run_dir, None, pick_device(device, DistInfo()), checkpoint)
+    p = load_predictor(cfg, run_dir, None, pick_device(device, DistInfo()), checkpoint, explicit_scale(overrides, cfg))
     start = time.perf_counter()
     u, geometry, timings = register_images(p, Case("fixed", Path(fixed).resolve()), Case("moving", Path(moving).resolve()))
     p.sync()
@@ -93,6 +98,7 @@ def register(
         "fixed_label": str(Path(fixed_label).resolve()) if fixed_label else None,
         "moving_label": str(Path(moving_label).resolve()) if moving_label else None,
         "checkpoint": p.checkpoint, "config_hash": p.config_hash, "device": str(p.device), "runtimes": timings,
+        "network_grid": p.grid_policy.last if p.grid_policy is not None else None,
         "outputs": {k: v.name for k, v in written.items()},
     }
     written["record"] = out_dir / RECORD
@@ -114,6 +120,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    add_scale_arguments(parser)
     parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
     parser.add_argument("--no-report", action="store_true", help="skip the visual report")
 
@@ -121,7 +128,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
                        args.checkpoint, not args.no_report, args.save_jacobian, affine=args.affine,
-                       instance_opt_steps=args.instance_opt_steps)
+                       instance_opt_steps=args.instance_opt_steps, input_scale=args.input_scale,
+                       target_spacing=args.target_spacing)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
