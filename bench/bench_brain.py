@@ -44,8 +44,9 @@ def pipeline(*args: str) -> None:
     subprocess.run(cmd, cwd=REPO, check=True, env={**os.environ, "L2R_PROGRESS_SECONDS": "60"})
 
 
-def methods(steps: int, runs: dict[str, Path], work: Path) -> dict[str, tuple[Path, list[str]]]:
-    """Method name -> (run folder, extra predict arguments)."""
+def methods(steps: int, runs: dict[str, Path], work: Path, lncc: bool = False) -> dict[str, tuple[Path, list[str]]]:
+    """Method name -> (run folder, extra predict arguments); ``lncc``: also instance optimisation
+    with the local NCC similarity (``--instance-opt-similarity lncc``) for every run."""
     io = ["--instance-opt-steps", str(steps)]
     found: dict[str, tuple[Path, list[str]]] = {}
     for variant in WEIGHTS:
@@ -55,6 +56,10 @@ def methods(steps: int, runs: dict[str, Path], work: Path) -> dict[str, tuple[Pa
     for name, run_dir in runs.items():
         found[name] = (run_dir, [])
         found[f"{name} + IO ({steps} steps)"] = (run_dir, io)
+    if lncc:
+        for name, (run_dir, _) in list(found.items()):
+            if "+ IO" not in name:
+                found[f"{name.replace(' (zero-shot)', '')} + IO lncc ({steps} steps)"] = (run_dir, [*io, "--instance-opt-similarity", "lncc"])
     return found
 
 
@@ -84,7 +89,7 @@ def summarise(result: Path, submission: Path | None) -> dict[str, float]:
 
 
 def run(task: Path, work: Path, ants: dict[str, Path], ants_timing: Path | None, steps: int, reuse: bool,
-        runs: dict[str, Path]) -> dict[str, dict[str, float]]:
+        runs: dict[str, Path], lncc: bool = False) -> dict[str, dict[str, float]]:
     """Every method's row; ``reuse``: keep submissions and scores already in ``work`` (tables only)."""
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, float]] = {}
@@ -94,7 +99,7 @@ def run(task: Path, work: Path, ants: dict[str, Path], ants_timing: Path | None,
     for variant, source in WEIGHTS.items():
         if not (work / "runs" / variant / "checkpoints" / "best.pt").exists():
             pipeline("import-weights", str(source), "--out", str(work / "runs" / variant))
-    for name, (run_dir, extra) in methods(steps, runs, work).items():
+    for name, (run_dir, extra) in methods(steps, runs, work, lncc).items():
         sub = work / "submissions" / name.replace(" ", "_").replace("(", "").replace(")", "")
         if not (reuse and sub.with_suffix(".json").is_file()):
             shutil.rmtree(sub, ignore_errors=True)  # fresh runtimes: predict would resume a finished folder
@@ -154,6 +159,7 @@ def main() -> int:
     parser.add_argument("--run", action="append", default=[], metavar="NAME=RUN",
                         help="another run folder (e.g. train --init) predicted with and without instance optimisation")
     parser.add_argument("--name", default="brain_cpu", help="results file stem (bench/results/NAME.{md,json})")
+    parser.add_argument("--lncc", action="store_true", help="also rows with instance optimisation by local NCC")
     parser.add_argument("--ants-timing", type=Path, default=None,
                         help="an ANTs submission (some pairs) timed on a quiet machine: its runtimes replace --ants's")
     parser.add_argument("--steps", type=int, default=50, help="instance optimisation steps")
@@ -166,7 +172,7 @@ def main() -> int:
         meta = json.loads(previous.read_text())["meta"]
     pairs = {name: Path(path) for name, _, path in (item.partition("=") for item in args.ants)}
     runs = {name: Path(path) for name, _, path in (item.partition("=") for item in args.run)}
-    rows = run(args.task, args.work, pairs, args.ants_timing, args.steps, args.reuse, runs)
+    rows = run(args.task, args.work, pairs, args.ants_timing, args.steps, args.reuse, runs, args.lncc)
     meta["ants_timing"] = str(args.ants_timing) if args.ants_timing else None
     meta["pairs"] = len(json.loads((args.work / "Initial.json").read_text())["cases"])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -185,13 +185,14 @@ class PredictConfig(_Checked):
     affine_only: bool = False
     # instance optimisation (pipeline.model.instance_opt): Adam steps (0 = off), learning rate
     # (control-grid voxels), diffusion weight of the correction, control-grid spacing (voxels),
-    # voxels sampled per step, fold repair of the result
+    # voxels sampled per step, fold repair of the result, similarity
     instance_opt_steps: int = _spec(0, ge=0)
     instance_opt_lr: float = _spec(0.5, gt=0)
     instance_opt_smooth: float = _spec(0.3, ge=0)
     instance_opt_grid: int = _spec(2, ge=1)
     instance_opt_points: int = _spec(65536, ge=1)
     instance_opt_unfold: bool = True
+    instance_opt_similarity: str = _spec("mind", choices=("mind", "lncc"))  # sampled MIND-SSC, or dense local NCC (mono-modal)
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
     input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale
     target_spacing: float | None = _spec(None, gt=0)  # mm; network grid spacing per axis, from the fixed image's spacing

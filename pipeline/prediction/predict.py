@@ -387,6 +387,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
+                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
     add_scale_arguments(parser)
     parser.add_argument("--save-warped", action="store_true",
                         help="also write the warped moving image, and its warped labels (nearest) when it has them, "
@@ -416,4 +418,5 @@ def run(args: argparse.Namespace) -> int:
     return predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
                    args.overwrite, save_jacobian=args.save_jacobian, report=args.report,
                    affine=args.affine, instance_opt_steps=args.instance_opt_steps,
+                   instance_opt_similarity=args.instance_opt_similarity,
                    input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)
