@@ -68,7 +68,14 @@ from pipeline.model.field import predict_field
 from pipeline.model.instance_opt import InstanceOptSettings, refine_field
 from pipeline.model.lapirn import LapIRN
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
-from pipeline.prediction.scale import GridPolicy, network_grid, trained_spacing
+from pipeline.prediction.scale import (
+    GridPolicy,
+    add_scale_arguments,
+    explicit_scale,
+    network_grid,
+    record_grid,
+    trained_spacing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -109,20 +116,6 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
         raw["predict"] = {**raw.get("predict", {}), **given}
         where += " with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
     return config_from_dict(raw, where=where)
-
-
-def explicit_scale(overrides: dict, cfg: RunConfig) -> str | None:
-    """The network scale the user gave, in words (``None``: none; the run's trained spacing
-    applies, ``pipeline.prediction.scale``): ``--input-scale`` / ``--target-spacing`` among the
-    command line's ``overrides``, else a value other than the default in the configuration."""
-    for key in ("input_scale", "target_spacing"):
-        if overrides.get(key) is not None:
-            return f"--{key.replace('_', '-')} {overrides[key]:g}"
-    if cfg.predict.target_spacing is not None:
-        return f"predict.target_spacing {cfg.predict.target_spacing:g} (configuration)"
-    if cfg.predict.input_scale != 1:
-        return f"predict.input_scale {cfg.predict.input_scale:g} (configuration)"
-    return None
 
 
 def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str,
@@ -287,7 +280,7 @@ def predict(
             try:
                 if not done:
                     manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
-                    record_grid(manifest, p, pair.key)
+                    record_grid(manifest, p.grid_policy, pair.key)
                     write_manifest(manifest_path, manifest)
                 if outputs.any() and (not done or missing(out_dir, task, pair, outputs)):
                     write_pair_outputs(out_dir, task, pair, field, outputs)  # not timed: not part of the runtime
@@ -357,15 +350,6 @@ def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
     return fresh
 
 
-def record_grid(manifest: dict, p: Predictor, key: str) -> None:
-    """Keep the network grid of pair ``key`` (``pipeline.prediction.scale``) in ``manifest["network_grid"]``."""
-    if p.grid_policy is None or p.grid_policy.last is None:
-        return
-    per_pair = {k: v for k, v in p.grid_policy.last.items() if k in ("grid", "spacing_mm", "scale")}
-    pairs = manifest.get("network_grid", {}).get("pairs", {})
-    manifest["network_grid"] = {**p.grid_policy.summary(), "pairs": {**pairs, key: per_pair}}
-
-
 def _merge_rank_manifests(out_dir: Path, world: int) -> None:
     parts = [read_manifest(out_dir / f"runtimes.rank{r}.json") for r in range(world)]
     merged = {**parts[0], "runtimes": {k: v for part in parts for k, v in part["runtimes"].items()}}
@@ -400,18 +384,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="also write a visual report per pair and an index, in OUT/report/ (as `python -m pipeline report`)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace fields that --out holds from another configuration (default: refuse)")
-
-
-def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--input-scale`` / ``--target-spacing`` (one of the two), shared with ``register``."""
-    scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--input-scale", type=float, default=None, metavar="S",
-                       help="override predict.input_scale: run the network on a grid S times as fine as the preprocessing "
-                            "grid (2: a 2 mm task at 1 mm); default: the spacing the run was trained at (imported "
-                            "weights: 1 mm), a warning when S departs from it")
-    scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
-                       help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image "
-                            "(default: the spacing the run was trained at)")
 
 
 def run(args: argparse.Namespace) -> int:

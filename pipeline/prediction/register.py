@@ -43,7 +43,8 @@ from learn2reg.io import DataError, check_output_path, save_nifti, write_json
 from learn2reg.task import Case
 from pipeline.distributed import DistInfo, pick_device
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
-from pipeline.prediction.predict import add_scale_arguments, explicit_scale, load_predictor, register_images, run_config
+from pipeline.prediction.predict import load_predictor, register_images, run_config
+from pipeline.prediction.scale import add_scale_arguments, explicit_scale
 
 log = logging.getLogger(__name__)
 

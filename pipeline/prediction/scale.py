@@ -27,6 +27,7 @@ Each choice is returned as a record (rule, trained spacing, grid, its spacing in
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -149,3 +150,39 @@ def _record(policy: GridPolicy, shape: Sequence[int], spacing: Sequence[float], 
     used = grid_spacing(shape, spacing, grid)
     return {**policy.summary(), "grid": [int(n) for n in grid], "spacing_mm": [round(s, 6) for s in used],
             "scale": [round(s / u, 6) for s, u in zip(spacing, used, strict=True)]}
+
+
+def explicit_scale(overrides: dict, cfg: RunConfig) -> str | None:
+    """The network scale the user gave, in words (``None``: none; the run's trained spacing
+    applies, ``pipeline.prediction.scale``): ``--input-scale`` / ``--target-spacing`` among the
+    command line's ``overrides``, else a value other than the default in the configuration."""
+    for key in ("input_scale", "target_spacing"):
+        if overrides.get(key) is not None:
+            return f"--{key.replace('_', '-')} {overrides[key]:g}"
+    if cfg.predict.target_spacing is not None:
+        return f"predict.target_spacing {cfg.predict.target_spacing:g} (configuration)"
+    if cfg.predict.input_scale != 1:
+        return f"predict.input_scale {cfg.predict.input_scale:g} (configuration)"
+    return None
+
+
+def record_grid(manifest: dict, policy: GridPolicy | None, key: str) -> None:
+    """Keep the network grid of pair ``key`` (the latest :func:`network_grid` choice of ``policy``)
+    in a ``runtimes.json`` manifest's ``network_grid``."""
+    if policy is None or policy.last is None:
+        return
+    per_pair = {k: v for k, v in policy.last.items() if k in ("grid", "spacing_mm", "scale")}
+    pairs = manifest.get("network_grid", {}).get("pairs", {})
+    manifest["network_grid"] = {**policy.summary(), "pairs": {**pairs, key: per_pair}}
+
+
+def add_scale_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--input-scale`` / ``--target-spacing`` (one of the two), shared with ``register``."""
+    scale = parser.add_mutually_exclusive_group()
+    scale.add_argument("--input-scale", type=float, default=None, metavar="S",
+                       help="override predict.input_scale: run the network on a grid S times as fine as the preprocessing "
+                            "grid (2: a 2 mm task at 1 mm); default: the spacing the run was trained at (imported "
+                            "weights: 1 mm), a warning when S departs from it")
+    scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
+                       help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image "
+                            "(default: the spacing the run was trained at)")
