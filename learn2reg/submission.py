@@ -23,8 +23,13 @@ Runtime manifest (written by the prediction stage next to the fields, ``runtimes
      "config_hash": "sha256...",         # hash of the resolved run config
      "runtimes": {"SSSS_MMMM<--SSSS_MMMM": {"total_s": 1.23,     # load + predict + write, seconds
                                              "network_s": 0.41}},  # network forward pass only, seconds
-     "memory": {"device": "cpu", "estimate_gb": 2.1, "peak_gb": 1.9, ...}}  # optional: estimated and
+      "memory": {"device": "cpu", "estimate_gb": 2.1, "peak_gb": 1.9, ...},  # optional: estimated and
                                                                             # measured peak memory
+     "network_grid": {...}}              # optional: the grid the network ran on (rule, per pair)
+
+``network_grid`` (written by ``pipeline.prediction.predict``, see ``pipeline.prediction.scale``):
+``rule`` (the run's trained spacing, or the scale given), ``trained_spacing_mm``, and ``pairs``:
+per pair the network ``grid``, its ``spacing_mm`` and ``scale`` (image spacing / network spacing).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ _TASK_DIR_RE = re.compile(r"^task_\d{2}$")
 # ----------------------------------------------------------------------------- manifest
 
 _MANIFEST_KEYS = ("device", "checkpoint", "config_hash", "runtimes")
-_OPTIONAL_KEYS = ("memory",)  # an object: the prediction's memory estimate and measured peak
+_OPTIONAL_KEYS = ("memory", "network_grid")  # objects: the memory estimate and measured peak; the network's grid
 
 
 @dataclass(frozen=True)
@@ -75,26 +80,27 @@ class Manifest:
     config_hash: str
     runtimes: dict[str, CaseRuntime]
     memory: dict[str, Any] | None = None  # estimated and measured peak memory (pipeline.model.memory_check)
+    network_grid: dict[str, Any] | None = None  # the grid the network ran on (pipeline.prediction.scale)
 
     def to_json(self) -> dict[str, Any]:
         runtimes = {k: {"total_s": r.total_s, "network_s": r.network_s, **r.stages} for k, r in self.runtimes.items()}
         out = {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
-        return out if self.memory is None else {**out, "memory": self.memory}
+        extra = {k: v for k, v in (("memory", self.memory), ("network_grid", self.network_grid)) if v is not None}
+        return {**out, **extra}
 
 
 def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
     """Validate the JSON form; ``DataError`` naming ``where`` lists every problem.
 
     Top level: ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``, optionally
-    ``memory`` (an object); per pair: non-negative finite ``total_s`` and ``network_s``, optional
-    other ``*_s`` numbers.
+    ``memory`` and ``network_grid`` (objects); per pair: non-negative finite ``total_s`` and
+    ``network_s``, optional other ``*_s`` numbers.
     """
     if not isinstance(raw, dict):
         raise DataError(f"{where}: runtime manifest must be a JSON object")
     allowed = _MANIFEST_KEYS + _OPTIONAL_KEYS
     problems = [f"unknown key {k!r} (allowed: {', '.join(allowed)})" for k in raw if k not in allowed]
-    if "memory" in raw and not isinstance(raw["memory"], dict):
-        problems.append("'memory' must be an object")
+    problems += [f"{k!r} must be an object" for k in _OPTIONAL_KEYS if k in raw and not isinstance(raw[k], dict)]
     problems += [f"{k!r} must be a string" for k in _MANIFEST_KEYS[:3] if not isinstance(raw.get(k), str)]
     entries = raw.get("runtimes")
     if not isinstance(entries, dict):
@@ -111,7 +117,7 @@ def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
         runtimes[key] = CaseRuntime(float(entry["total_s"]), float(entry["network_s"]), stages)
     if problems:
         raise DataError(f"{where}: invalid runtime manifest:\n  " + "\n  ".join(problems))
-    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes, raw.get("memory"))
+    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes, raw.get("memory"), raw.get("network_grid"))
 
 
 def _seconds(value: Any) -> bool:

@@ -79,8 +79,14 @@ class Prepared:
         return int3(self.image.shape)
 
 
-def network_shape(shape: Sequence[int], cfg: PreprocessConfig) -> tuple[int, int, int]:
-    """The network grid for an image grid: the same, or ``(N + 1) // 2`` per axis."""
+def network_shape(shape: Sequence[int], cfg: PreprocessConfig, spacing: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """The network grid for an image grid: the same, or ``(N + 1) // 2`` per axis
+    (``half_resolution``), or with ``cfg.target_spacing`` the corner-aligned grid at that spacing
+    per axis (:func:`scaled_shape` by ``spacing / target_spacing``; ``spacing``, mm, required then)."""
+    if cfg.target_spacing is not None:
+        if spacing is None:
+            raise ValueError("preprocess.target_spacing needs the image spacing")
+        return scaled_shape(shape, [s / cfg.target_spacing for s in spacing])
     return int3((n + 1) // 2 if cfg.half_resolution else n for n in shape[:3])
 
 
@@ -105,14 +111,15 @@ def prediction_shape(shape: Sequence[int], spacing: Sequence[float], cfg: RunCon
     """The grid the network runs on at prediction for an image of ``shape`` and ``spacing`` (mm).
 
     ``predict.target_spacing`` set: the image grid scaled per axis by ``spacing / target_spacing``
-    (absolute: it replaces ``preprocess.half_resolution``). Otherwise the preprocessing grid
-    (:func:`network_shape`, composing with ``half_resolution``) scaled by ``predict.input_scale``;
+    (absolute: it replaces ``preprocess.half_resolution`` and ``preprocess.target_spacing``). Otherwise
+    the preprocessing grid (:func:`network_shape`: ``half_resolution`` or ``preprocess.target_spacing``)
+    scaled by ``predict.input_scale``;
     the default 1 is the training grid. Either way corner-aligned with the image grid, so the
     field returns to it through ``learn2reg.contract.field_on_grid``.
     """
     if cfg.predict.target_spacing is not None:
         return scaled_shape(shape, [s / cfg.predict.target_spacing for s in spacing])
-    return scaled_shape(network_shape(shape, cfg.preprocess), cfg.predict.input_scale)
+    return scaled_shape(network_shape(shape, cfg.preprocess, spacing), cfg.predict.input_scale)
 
 
 # HU offset detection (:func:`detect_hu_offset`), in the image's stored units
@@ -271,7 +278,7 @@ def load_segmentation(path: Path, kind: str, image_shape: tuple[int, ...]) -> np
 def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     """Load and preprocess one case (raises ``DataError`` naming a bad file)."""
     image, geom = load_image(case.image)
-    shape = network_shape(image.shape, cfg)
+    shape = network_shape(image.shape, cfg, geom.spacing)
     resample = shape != image.shape
     mask = load_segmentation(case.mask, "mask", image.shape) if case.mask is not None else None
 
@@ -290,7 +297,7 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     spacing = np.asarray(geom.spacing) * (np.asarray(image.shape) - 1) / np.maximum(np.asarray(shape) - 1, 1)
     return Prepared(
         case_id=case.case_id,
-        image=network_image(image, cfg, path=case.image, mask=mask),
+        image=network_image(image, cfg, shape, path=case.image, mask=mask),
         label=segmentation(case.label, "label"),
         mask=segmentation(case.mask, "mask"),
         keypoints=points(case.keypoints),

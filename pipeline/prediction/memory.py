@@ -22,6 +22,8 @@ from pipeline.model.memory import Grid, Phase, allowance, peaks, prediction_phas
 from pipeline.model.memory_check import MemoryCheck, Need, check, in_use
 from pipeline.prediction.outputs import Outputs
 
+GridRule = Callable[[Sequence[int], Sequence[float]], Grid]  # a fixed image's (shape, spacing mm) -> the network's grid
+
 
 def network_what(cfg: RunConfig, grid: Sequence[int]) -> str:
     """``the network grid 2351x2351x2351 (input scale 50)``: the grid and the option that made it."""
@@ -33,11 +35,13 @@ def network_what(cfg: RunConfig, grid: Sequence[int]) -> str:
 
 
 def pair_phases(cfg: RunConfig, fixed: Geometry, moving: Geometry, output: Grid, on_gpu: bool,
-                outputs: Sequence[str] = ()) -> list[Phase]:
-    """The phases of one pair (``pipeline.model.memory.prediction_phases``) under ``cfg``."""
+                outputs: Sequence[str] = (), grid_of: GridRule | None = None) -> list[Phase]:
+    """The phases of one pair (``pipeline.model.memory.prediction_phases``) under ``cfg``; ``grid_of``:
+    the network grid for a fixed image's shape and spacing (default: the configuration's,
+    ``prediction_shape``; ``predict`` and ``register`` pass the run's, ``pipeline.prediction.scale``)."""
     p = cfg.predict
     model = None if p.affine_only else LapIRNConfig(**vars(cfg.model))
-    grid = prediction_shape(fixed.shape, fixed.spacing, cfg)
+    grid = (grid_of or (lambda shape, spacing: prediction_shape(shape, spacing, cfg)))(fixed.shape, fixed.spacing)
     io = InstanceOptSettings.from_predict(p) if p.instance_opt_steps > 0 and model is not None else None
     return prediction_phases(model, fixed.shape, moving.shape, grid, output, network_what=network_what(cfg, grid),
                              amp=p.amp if on_gpu else "none", io=io, affine=p.affine != "none", outputs=outputs,
@@ -64,11 +68,12 @@ def hints(stage: str, device: torch.device, top: Phase) -> list[str]:
 
 def check_prediction(stage: str, cfg: RunConfig, pairs: Sequence[tuple[Path, Path]], device: torch.device,
                      output_grid: Callable[[Grid], Grid] | None = None, outputs: Sequence[str] = (),
-                     skip: bool = False) -> MemoryCheck:
+                     skip: bool = False, grid_of: GridRule | None = None) -> MemoryCheck:
     """Check the largest of ``pairs`` (fixed, moving image paths) before anything is written:
     ``DataError`` when it cannot fit (unless ``skip``), a warning when it is close. Returns the
     check, whose :meth:`~pipeline.model.memory_check.MemoryCheck.record` goes beside the outputs.
-    ``output_grid``: the grid the field is written on for a fixed grid (default: the fixed grid).
+    ``output_grid``: the grid the field is written on for a fixed grid (default: the fixed grid);
+    ``grid_of``: the network's grid (:func:`pair_phases`).
     An unreadable header, or a grid the stage refuses, is left to the stage, which names it."""
     started = time.perf_counter()
     on_gpu = device.type == "cuda"
@@ -87,7 +92,7 @@ def check_prediction(stage: str, cfg: RunConfig, pairs: Sequence[tuple[Path, Pat
         if key not in seen:
             out = output_grid(f.shape) if output_grid is not None else f.shape
             try:
-                seen[key] = peaks(pair_phases(cfg, f, m, out, on_gpu, outputs), on_gpu)
+                seen[key] = peaks(pair_phases(cfg, f, m, out, on_gpu, outputs, grid_of), on_gpu)
             except ValueError:  # a grid the stage refuses for this pair (e.g. collapsed by the scale): it names it
                 continue
     if not seen:
@@ -103,9 +108,9 @@ def check_prediction(stage: str, cfg: RunConfig, pairs: Sequence[tuple[Path, Pat
 
 
 def check_task_prediction(task: Task, pairs: Sequence[Pair], cfg: RunConfig, device: torch.device, outputs: Outputs,
-                          skip: bool = False) -> MemoryCheck:
+                          skip: bool = False, grid_of: GridRule | None = None) -> MemoryCheck:
     """:func:`check_prediction` for a task's ``pairs`` as ``predict`` writes them (the task's
     submission grid, the requested extra outputs); pairs naming unknown cases are left to the stage."""
     images = [(task.cases[p.fixed].image, task.cases[p.moving].image) for p in pairs if p.fixed in task.cases and p.moving in task.cases]
     kinds = [k for k in ("warped", "jacobian", "report") if getattr(outputs, k)]
-    return check_prediction("predict", cfg, images, device, lambda shape: submission_shape(task, shape), kinds, skip)
+    return check_prediction("predict", cfg, images, device, lambda shape: submission_shape(task, shape), kinds, skip, grid_of)

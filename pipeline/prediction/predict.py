@@ -80,7 +80,7 @@ from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict, differences
-from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
+from pipeline.data.preprocess import load_image, network_image, on_grid
 from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
@@ -89,6 +89,15 @@ from pipeline.model.instance_opt import InstanceOptSettings, refine_field
 from pipeline.model.lapirn import LapIRN
 from pipeline.prediction.memory import check_task_prediction
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
+from pipeline.prediction.scale import (
+    GridPolicy,
+    add_scale_arguments,
+    explicit_scale,
+    network_grid,
+    quiet_grid,
+    record_grid,
+    trained_spacing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +119,7 @@ class Predictor:
     device: torch.device
     checkpoint: str
     config_hash: str
+    grid_policy: GridPolicy | None = None  # the network's grid (pipeline.prediction.scale); None: affine-only
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -136,11 +146,15 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
     return config_from_dict(raw, where=where)
 
 
-def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str) -> Predictor:
-    """Model of a run folder (``run_dir=None``: a config-only, affine-only run)."""
+def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str,
+                   scale: str | None = None) -> Predictor:
+    """Model of a run folder (``run_dir=None``: a config-only, affine-only run). ``scale``: the
+    network scale the user gave (:func:`explicit_scale`); without one the network runs at the
+    spacing the run was trained at (``pipeline.prediction.scale``)."""
     ckpt_path = None
     model = None
     stamp = ""
+    policy = None
     if not cfg.predict.affine_only:
         if checkpoint not in ("best", "last"):
             ckpt_path = Path(checkpoint)
@@ -149,10 +163,11 @@ def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, devi
         else:
             ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
-        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
+        policy = GridPolicy(trained_spacing(run_dir), scale)
+        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest() + policy.stamp()
     names = task_rules(task)  # the file names depend on it: l2r's (and 2020's) keep their earlier hashes
     digest = hashlib.sha256((cfg.digest() + stamp + ("" if names == rulesets.L2R.name else f"rules={names}")).encode()).hexdigest()[:16]
-    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest)
+    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest, policy)
 
 
 def task_rules(task: Task | None) -> str:
@@ -235,13 +250,14 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     """LapIRN -> the voxel field on the network grid; ``fixed``/``moving``: normalised images on
     the fixed grid (``network_image``), ``spacing`` the fixed image's (mm).
 
-    The network grid is ``prediction_shape`` of the fixed image: the preprocessing grid, or its
-    scale by ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
+    The network grid is ``pipeline.prediction.scale.network_grid`` of the fixed image: the
+    preprocessing grid at the spacing the run was trained at, or, when given, scaled by
+    ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
     onto it, and the field, in voxels of that grid, goes back to the fixed grid through
     ``learn2reg.contract.field_on_grid``. The network's field comes from ``predict_field``
     (autocast for the convolutions only, a float32 field), the same function validation during
     training uses."""
-    grid = prediction_shape(fixed.shape, spacing, p.cfg)
+    grid = network_grid(p.grid_policy, fixed.shape, spacing, p.cfg)
     f, m = (torch.from_numpy(on_grid(image, grid))[None, None].to(p.device) for image in (fixed, moving))
     if p.model is None:
         raise ValueError("an affine-only predictor has no network")
@@ -297,8 +313,10 @@ def predict(
         if not pairs and not unreadable:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
         dev = pick_device(device, info)
-        memory = check_task_prediction(task, pairs, cfg, dev, outputs, skip_memory_check)  # before any output
-        p = load_predictor(cfg, run_dir, task, dev, checkpoint)
+        scale = explicit_scale(overrides, cfg)
+        grid = quiet_grid(trained_spacing(run_dir), scale, cfg)  # the grid the network will run on, for the check
+        memory = check_task_prediction(task, pairs, cfg, dev, outputs, skip_memory_check, grid)  # before any output
+        p = load_predictor(cfg, run_dir, task, dev, checkpoint, scale)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
         held.enter_context(hold_folder(out_dir, info, p.device))
         prepare_out_dir(out_dir, p, task, overwrite, info)
@@ -322,6 +340,7 @@ def predict(
                 if not done:
                     manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
                     manifest["memory"], predicted = memory.record(), True  # of the run that predicted the fields
+                    record_grid(manifest, p.grid_policy, pair.key)
                     write_manifest(manifest_path, manifest)
                 if outputs.any() and (not done or missing(out_dir, task, pair, outputs)):
                     write_pair_outputs(out_dir, task, pair, field, outputs)  # not timed: not part of the runtime
@@ -450,7 +469,7 @@ def _field_names(task: Task, key: str) -> list[str]:
 def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
     """Start from the earlier manifest when it was made under the same configuration."""
     runtimes: dict[str, Any] = {}
-    fresh = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
+    fresh: dict[str, Any] = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
              "checkpoint": p.checkpoint, "config_hash": p.config_hash, "runtimes": runtimes}
     for path in (own, merged):
         if path.exists():
@@ -459,12 +478,18 @@ def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
                 runtimes.update(old.get("runtimes", {}))
                 if "memory" in old:
                     fresh.setdefault("memory", old["memory"])
+                if "network_grid" in old:
+                    pairs = fresh.get("network_grid", {}).get("pairs", {})
+                    fresh["network_grid"] = {**old["network_grid"], "pairs": {**old["network_grid"].get("pairs", {}), **pairs}}
     return fresh
 
 
 def _merge_rank_manifests(out_dir: Path, world: int) -> None:
     parts = [read_manifest(out_dir / f"runtimes.rank{r}.json") for r in range(world)]
     merged = {**parts[0], "runtimes": {k: v for part in parts for k, v in part["runtimes"].items()}}
+    grids = [part["network_grid"] for part in parts if "network_grid" in part]
+    if grids:
+        merged["network_grid"] = {**grids[0], "pairs": {k: v for g in grids for k, v in g.get("pairs", {}).items()}}
     write_manifest(out_dir / "runtimes.json", merged)
 
 
@@ -483,11 +508,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
-    scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--input-scale", type=float, default=None, metavar="S",
-                       help="override predict.input_scale: run the network on a grid S times as fine (2: a 2 mm task at 1 mm)")
-    scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
-                       help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image")
+    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
+                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
+    add_scale_arguments(parser)
     parser.add_argument("--save-warped", action="store_true",
                         help="also write the warped moving image, and its warped labels (nearest) when it has them, "
                              "on the fixed grid, in OUT/warped/")

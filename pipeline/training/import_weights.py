@@ -36,6 +36,7 @@ from pipeline.model.authors import (
     AUTHORS_LEVELS,
     AUTHORS_NUMERICS,
     AUTHORS_REPO,
+    AUTHORS_SPACING_MM,
     COPYRIGHT,
     LICENSE_NAME,
     LICENSE_TEXT,
@@ -116,6 +117,10 @@ def provenance(source: Path, digest: str, variant: str, how: str) -> dict[str, A
         "authors_repository": AUTHORS_REPO,
         "authors_commit": AUTHORS_COMMIT if known is not None else None,
         "licence": {"name": LICENSE_NAME, "copyright": COPYRIGHT, "text": LICENSE_TEXT} if known is not None else None,
+        # what predict and register run the network at by default (pipeline.prediction.scale)
+        "network_spacing_mm": list(AUTHORS_SPACING_MM),
+        "network_spacing_from": "the authors' training data: OASIS brain MR at 1 mm (weights/README.md)"
+        + ("" if known is not None else "; assumed for a checkpoint that is not one of the published files"),
         "note": ("weights from the authors' published checkpoint; model numerics and preprocessing as their code "
                  "(see config.json); the train and loss sections are this project's defaults, not the authors' training")
         if known is not None else "not one of the authors' published files: licence and origin unknown to this project",
@@ -169,5 +174,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     record = import_weights(args.source, args.out, args.variant)
     print(f"{args.out}: {record['variant']} variant ({record['published_file'] or 'unpublished file'}); "
-          f"predict with: python -m pipeline predict --run {args.out} --data TASK --out SUB")
+          f"predict with: python -m pipeline predict --run {args.out} --data TASK --out SUB "
+          f"(the network runs at the weights' {AUTHORS_SPACING_MM[0]:g} mm on any task)")
     return 0

@@ -26,12 +26,14 @@ RECORD = "memory.json"  # in the run folder
 ASSUMED_CLASSES = 2  # label classes when the task description names none (a lower bound)
 
 
-def task_grid(task: Task, ids: list[str]) -> Grid:
-    """The largest image grid of the cases ``ids``: the description's shape, else the headers."""
+def task_grid(task: Task, ids: list[str]) -> tuple[Grid, tuple[float, float, float]]:
+    """The largest image grid of the cases ``ids`` and its spacing (mm): the description's shape
+    with the first image's spacing, else the largest header (the spacing matters with
+    ``preprocess.target_spacing``)."""
     if task.shape is not None:
-        return task.shape
-    shapes = [read_nifti_header(task.case(c).image).shape for c in ids]
-    return max(shapes, key=math.prod)
+        return task.shape, read_nifti_header(task.case(ids[0]).image).spacing
+    largest = max((read_nifti_header(task.case(c).image) for c in ids), key=lambda g: math.prod(g.shape))
+    return largest.shape, largest.spacing
 
 
 def hints(cfg: RunConfig, device: torch.device, top: Phase, num_classes: int) -> list[str]:
@@ -60,8 +62,8 @@ def check_training(task: Task, cfg: RunConfig, device: torch.device, skip: bool 
     train, val = split_pairs(task, cfg.train.exclude_val_subjects)
     ids = sorted({c for pair in train + val for c in pair})
     cases = [task.case(c) for c in ids]
-    raw = task_grid(task, ids)
-    grid = network_shape(raw, cfg.preprocess)
+    raw, spacing = task_grid(task, ids)
+    grid = network_shape(raw, cfg.preprocess, spacing)
     labelled = [c for c in cases if c.label is not None]
     num_classes = (max(task.labels) + 1 if task.labels else ASSUMED_CLASSES) if labelled else 1
     held = 4 * len(cases) + (1 if num_classes <= 256 else 2) * len(labelled) + sum(c.mask is not None for c in cases)

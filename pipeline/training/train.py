@@ -15,6 +15,11 @@ its state checkpointed). ``train.deterministic``: deterministic kernels (strict 
 with ``warn_only``, since ``grid_sample``'s backward has no deterministic kernel there, and
 ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set).
 
+Fine-tuning (``--init SRC``, ``pipeline.training.init_weights``): the model starts from the
+weights of a run folder, an imported run, a checkpoint or an authors' ``.pth``; optimiser and
+schedule start fresh; the starting weights are validated first (a ``val`` row at step 0 and the
+first ``best.pt`` candidate). ``train.frozen_levels`` keeps levels out of training throughout.
+
 Faults: checkpoints are atomic; ``--resume`` restores model, optimiser, schedule position and
 the random generator (and the fp16 loss scale), so a resumed run ends with the same weights as an uninterrupted one
 (deterministic mode on CPU); SIGTERM/SIGINT save ``last.pt`` before exiting (code 143/130), and
@@ -61,6 +66,7 @@ from pipeline.model.lapirn import LapIRN, LapIRNConfig
 from pipeline.model.losses import level_loss, one_hot
 from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine
+from pipeline.training.init_weights import INIT_RECORD, check_init_spacing, init_config
 from pipeline.training.log import TrainingLog, format_validation
 from pipeline.training.memory import check_training, write_memory_record
 from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
@@ -102,10 +108,14 @@ class TrainState(TypedDict):
 class Trainer:
     """One training run in ``run_dir``; ``run()`` returns the exit code."""
 
-    def __init__(self, run_dir: Path, data: TrainingData, cfg: RunConfig, device: torch.device, info: DistInfo) -> None:
+    def __init__(self, run_dir: Path, data: TrainingData, cfg: RunConfig, device: torch.device, info: DistInfo,
+                 init_state: dict[str, torch.Tensor] | None = None) -> None:
         self.run_dir, self.data, self.cfg, self.device, self.info = run_dir, data, cfg, device, info
         torch.manual_seed(cfg.train.seed)
         self.model = LapIRN(LapIRNConfig(**vars(cfg.model))).to(device)
+        self.from_init = init_state is not None  # --init: the starting weights are validated first
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
         self.levels = cfg.model.levels
         self.loss_cfg = cfg.loss if data.num_classes > 1 else dataclasses.replace(cfg.loss, dice=0.0)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -180,14 +190,15 @@ class Trainer:
 
     def set_phase(self, level: int, step: int, new_level: bool = False) -> None:
         """Trainable levels for (level, step): level alone while the lower ones are frozen,
-        then 1..level. Levels above are never trainable (unused in the forward)."""
-        frozen = level > 1 and step < self.cfg.train.freeze_steps
+        then 1..level, less ``train.frozen_levels`` (when those include ``level``, its freeze
+        phase leaves the lower levels free). Levels above are never trainable (unused in the forward)."""
+        frozen = level > 1 and step < self.cfg.train.freeze_steps and level not in self.cfg.train.frozen_levels
         phase = (level, frozen)
         if phase == self.phase and not new_level:
             return
         lowest = level if frozen else 1
         for p, net in enumerate(self.model.nets, start=1):
-            net.requires_grad_(lowest <= p <= level)
+            net.requires_grad_(lowest <= p <= level and p not in self.cfg.train.frozen_levels)
         if new_level or self.optimizer is None:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
         if self.info.enabled:
@@ -252,6 +263,8 @@ class Trainer:
             zero = self.validate_zero()
             log.info("validation of the zero field: %s", format_validation(zero))
             tlog.add(global_step=0, level=0, step=0, kind="initial", **zero)
+            if self.from_init:
+                self.validate_init(tlog)
         total = sum(steps[: self.levels])  # the bar counts global steps; the postfix names the level
         bar = progress(total=total, initial=self.state["global_step"], desc="train", unit="step", enabled=self.info.is_main, logger=log)
         self.model.train()
@@ -333,6 +346,16 @@ class Trainer:
                 log.info("new best checkpoint at step %d: validation score %.4f (best at level %d so far)", global_step, score, self.levels)
             self.save("best.pt")
 
+    def validate_init(self, tlog: TrainingLog) -> None:
+        """``--init``: the starting weights at the finest level, before any step: a ``val`` row at
+        step 0 and the first candidate for ``best.pt`` (fine-tuning must beat them to replace them)."""
+        metrics = self.validate(self.levels)
+        log.info("validation of the starting weights (--init): %s", format_validation(metrics))
+        tlog.add(global_step=0, level=self.levels, step=0, kind="val", **metrics)
+        self.keep_best(metrics["val_score"], 0)
+        tlog.best_step = self.state["best_step"]
+        tlog.write()
+
     def validate_zero(self) -> dict[str, float]:
         return validate_pairs(None, self.data, self.levels, self.device, self.cfg.predict.amp)
 
@@ -370,7 +393,8 @@ def use_deterministic_algorithms(device: torch.device) -> None:
 
 
 def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None,
-          stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None, skip_memory_check: bool = False) -> int:
+          stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None, skip_memory_check: bool = False,
+          init: Path | None = None) -> int:
     """Train LapIRN on a task folder into ``run_dir``; returns the exit code.
 
     ``stop_at_step``: after that global step (counted over all levels) write ``last.pt`` and the
@@ -380,7 +404,8 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
     ``best_step``), e.g. to report progress from Python. Before the run folder is filled, the peak
     memory of training is checked against what the device has free (``pipeline.training.memory``:
     ``DataError`` when it cannot fit, unless ``skip_memory_check``); the estimate and the measured
-    peak go into ``run_dir/memory.json``.
+    peak go into ``run_dir/memory.json``. ``init``: start from those weights
+    (``pipeline.training.init_weights``).
     """
     if cfg.predict.affine_only:
         raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
@@ -396,6 +421,7 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         check_output_path(run_dir, folder=True)  # before the lock makes the folder
         lock = held.enter_context(hold_folder(run_dir, info, dev))
         resume_from = checkpoint_to_resume(run_dir, resume)
+        cfg, source = init_config(run_dir, cfg, init, resume_from is not None)
         if resume_from is not None:
             train_pairs, val_pairs = split_pairs(task, cfg.train.exclude_val_subjects)
             check_resume(run_dir, cfg, {"train_pairs": [list(p) for p in train_pairs], "val_pairs": [list(p) for p in val_pairs]})
@@ -405,7 +431,11 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             if info.is_main and resume_from is None:
                 write_json(run_dir / "config.json", cfg.to_dict())
                 write_json(run_dir / "dataset.json", data.describe())
-            trainer = Trainer(run_dir, data, cfg, dev, info)
+                if source is not None:
+                    write_json(run_dir / INIT_RECORD, {**source.record, "network_spacing_mm": data.network_spacing})
+            if source is not None:
+                check_init_spacing(source, data.network_spacing)
+            trainer = Trainer(run_dir, data, cfg, dev, info, None if source is None or resume_from is not None else source.state)
             if info.is_main:
                 check_checkpoint_space(run_dir, trainer.model)
                 log.info("training %s on %s (world size %d) into %s", task.name, dev, info.world_size, run_dir)
@@ -449,11 +479,15 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default: OUT/cache)")
     parser.add_argument("--skip-memory-check", action="store_true",
                         help="run even when the estimated peak memory exceeds what the device has free")
+    parser.add_argument("--init", type=Path, default=None, metavar="SRC",
+                        help="start from these weights (fine-tuning): a run folder, an imported run, a checkpoint, or an "
+                             "authors' .pth (as import-weights recognises it); the model section follows them, the rest "
+                             "is --config's (train.frozen_levels, preprocess.target_spacing); fresh optimiser and schedule")
 
 
 def run(args: argparse.Namespace) -> int:
     code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache, args.stop_at_step,
-                 skip_memory_check=args.skip_memory_check)
+                 skip_memory_check=args.skip_memory_check, init=args.init)
     if code == 0 and int(os.environ.get("RANK", "0")) == 0:
         if args.stop_at_step is not None:
             print(f"run folder: {args.out} (stopped at step {args.stop_at_step} or earlier if the schedule ended)\n"
