@@ -378,7 +378,9 @@ def test_stages_name_a_root_owned_mount_with_the_fix(stack, demo_data, tmp_path)
         proc = run_stage(stack, service, **{variable: str(root_owned)})
         text = proc.stdout + proc.stderr
         assert proc.returncode == 1 and "Traceback" not in text, f"{service}: {output(proc)}"
-        assert "no write permission" in text and f"{where} belongs to uid {root_owned.stat().st_uid}" in text, service
+        # the container folder is written as the host folder it is, and the mapping is printed
+        assert "no write permission" in text and f"{root_owned} belongs to uid {root_owned.stat().st_uid}" in text, output(proc)
+        assert f"{where} = {root_owned}" in text, output(proc)
         assert "mkdir -p data runs outputs" in text and "export UID GID=$(id -g)" in text, service
     assert not list(root_owned.iterdir())
 

@@ -386,29 +386,40 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _reads_under(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` has a file under ``folder`` open (a worker at work on a pair)."""
+    with contextlib.suppress(OSError):
+        return any(os.readlink(fd).startswith(f"{folder}/") for fd in Path(f"/proc/{pid}/fd").iterdir())
+    return False
+
+
 @pytest.mark.slow
 def test_a_killed_evaluator_worker_is_named_by_its_pair_never_a_hang(tmp_path):
-    """Twenty pairs of 48^3 images in two worker processes; one worker is killed (SIGKILL, as the
-    out-of-memory killer does) while it works."""
+    """Twenty pairs of 64^3 images in two worker processes; one worker is killed (SIGKILL, as the
+    out-of-memory killer does) while it reads a pair's files (seen in /proc: no timing guess, the
+    evaluator takes well under a second on a fast machine)."""
     if not Path("/proc/self/task").is_dir():
         pytest.skip("needs /proc to find the worker processes")
-    task = _big_task(tmp_path / "task")
+    n = 64
+    task = _big_task(tmp_path / "task", n=n)
     sub = tmp_path / "sub"
     pairs = json.loads((task / "Big_dataset.json").read_text())["registration_val"]
+    noise = np.random.default_rng(0).normal(0, 0.5, (n, n, n, 3)).astype(np.float32)  # slow to inflate: a long read
     for pair in pairs:
         f, m = (Path(pair[k]).name.removeprefix("Big_").removesuffix(".nii.gz") for k in ("fixed", "moving"))
-        save_nifti(sub / disp_filename_l2r(f, m), np.zeros((48, 48, 48, 3), np.float32), Geometry.identity((48, 48, 48)))
+        save_nifti(sub / disp_filename_l2r(f, m), noise, Geometry.identity((n, n, n)))
     out = tmp_path / "r.json"
     proc = subprocess.Popen([sys.executable, "-m", "evaluation.evaluate", "-i", str(sub), "-d", str(task), "-o", str(out), "-j", "2"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline, killed = time.time() + 120, None
     while time.time() < deadline and proc.poll() is None and killed is None:
-        workers = _children(proc.pid)
-        if len(workers) == 2:
-            time.sleep(0.3)  # both at work
-            os.kill(workers[0], signal.SIGKILL)
-            killed = workers[0]
-        time.sleep(0.01)
+        for worker in _children(proc.pid):
+            if _reads_under(worker, tmp_path):
+                with contextlib.suppress(ProcessLookupError):  # it ended in between: look again
+                    os.kill(worker, signal.SIGKILL)
+                    killed = worker
+                break
+        time.sleep(0.001)
     _, err = proc.communicate(timeout=120)
     assert killed is not None and proc.returncode == 1 and "Traceback" not in err, err[-2000:]
     assert "error: an evaluator worker process died while evaluating " in err and "<--" in err and "-j 1" in err
