@@ -254,11 +254,14 @@ def test_the_l2r_image_registers_the_json_pairs_as_predict_does_and_holds_no_dat
         "find /app/submission -type f | sort; "
         "find / -xdev \\( -path /proc -o -path /sys -o -path /usr -o -path /opt/venv -o -path /var \\) -prune -o "
         "\\( -name '*.nii' -o -name '*.nii.gz' -o -name '*.npz' -o -name '*.mha' -o -name '*.csv' \\) -print; "
-        "find /app \\( -name cache -o -name dataset.json -o -name '*.log' \\) -print"
+        "find /app -path /app/submission -prune -o \\( -name cache -o -name dataset.json -o -name '*.log' \\) -print; "
+        "cat /app/submission/run/dataset.json"
     )
     listing = sh(["docker", "run", "--rm", "--network=none", "--entrypoint", "sh", tag, "-c", script], env=kit.engine.env)
-    assert listing.stdout.split() == ["/app/submission/bin/test.sh", "/app/submission/contract.json",
-                                      "/app/submission/run/checkpoints/best.pt", "/app/submission/run/config.json"], listing.stdout  # fmt: skip
+    files, spacing = listing.stdout.split("{", 1)
+    assert files.split() == ["/app/submission/bin/test.sh", "/app/submission/contract.json", "/app/submission/run/checkpoints/best.pt",
+                             "/app/submission/run/config.json", "/app/submission/run/dataset.json"], listing.stdout  # fmt: skip
+    assert json.loads("{" + spacing) == {"network_spacing_mm": json.loads((run / "dataset.json").read_text())["network_spacing_mm"]}
 
 
 def test_the_oncoreg_image_trains_with_train_sh_and_registers_with_test_sh(kit):

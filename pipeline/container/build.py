@@ -12,8 +12,9 @@ configuration the image trains with (``./train.sh``). In order, before the first
    info``, ``docker compose version``) and the outputs (refused when they exist, unless ``--overwrite``);
 2. a build context staged in a temporary folder: the files the Dockerfile copies (code, configs,
    published weights, requirements), the torch wheel when one is given, and ``submission/``: the
-   contract record, the run's ``config.json`` (resolved), ``checkpoints/best.pt``, ``imported.json``;
-   never data, caches, logs or other checkpoints;
+   contract record, the run's ``config.json`` (resolved), ``checkpoints/best.pt``, ``imported.json``,
+   a trained run's network spacing (``dataset.json`` with only ``network_spacing_mm``); never data,
+   the run's case lists, caches, logs or other checkpoints;
 3. the Dockerfile's ``submission`` target built through ``docker compose build`` (BuildKit), with the
    base image of ``--base-image`` / ``BASE_IMAGE`` (the Dockerfile's CUDA PyTorch image by default;
    the CPU base of README "Containers" where nothing can be pulled) and ``--torch-wheel`` /
@@ -69,6 +70,9 @@ class Source:
     checkpoint: Path | None
     run_dir: Path | None
     description: str
+    #: a trained run's network spacing (its ``dataset.json``'s ``network_spacing_mm``), baked in as
+    #: ``run/dataset.json`` with that key alone: prediction runs the network at it (``pipeline.prediction.scale``)
+    network_spacing_mm: list[float] | None = None
 
 
 def resolve_source(run_dir: Path | None, config_file: Path | None, checkpoint: str, contract: Contract,
@@ -76,6 +80,7 @@ def resolve_source(run_dir: Path | None, config_file: Path | None, checkpoint: s
     """The run's resolved configuration and checkpoint (``predict``'s rules); ``DataError`` when the
     contract cannot use them (a configuration with a network but no weights, outside OncoReg)."""
     from pipeline.prediction.predict import run_config  # torch: only once the arguments are known
+    from pipeline.prediction.scale import GridPolicy, explicit_scale, trained_spacing
 
     cfg = run_config(run_dir, {**overrides, "config_file": config_file})
     ckpt = None
@@ -89,12 +94,14 @@ def resolve_source(run_dir: Path | None, config_file: Path | None, checkpoint: s
                             f"need --run (only oncoreg trains inside the image)")
         if ckpt is not None and not ckpt.is_file():
             raise DataError(f"{ckpt}: checkpoint not found")
-    stamp = hashlib.sha256(ckpt.read_bytes()).hexdigest() if ckpt else ""
+    spacing = trained_spacing(run_dir) if ckpt is not None else None
+    stamp = hashlib.sha256(ckpt.read_bytes()).hexdigest() + GridPolicy(spacing, explicit_scale(dict(overrides), cfg)).stamp() if ckpt else ""
     digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
     kind = "imported" if run_dir is not None and (run_dir / "imported.json").is_file() else "trained" if ckpt else \
         "network-free" if cfg.predict.affine_only else "training configuration"
     where = run_dir or config_file
-    return Source(cfg.to_dict(), digest, ckpt, run_dir, f"{kind} ({where}{', ' + ckpt.name if ckpt else ''})")
+    return Source(cfg.to_dict(), digest, ckpt, run_dir, f"{kind} ({where}{', ' + ckpt.name if ckpt else ''})",
+                  list(spacing.spacing) if spacing is not None and spacing.source == "dataset.json" else None)
 
 
 def build_settings(given: Mapping[str, str | None], environ: Mapping[str, str] = os.environ,
@@ -150,6 +157,8 @@ def stage_context(dest: Path, contract: Contract, source: Source, record: dict[s
     for name in RUN_FILES:
         if source.run_dir is not None and (source.run_dir / name).is_file():
             shutil.copyfile(source.run_dir / name, sub / "run" / name)
+    if source.network_spacing_mm is not None:  # the spacing alone: not the run's pairs, cases or data folder
+        write_json(sub / "run" / "dataset.json", {"network_spacing_mm": source.network_spacing_mm})
     scripts = PROJECT / "docker" / "submission" / contract.name
     for script in sorted(scripts.glob("*.sh")) if scripts.is_dir() else []:
         shutil.copyfile(script, sub / "bin" / script.name)

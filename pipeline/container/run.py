@@ -37,6 +37,7 @@ from pipeline.container.jobs import (
 )
 from pipeline.distributed import DistInfo, pick_device
 from pipeline.prediction.predict import Predictor, load_predictor, register_images, run_config
+from pipeline.prediction.scale import explicit_scale
 from pipeline.training.train import train
 
 log = logging.getLogger("l2r-submission")
@@ -59,10 +60,11 @@ def model_run(contract: Contract, baked: Path, mounts: Mounts) -> Path:
 
 
 def predictor(run: Path) -> Predictor:
-    """The run's model on CUDA when the container has a GPU, else on the CPU."""
+    """The run's model on CUDA when the container has a GPU, else on the CPU; the network at the
+    run's trained spacing unless the baked configuration gives a scale (as ``predict`` does)."""
     cfg: RunConfig = run_config(run, {})
     device = pick_device("auto", DistInfo())
-    return load_predictor(cfg, None if cfg.predict.affine_only else run, None, device, "best")
+    return load_predictor(cfg, None if cfg.predict.affine_only else run, None, device, "best", explicit_scale({}, cfg))
 
 
 def device_text(device: torch.device) -> str:

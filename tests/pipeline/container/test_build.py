@@ -15,6 +15,7 @@ import torch
 from learn2reg.io import DataError, write_json
 from pipeline.container import build, contracts
 from pipeline.container.build import build_settings, resolve_source, stage_context
+from pipeline.container.run import predictor as image_predictor
 from pipeline.prediction.predict import load_predictor, run_config
 from tests.paths import REPO
 from tests.pipeline.training.test_train import trained_blob_run
@@ -49,8 +50,13 @@ def test_a_trained_run_contributes_its_configuration_and_best_checkpoint_only(tr
     (tmp_path / "ctx").mkdir()
     ctx, source = stage(tmp_path, contracts.L2R, run=run)
     files = sorted(str(p.relative_to(ctx / "submission")) for p in (ctx / "submission").rglob("*") if p.is_file())
-    assert files == ["bin/test.sh", "contract.json", "run/checkpoints/best.pt", "run/config.json"]  # test.sh: the L2R template's
+    assert files == ["bin/test.sh", "contract.json", "run/checkpoints/best.pt", "run/config.json", "run/dataset.json"]  # test.sh: the L2R template's
     assert (ctx / "submission" / "run" / "checkpoints" / "best.pt").read_bytes() == (run / "checkpoints" / "best.pt").read_bytes()
+    spacing = json.loads((run / "dataset.json").read_text())["network_spacing_mm"]
+    assert json.loads((ctx / "submission" / "run" / "dataset.json").read_text()) == {"network_spacing_mm": spacing}, "the spacing, no case list"
+    baked = image_predictor(ctx / "submission" / "run")  # what the image loads: the network at the trained spacing, predict's hash
+    assert baked.grid_policy is not None and baked.grid_policy.trained is not None and list(baked.grid_policy.trained.spacing) == spacing
+    assert baked.config_hash == source.config_hash == load_predictor(run_config(run, {}), run, None, torch.device("cpu"), "best").config_hash
     assert not list(ctx.rglob("*.nii.gz")) and not list(ctx.rglob("cache")) and not list(ctx.rglob("__pycache__"))
     assert [p.name for p in (ctx / build.WHEELS).iterdir()] == [".gitignore"], "as a clone has it: the install layer's cache is shared"
     assert sorted(p.name for p in ctx.iterdir()) == sorted([*build.PROJECT_FILES, *build.PROJECT_DIRS, build.WHEELS, "submission"])
@@ -142,4 +148,6 @@ def test_the_checkpoint_hash_is_the_files(trained):
     _, run = trained
     source = resolve_source(run, None, "last", contracts.L2R, {})
     cfg_digest = run_config(run, {}).digest()
-    assert source.config_hash == hashlib.sha256((cfg_digest + hashlib.sha256((run / "checkpoints" / "last.pt").read_bytes()).hexdigest()).encode()).hexdigest()[:16]
+    spacing = ",".join(f"{v:g}" for v in json.loads((run / "dataset.json").read_text())["network_spacing_mm"])
+    weights = hashlib.sha256((run / "checkpoints" / "last.pt").read_bytes()).hexdigest()
+    assert source.config_hash == hashlib.sha256(f"{cfg_digest}{weights}|network at the trained spacing {spacing}".encode()).hexdigest()[:16]
