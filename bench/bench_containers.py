@@ -63,7 +63,7 @@ def render(record: dict[str, Any]) -> str:
         "Scores: the project's evaluator under the task's rule set, the zero field in brackets.",
         "",
         "| contract | demo task, run | image GB | file MB | build + export s | load s | entry start-up s | container s | "
-        "s per pair (max) | peak RSS GiB | uid | scores (zero field) |",
+        "s per pair: median (mean, max) | peak RSS GiB | uid | scores (zero field) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     contracts = record["contracts"]
@@ -72,7 +72,7 @@ def render(record: dict[str, Any]) -> str:
         lines.append(
             f"| {key} | {WHAT.get(key, e['source'])} | {e['image_bytes'] / 1e9:.2f} | {e['file_bytes'] / 1e6:.0f} | "
             f"{e['build_export_s']:.0f} | {e['load_s']:.0f} | {e['entry_startup_s']:.1f} | {e['container_overhead_s']:.1f} | "
-            f"{e['pair_mean_s']:.2f} ({e['pair_max_s']:.2f}) | {e['peak_rss_gib']:.2f} | {e['uid']} | {_scores(e)} |"
+            f"{e['pair_median_s']:.2f} ({e['pair_mean_s']:.2f}, {e['pair_max_s']:.2f}) | {e['peak_rss_gib']:.2f} | {e['uid']} | {_scores(e)} |"
         )
     if "oncoreg" in contracts and "train_wall_s" in contracts["oncoreg"]:
         lines += ["", f"OncoReg's `./train.sh` (in the image, 36 steps): {contracts['oncoreg']['train_wall_s']:.0f} s wall."]

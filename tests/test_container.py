@@ -133,7 +133,8 @@ def record(kit: Kit, key: str, manifest: dict[str, Any], seconds: dict[str, floa
     kit.results[key] = {
         "image_bytes": manifest["image"]["size_bytes"], "file_bytes": manifest["image"]["file_bytes"], **seconds,
         "run_wall_s": round(wall, 2), "entry_startup_s": summary["startup_s"], "container_overhead_s": round(wall - sum(pair_s) - summary["startup_s"], 2),
-        "pairs": len(pair_s), "pair_mean_s": round(float(np.mean(pair_s)), 3), "pair_max_s": round(max(pair_s), 3),
+        "pairs": len(pair_s), "pair_mean_s": round(float(np.mean(pair_s)), 3), "pair_median_s": round(float(np.median(pair_s)), 3),
+        "pair_max_s": round(max(pair_s), 3),
         "peak_rss_gib": summary["peak_rss_gib"], "uid": summary["uid"], "source": manifest["run"]["source"],
         "scores": scores, "initial": initial,
     }  # fmt: skip

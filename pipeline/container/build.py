@@ -20,10 +20,12 @@ configuration the image trains with (``./train.sh``). In order, before the first
    the CPU base of README "Containers" where nothing can be pulled) and ``--torch-wheel`` /
    ``TORCH_WHEEL`` or ``--torch-index`` / ``TORCH_INDEX`` (from the environment, else the
    repository's ``.env``, as the no-registry recipe writes them);
-4. ``docker save IMAGE | gzip -c > OUT`` (atomically), as the organisers' export scripts do;
-5. with ``--data TASK``: the image run on that task folder with the organiser's command line
+4. with ``--data TASK``: the image run on that task folder with the organiser's command line
    (``pipeline.container.handin``), measuring start-up, time per pair and peak memory; its fields
-   are kept in ``STEM.check/`` (on LUMIR's validation folder: the ``validation_predictions.zip`` content);
+   are kept in ``STEM.check/`` (on LUMIR's validation folder: the ``validation_predictions.zip``
+   content); an image that fails it is not exported (no file, no fields);
+5. ``docker save IMAGE | gzip -c > OUT`` (atomically: a failed or interrupted export leaves no
+   file), as the organisers' export scripts do;
 6. beside ``OUT``: ``STEM.submission.json`` (contract, image, sizes, sha256, run, measurements, the
    organiser's command lines) and, for ``lumir``, the ``README.txt`` LUMIR's hand-in zip needs.
 """
@@ -267,11 +269,15 @@ def container(contract_name: str, out: Path, run_dir: Path | None = None, config
     log.info("contract %s (%s); %s, config %s", contract.name, contract.title, source.description, source.config_hash)
     with tempfile.TemporaryDirectory(prefix="l2r-container-") as tmp:
         build_log = build_image(stage_context(Path(tmp), contract, source, record, wheel), tag, contract, args)
-        export_image(tag, out, compress_level)
         check = None
-        if data is not None:
+        if data is not None:  # before the export: an image that fails its check leaves no file to hand in
             shutil.rmtree(fields, ignore_errors=True)  # --overwrite: the fields of an earlier check
-            check = handin.check_run(contract, tag, data, modality, Path(tmp) / "check", fields)
+            try:
+                check = handin.check_run(contract, tag, data, modality, Path(tmp) / "check", fields)
+            except BaseException:
+                shutil.rmtree(fields, ignore_errors=True)
+                raise
+        export_image(tag, out, compress_level)
     inspect = read_json_text(docker("image", "inspect", tag, "--format", "{{json .}}").stdout)
     manifest = handin.manifest(contract, record, tag, out, inspect, sha256_file(out), args, check, build_log)
     write_json(written[1], manifest)

@@ -249,7 +249,8 @@ def moving_modality(contract: Contract, sequence: str | None) -> str | None:
     found = {**contract.sequences, **by_id}.get(sequence or "")
     if found is None:
         choices = ", ".join(f"{name} ({mod})" for name, mod in contract.sequences.items())
-        raise DataError(f"{contract.name}: --sequence is required, one of {choices}: the organisers run one image per moving sequence")
+        given = "is required, one of" if sequence is None else f"{sequence}: not one of"
+        raise DataError(f"{contract.name}: --sequence {given} {choices}: the organisers run one image per moving sequence")
     return found
 
 

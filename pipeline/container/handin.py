@@ -154,7 +154,8 @@ def per_pair(check: dict[str, Any] | None) -> dict[str, Any] | None:
     if not summary or not summary.get("pair_s"):
         return None
     times = summary["pair_s"]
-    return {"pairs": len(times), "mean_s": round(statistics.fmean(times), 2), "max_s": round(max(times), 2),
+    return {"pairs": len(times), "mean_s": round(statistics.fmean(times), 2), "median_s": round(statistics.median(times), 2),
+            "max_s": round(max(times), 2),
             "startup_s": summary["startup_s"], "peak_rss_gib": summary["peak_rss_gib"], "cpus": summary["cpus"],
             "device": summary["device"], "peak_gpu_gib": summary.get("peak_gpu_gib"), "container_s": check["run"]["wall_s"]}  # type: ignore[index]
 
@@ -189,7 +190,8 @@ def write_lumir_readme(path: Path, manifest_: dict[str, Any]) -> None:
         measured = [
             f"CPUs: {m['cpus']} (the image uses every CPU the container sees; a GPU is used when the container has one, none is needed)",
             f"RAM: {m['peak_rss_gib']:.1f} GiB peak measured; runs within the --memory 16g of test.sh",
-            f"Time per subject (pair): {m['mean_s']:.1f} s mean, {m['max_s']:.1f} s max over {m['pairs']} pairs on {m['device']}, "
+            f"Time per subject (pair): {m['mean_s']:.1f} s mean, {m['median_s']:.1f} s median, {m['max_s']:.1f} s max "
+            f"over {m['pairs']} pairs on {m['device']}, "
             f"plus {m['startup_s']:.0f} s start-up once",
             f"(measured on {where}, fields {shape}; the test images are 160x224x192, time grows with their size)",
         ]
@@ -212,7 +214,8 @@ def next_steps(manifest_: dict[str, Any]) -> list[str]:
     lines = [f"image: {image['file']} ({image['file_bytes'] / 1e6:.0f} MB; {image['tag']}, {image['size_bytes'] / 1e9:.2f} GB loaded)"]
     m = manifest_.get("measured")
     if m:
-        lines.append(f"measured: {m['mean_s']:.2f} s per pair (max {m['max_s']:.2f}), start-up {m['startup_s']:.1f} s, "
+        lines.append(f"measured: {m['mean_s']:.2f} s per pair (median {m['median_s']:.2f}, max {m['max_s']:.2f}), "
+                     f"start-up {m['startup_s']:.1f} s, "
                      f"peak memory {m['peak_rss_gib']:.2f} GiB, {m['cpus']} CPUs, {m['device']}")
     for name, text in manifest_["organiser_commands"].items():
         lines.append(f"the organiser's {name}: {text}")

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import stat
 
 import pytest
 import torch
 
 from learn2reg.io import DataError, write_json
+from pipeline.cli import main
 from pipeline.container import build, contracts
 from pipeline.container.build import build_settings, resolve_source, stage_context
 from pipeline.container.run import predictor as image_predictor
@@ -151,3 +154,95 @@ def test_the_checkpoint_hash_is_the_files(trained):
     spacing = ",".join(f"{v:g}" for v in json.loads((run / "dataset.json").read_text())["network_spacing_mm"])
     weights = hashlib.sha256((run / "checkpoints" / "last.pt").read_bytes()).hexdigest()
     assert source.config_hash == hashlib.sha256(f"{cfg_digest}{weights}|network at the trained spacing {spacing}".encode()).hexdigest()[:16]
+
+
+# --- the command line: exit codes, messages, nothing written ----------------------------------
+
+
+def _container_cli(tmp_path, *args: str) -> int:
+    return main(["container", *args, "--out", str(tmp_path / "out" / "img.tar.gz")])
+
+
+@pytest.fixture
+def out_dir(tmp_path, monkeypatch):
+    """An empty ``--out`` folder; no build setting from this machine's environment."""
+    for key in build.BUILD_ARGS:
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "out").mkdir()
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--run", "{tmp}/nothing", "--contract", "lumir"], 1, "error: {tmp}/nothing: not a run folder (no config.json)"),
+        (["--run", "{tmp}", "--contract", "lumir"], 1, "error: {tmp}: not a run folder (no config.json)"),
+        (["--run", "{run}", "--contract", "lumir", "--checkpoint", "{tmp}/gone.pt"], 1, "error: {tmp}/gone.pt: checkpoint not found"),
+        (["--run", "{run}", "--contract", "nope"], 2, "argument --contract: invalid choice: 'nope'"),
+        (["--run", "{run}", "--contract", "remind2reg", "--sequence", "FLAIR"], 1, "error: remind2reg: --sequence FLAIR: not one of ceT1 (0001), T2 (0002)"),
+        (["--contract", "lumir"], 2, "one of the arguments --run --config is required"),
+    ],
+)
+def test_bad_input_exits_1_usage_errors_2_and_nothing_is_written(trained, tmp_path, out_dir, capsys, args, code, message):
+    _, run = trained
+    fill = {"tmp": str(tmp_path), "run": str(run)}
+    if code == 2:
+        with pytest.raises(SystemExit) as exit_:
+            _container_cli(tmp_path, *(a.format(**fill) for a in args))
+        assert exit_.value.code == 2
+    else:
+        assert _container_cli(tmp_path, *(a.format(**fill) for a in args)) == 1
+    assert message.format(**fill) in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"PATH": "{tmp}/bin"}, "no docker command: `container` builds with Docker"),
+        ({"DOCKER_HOST": "unix://{tmp}/no-engine.sock"}, "no Docker engine answers (docker info: "),
+    ],
+)
+def test_without_an_engine_the_command_says_so_before_building_and_writes_nothing(trained, tmp_path, out_dir, capsys, monkeypatch,
+                                                                                  environ, message):  # fmt: skip
+    if "DOCKER_HOST" in environ and shutil.which("docker") is None:
+        pytest.skip("no docker client here")
+    (tmp_path / "bin").mkdir()
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value.format(tmp=tmp_path))
+    _, run = trained
+    assert _container_cli(tmp_path, "--run", str(run), "--contract", "l2r") == 1
+    assert message in capsys.readouterr().err
+    assert list(out_dir.iterdir()) == []
+
+
+def test_a_failed_export_leaves_no_partial_image_file(tmp_path, monkeypatch):
+    """``docker save`` that dies after writing part of the image: the file is not there, nor a temporary."""
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nhead -c 100000 /dev/zero\necho 'Error: write error: no space left on device' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DataError, match=r"docker save img:latest \| gzip failed \(docker save exit 1, gzip exit 0\): Error: write error"):
+        build.export_image("img:latest", tmp_path / "out" / "img.tar.gz", level=1)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_image_that_fails_its_check_run_is_not_exported(trained, tmp_path, out_dir, monkeypatch):
+    """``--data``: the check runs before ``docker save``; when the image fails it, no image file and no fields."""
+    _, run = trained
+    (tmp_path / "task").mkdir()
+    monkeypatch.setattr(build, "check_engine", lambda: None)
+    monkeypatch.setattr(build, "build_image", lambda *a, **k: "")
+
+    def failing_check(contract, tag, data, modality, work, fields):
+        fields.mkdir()
+        (fields / "disp_0001_0000_0002_0000.nii.gz").write_bytes(b"partial")
+        raise DataError("the image failed its check run (exit 1)")
+
+    monkeypatch.setattr(build.handin, "check_run", failing_check)
+    monkeypatch.setattr(build, "export_image", lambda *a, **k: pytest.fail("exported an image that failed its check"))
+    with pytest.raises(DataError, match="failed its check run"):
+        build.container("l2r", out_dir / "img.tar.gz", run, data=tmp_path / "task")
+    assert list(out_dir.iterdir()) == []
