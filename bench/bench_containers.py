@@ -58,7 +58,8 @@ def render(record: dict[str, Any]) -> str:
         f"{record.get('when', '')} load average {record.get('load')}. `tests/test_container.py`: each image built by "
         "`python -m pipeline container` on the CPU base (local Debian bookworm + torch CPU wheel), exported with "
         "`docker save | gzip -1`, removed, `docker load`ed and run with the organiser's command line (`--network=none`, "
-        "read-only inputs, no `--gpus`: no GPU here) as a non-root host user. Start-up: the entry point's (imports, "
+        "read-only inputs, no `--gpus`: no GPU here) as a non-root host user; the base holds torch's CPU wheel, so every "
+        "image registered on the CPU (the default CUDA base is not measured here). Start-up: the entry point's (imports, "
         "model, inputs checked) and the container's own (create, start, stop: wall time minus entry start-up and pairs). "
         "Scores: the project's evaluator under the task's rule set, the zero field in brackets.",
         "",
@@ -74,6 +75,9 @@ def render(record: dict[str, Any]) -> str:
             f"{e['build_export_s']:.0f} | {e['load_s']:.0f} | {e['entry_startup_s']:.1f} | {e['container_overhead_s']:.1f} | "
             f"{e['pair_median_s']:.2f} ({e['pair_mean_s']:.2f}, {e['pair_max_s']:.2f}) | {e['peak_rss_gib']:.2f} | {e['uid']} | {_scores(e)} |"
         )
+    if any(k.startswith("remind2reg") for k in contracts):
+        lines += ["", "ReMIND2Reg: both images write into one output folder, scored together (ceT1 and T2 pairs), so the two rows "
+                  "share their scores."]
     if "oncoreg" in contracts and "train_wall_s" in contracts["oncoreg"]:
         lines += ["", f"OncoReg's `./train.sh` (in the image, 36 steps): {contracts['oncoreg']['train_wall_s']:.0f} s wall."]
     return "\n".join(lines) + "\n"
