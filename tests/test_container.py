@@ -41,6 +41,7 @@ from evaluation.evaluate import evaluate
 from evaluation.initial import evaluate_initial
 from learn2reg import dataset, rules
 from learn2reg.io import load_nifti
+from learn2reg.package import package
 from pipeline.container import contracts
 from pipeline.container.contracts import CONTRACTS, Deltas, checked_command, organiser_command
 from pipeline.container.handin import run_docker
@@ -192,6 +193,10 @@ def test_lumir_images_run_as_the_test_scripts_run_them_and_score(kit, contract, 
         readme = (kit.root / "images" / "README.txt").read_text()
         assert "Time per subject (pair):" in readme and "RAM:" in readme and "CPUs: " in readme
         assert manifest["measured"]["pairs"] == len(names)
+        # the check run's fields are the validation predictions LUMIR's zip holds, as `package` zips them
+        check = kit.root / "images" / "lumir.check"
+        zipped = package(task, check, kit.root / "images" / "validation_predictions.zip", rules="lumir24")
+        assert [name for _, name in zipped.members] == sorted(f"validation_predictions/{n}" for n in names)
         assert manifest["image"]["workdir"] == "/"
     else:
         assert manifest["image"]["workdir"] == "/app"
