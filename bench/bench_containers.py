@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 ORDER = ("lumir", "lumir25", "remind2reg-ceT1", "remind2reg-T2", "l2r", "oncoreg")
 WHAT = {
-    "lumir": "DemoLUMIR, 6 pairs 40x56x48, imported LapIRN diff weights",
+    "lumir": "DemoLUMIR, 6 pairs 40x56x48, imported LapIRN diff weights (--data check run)",
     "lumir25": "DemoLUMIR, 6 pairs 40x56x48, imported LapIRN diff weights (--user)",
-    "remind2reg-ceT1": "DemoReMIND2Reg flat input, 2 pairs 64^3, network-free (rigid)",
+    "remind2reg-ceT1": "DemoReMIND2Reg flat input, 2 pairs 64^3, network-free (rigid) (--data check run)",
     "remind2reg-T2": "DemoReMIND2Reg flat input, 2 pairs 64^3, network-free (rigid)",
     "l2r": "DemoHippocampusMR, 3 pairs 48^3, LapIRN trained 210 steps on the host",
-    "oncoreg": "OncoReg layout from DemoLungCT, 2 pairs 64^3, trained in the image (train.sh)",
+    "oncoreg": "OncoReg layout from DemoLungCT, 2 pairs 64^3, trained in the image (train.sh) (--data check run: train.sh, test.sh)",
 }
 
 
@@ -61,7 +61,8 @@ def render(record: dict[str, Any]) -> str:
         "read-only inputs, no `--gpus`: no GPU here) as a non-root host user; the base holds torch's CPU wheel, so every "
         "image registered on the CPU (the default CUDA base is not measured here). Start-up: the entry point's (imports, "
         "model, inputs checked) and the container's own (create, start, stop: wall time minus entry start-up and pairs). "
-        "Scores: the project's evaluator under the task's rule set, the zero field in brackets.",
+        "Scores: the project's evaluator under the task's rule set, the zero field in brackets. Build + export includes "
+        "`--data`'s check run (the image run once on the demo task before the export) where the row says so.",
         "",
         "| contract | demo task, run | image GB | file MB | build + export s | load s | entry start-up s | container s | "
         "s per pair: median (mean, max) | peak RSS GiB | uid | scores (zero field) |",

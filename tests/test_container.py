@@ -218,13 +218,18 @@ def test_remind2reg_images_one_per_sequence_read_a_flat_read_only_input(kit):
     out = owned_by(kit.root / "out" / "remind2reg", HOST_UID)
     summaries, names = [], []
     for sequence, modality in c.sequences.items():
+        check = ("--data", str(task)) if sequence == "ceT1" else ()  # the README's --data TASK: the flat input made from the task
         tag, manifest, seconds = build_export_load(kit, "remind2reg", ["--config", str(kit.runs["rigid"])], f"remind2reg-{sequence.lower()}",
-                                                   "--sequence", sequence)  # fmt: skip
+                                                   "--sequence", sequence, *check)  # fmt: skip
         assert manifest["run"]["moving_modality"] == modality
         code, output, wall = run_as_organiser(kit, c, {"image": tag, "input": str(flat), "output": str(out)})
         assert code == 0, output[-4000:]
         summaries.append((sequence, manifest, seconds, output, wall))
-        names += [n for n in expected_names("remind2reg", task, "registration_val") if n.endswith(f"_{modality}.nii.gz")]
+        these = [n for n in expected_names("remind2reg", task, "registration_val") if n.endswith(f"_{modality}.nii.gz")]
+        if check:
+            fields = kit.root / "images" / f"remind2reg-{sequence.lower()}.check"
+            assert sorted(p.name for p in fields.iterdir()) == sorted(these) and manifest["measured"]["pairs"] == len(these)
+        names += these
     moving = nib.load(next(flat.glob("*_0001.nii.gz"))).affine
     check_fields(out, names, (64, 64, 64, 3), moving)
     config = task / f"{task.name}_VAL_evaluation_config.json"
@@ -272,7 +277,11 @@ def test_the_l2r_image_registers_the_json_pairs_as_predict_does_and_holds_no_dat
 
 def test_the_oncoreg_image_trains_with_train_sh_and_registers_with_test_sh(kit):
     c, task = contracts.ONCOREG, kit.tasks["oncoreg"]
-    tag, manifest, seconds = build_export_load(kit, "oncoreg", ["--config", str(kit.runs["oncoreg"])], "oncoreg")
+    # --data: the check run trains with ./train.sh (the image holds a training configuration only), then ./test.sh TASK Val
+    tag, manifest, seconds = build_export_load(kit, "oncoreg", ["--config", str(kit.runs["oncoreg"])], "oncoreg", "--data", str(task))
+    names = expected_names("oncoreg", task, "registration_val")
+    assert manifest["check"]["train"]["wall_s"] > 0 and manifest["measured"]["pairs"] == len(names)
+    assert sorted(p.name for p in (kit.root / "images" / "oncoreg.check").glob("disp_*")) == sorted(names)
     model, results = owned_by(kit.root / "out" / "oncoreg-model", HOST_UID), owned_by(kit.root / "out" / "oncoreg-results", HOST_UID)
     values = {"image": tag, "data": str(task), "model": str(model), "results": str(results), "task": "OncoReg", "mode": "Val"}
     code, output, train_wall = run_as_organiser(kit, c, values, train=True)
@@ -281,7 +290,6 @@ def test_the_oncoreg_image_trains_with_train_sh_and_registers_with_test_sh(kit):
     assert best.is_file() and best.stat().st_uid == HOST_UID and (model / "debug.log").is_file()
     code, output, wall = run_as_organiser(kit, c, values)
     assert code == 0, output[-4000:]
-    names = expected_names("oncoreg", task, "registration_val")
     moving = nib.load(task / "imagesTr" / "OncoReg_0011_0000.nii.gz").affine
     check_fields(results, names, (64, 64, 64, 3), moving)
     assert (results / "debug.log").is_file() and "model: /oncoreg/model/lapirn/checkpoints/best.pt" in output

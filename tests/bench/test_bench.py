@@ -36,6 +36,6 @@ def test_the_container_benchmark_renders_a_results_file_without_running_anything
     cmd = [sys.executable, str(REPO / "bench" / "bench_containers.py"), "--from", str(source), "--out", str(tmp_path / "out")]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=120)
     table = (tmp_path / "out" / "containers_cpu.md").read_text()
-    assert "| lumir | DemoLUMIR, 6 pairs 40x56x48, imported LapIRN diff weights | 1.76 | 570 | 70 | 15 | 6.5 | 3.2 | 1.55 (1.60, 1.80) | 0.57 | 4242 | DSC 0.81 (0.65), TRE_lm 1.37 (2.02) |" in table
+    assert "| lumir | DemoLUMIR, 6 pairs 40x56x48, imported LapIRN diff weights (--data check run) | 1.76 | 570 | 70 | 15 | 6.5 | 3.2 | 1.55 (1.60, 1.80) | 0.57 | 4242 | DSC 0.81 (0.65), TRE_lm 1.37 (2.02) |" in table
     assert "OncoReg's `./train.sh` (in the image, 36 steps): 34 s wall." in table
     assert json.loads((tmp_path / "out" / "containers_cpu.json").read_text())["contracts"]["lumir"] == entry
