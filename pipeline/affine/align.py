@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ from learn2reg.task import Case, Pair, Task, load_task
 from learn2reg.writers import hold_folder
 from pipeline.affine.bounds import ImplausibleResult
 from pipeline.affine.fov import FOV_CHOICES, choose_fov, pair_names, with_fov
-from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
+from pipeline.affine.registration import POLICIES, AffineConfig, AffineResult, register_affine
 from pipeline.config import RunConfig, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -223,8 +224,8 @@ def align_task(
         if entry["implausible"]:
             log.warning("%s: implausible result (%s): %s", pair.key, "; ".join(entry["implausible"]), entry["action"])
             implausible[pair.key] = {"action": entry["action"], "reasons": entry["implausible"]}
-    summary.update(pairs=results, errors=errors, implausible=implausible, policy=POLICY[config.on_implausible],
-                   runtime_s=time.perf_counter() - start)
+    policy = {"on_implausible": config.on_implausible, "means": POLICY[config.on_implausible]}
+    summary.update(pairs=results, errors=errors, implausible=implausible, policy=policy, runtime_s=time.perf_counter() - start)
     write_json(out / "align_summary.json", summary)
     return summary
 
@@ -270,12 +271,29 @@ def _config_from_args(args: argparse.Namespace) -> AffineConfig:
         if "mode" not in raw and args.mode is None:
             raise DataError(f"{args.config}: predict.affine is \"none\" (this run does no pre-alignment); pass --mode rigid|affine to align anyway")
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
-    overrides = {"mode": args.mode, "search_radius": args.search, "init": args.init, "use_fixed_mask": args.mask or None, "threads": args.threads}
+    overrides = {"mode": args.mode, "search_radius": args.search, "init": args.init, "use_fixed_mask": args.mask or None, "threads": args.threads,
+                 "max_rotation_deg": getattr(args, "max_rotation", None), "max_translation": getattr(args, "max_translation", None),
+                 "on_implausible": getattr(args, "on_implausible", None)}
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return AffineConfig.from_dict(raw)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{args.config or 'command line'}: invalid affine settings ({exc})") from exc
+
+
+def _bounded(low: float, high: float, unit: str) -> Callable[[str], float]:
+    """argparse type: a number in ``(low, high]`` (a usage error, exit 2, naming the option otherwise)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}] {unit}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -288,7 +306,17 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                              "predict.affine_search_mm and the fixed mask, as predict aligns)")
     parser.add_argument("--search", type=float, default=None, metavar="MM", help="translation search radius in mm (0 = off; default: config, else 0)")
     parser.add_argument("--init", choices=("none", "center", "com"), default=None, help="initial translation (default: config, else none)")
-    parser.add_argument("--fov", choices=FOV_CHOICES, default="auto", help="zeros outside an ultrasound field of view (auto: by modality)")
+    parser.add_argument("--fov", choices=FOV_CHOICES, default="auto",
+                        help="fields of view (constant outside, any shape) left out of the metric: auto decides per image from "
+                             "the image, the modality name a hint (pipeline.affine.fov); on / off for both images")
+    parser.add_argument("--max-rotation", type=_bounded(0.0, 90.0, "degrees"), default=None, metavar="DEG",
+                        help="bound on the rotation angle (default: config, else 15)")
+    parser.add_argument("--max-translation", type=_bounded(0.0, 1.0, "of the fixed image's mean extent"), default=None, metavar="FRACTION",
+                        help="bound on the translation per axis, a fraction of the fixed image's mean extent (default: config, else 0.2)")
+    parser.add_argument("--on-implausible", choices=POLICIES, default=None,
+                        help="a result at a bound or shrinking the overlap: fallback (the translation stage's result, else the "
+                             "initial transform), warn (keep it) or refuse (write nothing); reported and exit 3 in each case "
+                             "(default: config, else fallback)")
     parser.add_argument("--mask", action="store_true", help="weight the metric by the fixed mask where the task has one")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while registering (default: config, else 1)")
     add_overwrite_argument(parser, "an earlier alignment in --out")
@@ -306,7 +334,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {key}: {message}", file=sys.stderr)
     for key, entry in summary["implausible"].items():
         print(f"implausible: {key}: {'; '.join(entry['reasons'])} -> {entry['action']}", file=sys.stderr)
-    flagged = f", {len(summary['implausible'])} implausible ({summary['policy']})" if summary["implausible"] else ""
+    flagged = f", {len(summary['implausible'])} implausible ({summary['policy']['means']})" if summary["implausible"] else ""
     print(f"{len(summary['pairs'])} pair(s) aligned, {len(summary['errors'])} failed{flagged}; "
           f"summary in {Path(args.out) / 'align_summary.json'}")
     return exit_code(summary)

@@ -100,11 +100,20 @@ class AffineConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> AffineConfig:
-        """Build from a parsed config file; unknown keys are rejected (``ValueError``)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
+        """Build from a parsed config file; unknown keys and values of the wrong type (a
+        string for a number, ...) are rejected (``ValueError`` naming the key)."""
+        known = {f.name: f.default for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
         if unknown:
             raise ValueError(f"unknown affine config keys {unknown}; known: {sorted(known)}")
+        for key, value in raw.items():
+            default = known[key]
+            want: tuple[type, ...] = (bool,) if isinstance(default, bool) else (int,) if isinstance(default, int) else \
+                (int, float) if isinstance(default, float) else (str,) if isinstance(default, str) else ()
+            if key == "rotation_level":
+                want = (int, type(None))
+            if want and (not isinstance(value, want) or (isinstance(value, bool) and bool not in want)):
+                raise ValueError(f"{key} must be {' or '.join(t.__name__ for t in want)}, got {value!r}")
         values = dict(raw)
         if "iterations" in values:
             values["iterations"] = tuple(int(i) for i in values["iterations"])
