@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import logging
 import multiprocessing
 import os
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import aggregate
-from evaluation.case import CaseJob, Options, evaluate_case
+from evaluation.case import CaseJob, Options, evaluate_case, preload
 from evaluation.console import print_summary
 from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
@@ -222,12 +223,18 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
     # Python >= 3.12 "multi-threaded fork" DeprecationWarning is silenced. Elsewhere: forkserver.
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else "forkserver" if "forkserver" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    with pool:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            futures = [pool.submit(evaluate_case, job) for job in jobs]
-        return [f.result() for f in bar(futures)]
+    preload(jobs)  # imported once here rather than once per forked worker
+    # Frozen, the objects the workers inherit are never visited by their garbage collector, whose
+    # writes would otherwise copy those pages into every worker (~0.05 CPU s per worker measured).
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                futures = [pool.submit(evaluate_case, job) for job in jobs]
+            return [f.result() for f in bar(futures)]
+    finally:
+        gc.unfreeze()
 
 
 def _find_manifest(folder: Path, disp_dir: Path) -> Manifest | None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from evaluation import surface
 from learn2reg import contract
@@ -187,13 +186,19 @@ def hd95(
                 values.append(float("nan"))
             continue
         a, b = _label_surface(f, boxes_f, value), _label_surface(w, boxes_w, value)
-        voxel = surface.pair_distances(a, b)
+        if len(a) == 0 or len(b) == 0:  # vanished in the warp (or no surfel): inf, as the reference
+            for values in found.values():
+                values.append(float("inf"))
+            continue
+        squared = surface.pair_squared_distances(a, b)  # voxel units, exact integers
         for spacing, values in found.items():
             if min(spacing) == max(spacing):  # isotropic: the voxel distances, scaled
-                dist = voxel if spacing[0] == 1.0 else (voxel[0] * spacing[0], voxel[1] * spacing[0])
+                scale = None if spacing[0] == 1.0 else spacing[0]
+                directed = [surface.directed_percentile_squared(sq, s.codes, spacing, 95.0, scale) for sq, s in zip(squared, (a, b), strict=True)]
+                values.append(max(directed))
             else:
                 dist = surface.pair_distances(a, b, spacing)
-            values.append(surface.robust_hausdorff(a, b, 95.0, spacing, surface.surfel_area_table(spacing), dist))
+                values.append(surface.robust_hausdorff(a, b, 95.0, spacing, surface.surfel_area_table(spacing), dist))
     return [list(found[k]) for k in keys]
 
 
@@ -210,14 +215,46 @@ def nonzero_box(*maps: np.ndarray) -> tuple[slice, ...] | None:
 
 
 def object_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None]:
-    """``scipy.ndimage.find_objects(labels)``, searched inside the box of the nonzero voxels."""
+    """``scipy.ndimage.find_objects(labels)`` of a 3-D non-negative integer label map: for each
+    value ``1..max``, the slices of its bounding box, or ``None`` where the value is absent.
+
+    Found from the runs of equal values along the contiguous axis inside the box of the nonzero
+    voxels (a run's first voxel bounds the two slower axes, its first and last the fast one):
+    ~2x faster than ``find_objects``, and scipy is not imported (its start-up is ~0.2 CPU s)."""
     box = nonzero_box(labels)
     if box is None:
         return []
-    return [
-        None if found is None else tuple(slice(s.start + b.start, s.stop + b.start) for s, b in zip(found, box, strict=True))
-        for found in ndimage.find_objects(labels[box])
-    ]
+    perm = contract.walk_order(labels)
+    sub = labels[box].transpose(perm)  # slowest axis first, contiguous last
+    flat = sub.ravel()  # memory order (a copy when the box is a strict part of the grid)
+    starts = np.empty(flat.size, dtype=bool)
+    starts[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=starts[1:])
+    starts[:: sub.shape[2]] = True  # every line starts a run
+    first = np.flatnonzero(starts)
+    last = np.empty_like(first)
+    last[:-1] = first[1:] - 1
+    last[-1] = flat.size - 1
+    values = flat[first]
+    keep = values != 0
+    first, last, values = first[keep], last[keep], values[keep].astype(np.intp)
+    size = int(values.max()) + 1
+    slow, rest = np.divmod(first, sub.shape[1] * sub.shape[2])
+    middle, fast = np.divmod(rest, sub.shape[2])
+    lo = np.full((3, size), np.iinfo(np.intp).max, dtype=np.intp)
+    hi = np.full((3, size), -1, dtype=np.intp)
+    for b, (low, high) in enumerate(((slow, slow), (middle, middle), (fast, fast + last - first))):
+        np.minimum.at(lo[b], values, low)
+        np.maximum.at(hi[b], values, high)
+    offset = [box[a].start for a in perm]
+    out: list[tuple[slice, ...] | None] = []
+    for v in range(1, size):
+        if hi[0, v] < 0:
+            out.append(None)
+            continue
+        view = [slice(int(lo[b, v]) + offset[b], int(hi[b, v]) + 1 + offset[b]) for b in range(3)]
+        out.append(tuple(view[perm.index(a)] for a in range(3)))
+    return out
 
 
 def _label_surface(labels: np.ndarray, boxes: list, value: int) -> surface.Surface:
@@ -280,6 +317,8 @@ def _axis_weights(n: int, coords: np.ndarray) -> np.ndarray:
     """``P x n`` weights ``w[p, m]``: the value at ``coords[p]`` of the prefiltered cubic spline
     through the unit impulse at ``m`` on a line of ``n`` samples, with ``map_coordinates``'
     own filter and boundary rules (so the 3-D sample is ``sum w_x w_y w_z u``)."""
+    from scipy import ndimage  # here, not at the top: only TRE from points needs scipy (~0.2 CPU s to import)
+
     coeffs = ndimage.spline_filter1d(np.eye(n), order=3, axis=0, output=np.float64, mode="constant")
     at = coords[None, :]
     return np.stack(

@@ -336,3 +336,38 @@ def test_mismatched_point_files_and_missing_ground_truth_are_reported(tmp_path):
     cfg.pairs[1].moving_label.unlink()
     with pytest.raises(DataError, match="ground-truth file not found"):
         evaluate(tmp_path / "sub", task, cfg, workers=1)
+
+
+HEAVY = ("scipy", "scipy.ndimage", "scipy.spatial", "nibabel", "pandas", "matplotlib", "tqdm", "torch", "pipeline")
+_IMPORTS_OF_A_RUN = """
+import sys
+from evaluation.evaluate import main
+heavy = {heavy}
+before = [m for m in heavy if m in sys.modules]
+assert main(sys.argv[1:] + ["-j", "1"]) == 0
+print(before, [m for m in heavy if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize(
+    "flags, loaded",
+    [
+        ("-c1 {c}/LUMIR_VAL_Landmark_evaluation_config.json -c2 {c}/LUMIR_VAL_Segmentation_evaluation_config.json -i {c}/disp/smooth/ -d {c}/", []),
+        ("-c {r}/ReMIND2Reg_VAL_evaluation_config.json -i {r}/disp/smooth/ -d {r}/", ["scipy", "scipy.ndimage"]),
+    ],
+    ids=["lumir24", "remind2reg"],
+)
+def test_start_up_is_lean_and_heavy_modules_load_only_where_a_metric_needs_them(tmp_path, flags, loaded):
+    """Importing the evaluator loads none of scipy, nibabel, pandas, matplotlib, tqdm (their imports
+    cost ~0.5 CPU s); a LUMIR run (NDV, DSC, HD95 on a small grid, centroid TRE) loads none of them
+    either, and a ReMIND2Reg run only scipy.ndimage (cubic TRE); plain .nii.gz headers need no nibabel."""
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+
+    cases = REPO / "tests" / "fixtures" / "organisers" / "cases"
+    argv = flags.format(c=cases / "lumir24", r=cases / "remind").split() + ["-o", str(tmp_path / "out.json")]
+    code = _IMPORTS_OF_A_RUN.format(heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip().splitlines()[-1] == f"[] {loaded}"
