@@ -190,7 +190,7 @@ def hd95(
             for values in found.values():
                 values.append(float("inf"))
             continue
-        squared = surface.pair_squared_distances(a, b)  # voxel units, exact integers
+        squared = surface.pair_squared_distances(a, b, grid=f.shape)  # voxel units, exact integers
         for spacing, values in found.items():
             if min(spacing) == max(spacing):  # isotropic: the voxel distances, scaled
                 scale = None if spacing[0] == 1.0 else spacing[0]

@@ -230,3 +230,26 @@ def test_neighbour_codes_and_surfels_of_a_fortran_ordered_crop(order):
     border = np.argwhere((codes != 0) & (codes != 255))
     np.testing.assert_array_equal(found.vertices, border + [3, 4, 5])
     np.testing.assert_array_equal(found.codes, codes[tuple(border.T)])
+
+
+@pytest.mark.parametrize("case", ["background", "touches the border", "one side only the border"])
+def test_background_surfaces_measured_inside_the_border_give_the_same_integers(case):
+    """Masks that cover the grid's border (background): the border surfels are shared, the other
+    surfels' distance to it is their distance to the nearest face, and only the inner surfels go
+    through a transform. Same squared distances as the whole-grid computation; a mask that leaves
+    part of the border uncovered takes the general way."""
+    a, b = _blob(30, shape=(16, 19, 17))
+    a, b = ~a, ~b
+    a[0], a[-1], a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1] = True, True, True, True, True, True
+    b[0], b[-1], b[:, 0], b[:, -1], b[:, :, 0], b[:, :, -1] = True, True, True, True, True, True
+    if case == "touches the border":
+        b[0, 3:6, 4:9] = False
+    if case == "one side only the border":
+        b[:] = True
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    expected = surface.pair_squared_distances(sa, sb)
+    assert (surface._border_squared_distances(sa, sb, a.shape, "auto") is None) == (case == "touches the border")
+    for method in ("edt", "kdtree"):
+        got = surface.pair_squared_distances(sa, sb, method, grid=a.shape)
+        for x, y in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(x, y)
