@@ -5,6 +5,8 @@ Usage (from the repository root)::
     python bench/bench_organisers.py                       # ours only -> bench/results/organisers_vs_ours_cpu.{json,md}
     python bench/bench_organisers.py --organisers-python /path/to/venv/bin/python \\
         --organisers-root /path/to/checkouts              # theirs too, interleaved with ours
+    python bench/bench_organisers.py ... --baseline DIR --baseline-label 449a807
+                                                          # and an earlier version of ours (before/after)
 
 The case is the 80x96x80 six-pair timing case of ``tests/fixtures/organisers/make_cases.py
 --timing`` (built in a temporary folder unless ``--case`` names one). Each rule set runs its
@@ -18,7 +20,9 @@ and imports included): wall seconds, and from ``wait4`` the user+system CPU seco
 and all its (reaped) worker processes, and the peak resident memory of the largest one of them.
 Rounds are interleaved
 (ours and theirs, every rule set, round after round) so that the shared machine's noisy spells
-hit all alike; medians are reported. Our results are checked against theirs (1e-6 relative) on
+hit all alike; medians are reported. ``--baseline DIR`` (a folder with an earlier ``evaluation/``
+and ``learn2reg/``, e.g. ``git archive COMMIT evaluation learn2reg | tar -x -C DIR``) is timed in
+the same rounds, for a before/after on the same load; both are byte-compiled first. Our results are checked against theirs (1e-6 relative) on
 this case too. Also written: the start-up floor (interpreter and imports alone) and the parity of
 every stored fixture run (tests/evaluation/test_organisers.py).
 
@@ -67,7 +71,8 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
 }
 ENV = {"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 IMPORTS = {"python (nothing)": "pass", "numpy": "import numpy", "numpy + nibabel": "import nibabel", "numpy + scipy.ndimage": "import scipy.ndimage",
-           "evaluation.evaluate (all of ours)": "import evaluation.evaluate"}  # fmt: skip
+           "evaluation.evaluate (all of ours; what a LUMIR run imports)": "import evaluation.evaluate",
+           "evaluation.evaluate + scipy.ndimage (what a run with cubic TRE imports)": "import evaluation.evaluate, scipy.ndimage"}  # fmt: skip
 
 
 NOTES = [
@@ -76,22 +81,32 @@ NOTES = [
     "On a shared machine whose other jobs keep the cores busy, a second worker buys little, so the CPU columns "
     "(all processes of a run) are the steadier comparison; on idle cores our wall time falls towards the start-up "
     "floor plus half the CPU time.",
-    "- Our start-up is the imports of numpy, nibabel and scipy.ndimage (their own import-time work, see the floor "
-    "table); the organisers' ~1.1 s start-up is mostly evalutils' imports. This floor bounds the ReMIND2Reg speed-up, "
-    "whose whole computation (SDlogJ and six-point TRE on six pairs) takes them ~1 s: 10x would need a run shorter than "
-    "our imports.",
-    "- Our per-pair work is dominated by HD95 (the step table): DeepMind's method needs a Euclidean distance transform "
-    "of each label's surface over the box of both surfaces, both ways (label 0 included, which spans the whole grid); "
-    "ours uses the exact transform of the edt package, ~3x faster than theirs, and the surfels per label's own box. "
-    "NDV, which dominates the LUMIR evaluators (~0.9 s per pair, twelve times here), takes us ~0.01 s per pair.",
+    "- Start-up: importing our evaluator loads numpy, the edt and isal packages and our modules (the floor table: half "
+    "of it is numpy's own import). scipy and nibabel are imported only where a metric needs them: scipy.ndimage for "
+    "the cubic TRE from CSV points (ReMIND2Reg, L2R: ~0.2 CPU s, imported once, before the workers fork), nibabel for "
+    "NIfTI headers that are not plain (plain ones: sform, no scaling, no extensions are read directly). A LUMIR run "
+    "imports neither. The organisers' ~1.1 s start-up is mostly evalutils' imports.",
+    "- 10x is out of reach for ReMIND2Reg and L2R on this case, by the start-up floor: their whole ReMIND2Reg run costs "
+    "~2.5 CPU s, so 10x means <= 0.25 CPU s, while the interpreter and numpy take ~0.1, reading the six 7.4 MB fields "
+    "~0.07 and SDlogJ ~0.06; the cubic TRE needs scipy.ndimage, whose import alone is ~0.2. L2R's 10x (<= 0.56 CPU s) "
+    "is below that start-up (~0.4 with scipy) plus HD95, which DeepMind's definition makes an exact Euclidean distance "
+    "transform of each label's surface over the box of both surfaces, both ways (the step table).",
+    "- HD95 is our largest per-pair cost: ours computes the transforms with the edt package (~3x faster than "
+    "scipy's), the surfels per label's own box, the 95th percentile by counting (no sort), background (label 0, "
+    "whose surface includes the grid's border) on the brain's box only, and a k-d tree instead where the box is large "
+    "and the surfaces small. NDV, which dominates the LUMIR evaluators (~0.9 s per pair, twelve times here), takes "
+    "us ~0.01 s per pair.",
     "- Parity: the only differences above round-off are the l2r runs on `.npz` fields (1.2e-8): L2R HEAD casts an "
     "`.npz` to float32 and its cubic TRE sampling then returns float32; we cast the same way but sample in float64.",
 ]
 
 
-def timed(cmd: list[str], cwd: Path, out: Path | None = None) -> dict[str, float | int]:
-    """Run ``cmd`` to its end: wall seconds, CPU seconds of it and its workers, the largest peak RSS (MB)."""
-    env = {**os.environ, **ENV, "PYTHONPATH": str(REPO)}
+def timed(cmd: list[str], cwd: Path, out: Path | None = None, code: Path = REPO) -> dict[str, float | int]:
+    """Run ``cmd`` to its end (``code`` on the Python path): wall seconds, CPU seconds of it and
+    its workers, the largest peak RSS (MB)."""
+    env = {**os.environ, **ENV, "PYTHONPATH": str(code)}
+    if out is not None:
+        out.unlink(missing_ok=True)  # ours refuses to replace an output without --overwrite (theirs has no such flag)
     t0 = time.perf_counter()
     with open(out.with_suffix(".log") if out else os.devnull, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -109,14 +124,20 @@ def machine() -> dict[str, Any]:
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "load_avg_before": os.getloadavg()}
 
 
-def run_rounds(case: Path, work: Path, repeats: int, theirs: tuple[Path, Path] | None) -> dict[str, dict[str, list[dict]]]:
-    """``repeats`` interleaved rounds of every (rule set, ours/theirs) and the import floor."""
-    runs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "theirs": []} for name in RUNS}
+def run_rounds(
+    case: Path, work: Path, repeats: int, theirs: tuple[Path, Path] | None, baseline: Path | None = None
+) -> dict[str, dict[str, list[dict]]]:
+    """``repeats`` interleaved rounds of every (rule set, ours/baseline/theirs) and the import floor."""
+    runs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "theirs": [], "baseline": []} for name in RUNS}
     runs["imports"] = {label: [] for label in IMPORTS}
     for r in range(repeats):
         for name, (script, args, extra) in RUNS.items():
             ours = work / f"ours_{name}.json"
             runs[name]["ours"].append(timed([sys.executable, "-m", "evaluation.evaluate", *args, *extra, "-o", str(ours)], case, ours))
+            if baseline is not None:
+                before = work / f"baseline_{name}.json"
+                command = [sys.executable, "-m", "evaluation.evaluate", *args, *extra, "-o", str(before)]
+                runs[name]["baseline"].append(timed(command, case, before, code=baseline))
             if theirs is not None:
                 out = work / f"theirs_{name}.json"
                 runs[name]["theirs"].append(timed([str(theirs[0]), str(theirs[1] / script), *args, "-o", str(out)], case, out))
@@ -132,6 +153,10 @@ def compare(work: Path) -> dict[str, str]:
 
     found = {}
     for name in RUNS:
+        before = work / f"baseline_{name}.json"
+        if before.is_file():
+            same = before.read_bytes() == (work / f"ours_{name}.json").read_bytes()
+            found[f"{name} (ours vs before)"] = "byte-identical output" if same else "OUTPUTS DIFFER"
         theirs = work / f"theirs_{name}.json"
         if not theirs.is_file():
             continue
@@ -223,11 +248,21 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
     lines += ["", "Start-up floor (a fresh interpreter that only imports, same rounds):", "", "| import | wall s | CPU s |", "|---|---|---|"]
     for label, values in results["runs"]["imports"].items():
         lines.append(f"| {label} | {median(values, 'wall_s'):.2f} | {median(values, 'cpu_s'):.2f} |")
+    if any(results["runs"][name].get("baseline") for name in RUNS):
+        label = results.get("baseline_label", "baseline")
+        lines += ["", f"Before/after (ours before = {label}; same rounds, medians; speed-up = theirs / ours):", "",
+                  "| rule set | before: wall s | now: wall s | before: CPU s | now: CPU s | CPU now / before | speed-up before (wall / CPU) | speed-up now (wall / CPU) |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for name in RUNS:
+            ours, before, theirs = (results["runs"][name][k] for k in ("ours", "baseline", "theirs"))
+            bw, bc, ow, oc = median(before, "wall_s"), median(before, "cpu_s"), median(ours, "wall_s"), median(ours, "cpu_s")
+            tw, tc = (median(theirs, "wall_s"), median(theirs, "cpu_s")) if theirs else (float("nan"), float("nan"))
+            lines.append(f"| {name} | {bw:.2f} | {ow:.2f} | {bc:.2f} | {oc:.2f} | {oc / bc:.2f} | {tw / bw:.1f}x / {tc / bc:.1f}x | {tw / ow:.1f}x / {tc / oc:.1f}x |")
     if results.get("components"):
         lines += ["", "Where our time goes: CPU seconds of each step on one pair, in-process (best of 5):", "", "| step | CPU s |", "|---|---|"]
         lines += [f"| {name} | {value:.3f} |" for name, value in results["components"].items()]
     if results.get("agreement"):
-        lines += ["", "Ours vs theirs on this case (organiser keys, 1e-6 relative):", ""]
+        lines += ["", "Ours vs theirs on this case (organiser keys, 1e-6 relative), and ours vs ours before:", ""]
         lines += [f"- {name}: {text}" for name, text in results["agreement"].items()]
     if results.get("parity"):
         lines += ["", "Parity on the stored fixture runs (tests/fixtures/organisers; every number of their metrics.json: the largest "
@@ -244,6 +279,8 @@ def main() -> None:
     parser.add_argument("--case", type=Path, default=None, help="an existing timing case folder (its lumir24/ inside; default: build one)")
     parser.add_argument("--organisers-python", type=Path, default=None, help="a Python with numpy < 2, evalutils, surface-distance")
     parser.add_argument("--organisers-root", type=Path, default=None, help="folder holding their checkouts LUMIR_L2R/, LUMIR25_L2R25/, ReMIND2Reg/, L2R/")
+    parser.add_argument("--baseline", type=Path, default=None, help="a folder with an earlier evaluation/ and learn2reg/ of ours, timed alongside")
+    parser.add_argument("--baseline-label", default="baseline", help="what --baseline is (e.g. a commit), for the tables")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (default 5)")
     parser.add_argument("--no-parity", action="store_true", help="skip the fixture parity table")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
@@ -262,6 +299,10 @@ def main() -> None:
     import numpy
 
     results: dict[str, Any] = {"machine": machine(), "numpy": numpy.__version__, "repeats": args.repeats}
+    for code in [REPO] + ([args.baseline] if args.baseline else []):  # every run reads byte code, none compiles
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "evaluation"), str(code / "learn2reg")], check=True)
+    if args.baseline:
+        results["baseline_label"] = args.baseline_label
     if theirs is not None:
         version = subprocess.run([str(theirs[0]), "-c", "import numpy, scipy, platform; print(platform.python_version(), 'numpy', numpy.__version__, 'scipy', scipy.__version__)"],
                                  capture_output=True, text=True, check=True)  # fmt: skip
@@ -274,7 +315,7 @@ def main() -> None:
         case = root / "lumir24" if (root / "lumir24").is_dir() else root
         work = Path(tmp) / "out"
         work.mkdir()
-        results["runs"] = run_rounds(case, work, args.repeats, theirs)
+        results["runs"] = run_rounds(case, work, args.repeats, theirs, args.baseline)
         results["agreement"] = compare(work)
         results["components"] = components(case)
     results["load_avg_after"] = os.getloadavg()

@@ -173,7 +173,8 @@ def hd95(
 ) -> list[list[float]]:
     """HD95 per label for each spacing in ``spacings`` (official: ``(1, 1, 1)``, voxels).
 
-    Surfels are extracted once per label inside its bounding box and reused for every spacing.
+    Surfels are extracted once per label inside its bounding box and reused for every spacing;
+    their squared voxel distances (exact integers) serve every isotropic spacing, scaled.
     Returns one list per spacing, NaN where the label is not present, ``inf`` where it vanished.
     """
     (f, w), index = _indexed((fixed, warped), counts.labels)

@@ -15,11 +15,14 @@ The method, in our words (positions are **voxel vertices**, not voxel centres):
   the larger of the two directions; an empty surface on either side gives ``inf``.
 
 The official evaluator calls it with spacing ``(1, 1, 1)``: HD95 in voxels. Speed-ups that give
-the same numbers: surfels are found per structure inside its own bounding box (+1 vertex), and the
-nearest distances come from a distance transform of the other surface on the box of both surfaces
-only (the reference transforms the box of both masks), or from a k-d tree when that box is sparse
-(structures far apart). Every distance is computed from integer offsets as the distance transform
-does, so the numbers are bit-identical.
+the same numbers: surfels are found per structure inside its own bounding box (+1 vertex); in
+voxel units the nearest distances are exact integer squared distances, from a distance transform
+of the other surface on the box of both surfaces only (the reference transforms the box of both
+masks), or from a k-d tree where that box is large and the surfaces small (structures far apart),
+and a surface that covers the grid's border (background) is measured inside the border; the
+percentile counts surfels per (squared distance, area) instead of sorting them. Every distance is
+the square root of the exact integer (or, for other spacings, computed from integer offsets as
+the distance transform does), so the numbers are bit-identical.
 """
 
 from __future__ import annotations
@@ -218,8 +221,7 @@ def _border_squared_distances(
     """:func:`pair_squared_distances` when both surfaces contain every vertex on the border of
     the ``grid``'s vertex lattice (``0 .. n`` per axis), else ``None``."""
     top = np.asarray(grid, dtype=np.int64)
-    ring = (n + 1 for n in grid)
-    count = math.prod(ring) - math.prod(max(n - 1, 0) for n in grid)  # vertices on the border
+    count = math.prod(n + 1 for n in grid) - math.prod(max(n - 1, 0) for n in grid)  # vertices on the border
     on = [((s.vertices == 0) | (s.vertices == top)).any(axis=1) for s in (a, b)]
     if any(int(o.sum()) != count for o in on):  # vertices are distinct: this many means all of them
         return None
