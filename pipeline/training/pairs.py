@@ -35,6 +35,13 @@ class TrainingData:
         trained = {c.split("_")[0] for pair in self.train_pairs for c in pair}
         return not any(c.split("_")[0] in trained for pair in self.val_pairs for c in pair)
 
+    @property
+    def network_spacing(self) -> list[float]:
+        """The voxel spacing (mm per axis) the network trains at: the median over the cases of
+        their network grid's spacing (``pipeline.prediction.scale`` reads it back from
+        ``dataset.json`` to run the network at that spacing by default)."""
+        return [round(float(v), 6) for v in np.median([p.spacing for p in self.cases.values()], axis=0)]
+
     def describe(self) -> dict:
         """The dataset description written into the run folder."""
         t = self.task
@@ -42,6 +49,7 @@ class TrainingData:
             "name": t.name, "root": str(t.root), "layout": t.layout, "shape": t.shape, "labels": t.labels,
             "intra_patient": t.intra_patient, "num_classes": self.num_classes,
             "network_shape": {c: list(p.shape) for c, p in sorted(self.cases.items())},
+            "network_spacing_mm": self.network_spacing,
             "train_pairs": [list(p) for p in self.train_pairs], "val_pairs": [list(p) for p in self.val_pairs],
         }
 

@@ -147,3 +147,21 @@ def test_refine_repairs_folds_when_asked():
     field = torch.from_numpy(np.moveaxis(folded_field(), -1, 0).copy())[None]
     out = refine_field(field, moving, fixed, InstanceOptSettings(steps=0, unfold=True))
     assert (jacobian_determinant(np.moveaxis(out[0].numpy(), 0, -1)) > 0).all()
+
+
+@pytest.mark.parametrize("similarity", ["mind", "lncc"])
+def test_either_similarity_moves_a_perturbed_start_towards_the_known_field_and_keeps_the_truth(similarity):
+    fixed, moving, truth = pair_with_known_field()
+    start = truth + smooth_field(3.0, seed=2)
+    before = inner_error(start, truth)
+    after = inner_error(run(start, fixed, moving, similarity=similarity), truth)
+    kept = inner_error(run(truth, fixed, moving, similarity=similarity), truth)
+    print(f"\n{similarity}: error {before:.2f} -> {after:.2f} voxel; from the truth {kept:.2f}")
+    assert before > 1.2 and after < 0.6 and kept < 0.3
+
+
+def test_lncc_with_a_mask_of_nothing_makes_no_correction():
+    fixed, moving, truth = pair_with_known_field()
+    field = torch.from_numpy(np.moveaxis(truth, -1, 0).copy())[None]
+    out = refine_field(field, moving, fixed, InstanceOptSettings(steps=3, unfold=False, similarity="lncc"), mask=torch.zeros_like(fixed))
+    assert torch.equal(out, field)
