@@ -21,11 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from evaluation import surface
+from evaluation import spline, surface
+from evaluation.spline import TRE_RADIUS
 from learn2reg import contract
-
-TRE_RADIUS = 14  # half-width (voxels) of the fast TRE kernel: truncation ~2e-9 of max |u| (bench field)
-
 
 # ----------------------------------------------------------------------------- labels
 
@@ -277,9 +275,10 @@ def tre(
 
     ``u`` is sampled with the official cubic B-spline (``learn2reg.contract.sample_field``
     semantics). ``method``: ``"full"`` prefilters the whole field (as the reference),
-    ``"crop"`` only the points' bounding box plus a ``TRE_RADIUS`` margin, ``"kernel"`` sums the
-    exact separable interpolation weights over a ``2 * TRE_RADIUS + 2`` window per point;
-    ``"auto"`` picks the cheaper of the last two. All agree to ~1e-8 of max |u|.
+    ``"crop"`` only the points' bounding box plus a ``TRE_RADIUS`` margin (both with scipy),
+    ``"kernel"`` sums the exact separable weights over a ``2 * TRE_RADIUS + 2`` window per point
+    (numpy, ``evaluation.spline``: no scipy import); ``"auto"`` picks the cheaper of the last two.
+    All agree to ~1e-8 of max |u|.
     """
     fixed_points = np.asarray(fixed_points, dtype=np.float64).reshape(-1, 3)
     moving_points = np.asarray(moving_points, dtype=np.float64).reshape(-1, 3)
@@ -304,7 +303,7 @@ def sample_cubic(u: np.ndarray, points: np.ndarray, method: str = "auto") -> np.
         sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         return contract.sample_field(u[sl].astype(np.float64), points - lo)
     if method == "kernel":
-        return _sample_kernel(u, points)
+        return spline.sample_window(u, points)
     raise ValueError(f"unknown TRE sampling method {method!r} (auto, full, crop, kernel)")
 
 
@@ -312,45 +311,6 @@ def _crop_box(shape: Sequence[int], points: np.ndarray) -> tuple[np.ndarray, np.
     lo = np.clip(np.floor(points.min(axis=0)).astype(int) - TRE_RADIUS, 0, None)
     hi = np.minimum(np.ceil(points.max(axis=0)).astype(int) + TRE_RADIUS + 1, np.asarray(shape))
     return lo, np.maximum(hi, lo + 1)
-
-
-def _axis_weights(n: int, coords: np.ndarray) -> np.ndarray:
-    """``P x n`` weights ``w[p, m]``: the value at ``coords[p]`` of the prefiltered cubic spline
-    through the unit impulse at ``m`` on a line of ``n`` samples, with ``map_coordinates``'
-    own filter and boundary rules (so the 3-D sample is ``sum w_x w_y w_z u``)."""
-    from scipy import ndimage  # here, not at the top: only TRE from points needs scipy (~0.2 CPU s to import)
-
-    coeffs = ndimage.spline_filter1d(np.eye(n), order=3, axis=0, output=np.float64, mode="constant")
-    at = coords[None, :]
-    return np.stack(
-        [ndimage.map_coordinates(coeffs[:, m], at, order=3, mode="constant", prefilter=False) for m in range(n)], axis=1
-    )
-
-
-def _sample_kernel(u: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Separable-weight sampler: per point, a ``L^3`` window (``L = 2 * TRE_RADIUS + 2``).
-
-    Points are visited along the field's slowest axis in memory, so that consecutive windows
-    share their planes in the cache (the windows are memory-bound: ~1.6x faster than file order).
-    """
-    shape = u.shape[:3]
-    weights = [_axis_weights(shape[a], points[:, a]) for a in range(3)]
-    length = 2 * TRE_RADIUS + 2
-    start = np.floor(points).astype(int) - TRE_RADIUS
-    start = np.clip(start, 0, np.maximum(np.asarray(shape) - length, 0))
-    fortran = contract.memory_order(u) == "F"
-    out = np.empty((points.shape[0], 3))
-    for p in np.argsort(points[:, contract.walk_order(u)[0]], kind="stable"):
-        sl = tuple(slice(int(start[p, a]), int(min(start[p, a] + length, shape[a]))) for a in range(3))
-        wx, wy, wz = (weights[a][p, sl[a]] for a in range(3))
-        if fortran:  # NIfTI layout: per component, x runs are contiguous; contract x first
-            for c in range(3):
-                block = np.asarray(u[(*sl, c)].T, dtype=np.float64)  # type: ignore[arg-type]  # numpy's stubs reject a slices + int index tuple
-                out[p, c] = ((block @ wx) @ wy) @ wz
-        else:
-            block = np.asarray(u[sl], dtype=np.float64)  # x, y, z, component; C order
-            out[p] = wz @ np.tensordot(wy, np.tensordot(wx, block, axes=(0, 0)), axes=(0, 0))
-    return out
 
 
 def centroid_tre(fixed: np.ndarray, warped: np.ndarray) -> float:
