@@ -28,18 +28,19 @@ the distance transform does), so the numbers are bit-identical.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from learn2reg import contract
 
-try:  # seung-lab's exact Euclidean distance transform: HD95's largest cost, ~2x faster than scipy's
-    import edt as _edt
-except ImportError:  # pragma: no cover - edt is pinned in requirements.txt
-    _edt = None
+# seung-lab's exact Euclidean distance transform (HD95's largest cost, ~2x faster than scipy's),
+# imported at its first use (it imports multiprocessing): ... = not yet, None = not installed.
+_edt: Any = ...
 
 # Surfel areas of DeepMind's surface-distance lookup table (Apache-2.0), as data: for codes
 # 0..127, the triangles of the code's marching-cubes patch, each as |area vector| x 8 (three
@@ -261,6 +262,17 @@ def _not_on(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray) -
     return np.flatnonzero(targets[found] != at)
 
 
+def edt_package() -> Any:
+    """The ``edt`` module, or ``None`` where it is not installed (scipy's transform is used)."""
+    global _edt  # imported once, at the first HD95 (a run without HD95 never loads it)
+    if _edt is ...:
+        try:
+            _edt = importlib.import_module("edt")
+        except ImportError:  # pragma: no cover - edt is pinned in requirements.txt
+            _edt = None
+    return _edt
+
+
 def _edt_squared(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Squared voxel distances at the source surfels from a distance transform of the target's
     surfels on the box: the ``edt`` package's (exact integers in its float32 output below 2^24),
@@ -269,8 +281,9 @@ def _edt_squared(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarr
     grid = np.ones(shape, dtype=np.uint8)  # 0 at the target's vertices
     grid[tuple((target.vertices - lo).T)] = 0
     at = tuple((source.vertices - lo).T)
-    if _edt is not None and sum((n - 1) ** 2 for n in shape) < 2**24:
-        return _edt.edtsq(grid, black_border=False, parallel=1)[at].astype(np.int64)
+    package = edt_package()
+    if package is not None and sum((n - 1) ** 2 for n in shape) < 2**24:
+        return package.edtsq(grid, black_border=False, parallel=1)[at].astype(np.int64)
     from scipy import ndimage  # only here (no edt, or a huge box): scipy.ndimage costs ~0.2 CPU s to import
 
     nearest = ndimage.distance_transform_edt(grid, return_distances=False, return_indices=True)

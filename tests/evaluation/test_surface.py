@@ -103,7 +103,7 @@ def test_distance_transform_and_kdtree_give_identical_distances(spacing, edt_pac
     if not edt_package:
         monkeypatch.setattr(surface, "_edt", None)
     else:
-        assert surface._edt is not None  # pinned in requirements.txt
+        assert surface.edt_package() is not None  # pinned in requirements.txt
     a, b = _blob(11)
     sa, sb = surface.mask_surface(a), surface.mask_surface(b)
     edt, tree = surface.pair_distances(sa, sb, spacing, "edt"), surface.pair_distances(sa, sb, spacing, "kdtree")
