@@ -67,8 +67,10 @@ def coefficient_rows(k: np.ndarray, n: int) -> np.ndarray:
 def axis_weights(n: int, coords: np.ndarray) -> np.ndarray:
     """``P x n`` weights ``w[p, m]``: the value at ``coords[p]`` of scipy's prefiltered cubic
     spline (``mode='constant'``) through the unit impulse at sample ``m`` of a line of ``n``;
-    rows of points outside ``[0, n - 1]`` are 0 (module docstring)."""
+    rows of points outside ``[0, n - 1]`` (or not finite) are 0 (module docstring)."""
     coords = np.asarray(coords, dtype=np.float64).reshape(-1)
+    outside = ~((coords >= 0) & (coords <= n - 1))  # NaN too: scipy gives 0 there
+    coords = np.where(outside, 0.0, coords)  # a placeholder; those rows are zeroed below
     base = np.floor(coords)
     t = coords - base
     t2, t3 = t * t, t * t * t
@@ -76,7 +78,7 @@ def axis_weights(n: int, coords: np.ndarray) -> np.ndarray:
     knots = mirror(base.astype(np.int64)[:, None] + np.arange(-1, 3), n)  # P x 4
     rows = coefficient_rows(knots, n).reshape(coords.size, 4, n)
     weights = np.einsum("pt,ptm->pm", taps, rows)
-    weights[(coords < 0) | (coords > n - 1)] = 0.0
+    weights[outside] = 0.0
     return weights
 
 
@@ -91,7 +93,7 @@ def sample_window(u: np.ndarray, points: np.ndarray) -> np.ndarray:
     shape = u.shape[:3]
     weights = [axis_weights(shape[a], points[:, a]) for a in range(3)]
     length = 2 * TRE_RADIUS + 2
-    start = np.floor(points).astype(int) - TRE_RADIUS
+    start = np.floor(np.where(np.isfinite(points), points, 0.0)).astype(int) - TRE_RADIUS  # NaN: weights 0
     start = np.clip(start, 0, np.maximum(np.asarray(shape) - length, 0))
     fortran = contract.memory_order(u) == "F"
     out = np.empty((points.shape[0], 3))

@@ -17,7 +17,7 @@ def _scipy_weights(n: int, coords: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 40])
 def test_axis_weights_are_scipys_inside_at_the_ends_and_outside(n):
-    edges = [0.0, 1e-9, n - 1.0, n - 1 - 1e-9, -1e-9, n - 1 + 1e-9, -0.5, n - 0.5, -2.0, n + 1.0]
+    edges = [0.0, 1e-9, n - 1.0, n - 1 - 1e-9, -1e-9, n - 1 + 1e-9, -0.5, n - 0.5, -2.0, n + 1.0, np.nan, np.inf, -np.inf]
     coords = np.concatenate([np.linspace(-1.5, n + 0.5, 53), edges])
     np.testing.assert_allclose(spline.axis_weights(n, coords), _scipy_weights(n, coords), rtol=0, atol=1e-14)
 
@@ -49,7 +49,7 @@ def test_window_sampler_is_map_coordinates(order):
     rng = np.random.default_rng(4)
     shape = (36, 33, 40)
     u = np.asarray(rng.normal(0, 2, (*shape, 3)).astype(np.float32), order=order)
-    pts = np.vstack([rng.uniform(-0.5, np.array(shape) - 0.5, (25, 3)), [[0, 0, 0], [35, 32, 39], [0.2, 32, 17.5]]])
+    pts = np.vstack([rng.uniform(-0.5, np.array(shape) - 0.5, (25, 3)), [[0, 0, 0], [35, 32, 39], [0.2, 32, 17.5], [-0.5, 3, 3], [np.nan, 3, 3]]])
     oracle = np.stack([ndimage.map_coordinates(u[..., k].astype(np.float64), pts.T, order=3) for k in range(3)], axis=1)
     # windows cover these grids but for the last voxels: the truncation is below 1e-8 of max |u|
     np.testing.assert_allclose(spline.sample_window(u, pts), oracle, rtol=0, atol=1e-8 * np.abs(u).max())
