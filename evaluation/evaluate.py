@@ -363,7 +363,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("val", "test"), default="val", help="pairs of a derived config")
     parser.add_argument("--format", dest="fmt", choices=("auto", *Layout), default="auto", help="submission format")
     parser.add_argument("--task-folder", default=None, help="2020 submissions: the task_NN sub-folder to read")
-    parser.add_argument("-j", "--workers", type=int, default=None, help="worker processes (default: min(cores, pairs); 1 for a run estimated under 0.25 CPU s)")
+    parser.add_argument("-j", "--workers", type=int, default=None, help=f"worker processes (default: min(cores, pairs); 1 for a run estimated under {POOL_MIN_SECONDS} CPU s)")
     parser.add_argument("--official-only", action="store_true", help="only the official metrics (no *_true, *_mm, folding_fraction)")
     parser.add_argument("--aggregate", choices=("l2r", "2020"), default="l2r", help="aggregate rule of the l2r rules (2020: ddof=1, 0.3 quantile)")
     parser.add_argument("--tre", dest="tre_method", choices=("auto", "kernel", "crop", "full"), default="auto", help="TRE sampler")
