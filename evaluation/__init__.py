@@ -2,6 +2,7 @@
 the zero-field row, plus what is built on scores.
 
 * ``metrics``, ``surface``, ``jacobian``  DSC, HD95 (DeepMind's surface method), TRE, SDlogJ, folding
+* ``spline``       the official TRE's cubic B-spline sampling at points, in numpy (scipy's exact weights)
 * ``ndv``          LUMIR's non-diffeomorphic volume (%)
 * ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the organisers' flags and schema),
                    one rule set per organiser (``learn2reg.rules``); ``case`` scores one pair,

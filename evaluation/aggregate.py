@@ -59,7 +59,30 @@ def summary(values: Sequence[float], q: float) -> dict[str, float]:
     """``{"mean", "std", "30"}`` exactly as the organisers' numpy calls (no NaN handling)."""
     arr = np.asarray(values, dtype=np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        return {"mean": float(arr.mean()), "std": float(arr.std()), "30": float(np.quantile(arr, q))}
+        return {"mean": float(arr.mean()), "std": float(arr.std()), "30": linear_quantile(arr, q)}
+
+
+def linear_quantile(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values, q)`` of a 1-D float64 array (method ``linear``, numpy 1.26 to 2.x)
+    by numpy's own steps, bit for bit (NaN if any value is NaN; bounds and the lerp as numpy's
+    ``_get_indexes`` and ``_lerp``). numpy's first quantile imports ``numpy.ma`` (~8 ms CPU)."""
+    arr = np.sort(values)  # NaN last
+    n = arr.size
+    if n == 0:
+        return float(np.quantile(arr, q))  # numpy's own error
+    virtual = np.float64((n - 1) * np.float64(q))
+    if virtual >= n - 1:
+        previous, following = -1, -1
+    elif virtual < 0:
+        previous, following = 0, 0
+    else:
+        previous = int(np.floor(virtual))
+        following = previous + 1
+    gamma = virtual - np.float64(previous)
+    a, b = arr[previous], arr[following]
+    diff = b - a
+    value = b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+    return float("nan") if np.isnan(arr[-1]) else float(value)
 
 
 def aggregates(rules: Rules, runs: Sequence[ConfigRun], cases: Mapping[str, Mapping[str, Any]], variant: str = "l2r") -> dict[str, dict[str, float]]:

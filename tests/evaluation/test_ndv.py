@@ -129,3 +129,15 @@ def test_centroid_tre_equals_the_reference(order):
     u = np.asarray(_field(5, 2.0, shape=fixed.shape), order=order)
     ours = metrics.centroid_tre(fixed, metrics.warp_labels(moving, u))
     assert ours == ref.centroid_tre(fixed, moving, u)
+
+
+@pytest.mark.parametrize("amp", [0.3, 0.45, 0.6, 6.0])  # edges around the skip threshold, and folding
+def test_the_skip_test_in_the_fields_own_float32_never_drops_a_fold(monkeypatch, amp):
+    """The skip test runs on u in its stored type (float32 here): the same sums as with every voxel
+    computed, bit for bit, for fields whose largest edges sit around the threshold."""
+    u = _field(5, amp, shape=(15, 13, 17)).astype(np.float32)
+    image = np.ones(u.shape[:3])
+    pruned, _ = ndv.ndv_sums(u, image)
+    monkeypatch.setattr(ndv, "SAFE", -1.0)
+    dense, _ = ndv.ndv_sums(u, image)
+    assert pruned == dense
