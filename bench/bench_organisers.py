@@ -72,7 +72,7 @@ RUNS: dict[str, tuple[str, list[str], list[str]]] = {
 ENV = {"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 IMPORTS = {"python (nothing)": "pass", "numpy": "import numpy", "numpy + nibabel": "import nibabel", "numpy + scipy.ndimage": "import scipy.ndimage",
            "evaluation.evaluate (all of ours: what a ReMIND2Reg run imports)": "import evaluation.evaluate",
-           "evaluation.evaluate + edt + the pool (what a run with HD95 imports)": "import evaluation.evaluate, evaluation.pool, edt"}  # fmt: skip
+           "evaluation.evaluate + edt + the pool (what a run with HD95 imports)": "import evaluation.evaluate, concurrent.futures, multiprocessing, edt"}  # fmt: skip
 
 
 NOTES = [
@@ -83,7 +83,7 @@ NOTES = [
     "cores busy, a second worker buys little, so the CPU columns (all processes of a run) are the steadier comparison.",
     "- Start-up: importing our evaluator loads numpy, isal and our modules (the floor table; numpy's own import is most "
     "of it); the edt package and the worker pool only for runs that use them. No run on this case imports scipy or "
-    "nibabel: the cubic TRE at the CSV points (ReMIND2Reg, L2R) is computed in numpy (evaluation.spline: the exact "
+    "nibabel: the cubic TRE at the CSV points (ReMIND2Reg, L2R) is computed in numpy (evaluation.metrics: the exact "
     "weights of map_coordinates(order=3, mode='constant'), equal to scipy's to 1e-14), plain NIfTI headers are read "
     "directly. The organisers' ~1.1 s start-up is mostly evalutils' imports.",
     "- 10x is reached by LUMIR 2024 and 2025 (NDV, which dominates their evaluators at ~0.9 s per pair, twelve times "
@@ -186,7 +186,7 @@ def parity() -> list[dict[str, Any]]:
 
 def components(case: Path, repeats: int = 5) -> dict[str, float]:
     """CPU seconds of each of our steps on the first pair, in-process (best of ``repeats``)."""
-    from evaluation import jacobian, metrics, ndv
+    from evaluation import jacobian, metrics
     from evaluation.case import _load_labels
     from learn2reg.io import load_nifti, read_nifti_header, read_points
 
@@ -202,7 +202,7 @@ def components(case: Path, repeats: int = 5) -> dict[str, float]:
     counts = metrics.label_counts(labels[0], labels[1], warped, ids)
     steps = {
         "read the field (.nii.gz, 7.4 MB)": lambda: load_nifti(field, dtype=None),
-        "NDV (ten determinants per voxel)": lambda: ndv.ndv(u, image),
+        "NDV (ten determinants per voxel)": lambda: jacobian.ndv(u, image),
         "label warp + DSC counts (8 ids)": lambda: metrics.label_counts(labels[0], labels[1], metrics.warp_labels(labels[1], u), ids),
         "HD95 (8 ids, 6 present incl. 0)": lambda: metrics.hd95(labels[0], warped, counts),
         "SDlogJ (+ ours)": lambda: jacobian.jacobian_stats(u),

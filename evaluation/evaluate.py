@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import aggregate
-from evaluation.case import CaseJob, Options, estimated_seconds, evaluate_case, preload
-from evaluation.console import print_summary
+from evaluation.aggregate import print_summary
+from evaluation.case import CaseJob, Options, estimated_seconds, evaluate_case, preload, run_pool
 from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.eval_config import EvalConfig, EvalPair, config_from_dict, derive_config
@@ -284,14 +284,13 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
     bar = functools.partial(progress_bar, total=len(jobs), enabled=progress, desc="evaluate", unit="pair", logger=log)
     if workers == 1:
         return [evaluate_case(job) for job in bar(jobs)]
-    from evaluation.pool import run_pool  # here: multiprocessing and concurrent.futures cost ~0.01 s to import
 
     preload(jobs)  # imported once here rather than once per forked worker
     # Frozen, the objects the workers inherit are never visited by their garbage collector, whose
     # writes would otherwise copy those pages into every worker (~0.05 CPU s per worker measured).
     gc.freeze()
     try:
-        # a worker that dies (out of memory, killed) is named by the pair it held (evaluation.pool)
+        # a worker that dies (out of memory, killed) is named by the pair it held (evaluation.case.run_pool)
         return run_pool(evaluate_case, jobs, [job.pair.key for job in jobs], workers, bar)
     finally:
         gc.unfreeze()

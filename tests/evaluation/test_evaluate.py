@@ -362,7 +362,7 @@ print(before, [m for m in heavy if m in sys.modules])
 def test_start_up_is_lean_and_heavy_modules_load_only_where_a_metric_needs_them(tmp_path, flags, loaded):
     """Importing the evaluator loads none of scipy, nibabel, pandas, matplotlib, tqdm (their imports
     cost ~0.5 CPU s); a LUMIR run (NDV, DSC, HD95 on a small grid, centroid TRE) loads none of them
-    either, nor does a ReMIND2Reg run (cubic TRE at a few points: evaluation.spline, no scipy);
+    either, nor does a ReMIND2Reg run (cubic TRE at a few points: evaluation.metrics, no scipy);
     plain .nii.gz headers need no nibabel, the "30" quantile no numpy.ma."""
     import subprocess
     import sys
