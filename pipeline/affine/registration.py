@@ -81,6 +81,7 @@ class AffineResult:
     initial_matrix: np.ndarray  # 4x4: the start (identity or the initial translation)
     found_matrix: np.ndarray  # 4x4: what the optimisation found (== matrix unless it fell back)
     overlap: tuple[float, float]  # fixed field of view inside the moving one: at the start, at the found result
+    # ((1, 1) when neither image has a field of view: the overlap is not checked then)
     implausible: tuple[str, ...] = ()  # reasons (pipeline.affine.bounds.check); empty: plausible
     action: str = "accepted"  # pipeline.affine.bounds.ACTIONS: accepted, fallback-translation/-initial, warned
 
@@ -371,7 +372,7 @@ def _run_levels(
             held = [(v, v) for v in x[:3]] + box[3:]
             optimise = functools.partial(_level_optimiser, to_matrix=to_matrix, iterations=int(iters), ftol=config.tolerance, bounds=held)
             if index == first and config.start_search:
-                x, nfev = start_search(problem, to_matrix, x, 0.0, bounds.max_translation, optimise)
+                x, nfev = start_search(problem, to_matrix, x, bounds.max_translation, optimise)
             else:
                 x, nfev = optimise(problem, x)
             x_translation = x.copy()
