@@ -351,7 +351,8 @@ def _run_levels(
     then, from level ``rotation_level`` on, the rigid stage, then affine in affine mode, each
     L-BFGS-B within the bounds. On the first level the start search (translations within the
     bound) and the optional translation search come first. Returns the parameters, those of the
-    translation stage of the last level, the finest level's problem and evaluations per level."""
+    last translation stage before any rotation was freed (the fallback), the finest level's
+    problem and evaluations per level."""
     evaluations: list[int] = []
     problem: NGFProblem | None = None
     metric, first, x_start = config.resolved_metric(), _first_level(config), x.copy()
@@ -375,7 +376,8 @@ def _run_levels(
                 x, nfev = start_search(problem, to_matrix, x, bounds.max_translation, optimise)
             else:
                 x, nfev = optimise(problem, x)
-            x_translation = x.copy()
+            if np.array_equal(x[:3], x_start[:3]):  # no rotation freed yet: a translation-only result
+                x_translation = x.copy()
         if config.mode == "affine" and (index - first >= config.rigid_levels or index == config.levels - 1):
             x = _to_affine_params(x, to_matrix, radius)
             step = config.max_linear_step * radius  # and no further per level than max_linear_step
