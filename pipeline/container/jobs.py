@@ -59,8 +59,8 @@ class Mounts:
 @dataclass(frozen=True)
 class Job:
     """One pair to register: the two cases, the field's file name, and the names of their
-    modalities (fixed, moving) in the task's modality table, as ``predict`` reads them to decide
-    the ultrasound fields of view of the affine pre-alignment (``pipeline.affine.fov``)."""
+    modalities (fixed, moving) in the task's modality table, which ``predict`` gives the affine
+    pre-alignment as hints for the images' fields of view (``pipeline.affine.fov.choose_fov``)."""
 
     fixed: Case
     moving: Case

@@ -21,7 +21,6 @@ import torch
 
 from learn2reg.dataset import description_path
 from learn2reg.io import DataError
-from pipeline.affine.fov import ULTRASOUND
 from pipeline.config import RunConfig
 from pipeline.container.contracts import PAIRS_ONCOREG, Contract
 from pipeline.container.jobs import (
@@ -76,7 +75,9 @@ def device_text(device: torch.device) -> str:
 def register_all(contract: Contract, record: dict[str, Any], baked: Path, mounts: Mounts, args: argparse.Namespace,
                  started: float) -> int:
     """Check every input, then register every pair and write its field; returns the exit code
-    (1 when a pair failed: the others are still written). Ends with the summary line."""
+    (1 when a pair failed: the others are still written). Ends with the summary line. A pair whose
+    pre-alignment was implausible (``predict`` exits 3) is logged and listed in the summary but
+    exits 0: its field is written, and the organisers' scripts take any other code as a failure."""
     json_arg = getattr(args, "json_c", None) or getattr(args, "json", None)
     if contract.name == "l2r" and json_arg is None and mounts.input.is_dir():
         json_arg = description_path(mounts.input)  # none given: the data folder's only *_dataset.json
@@ -89,17 +90,20 @@ def register_all(contract: Contract, record: dict[str, Any], baked: Path, mounts
     log.info("%d pair(s) from %s; fields to %s", len(jobs), source, mounts.output)
     log.info("model: %s (config %s) on %s", p.checkpoint, p.config_hash, device_text(p.device))
     startup = time.perf_counter() - started
-    times, failed = [], []
+    times, failed, implausible = [], [], []
     for i, job in enumerate(jobs, 1):
         t0 = time.perf_counter()
         try:
-            register_pair(contract, p, job, mounts.output)
+            reasons = register_pair(contract, p, job, mounts.output)
         except (DataError, ValueError, OSError) as exc:
             failed.append(f"{job.fixed.image.name} <- {job.moving.image.name}: {exc}")
             log.info("[%d/%d] %s <- %s: FAILED (%s)", i, len(jobs), job.fixed.image.name, job.moving.image.name, exc)
             continue
         times.append(time.perf_counter() - t0)
-        log.info("[%d/%d] %s <- %s: %s in %.2f s", i, len(jobs), job.fixed.image.name, job.moving.image.name, job.name, times[-1])
+        fell_back = f" (implausible pre-alignment, fell back: {'; '.join(reasons)})" if reasons else ""
+        implausible += [job.name] if reasons else []
+        log.info("[%d/%d] %s <- %s: %s in %.2f s%s", i, len(jobs), job.fixed.image.name, job.moving.image.name, job.name, times[-1],
+                 fell_back)  # fmt: skip
     done = len(jobs) - len(failed)
     if times:
         log.info("done: %d of %d field(s) in %s, %.2f s per pair (max %.2f s), start-up %.1f s, peak memory %.2f GiB",
@@ -107,24 +111,22 @@ def register_all(contract: Contract, record: dict[str, Any], baked: Path, mounts
     log.info("%s", summary_line({
         "contract": contract.name, "pairs": len(jobs), "written": done, "pair_s": [round(t, 3) for t in times],
         "startup_s": round(startup, 3), "peak_rss_gib": round(peak_memory_gib(), 3), "cpus": os.cpu_count(),
-        "device": str(p.device), "peak_gpu_gib": _gpu_peak(p.device), "uid": os.getuid(),
+        "device": str(p.device), "peak_gpu_gib": _gpu_peak(p.device), "uid": os.getuid(), "implausible_prealignment": implausible,
     }))  # fmt: skip
     for problem in failed:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if failed else 0
 
 
-def register_pair(contract: Contract, p: Predictor, job: Job, out_dir: Path) -> None:
+def register_pair(contract: Contract, p: Predictor, job: Job, out_dir: Path) -> list[str]:
     """One pair through the prediction path, written as the contract's template writes it. The
-    affine pre-alignment's ultrasound fields of view follow the modality names as in ``predict``
-    (``pipeline.affine.fov``)."""
-    fov = (_ultrasound(job.modalities[0]), _ultrasound(job.modalities[1]))
-    u, _, _ = register_images(p, job.fixed, job.moving, fov)
+    affine pre-alignment finds the fields of view from the images, with the modality names as
+    hints, as in ``predict`` (``pipeline.affine.fov``). Returns why the pre-alignment was
+    implausible (it then fell back, as in ``predict``, and the field is still written); empty: it was not."""
+    notes: dict[str, Any] = {}
+    u, _, _ = register_images(p, job.fixed, job.moving, job.modalities, notes=notes)
     write_field(contract, out_dir / job.name, u, job.moving)
-
-
-def _ultrasound(name: str) -> bool:
-    return name.strip().upper() in ULTRASOUND
+    return list(notes.get("affine", {}).get("reasons", []))
 
 
 def _gpu_peak(device: torch.device) -> float | None:

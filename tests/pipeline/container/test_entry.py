@@ -17,6 +17,7 @@ import torch
 from learn2reg.io import load_nifti, write_json
 from learn2reg.task import Case
 from pipeline.container import entry
+from pipeline.container import run as run_module
 from pipeline.container.jobs import Mounts, parse_summary
 from pipeline.prediction.predict import load_predictor, register_images, run_config
 from tests.pipeline.training.test_train import trained_blob_run
@@ -57,6 +58,28 @@ def test_l2r_image_writes_the_fields_predict_computes_and_logs_each_pair(trained
     expected, _, _ = register_images(p, Case("0004_0000", task / "imagesTr/Blob_0004_0000.nii.gz"),
                                      Case("0005_0000", task / "imagesTr/Blob_0005_0000.nii.gz"))
     np.testing.assert_allclose(load_nifti(out / "disp_0004_0000_0005_0000.nii.gz")[0], expected, atol=1e-5)
+
+
+def test_an_implausible_pre_alignment_is_logged_and_summarised_and_the_field_still_written(trained, tmp_path, capsys, monkeypatch):
+    """``predict`` exits 3 for it; the image exits 0 (the organisers' scripts count any other code as a failure)."""
+    task, run = trained
+    real = run_module.register_images
+
+    def fell_back(p, fixed, moving, names=("", ""), grid=None, notes=None):
+        result = real(p, fixed, moving, names, grid=grid, notes=notes)
+        assert notes is not None, "the image asks for the pre-alignment's notes"
+        notes["affine"] = {"action": "kept the translation stage's result", "reasons": ["rotation 95 deg > 45 deg"]}
+        return result
+
+    monkeypatch.setattr(run_module, "register_images", fell_back)
+    out = tmp_path / "output"
+    out.mkdir()
+    code = entry.main(["-c", str(task / "Blob_dataset.json")], root=image_root(tmp_path, "l2r", run),
+                      mounts=Mounts(input=task, output=out), switch_user=False)  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 0 and (out / "disp_0004_0000_0005_0000.nii.gz").is_file(), text
+    assert "disp_0004_0000_0005_0000.nii.gz in " in text and "s (implausible pre-alignment, fell back: rotation 95 deg > 45 deg)" in text
+    assert parse_summary(text)["implausible_prealignment"] == ["disp_0004_0000_0005_0000.nii.gz"]
 
 
 def test_a_missing_input_ends_the_run_with_one_message_and_nothing_written(trained, tmp_path, capsys):
