@@ -13,13 +13,14 @@ from learn2reg.task import Case, Pair, Task
 from pipeline.affine.registration import AffineConfig
 
 FOV_CHOICES = ("auto", "on", "off")
-ULTRASOUND = {"US", "IUS", "ULTRASOUND", "3DUS"}
+ULTRASOUND = {"US", "IUS", "ULTRASOUND", "3DUS", "3DIUS"}  # upper case, without spaces, hyphens, underscores
 
 
 def is_ultrasound(task: Task, case: Case) -> bool:
-    """Whether the task's ``modality`` entry for the case's modality id names ultrasound."""
+    """Whether the task's ``modality`` entry for the case's modality id names ultrasound
+    (``US``, ``iUS``, ``3D iUS`` as ReMIND2Reg names it, ``3D-US``, ...)."""
     name = task.modality.get(str(int(case.modality)), task.modality.get(case.modality, ""))
-    return name.strip().upper() in ULTRASOUND
+    return "".join(name.upper().replace("-", " ").replace("_", " ").split()) in ULTRASOUND
 
 
 def pair_config(task: Task, pair: Pair, config: AffineConfig, fov: str) -> AffineConfig:

@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from evaluation.pair_reports.stage import REPORT_DIR, write_index
 from learn2reg.contract import (
@@ -71,7 +72,7 @@ from learn2reg.submission import read_manifest, submission_shape, write_manifest
 from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
-from pipeline.config import RunConfig, config_from_dict, differences
+from pipeline.config import RunConfig, config_from_dict, differences, with_later_keys
 from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
 from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
@@ -92,7 +93,7 @@ OPTION_OF = {"predict.affine": "--affine", "predict.instance_opt_steps": "--inst
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-    """Everything one prediction run needs; ``model`` is ``None`` for affine-only configs;
+    """Everything one prediction run needs; ``model`` is ``None`` for network-free configs;
     ``task`` is ``None`` for a single pair (``register``)."""
 
     task: Task | None
@@ -117,7 +118,7 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
     elif overrides.get("config_file"):
         source = Path(overrides["config_file"])
     else:
-        raise DataError("predict needs --run (a training run) or --config (an affine-only configuration)")
+        raise DataError("predict needs --run (a training run) or --config (a network-free configuration: predict.network \"none\")")
     raw = read_json(source)
     given = {k: v for k, v in overrides.items() if k != "config_file" and v is not None}
     where = str(source)
@@ -128,21 +129,28 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
 
 
 def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str) -> Predictor:
-    """Model of a run folder (``run_dir=None``: a config-only, affine-only run)."""
+    """Model of a run folder (``run_dir=None``: a network-free configuration, ``predict.network``
+    "none" or ``affine_only``: no checkpoint is read)."""
     ckpt_path = None
     model = None
     stamp = ""
-    if not cfg.predict.affine_only:
+    if cfg.predict.uses_network:
         if checkpoint not in ("best", "last"):
             ckpt_path = Path(checkpoint)
         elif run_dir is None:
-            raise DataError("--config: not an affine-only configuration (predict.affine_only): the network needs --run")
+            raise DataError("--config: the configuration uses a network (predict.network \"lapirn\"), which needs --run; "
+                            "for registration without a network set predict.network to \"none\"")
         else:
             ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
         stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
     digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
-    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest)
+    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else network_free_name(cfg), digest)
+
+
+def network_free_name(cfg: RunConfig) -> str:
+    """What stands for the checkpoint of a network-free prediction (manifest, records)."""
+    return "affine-only" if cfg.predict.instance_opt_steps == 0 else "network-free (instance optimisation)"
 
 
 def output_name(task: Task, pair: Pair) -> str:
@@ -164,7 +172,9 @@ def predict_pair(p: Predictor, pair: Pair, out_dir: Path) -> dict[str, float]:
     task = p.task
     if task is None:
         raise ValueError("predict_pair needs a predictor made for a task")
-    fov = pair_config(task, pair, AffineConfig(), "auto") if p.cfg.predict.affine != "none" else AffineConfig()
+    # fields of view (ultrasound) for the affine stage and the instance optimisation
+    uses_fov = p.cfg.predict.affine != "none" or p.cfg.predict.instance_opt_steps > 0
+    fov = pair_config(task, pair, AffineConfig(), "auto") if uses_fov else AffineConfig()
     u, _, timings = register_images(p, task.case(pair.fixed), task.case(pair.moving), (fov.fixed_fov, fov.moving_fov),
                                     grid=lambda fixed_shape: submission_shape(task, fixed_shape))
     write_field(out_dir / output_name(task, pair), u, task)
@@ -198,15 +208,18 @@ def register_images(
     elif moving.shape != fixed.shape:
         raise DataError(f"{moving_case.image}: shape {moving.shape} differs from the fixed image {fixed.shape} (enable predict.affine to resample)")
     shape = tuple(fixed.shape) if grid is None else grid(fixed.shape)
-    if p.model is None:
-        u = np.zeros(shape + (3,), np.float32)
+    if p.model is None and p.cfg.predict.instance_opt_steps == 0:
+        u = np.zeros(shape + (3,), np.float32)  # affine only (or nothing)
     else:
         # normalised once on the fixed grid (window checks logged once), for the network and the optimisation
         f = network_image(fixed, p.cfg.preprocess, fixed.shape, path=fixed_case.image)
         m = network_image(moving, p.cfg.preprocess, fixed.shape, path=moving_case.image)
-        u = network_field(p, f, m, fgeom.spacing, timings)
+        if p.model is None:  # network-free: instance optimisation from the zero field (after the affine stage)
+            u = np.zeros(tuple(fixed.shape) + (3,), np.float32)
+        else:
+            u = network_field(p, f, m, fgeom.spacing, timings)
         if p.cfg.predict.instance_opt_steps > 0:
-            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), f, m, fixed_case, timings)
+            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), f, m, fixed_case, timings, fixed if fov[0] else None)
         u = field_on_grid(u, shape, fixed.shape)
     if matrix is not None:
         u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
@@ -226,7 +239,7 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     grid = prediction_shape(fixed.shape, spacing, p.cfg)
     f, m = (torch.from_numpy(on_grid(image, grid))[None, None].to(p.device) for image in (fixed, moving))
     if p.model is None:
-        raise ValueError("an affine-only predictor has no network")
+        raise ValueError("a network-free predictor has no network")
     p.sync()
     t0 = time.perf_counter()
     field = predict_field(p.model, m, f, p.device, p.cfg.predict.amp)
@@ -236,20 +249,34 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
 
 
 def optimise_instance(p: Predictor, u: np.ndarray, fixed: np.ndarray, moving: np.ndarray, fixed_case: Case,
-                      timings: dict) -> np.ndarray:
+                      timings: dict, fixed_fov: np.ndarray | None = None) -> np.ndarray:
     """Instance optimisation (``pipeline.model.instance_opt``) of a field on the fixed image's
     grid, with both images normalised as for the network (``fixed``/``moving``, on that grid);
-    the similarity is restricted to the fixed mask when the run trains with one (``loss.use_mask``)."""
+    the similarity is restricted to the fixed mask when the run trains with one (``loss.use_mask``),
+    and to the fixed image's field of view when it has one (``fixed_fov``: the fixed image as
+    read, an ultrasound zero outside its fan: :func:`field_of_view`)."""
     t0 = time.perf_counter()
     f, m = (torch.from_numpy(image)[None, None].to(p.device) for image in (fixed, moving))
     mask = None
     if p.cfg.loss.use_mask and fixed_case.mask is not None:
         mask = torch.from_numpy(load_nifti(fixed_case.mask)[0] > 0)[None, None].to(p.device)
+    if fixed_fov is not None:
+        inside = torch.from_numpy(field_of_view(fixed_fov, InstanceOptSettings.from_predict(p.cfg.predict)))[None, None].to(p.device)
+        mask = inside if mask is None else mask & inside
     settings = InstanceOptSettings.from_predict(p.cfg.predict)
     refined = refine_field(field_from_numpy(u, p.device), m, f, settings, mask)
     p.sync()
     timings["instance_opt_s"] = time.perf_counter() - t0
     return field_to_numpy(refined)
+
+
+def field_of_view(image: np.ndarray, settings: InstanceOptSettings) -> np.ndarray:
+    """The voxels of an image with a field of view (exact zeros outside, e.g. an ultrasound fan)
+    whose MIND-SSC features see only the inside: the non-zero region eroded by the features'
+    reach (``dilation + radius`` voxels). Without it, the fan's border, an edge that the other
+    image does not have, would pull the instance optimisation."""
+    reach = settings.dilation + settings.radius
+    return ndimage.binary_erosion(image != 0, iterations=reach, border_value=0)
 
 
 def predict(
@@ -357,7 +384,7 @@ def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
     record = read_json(record_path) if record_path.is_file() else None
     found = []
     if isinstance(record, dict) and isinstance(record.get("config"), dict):
-        for key, was, now in differences(record["config"], p.cfg.to_dict()):
+        for key, was, now in differences(with_later_keys(record["config"]), p.cfg.to_dict()):
             found.append(f"{OPTION_OF.get(key, key)} was {was!r}, now {now!r}" + ("" if key in OPTION_OF else f" ({key} of the configuration)"))
         if record.get("checkpoint") != p.checkpoint:
             found.append(f"--run/--checkpoint was {record.get('checkpoint')}, now {p.checkpoint}")
@@ -396,7 +423,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", "--run-dir", dest="run", type=Path, default=None,
                         help="training run folder (config.json + checkpoints/); under torchrun write --run-dir")
-    source.add_argument("--config", type=Path, default=None, help="configuration file (affine-only tasks need no run)")
+    source.add_argument("--config", type=Path, default=None,
+                        help="configuration file of a network-free registration (predict.network \"none\": no run needed)")
     parser.add_argument("--data", type=Path, required=True, help="task folder")
     parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")
