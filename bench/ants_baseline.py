@@ -9,10 +9,14 @@ Runs in its own environment (antspyx is not a project dependency)::
     .venv/bin/python -m evaluation.evaluate -i /tmp/scratch/brain/ants_syncc -d /tmp/scratch/brain/BrainDev -o ants_syncc.json
 
 Every ``registration_val`` pair is registered with ``ants.registration(fixed, moving,
-type_of_transform="SyNCC")`` and nothing else changed (antspyx 0.6.3 defaults: rigid then affine
-stages with Mattes MI, 32 bins, regular sampling at rate 0.2; then ``SyN[0.15,3,0]`` with CC of
-radius 4, ``2100x1200x1200x20`` iterations, shrink ``4x3x2x1``, smoothing ``3x2x1x0`` voxels,
-float precision). ``--seed`` only fixes the metric's sampling (antsRegistration
+type_of_transform=T)`` and nothing else changed. ``--transform SyNCC`` (default; antspyx 0.6.3
+defaults: rigid then affine stages with Mattes MI, 32 bins, regular sampling at rate 0.2; then
+``SyN[0.15,3,0]`` with CC of radius 4, ``2100x1200x1200x20`` iterations, shrink ``4x3x2x1``,
+smoothing ``3x2x1x0`` voxels, float precision) or ``--transform "antsRegistrationSyN[s,4]"``:
+antspyx's recreation of ``antsRegistrationSyN.sh -t s``, what ANTs users run for inter-subject
+brain MR, with the script's CC radius 4 (rigid and affine with MI, ``[1000x500x250x100,1e-6,10]``,
+shrink ``8x4x2x1``; ``SyN[0.2,3,0]`` with ``CC[...,1,4]``, ``[100x70x50x20,1e-6,10]``, shrink
+``8x4x2x1``, smoothing ``3x2x1x0vox``; :data:`SYN_SCRIPT_STAGES`). ``--seed`` only fixes the metric's sampling (antsRegistration
 ``--random-seed``); with 2 threads the result can still differ in the last digits run to run.
 
 Conversion into the project's field contract (fixed grid, ``X x Y x Z x 3``, voxel units, pull:
@@ -61,8 +65,11 @@ from scipy import ndimage
 THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 TRANSFORM = "SyNCC"
-# What type_of_transform="SyNCC" runs in antspyx 0.6.3 (ants/registration/registration.py), recorded
-# so that the numbers can be traced; no argument of ants.registration is changed from its default.
+#: antsRegistrationSyN.sh -t s as its users run it for inter-subject brain MR, with the script's
+#: CC radius 4 (antspyx's recreation of the script defaults to radius 2; "[s,4]" sets it)
+SYN_SCRIPT = "antsRegistrationSyN[s,4]"
+# What each type_of_transform runs in antspyx 0.6.3 (ants/registration/registration.py), recorded
+# so that the numbers can be traced; no other argument of ants.registration is changed from its default.
 SYNCC_STAGES = {
     "rigid": "Rigid[1]; MI[fixed,moving,1,32,regular,0.2]; 2100x1200x1200x0; shrink 4x4x2x1; smooth 3x2x1x0",
     "affine": "Affine[1]; MI[fixed,moving,1,32,regular,0.2]; 1200x1200x100; shrink 4x2x1; smooth 2x1x0",
@@ -70,6 +77,14 @@ SYNCC_STAGES = {
     "initial": "[fixed,moving,1] (centre-of-mass alignment)",
     "precision": "float",
 }
+SYN_SCRIPT_STAGES = {
+    "rigid": "Rigid[0.1]; MI[fixed,moving,1,32,Regular,0.25]; [1000x500x250x100,1e-6,10]; shrink 8x4x2x1; smooth 3x2x1x0vox",
+    "affine": "Affine[0.1]; MI[fixed,moving,1,32,Regular,0.25]; [1000x500x250x100,1e-6,10]; shrink 8x4x2x1; smooth 3x2x1x0vox",
+    "syn": "SyN[0.2,3,0]; CC[fixed,moving,1,4]; [100x70x50x20,1e-6,10]; shrink 8x4x2x1; smooth 3x2x1x0vox",
+    "initial": "[fixed,moving,1] (centre-of-mass alignment)",
+    "precision": "float",
+}
+STAGES = {TRANSFORM: SYNCC_STAGES, SYN_SCRIPT: SYN_SCRIPT_STAGES}
 _CASE_RE = re.compile(r"_(\d{4})_(\d{4})\.nii\.gz$")
 
 
@@ -163,7 +178,8 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def run(task: Path, out: Path, threads: int, seed: int | None, resume: bool, limit: int | None, check: bool) -> dict[str, Any]:
+def run(task: Path, out: Path, threads: int, seed: int | None, resume: bool, limit: int | None, check: bool,
+        transform: str = TRANSFORM) -> dict[str, Any]:
     """Register every val pair; returns the report (also written to ``out``)."""
     os.environ[THREADS_ENV] = str(threads)  # before ITK starts any thread pool
     import ants  # after the thread setting: ITK reads it when its first thread pool starts
@@ -172,7 +188,7 @@ def run(task: Path, out: Path, threads: int, seed: int | None, resume: bool, lim
         ants.config._random_seed = seed  # what ants.set_ants_deterministic sets, without forcing 1 thread
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "ants_report.json"
-    settings = {"type_of_transform": TRANSFORM, "antspyx": ants.__version__, "stages": SYNCC_STAGES,
+    settings = {"type_of_transform": transform, "antspyx": ants.__version__, "stages": STAGES[transform],
                 "random_seed": seed, "threads": threads}
     config_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     report: dict[str, Any] = {"settings": settings, "pairs": {}}
@@ -189,7 +205,7 @@ def run(task: Path, out: Path, threads: int, seed: int | None, resume: bool, lim
         fixed, moving = ants.image_read(str(fixed_path)), ants.image_read(str(moving_path))
         with tempfile.TemporaryDirectory(prefix="ants-syncc-") as tmp:
             t_reg, cpu_reg = time.perf_counter(), time.process_time()
-            reg = ants.registration(fixed, moving, type_of_transform=TRANSFORM, outprefix=f"{tmp}/")
+            reg = ants.registration(fixed, moving, type_of_transform=transform, outprefix=f"{tmp}/")
             network_s = time.perf_counter() - t_reg
             cpu_s = time.process_time() - cpu_reg  # all threads: shows CPU contention in the wall time
             disp = field_from_transforms(ants, fixed, moving, reg["fwdtransforms"])
@@ -203,17 +219,17 @@ def run(task: Path, out: Path, threads: int, seed: int | None, resume: bool, lim
                 entry["check_s"] = time.perf_counter() - t_chk
         report["pairs"][key] = entry
         write_json(report_path, report)
-        write_manifest(out, report, ants.__version__, threads, config_hash)
+        write_manifest(out, report, ants.__version__, threads, config_hash, transform)
         print(f"[{n}/{len(pairs)}] {key}: registration {network_s:.1f} s, total {total_s:.1f} s"
               + (f", check {json.dumps(entry['check'])}" if check else ""), flush=True)
-    write_manifest(out, report, ants.__version__, threads, config_hash)
+    write_manifest(out, report, ants.__version__, threads, config_hash, transform)
     return report
 
 
-def write_manifest(out: Path, report: dict[str, Any], version: str, threads: int, config_hash: str) -> None:
+def write_manifest(out: Path, report: dict[str, Any], version: str, threads: int, config_hash: str, transform: str = TRANSFORM) -> None:
     """``runtimes.json`` in the schema of ``learn2reg/submission.py``."""
     runtimes = {key: {k: round(v, 3) for k, v in e.items() if k.endswith("_s")} for key, e in report["pairs"].items()}
-    write_json(out / "runtimes.json", {"device": f"CPU ({threads} threads) ANTsPy {version}", "checkpoint": f"ants-{TRANSFORM}",
+    write_json(out / "runtimes.json", {"device": f"CPU ({threads} threads) ANTsPy {version}", "checkpoint": f"ants-{transform}",
                                        "config_hash": config_hash, "runtimes": runtimes})
 
 
@@ -226,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="keep pairs already done")
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the conversion checks")
+    parser.add_argument("--transform", choices=sorted(STAGES), default=TRANSFORM,
+                        help=f"type_of_transform: {TRANSFORM} (antspyx defaults) or {SYN_SCRIPT} (antsRegistrationSyN.sh -t s, CC radius 4)")
     args = parser.parse_args(argv)
-    report = run(args.task, args.out, args.threads, None if args.seed < 0 else args.seed, args.resume, args.limit, args.check)
+    report = run(args.task, args.out, args.threads, None if args.seed < 0 else args.seed, args.resume, args.limit, args.check,
+                 args.transform)
     times = [e["network_s"] for e in report["pairs"].values()]
     print(f"{len(times)} pairs, registration {sum(times) / max(len(times), 1):.1f} s/pair -> {args.out}")
     return 0

@@ -1,4 +1,4 @@
-"""What each recipe (``configs/l2r_*.json``) costs: counted, measured on this CPU, estimated for a GPU.
+"""What each recipe (``configs/l2r_*.json``) costs: counted, estimated, measured on this CPU.
 
 Usage (from the repository root)::
 
@@ -8,23 +8,25 @@ Usage (from the repository root)::
 For every recipe, on its network grid (the task's image shape, halved when the recipe says
 ``half_resolution``, padded to a multiple of 2^levels inside the network):
 
-* **counted** (exact, on torch's ``meta`` device, no memory used): forward FLOPs, FLOPs of one
-  level-3 training step as ``pipeline.training.train`` runs it (forward, the configured loss:
-  NCC pyramid, smoothness, Dice on one-hot labels with the task's number of classes, mask;
-  backward), and the bytes of the tensors autograd saves for the backward pass (activations);
-* **measured** (grids up to ``--measure-max-voxels``): one such training step on this CPU in a
-  child process (bench_lapirn's timing and peak-RSS conventions), random images and labels;
-* **estimated**: peak training memory = saved activations + one-hot labels + 1.1 GB (the gap
-  between the counted activations and the measured peak RSS of the measured recipes, see the
-  report), and GPU training time of the recipe's whole schedule (``train.steps_per_level``) at
-  two assumed effective throughputs. These are estimates, not measurements.
+* **counted** (exact, on torch's ``meta`` device, no memory used; ``pipeline.model.memory``):
+  forward FLOPs, FLOPs of one training step per level as ``pipeline.training.train`` runs it
+  (forward, the configured loss: NCC pyramid, smoothness, Dice on one-hot labels with the
+  task's number of classes, mask; backward), and the peak tensor memory of a level-3 step;
+* **estimated** (``pipeline.model.memory``, what ``train`` and ``predict`` check before they
+  start): the peak memory of that training step on the CPU (the child's Python and torch + the
+  counted tensors + the allocator allowance) and on a GPU (fp32 and bf16 autocast), the peak of
+  predicting one pair, and the GPU time of the recipe's whole schedule at two assumed effective
+  throughputs (not measurements);
+* **measured** (one recipe at a time, each in a child process, when the estimate fits in what
+  this machine has free): the training step on this CPU (bench_lapirn's timing and peak-RSS
+  conventions; random images and labels, one-hot made per step as the trainer does), and
+  ``python -m pipeline register`` on two random images of the task's shape with random weights
+  of the recipe's network (its ``register.json`` holds the stage's own estimate and peak).
 
-Recipes that register at prediction time (instance optimisation, or no network at all:
-``predict.network`` "none") also get one **prediction** measured on this CPU at the task's image
-grid (up to ``--predict-max-voxels``), in a child: the network's forward pass on its grid (random
-weights: the cost is the trained one's) and the instance optimisation on the image grid, on a
-synthetic pair (smooth random texture, the moving one shifted by 1.5 voxels); wall and CPU
-seconds, peak RSS. A network-free recipe has no training row.
+A network-free recipe (``predict.network`` "none": registration by instance optimisation from the
+zero field, no training) has nothing to count or train: its row is the prediction alone, the
+stage's estimate and ``register`` measured as above (a run folder holding only the
+configuration), with the instance optimisation's seconds.
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -61,13 +64,20 @@ RECIPES = (
 # 2080 Ti inference time implies at least (task 3: 3.4 TFLOP forward in 1.83 s per pair, I/O
 # included). 2e13: an assumption for an A100/H100-class GPU with bf16 autocast. Not measured.
 THROUGHPUTS = {"2 TFLOP/s": 2e12, "20 TFLOP/s": 2e13}
-MEMORY_OFFSET_GB = 1.1  # peak RSS minus counted activations of the measured recipes (see the report)
+BASE_GB = 0.33  # Python + torch before any work (measured in the children: 0.30-0.34 GB); when not measured
+GB = 2**30
 
 
 def _load(config_file: str) -> Any:
     from pipeline.config import load_config
 
     return load_config(REPO / "configs" / config_file)
+
+
+def _model_config(cfg: Any) -> Any:
+    from pipeline.model.lapirn import LapIRNConfig
+
+    return LapIRNConfig(**vars(cfg.model))
 
 
 def network_grid(cfg: Any, shape: tuple[int, int, int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -79,173 +89,165 @@ def network_grid(cfg: Any, shape: tuple[int, int, int]) -> tuple[tuple[int, ...]
     return grid, tuple(-(-n // m) * m for n in grid)
 
 
-def training_step(cfg: Any, grid: tuple[int, ...], num_classes: int, level: int, device: str) -> Any:
-    """``(model, step)``: one training step at ``level`` as ``pipeline.training.train`` runs it
-    (no augmentation), on random inputs on ``device`` (``meta``: shapes only)."""
-    import torch
-
-    from pipeline.model.field import full_resolution_field
-    from pipeline.model.lapirn import LapIRN, LapIRNConfig
-    from pipeline.model.losses import level_loss
-
-    torch.manual_seed(0)
-    m = cfg.model
-    model = LapIRN(LapIRNConfig(levels=m.levels, start_channel=m.start_channel, diffeomorphic=m.diffeomorphic,
-                                range_flow=m.range_flow, ss_steps=m.ss_steps, align_corners=m.align_corners,
-                                warp_padding=m.warp_padding)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, device=device) if device != "meta" else torch.empty(*shape, device=device)
-
-    fixed, moving = rand(1, 1, *grid), rand(1, 1, *grid)
-    dice = cfg.loss.dice > 0 and num_classes > 1
-    onehots = (rand(1, num_classes, *grid), rand(1, num_classes, *grid)) if dice else None
-
-    def step() -> None:
-        out = model(moving, fixed, level=level)
-        lv = out.final
-        extra: dict[str, Any] = {}
-        if cfg.loss.use_mask:
-            extra["mask"] = model.pyramid(torch.ones_like(fixed))[level - 1]
-        if onehots is not None:
-            extra.update(fixed_onehot=onehots[0], moving_onehot=onehots[1], dice_field=full_resolution_field(model, out).float())
-        parts = level_loss(cfg.loss, level, m.levels, lv.warped.float(), lv.fixed.float(), lv.field.float(), **extra)
-        optimizer.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        if device != "meta":
-            optimizer.step()
-
-    return model, step, (2 * num_classes * fixed.numel() * 4 if dice else 0)
-
-
 def count(cfg: Any, grid: tuple[int, ...], num_classes: int) -> dict[str, Any]:
-    """Exact FLOPs (forward; training step per level) and saved-activation bytes (level 3), on ``meta``."""
-    import torch
+    """Exact FLOPs (forward; training step per level) and peak tensor bytes of a level-3 step, on ``meta``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipeline.model import losses
+    from pipeline.model import memory
 
-    def soft_dice(pred: torch.Tensor, target: torch.Tensor, present: Any = None, eps: float = 1e-5) -> torch.Tensor:
-        """``losses.soft_dice`` without its data-dependent selection of present labels (meta
-        tensors hold no values); the same tensors are made and saved."""
-        dims = (2, 3, 4)
-        return 1.0 - (2.0 * (pred * target).sum(dims) / (pred.sum(dims) + target.sum(dims) + eps))[:, 1:].mean()
-
+    model, mask = _model_config(cfg), cfg.loss.use_mask
     out: dict[str, Any] = {"train_step_flops": []}
     for level in range(1, cfg.model.levels + 1):
-        model, step, onehot_bytes = training_step(cfg, grid, num_classes, level, "meta")
-        saved: dict[int, int] = {}
-
-        def pack(t: torch.Tensor, saved: dict[int, int] = saved) -> torch.Tensor:
-            saved[id(t)] = t.numel() * t.element_size()
-            return t
-
-        with (mock.patch.object(losses, "soft_dice", soft_dice), FlopCounterMode(display=False) as flops,
-              torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)):
-            step()
+        with FlopCounterMode(display=False) as flops:
+            memory.meta_train_step(model, cfg.loss, grid, num_classes, mask, level=level)
         out["train_step_flops"].append(flops.get_total_flops())
-        if level == cfg.model.levels:
-            out["saved_bytes"], out["onehot_bytes"] = sum(saved.values()), onehot_bytes
-            x = torch.empty(1, 1, *grid, device="meta")
-            with FlopCounterMode(display=False) as fwd, torch.no_grad():
-                model(x, x)
-            out["forward_flops"] = fwd.get_total_flops()
+    with FlopCounterMode(display=False) as fwd:
+        memory.meta_inference(model, grid)
+    out["forward_flops"] = fwd.get_total_flops()
+    out["train_step_bytes"] = memory.train_step_bytes(model, cfg.loss, grid, num_classes, mask)
+    out["inference_bytes"] = memory.inference_bytes(model, grid)
     return out
 
 
+def estimate(cfg: Any, grid: tuple[int, ...], num_classes: int, counted: dict[str, Any], base_gb: float) -> dict[str, Any]:
+    """Estimated peak memory of the training step (CPU: ``base_gb`` + counted + allowance; GPU
+    fp32 / bf16: counted + allowance, the CUDA context not included), schedule FLOPs, GPU hours."""
+    from pipeline.model import memory
+
+    model, mask = _model_config(cfg), cfg.loss.use_mask
+    work = counted["train_step_bytes"]
+    gpu = {amp: memory.train_step_bytes(model, cfg.loss, grid, num_classes, mask, amp, on_gpu=True) for amp in ("none", "bf16")}
+    total = sum(steps * flops for steps, flops in zip(cfg.train.steps_per_level, counted["train_step_flops"], strict=True))
+    return {
+        "train_cpu_gb": base_gb + (work + memory.allowance(work, False, "train")) / GB,
+        "train_gpu_gb": {"fp32" if amp == "none" else amp: (b + memory.allowance(b, True, "train")) / GB for amp, b in gpu.items()},
+        "schedule_flops": total,
+        "gpu_hours": {name: total / rate / 3600 for name, rate in THROUGHPUTS.items()},
+    }
+
+
+# ---------------------------------------------------------------------- children
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one recipe's level-3 training step on the CPU (in this child process)."""
+    """Measure one recipe's level-3 training step on the CPU (in this child process), as the
+    trainer runs it: random images and uint8 labels, one-hot per step, configured loss, Adam."""
     import torch
+
+    from pipeline.model.field import full_resolution_field
+    from pipeline.model.lapirn import LapIRN
+    from pipeline.model.losses import level_loss, one_hot
 
     torch.set_num_threads(spec["threads"])
     cfg = _load(spec["config"])
+    grid, k = tuple(spec["grid"]), spec["num_classes"]
     base = _rss_mb()
-    model, step, _ = training_step(cfg, tuple(spec["grid"]), spec["num_classes"], cfg.model.levels, "cpu")
-    model.train()
+    torch.manual_seed(0)
+    model = LapIRN(_model_config(cfg)).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    fixed, moving = torch.rand(1, 1, *grid), torch.rand(1, 1, *grid)
+    labels = [torch.randint(0, k, (1, 1, *grid), dtype=torch.uint8) for _ in range(2)] if cfg.loss.dice > 0 and k > 1 else None
+    mask = torch.ones(1, 1, *grid) if cfg.loss.use_mask else None
+
+    def step() -> None:
+        out = model(moving, fixed)
+        extra: dict[str, Any] = {}
+        if mask is not None:
+            extra["mask"] = model.pyramid(mask)[-1]
+        if labels is not None:
+            extra.update(fixed_onehot=one_hot(labels[0], k), moving_onehot=one_hot(labels[1], k),
+                         dice_field=full_resolution_field(model, out))
+        parts = level_loss(cfg.loss, 3, 3, out.final.warped, out.final.fixed, out.final.field, **extra)
+        optimizer.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        optimizer.step()
+
     wall, cpu, first = _timed(step, spec["warmup"], spec["repeats"], "cpu")
     return {"base_rss_mb": base, "train_step_s": wall, "train_step_cpu_s": cpu, "first_s": first,
             "train_step_median_s": statistics.median(wall), "train_step_cpu_median_s": statistics.median(cpu),
             "train_peak_rss_mb": _rss_mb()}
 
 
-def predict_child(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one prediction of a recipe on the CPU (in this child process): network, then
-    instance optimisation on the image grid (module docstring)."""
-    import numpy as np
+def random_run(cfg: Any, config_file: str, run_dir: Path) -> None:
+    """A run folder with the recipe's configuration and random weights (``best.pt``; only the
+    configuration for a network-free recipe)."""
     import torch
-    from scipy import ndimage
 
-    from learn2reg.contract import field_on_grid
-    from pipeline.data.preprocess import on_grid, prediction_shape
-    from pipeline.model.contract import field_from_numpy, field_to_numpy
-    from pipeline.model.field import predict_field
-    from pipeline.model.instance_opt import InstanceOptSettings, refine_field
-    from pipeline.model.lapirn import LapIRN, LapIRNConfig
+    from learn2reg.io import write_json
+    from pipeline.model.checkpoint import save_checkpoint
+    from pipeline.model.lapirn import LapIRN
 
-    torch.set_num_threads(spec["threads"])
-    cfg, shape = _load(spec["config"]), tuple(spec["shape"])
-    texture = ndimage.gaussian_filter(np.random.default_rng(0).random(shape, dtype=np.float32), 2.0)
-    fixed = ((texture - texture.min()) / (texture.max() - texture.min())).astype(np.float32)
-    moving = ndimage.shift(fixed, 1.5, order=1, mode="nearest")
-    base = _rss_mb()
-    out: dict[str, Any] = {"base_rss_mb": base, "network_s": 0.0, "network_cpu_s": 0.0}
-    u = np.zeros((*shape, 3), np.float32)
-    if cfg.predict.uses_network:
-        m = cfg.model
-        model = LapIRN(LapIRNConfig(levels=m.levels, start_channel=m.start_channel, diffeomorphic=m.diffeomorphic,
-                                    align_corners=m.align_corners, warp_padding=m.warp_padding)).eval()
-        grid = prediction_shape(shape, (1.0, 1.0, 1.0), cfg)
-        f, mv = (torch.from_numpy(on_grid(x, grid))[None, None] for x in (fixed, moving))
-        wall, cpu = time.perf_counter(), time.process_time()
-        u = field_on_grid(field_to_numpy(predict_field(model, mv, f, torch.device("cpu"), cfg.predict.amp)), shape, shape)
-        out.update(network_s=time.perf_counter() - wall, network_cpu_s=time.process_time() - cpu)
-    f, mv = (torch.from_numpy(x)[None, None] for x in (fixed, moving))
-    wall, cpu = time.perf_counter(), time.process_time()
-    refine_field(field_from_numpy(u, torch.device("cpu")), mv, f, InstanceOptSettings.from_predict(cfg.predict))
-    out.update(instance_opt_s=time.perf_counter() - wall, instance_opt_cpu_s=time.process_time() - cpu, peak_rss_mb=_rss_mb())
-    return out
+    write_json(run_dir / "config.json", cfg.to_dict())
+    if not cfg.predict.uses_network:
+        return
+    torch.manual_seed(0)
+    model = LapIRN(_model_config(cfg))
+    save_checkpoint(run_dir / "checkpoints" / "best.pt", {
+        "model_config": model.config.to_dict(), "run_config": cfg.to_dict(), "model": model.state_dict(),
+        "optimizer": None, "state": {"level": 3, "step": 0, "global_step": 0}, "source": f"bench: random weights, {config_file}"})
 
 
-def spawn(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    return run_child(Path(__file__), spec, spec["threads"], timeout_s)
+def measure_predict(cfg: Any, config_file: str, shape: tuple[int, int, int], threads: int, timeout_s: float) -> dict[str, Any]:
+    """``python -m pipeline register`` on two random images of ``shape`` with random weights: its
+    ``register.json`` memory record (the stage's estimate and the child's peak) and its runtimes."""
+    import numpy as np
+
+    from learn2reg.io import Geometry, save_nifti
+
+    with tempfile.TemporaryDirectory(prefix="bench_recipes_") as tmp:
+        root = Path(tmp)
+        rng = np.random.default_rng(0)
+        images = []
+        for name in ("fixed", "moving"):
+            path = root / f"{name}.nii.gz"
+            save_nifti(path, rng.uniform(-1000, 1000, shape).astype(np.float32), Geometry.identity(shape))
+            images.append(path)
+        random_run(cfg, config_file, root / "run")
+        env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        cmd = [sys.executable, "-m", "pipeline", "register", "--fixed", str(images[0]), "--moving", str(images[1]),
+               "--run", str(root / "run"), "--out", str(root / "out"), "--no-report", "--device", "cpu"]
+        started = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout_s:.0f} s"}
+        if proc.returncode != 0:
+            return {"error": f"register exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
+        record = json.loads((root / "out" / "register.json").read_text())
+        return {**record["memory"], "runtimes": record["runtimes"], "wall_s": time.perf_counter() - started}
 
 
-def estimate(cfg: Any, counted: dict[str, Any]) -> dict[str, Any]:
-    """Schedule FLOPs, GPU hours at the assumed throughputs, estimated peak training memory."""
-    total = sum(steps * flops for steps, flops in zip(cfg.train.steps_per_level, counted["train_step_flops"], strict=True))
-    return {
-        "schedule_flops": total,
-        "gpu_hours": {name: total / rate / 3600 for name, rate in THROUGHPUTS.items()},
-        "peak_memory_gb": (counted["saved_bytes"] + counted["onehot_bytes"]) / 2**30 + MEMORY_OFFSET_GB,
-    }
+def predict_estimate(cfg: Any, shape: tuple[int, int, int]) -> float:
+    """The stage's estimate of the work of predicting one pair of ``shape`` on the CPU (GB),
+    without the process's own memory (for deciding whether to measure)."""
+    from learn2reg.io import Geometry
+    from pipeline.model.memory import allowance, peaks
+    from pipeline.prediction.memory import pair_phases
+
+    geometry = Geometry.identity(shape)
+    top, _ = peaks(pair_phases(cfg, geometry, geometry, shape, False, ["warped"]), False)
+    return (top.device + allowance(top.device, False, "predict")) / GB
+
+
+# ---------------------------------------------------------------------- report
 
 
 def _g(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _training_row(r: dict[str, Any]) -> str:
-    c, e, meas = r["counted"], r["estimated"], r.get("measured") or {}
-    grid = "x".join(map(str, r["grid"])) + ("" if r["grid"] == r["padded"] else f" ({'x'.join(map(str, r['padded']))})")
-    measured = "not measured" if not meas else ("error" if "error" in meas else
-               f"{_g(meas['train_step_median_s'])} ({_g(meas['train_step_cpu_median_s'])})")
-    rss = _g(meas["train_peak_rss_mb"] / 1024, 2) if meas and "error" not in meas else "-"
-    hours = " / ".join(_g(h, 1 if h < 10 else 0) for h in e["gpu_hours"].values())
-    return (f"| {r['config']} | {r['task']} | {grid} | {r['start_channel']} | {c['forward_flops'] / 1e12:.2f}"
-            f" | {c['train_step_flops'][-1] / 1e12:.2f} | {(c['saved_bytes'] + c['onehot_bytes']) / 2**30:.2f} | {measured}"
-            f" | {rss} | {e['peak_memory_gb']:.1f} | {'/'.join(str(s) for s in r['steps'])} | {hours} |")
+def _pair(estimated: float, measured: float | None, why_not: str | None) -> str:
+    """``estimated / measured``, or why it was not measured."""
+    return f"{estimated:.2f} / {_g(measured, 2) if measured is not None else why_not or 'not measured'}"
 
 
-def _predict_row(r: dict[str, Any]) -> str:
-    p = r["predict"]
-    if "error" in p:
-        return f"| {r['config']} | {r['task']} | {'x'.join(map(str, r['shape']))} | error: {p['error'][:80]} | | | | |"
-    network = "none" if not r.get("uses_network", True) else f"{_g(p['network_s'])} ({_g(p['network_cpu_s'])})"
-    total = p["network_s"] + p["instance_opt_s"]
-    load = _g(p["load_average"][0]) if "load_average" in p else "-"
-    return (f"| {r['config']} | {r['task']} | {'x'.join(map(str, r['shape']))} | {r['instance_opt']} | {network}"
-            f" | {_g(p['instance_opt_s'])} ({_g(p['instance_opt_cpu_s'])}) | {_g(total)} | {_g(p['peak_rss_mb'] / 1024, 2)} | {load} |")
+def _measured(result: dict[str, Any] | None, key: str, scale: float = 1.0) -> tuple[float | None, str | None]:
+    if not result:
+        return None, None
+    if "error" in result:
+        return None, "error"
+    return result[key] * scale, None
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -255,106 +257,150 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"- CPU: {env['cpu']} ({env['cpu_count']} cores visible), torch threads {env['threads']}, torch {env['torch']},"
         f" Python {env['python']}; load average before / after: {env['load_average_before']} / {env.get('load_average_after')}",
-        "- **counted** (exact, torch meta device): FLOPs (multiply-add = 2) of the forward pass and of one level-3 training"
-        " step as the trainer runs it (loss as configured, backward), activations autograd saves for the backward pass",
-        "- **measured**: that training step on this CPU, fp32, median wall s (CPU s in brackets), peak RSS of the child",
-        f"- **estimated**: peak training memory = activations + one-hot labels + {MEMORY_OFFSET_GB} GB; GPU hours for the"
-        " whole schedule at an assumed effective throughput (2 TFLOP/s: at least what the seed paper's RTX 2080 Ti"
-        " inference implies; 20 TFLOP/s: an assumption for A100/H100-class GPUs with bf16). Estimates, not measurements.",
-        *([f"- Rows measured later (`--merge`): {env['merged']['cpu']}, torch threads {env['merged']['threads']}; load average"
-           f" before / after: {env['merged']['load_average_before']} / {env['merged'].get('load_average_after')}"] if "merged" in env else []),
+        "- **counted** (exact, torch meta device, `pipeline.model.memory`): FLOPs (multiply-add = 2) of the forward pass and"
+        " of one level-3 training step as the trainer runs it (loss as configured, backward), the peak tensor memory of that step",
+        "- **estimated** peak memory (GB = 2^30 bytes), as `train` and `predict` estimate it before they start: CPU = the"
+        " process's Python and torch + counted tensors + modelled arrays + allocator allowance; GPU = counted tensors"
+        " + 10 % + 0.25 GB (not measured; add about 0.5 GB of CUDA context); GPU hours for the whole schedule at an assumed"
+        " effective throughput (2 TFLOP/s: at least what the seed paper's RTX 2080 Ti inference implies; 20 TFLOP/s: an"
+        " assumption for A100/H100-class GPUs with bf16). Estimates, not measurements.",
+        "- **measured**, one recipe at a time in a child process: the training step on this CPU, fp32, median wall s (CPU s"
+        " in brackets), peak RSS; `python -m pipeline register` of one pair (random images of the task's shape, random"
+        " weights), the peak RSS in its `register.json` beside the stage's own estimate",
         "",
-        "| recipe | task | network grid (padded) | sc | forward TFLOP | train step TFLOP | activations GB (counted)"
-        " | CPU train step s (CPU s) | CPU peak RSS GB (measured) | peak memory GB (estimated) | schedule steps"
-        " | GPU h @ 2 / 20 TFLOP/s (estimated) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *[_training_row(r) for r in report["recipes"] if "counted" in r],
+        "| recipe | task | network grid (padded) | sc | forward TFLOP | train step TFLOP | CPU train step s (CPU s)"
+        " | CPU train peak GB, estimated / measured | CPU predict peak GB, estimated / measured"
+        " | GPU train memory GB, fp32 / bf16 (estimated) | GPU h @ 2 / 20 TFLOP/s (estimated) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    predicted = [r for r in report["recipes"] if "predict" in r]
-    if predicted:
-        lines += [
-            "",
-            "Prediction of one pair on this CPU (**measured**, fp32, a synthetic pair at the task's image grid): the network's"
-            " forward pass (random weights, same cost) and the instance optimisation (MIND-SSC, on the image grid), wall s"
-            " (CPU s in brackets), peak RSS of the child; reading, preprocessing and writing the files come on top.",
-            "",
-            "| recipe | task | image grid | instance optimisation | network s (CPU s) | instance optimisation s (CPU s)"
-            " | total s | peak RSS GB | load average (1 min) |",
-            "|---|---|---|---|---|---|---|---|---|",
-            *[_predict_row(r) for r in predicted],
-        ]
+    free = [r for r in report["recipes"] if not r.get("uses_network", True)]
+    for r in report["recipes"]:
+        if r in free:
+            continue
+        c, e, meas, pred = r["counted"], r["estimated"], r.get("measured"), r.get("predict")
+        grid = "x".join(map(str, r["grid"])) + ("" if r["grid"] == r["padded"] else f" ({'x'.join(map(str, r['padded']))})")
+        timed = "not measured" if not meas else ("error" if "error" in meas else
+                f"{_g(meas['train_step_median_s'])} ({_g(meas['train_step_cpu_median_s'])})")
+        skipped = r.get("not_measured", {})
+        peak, why = _measured(meas, "train_peak_rss_mb", 1 / 1024)
+        train = _pair(e["train_cpu_gb"], peak, why or skipped.get("train"))
+        peak, why = _measured(pred, "peak_gb")
+        predicted = _pair(pred["estimate_gb"] if pred and "estimate_gb" in pred else r["predict_estimate_gb"], peak,
+                          why or skipped.get("predict"))
+        hours = " / ".join(_g(h, 1 if h < 10 else 0) for h in e["gpu_hours"].values())
+        lines.append(
+            f"| {r['config']} | {r['task']} | {grid} | {r['start_channel']} | {c['forward_flops'] / 1e12:.2f}"
+            f" | {c['train_step_flops'][-1] / 1e12:.2f} | {timed} | {train} | {predicted}"
+            f" | {e['train_gpu_gb']['fp32']:.1f} / {e['train_gpu_gb']['bf16']:.1f} | {hours} |"
+        )
+    if free:
+        lines += ["", "Network-free recipes (`predict.network` \"none\": no training; `register` of one pair of random images"
+                  " of the task's shape with the recipe's configuration):", "",
+                  "| recipe | task | image grid | instance optimisation | CPU predict s (instance optimisation s)"
+                  " | CPU predict peak GB, estimated / measured |", "|---|---|---|---|---|---|"]
+        for r in free:
+            pred = r.get("predict")
+            peak, why = _measured(pred, "peak_gb")
+            predicted = _pair(pred["estimate_gb"] if pred and "estimate_gb" in pred else r["predict_estimate_gb"], peak,
+                              why or r.get("not_measured", {}).get("predict"))
+            timed = "not measured" if not pred else ("error" if "error" in pred else
+                    f"{_g(pred['runtimes']['total_s'])} ({_g(pred['runtimes']['instance_opt_s'])})")
+            lines.append(f"| {r['config']} | {r['task']} | {'x'.join(map(str, r['shape']))} | {r['instance_opt']} | {timed} | {predicted} |")
     if report.get("notes"):
         lines += ["", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"
 
 
-def measure_recipe(config_file: str, task: str, shape: tuple[int, int, int], classes: int, args: argparse.Namespace) -> dict[str, Any]:
-    """One recipe's row: counted, estimated and (where it fits) measured training; its prediction."""
-    cfg = _load(config_file)
-    row: dict[str, Any] = {"config": config_file, "task": task, "shape": shape, "num_classes": classes,
-                           "start_channel": cfg.model.start_channel, "uses_network": cfg.predict.uses_network}
-    if cfg.predict.uses_network:
-        grid, padded = network_grid(cfg, shape)
-        counted = count(cfg, grid, classes)
-        row.update(grid=grid, padded=padded, steps=list(cfg.train.steps_per_level), counted=counted, estimated=estimate(cfg, counted))
-        if padded[0] * padded[1] * padded[2] <= args.measure_max_voxels:
-            spec = {"config": config_file, "grid": grid, "num_classes": classes, "threads": args.threads, "warmup": 1, "repeats": args.repeats}
-            print(f"measuring {config_file} at {grid} ...", flush=True)
-            started = time.perf_counter()
-            row["measured"] = spawn(spec, args.timeout)
-            row["measured"].update(wall_s=time.perf_counter() - started, load_average=list(os.getloadavg()))
+def fits(work_gb: float) -> bool:
+    """Whether a measurement needing ``work_gb`` beyond Python and torch fits in 80 % of what is free now."""
+    from pipeline.model.memory_check import WARN_FRACTION, system_free
+
+    return work_gb <= WARN_FRACTION * system_free() / GB
+
+
+def instance_opt(cfg: Any) -> str:
     p = cfg.predict
-    if p.instance_opt_steps > 0 or not p.uses_network:
-        row["instance_opt"] = (f"{p.instance_opt_steps} steps x {p.instance_opt_levels} level(s)" if p.instance_opt_steps else "none")
-        if shape[0] * shape[1] * shape[2] <= args.predict_max_voxels:
-            print(f"measuring the prediction of {config_file} at {shape} ...", flush=True)
-            load = list(os.getloadavg())
-            row["predict"] = spawn({"kind": "predict", "config": config_file, "shape": shape, "threads": args.threads}, args.timeout)
-            row["predict"]["load_average"] = load
+    return f"{p.instance_opt_steps} steps x {p.instance_opt_levels} level(s)" if p.instance_opt_steps else "none"
+
+
+def run_network_free(cfg: Any, config_file: str, task: str, shape: tuple[int, int, int], args: argparse.Namespace) -> dict[str, Any]:
+    """A network-free recipe's row: the prediction's estimate, and ``register`` measured when it fits."""
+    row: dict[str, Any] = {"config": config_file, "task": task, "shape": shape, "uses_network": False,
+                           "instance_opt": instance_opt(cfg), "predict_estimate_gb": BASE_GB + predict_estimate(cfg, shape),
+                           "not_measured": {}}
+    if shape[0] * shape[1] * shape[2] > args.measure_max_voxels:
+        row["not_measured"]["predict"] = "not measured (size)"
+    elif not fits(row["predict_estimate_gb"] - BASE_GB):
+        row["not_measured"]["predict"] = "not measured (memory)"
+    else:
+        print(f"measuring register on {config_file} at {shape} ...", flush=True)
+        row["predict"] = measure_predict(cfg, config_file, shape, args.threads, args.timeout)
+    return row
+
+
+def run_recipe(config_file: str, task: str, shape: tuple[int, int, int], classes: int, args: argparse.Namespace) -> dict[str, Any]:
+    cfg = _load(config_file)
+    if not cfg.predict.uses_network:
+        return run_network_free(cfg, config_file, task, shape, args)
+    grid, padded = network_grid(cfg, shape)
+    counted = count(cfg, grid, classes)
+    row: dict[str, Any] = {"config": config_file, "task": task, "shape": shape, "grid": grid, "padded": padded,
+                           "num_classes": classes, "start_channel": cfg.model.start_channel, "uses_network": True,
+                           "instance_opt": instance_opt(cfg),
+                           "steps": list(cfg.train.steps_per_level), "counted": counted,
+                           "estimated": estimate(cfg, grid, classes, counted, BASE_GB),
+                           "predict_estimate_gb": BASE_GB + predict_estimate(cfg, shape)}
+    voxels = padded[0] * padded[1] * padded[2]
+    if voxels > args.measure_max_voxels:
+        row["not_measured"] = {"train": "not measured (size)", "predict": "not measured (size)"}
+        return row
+    row["not_measured"] = {}
+    if not fits(row["estimated"]["train_cpu_gb"] - BASE_GB):
+        row["not_measured"]["train"] = "not measured (memory)"
+    else:
+        spec = {"config": config_file, "grid": grid, "num_classes": classes, "threads": args.threads, "warmup": 1,
+                "repeats": args.repeats}
+        print(f"measuring a training step of {config_file} at {grid} ...", flush=True)
+        row["measured"] = run_child(Path(__file__), spec, args.threads, args.timeout)
+        if "base_rss_mb" in row["measured"]:  # the estimate on the child's own Python and torch
+            row["estimated"].update(estimate(cfg, grid, classes, counted, row["measured"]["base_rss_mb"] / 1024))
+    if not fits(row["predict_estimate_gb"] - BASE_GB):
+        row["not_measured"]["predict"] = "not measured (memory)"
+    else:
+        print(f"measuring register on {config_file} at {shape} ...", flush=True)
+        row["predict"] = measure_predict(cfg, config_file, shape, args.threads, args.timeout)
     return row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help="recipes whose task or file name contains this")
-    parser.add_argument("--measure-max-voxels", type=float, default=4.5e6, help="measure on the CPU up to this padded grid size")
-    parser.add_argument("--predict-max-voxels", type=float, default=1.7e7, help="measure a prediction up to this image grid size (0: none)")
+    parser.add_argument("--measure-max-voxels", type=float, default=8e6, help="measure on the CPU up to this padded grid size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed training steps (after one untimed warm-up step)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per child")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per child")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "recipes_cpu", help="output stem")
-    parser.add_argument("--merge", action="store_true", help="keep the other recipes' rows of the existing --out JSON")
     parser.add_argument("--note", action="append", default=[])
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        spec = json.loads(args.child)
-        print(json.dumps(predict_child(spec) if spec.get("kind") == "predict" else child(spec)))
+        print(json.dumps(child(json.loads(args.child))))
         return 0
     report: dict[str, Any] = {"environment": environment("cpu", args.threads), "recipes": [], "notes": args.note}
-    kept: dict[str, Any] = {}
-    if args.merge and args.out.with_suffix(".json").is_file():
-        earlier = json.loads(args.out.with_suffix(".json").read_text())
-        kept = {r["config"]: r for r in earlier["recipes"]}
-        report["environment"] = {**earlier["environment"], "merged": report["environment"]}
-        report["notes"] = earlier.get("notes", []) + args.note
     for config_file, task, shape, classes in RECIPES:
         if args.only and args.only not in task and args.only not in config_file:
-            if config_file in kept:
-                report["recipes"].append(kept[config_file])
             continue
-        row = measure_recipe(config_file, task, shape, classes, args)
+        row = run_recipe(config_file, task, shape, classes, args)
         print(json.dumps(row), flush=True)
         report["recipes"].append(row)
-    target = report["environment"].get("merged", report["environment"])
-    target["load_average_after"] = list(os.getloadavg())
+    report["environment"]["load_average_after"] = list(os.getloadavg())
     from learn2reg.io import atomic_open, write_json
 
     write_json(args.out.with_suffix(".json"), report)
     with atomic_open(args.out.with_suffix(".md")) as fh:
         fh.write(markdown(report))
     print(markdown(report))
-    failed = [r for r in report["recipes"] if "error" in (r.get("measured") or {}) or "error" in (r.get("predict") or {})]
+    failed = [r for r in report["recipes"] for k in ("measured", "predict") if "error" in (r.get(k) or {})]
     return 1 if failed else 0
 
 

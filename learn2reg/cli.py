@@ -20,7 +20,8 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from learn2reg.io import DataError
+from learn2reg.errors import DataError, OutputError
+from learn2reg.faults import describe, machine_fault
 
 DISTRIBUTION = "l2r-lapirn"  # [project] name in pyproject.toml
 #: container folder -> the variable in which docker-compose.yml names the host folder mounted there
@@ -127,15 +128,23 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None, intermixe
 
 def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, verbose: bool = False) -> int:
     """Log at INFO (DEBUG with ``verbose`` or the command's own ``-v``), run, and turn a
-    ``DataError`` into its message on stderr and exit code 1: the one policy of every command.
+    ``DataError`` (the input), an ``OutputError`` (a write the machine refused) or an ``OSError``
+    of the machine that escaped (a full disk, a quota, no permission, a read-only file system:
+    ``learn2reg.faults``) into its message on stderr and exit code 1: the one policy of every command.
     In the container the message names host paths, and a last line maps the container's folders."""
     verbose = verbose or bool(getattr(args, "verbose", False))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     folders = host_folders()
     try:
         return int(run(args))
-    except DataError as exc:
+    except (DataError, OutputError) as exc:
         print(f"error: {on_host(str(exc), folders)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a full disk, a permission... met outside an atomic write (or wrapped by a library)
+        fault = machine_fault(exc)
+        if fault is None:
+            raise
+        print(f"error: {on_host(describe(fault), folders)}", file=sys.stderr)
         return 1
     finally:
         if folders:

@@ -14,8 +14,10 @@ different modalities (other than ``0000 -> 0001``) the ``dest`` folder gets a mo
 per rule set (``learn2reg.rules.point_folders``).
 
 Without a config file, :func:`derive_config` builds the same thing from the task's dataset
-(``learn2reg.task.load_task``): DSC and HD95 over ``Task.labels`` when the pairs have label
-maps, TRE per point kind present for every pair, SDlogJ always, masked when fixed masks exist.
+(``learn2reg.task.load_task``) as the organiser of a rule set would: ``l2r``: DSC and HD95 over
+``Task.labels`` when the pairs have label maps, TRE per point kind (each pair's own point folder,
+:meth:`Task.pair_points`), SDlogJ always, masked when fixed masks exist; ``remind2reg``: SDlogJ
+and ``TRE_lm``; ``lumir*``: NDV, DSC/HD95 with label 0, ``TRE_lm`` from the landmark volumes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 
 from learn2reg import rules as rulesets
 from learn2reg.io import DataError, load_nifti, read_json, read_nifti_header
-from learn2reg.task import Case, Pair, derived_path, load_task
+from learn2reg.task import Case, Pair, Task, derived_path, load_task
 
 log = logging.getLogger(__name__)
 
@@ -281,17 +283,27 @@ def _point_path(root: Path, image_rel: str, folders: list[str], ext: str, proble
     return candidates[0] if candidates else None
 
 
-def derive_config(data_dir: str | Path, split: str = "val") -> EvalConfig:
-    """Evaluation config from the task's dataset description (either layout).
+def derive_config(data_dir: str | Path | Task, split: str = "val", rules: str | rulesets.Rules = rulesets.L2R) -> EvalConfig:
+    """Evaluation config from the task's dataset description (either layout), as the organiser of
+    ``rules`` would write one.
 
-    Metrics follow the ground truth the pairs have: DSC/HD95 over ``Task.labels`` (or the label
-    ids found) when any pair has a label map, TRE per point kind when any pair has point files,
-    SDlogJ always, masked when any fixed image has a mask. A metric is never dropped for some
-    pairs: the files a pair lacks stay in the config under their official names, and the
-    evaluator lists every missing one at once (``evaluate.ground_truth_problems``). Pair entries
-    of ``split`` that could not be read raise ``DataError`` naming each.
+    ``l2r``: DSC/HD95 over ``Task.labels`` (or the label ids found) when any pair has a label
+    map, TRE per point kind when any pair has point files (a pair's own, e.g. OncoReg's
+    ``keypoints01Tr``: :meth:`Task.pair_points`), SDlogJ always, masked when any fixed image has
+    a mask. ``remind2reg``: SDlogJ (unmasked) and ``TRE_lm`` from the landmark CSVs, as its
+    config. ``lumir24``/``lumir25``: NDV always, DSC/HD95 over the labels **including 0** when
+    any pair has label maps, ``TRE_lm`` from the landmark volumes (:attr:`Case.landmark_volume`)
+    when any image has one: one config over every pair (the organisers split their pairs into a
+    segmentation and a landmark config, each with its own ground truth: put those files in the
+    folder and they are used instead, see ``evaluation.evaluate.plan``).
+
+    A metric is never dropped for some pairs: the files a pair lacks stay in the config under
+    their official names, and the evaluator lists every missing one at once
+    (``evaluate.ground_truth_problems``). Pair entries of ``split`` that could not be read raise
+    ``DataError`` naming each.
     """
-    task = load_task(data_dir)
+    rules = rulesets.get(rules)
+    task = data_dir if isinstance(data_dir, Task) else load_task(data_dir)
     unreadable = task.split_problems(split)
     if unreadable:
         raise DataError(f"{task.root}: {len(unreadable)} {split} pair(s) cannot be read:\n  " + "\n  ".join(unreadable))
@@ -299,18 +311,38 @@ def derive_config(data_dir: str | Path, split: str = "val") -> EvalConfig:
     if not pairs:
         raise DataError(f"{task.root}: task {task.name} has no {split} pairs")
     cases = [(task.case(p.fixed), task.case(p.moving)) for p in pairs]
-    has = {kind: any(getattr(c, kind) is not None for pair in cases for c in pair) for kind in ("label", *POINT_DESTS)}
-    has["mask"] = masked = any(f.mask is not None for f, _ in cases)  # fixed masks only
-    methods = [Method(DERIVED_NAMES["sdlogj"], "sdlogj")]
+    lumir = rules.tre == "centroids"
+    kinds = ("landmarks",) if rules is rulesets.REMIND2REG else POINT_DESTS
+    points = {kind: [_pair_points(task, pair, kind, rules, lumir) for pair in pairs] for kind in kinds}
+    has = {kind: any(f is not None or m is not None for f, m, _ in found) for kind, found in points.items()}
+    has["label"] = rules is not rulesets.REMIND2REG and any(c.label is not None for pair in cases for c in pair)
+    has["mask"] = masked = rules is rulesets.L2R and any(f.mask is not None for f, _ in cases)  # fixed masks only
+    methods = [Method("Non-diffeomorphic Volumes", "ndv")] if lumir else [Method(DERIVED_NAMES["sdlogj"], "sdlogj")]
     if has["label"]:
         labels = tuple(sorted(task.labels)) or _label_ids(cases)
+        labels = (0, *labels) if lumir and 0 not in labels else labels  # LUMIR's DSC counts the background
         methods += [Method(DERIVED_NAMES["dice"], "dice", labels), Method(DERIVED_NAMES["hd95"], "hd95", labels)]
     elif task.labels:
         log.info("%s: the task names labels but no %s pair has a label map: no DSC/HD95", task.root, split)
-    methods += [Method(DERIVED_NAMES[dest], "tre", dest=dest) for dest in POINT_DESTS if has[dest]]
-    eval_pairs = [_task_pair(pair, fixed, moving, has) for pair, (fixed, moving) in zip(pairs, cases, strict=True)]
+    methods += [Method(DERIVED_NAMES[dest], "tre", dest=dest) for dest in POINT_DESTS if has.get(dest)]
+    eval_pairs = []
+    for i, (pair, (fixed, moving)) in enumerate(zip(pairs, cases, strict=True)):
+        files = tuple((d, f or official[0], m or official[1]) for d in POINT_DESTS if has.get(d) for f, m, official in [points[d][i]])
+        eval_pairs.append(_task_pair(pair, fixed, moving, has, files))
     shape = task.shape or read_nifti_header(eval_pairs[0].fixed_image).shape
     return EvalConfig(task.name, tuple(methods), (*shape, 3), tuple(eval_pairs), masked, require_masks=masked)
+
+
+def _pair_points(task: Task, pair: Pair, kind: str, rules: rulesets.Rules, volumes: bool) -> tuple[Path | None, Path | None, tuple[Path, Path]]:
+    """A pair's ``kind`` point files (``None`` where absent) and their official paths (for a
+    missing one): CSVs per :meth:`Task.pair_points`, or LUMIR's landmark volumes (``volumes``)."""
+    fixed, moving = task.case(pair.fixed), task.case(pair.moving)
+    if volumes:
+        found = (fixed.landmark_volume, moving.landmark_volume) if kind == "landmarks" else (None, None)
+        return (*found, tuple(derived_path(c.image, "landmarks", points=False) for c in (fixed, moving)))  # type: ignore[return-value]
+    folder = rulesets.point_folders(rules, kind, pair.fixed, pair.moving)[0]
+    f, m = task.pair_points(pair, kind, rules.name)
+    return f, m, (derived_path(fixed.image, folder, points=True), derived_path(moving.image, folder, points=True))
 
 
 def _label_ids(cases: list[tuple[Case, Case]]) -> tuple[int, ...]:
@@ -321,15 +353,14 @@ def _label_ids(cases: list[tuple[Case, Case]]) -> tuple[int, ...]:
     return tuple(int(v) for v in values if v != 0)
 
 
-def _task_pair(pair: Pair, fixed: Case, moving: Case, has: dict[str, bool]) -> EvalPair:
+def _task_pair(pair: Pair, fixed: Case, moving: Case, has: dict[str, bool], points: tuple[tuple[str, Path, Path], ...]) -> EvalPair:
     """A pair's ground truth: what the cases have, else the official file name where the task
-    has that kind (``has``: label, mask, each point kind)."""
+    has that kind (``has``: label, mask); ``points``: (dest, fixed file, moving file)."""
 
     def gt(case: Case, kind: str, folder: str) -> Path | None:
         path = getattr(case, kind)
         return path if path is not None or not has[kind] else derived_path(case.image, folder)
 
-    points = tuple((d, gt(fixed, d, d), gt(moving, d, d)) for d in POINT_DESTS if has[d])
     return EvalPair(
         pair.fixed,
         pair.moving,
@@ -338,5 +369,5 @@ def _task_pair(pair: Pair, fixed: Case, moving: Case, has: dict[str, bool]) -> E
         gt(fixed, "label", "labels"),
         gt(moving, "label", "labels"),
         gt(fixed, "mask", "masks"),
-        points,  # type: ignore[arg-type]
+        points,
     )

@@ -9,7 +9,6 @@ here and nowhere else. numpy/nibabel only: no torch.
 from __future__ import annotations
 
 import contextlib
-import glob
 import gzip
 import json
 import mmap
@@ -23,6 +22,10 @@ from typing import IO, Any, SupportsFloat, SupportsInt
 
 import nibabel as nib
 import numpy as np
+
+from learn2reg.errors import DataError as DataError  # defined there, imported from here by every stage
+from learn2reg.faults import FAULTS, error_path, machine_fault, output_error, permission_fix
+from learn2reg.writers import claim_temporary, remove_stale_temporaries, temporary_prefix
 
 _GzipReader: Any
 try:  # Intel ISA-L: gzip decoding ~1.4x faster than zlib (the largest cost of reading a field)
@@ -44,10 +47,6 @@ def float3(values: Iterable[SupportsFloat]) -> tuple[float, float, float]:
     """Exactly three values as floats (a spacing, a point in mm); ``ValueError`` for another count."""
     x, y, z = (float(v) for v in values)
     return x, y, z
-
-
-class DataError(ValueError):
-    """A file that exists but cannot be used; the message names the file and the problem."""
 
 
 @dataclass(frozen=True)
@@ -253,17 +252,23 @@ def read_nifti_scaling(path: str | Path) -> tuple[float, float] | None:
 def check_output_path(path: str | Path, folder: bool) -> Path:
     """Refuse, before any work, an output path that cannot be written: ``DataError`` naming it
     when it exists as the wrong kind (a file where a folder is wanted, or the reverse), when one
-    of its parents is a file, or when the nearest existing parent is not writable. Returns it."""
+    of its parents is a file, or when the folder it goes into (an existing output folder itself,
+    else the nearest existing parent; files are renamed into theirs) is not writable, with the fix (its owner, ``mkdir`` first, ``export UID GID`` in the
+    containers: ``learn2reg.faults.permission_fix``). Returns it."""
     path = Path(path)
     kind = "folder" if folder else "file"
     if path.exists() and path.is_dir() != folder:
         raise DataError(f"{path}: exists and is a {'file' if folder else 'folder'}, but a {kind} is needed here")
+    if folder and path.is_dir():  # an existing output folder: what counts is writing into it
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise DataError(f"{path}: cannot be written: no write permission ({permission_fix(path)})")
+        return path
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise DataError(f"{path}: cannot be created: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise DataError(f"{path}: cannot be created: no write permission in {parent}")
+                raise DataError(f"{path}: cannot be created: no write permission in {parent} ({permission_fix(parent)})")
             break
     return path
 
@@ -272,19 +277,26 @@ def check_output_path(path: str | Path, folder: bool) -> Path:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; rename it onto ``path`` only if the block succeeds.
 
-    Temporaries that an earlier, killed write of the same file left behind are removed first
-    (two processes writing one file at the same time is a conflict either way).
+    The temporary is named after this process (``learn2reg.writers``): temporaries of the same
+    file that a killed write left behind are removed first, never those of a live writer (the
+    ranks of one job filling a shared cache: the last complete rename wins). A full disk, a quota,
+    a folder without write permission or a read-only file system raise ``OutputError`` naming
+    ``path`` and the cause (``learn2reg.faults``); no temporary is left either way.
 
     The temporary name keeps the target's suffixes so that writers that infer the format
     from the extension (nibabel, numpy) behave as for the real name.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
-        stale.unlink(missing_ok=True)  # an earlier write of this file killed mid-way (kill -9): never completes
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path.parent, path.name)
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
+    except OSError as exc:
+        if exc.errno not in FAULTS:
+            raise
+        raise output_error(exc, path) from exc
+    claim_temporary(fd)  # held until the rename: another process sees a live writer
     tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
@@ -292,8 +304,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file a normal mode
         os.replace(tmp_path, path)
+    except Exception as exc:  # a writer (torch, say) may wrap the OSError in its own error
+        fault = machine_fault(exc)
+        if fault is None or error_path(fault) not in (None, tmp_path, path):
+            raise  # not this write's fault (the block read another file, say)
+        raise output_error(fault, path) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
+        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,9 @@ The exact behaviour of each evaluator is written down in ``tests/fixtures/organi
 ``remind2reg`` ReubenDo/ReMIND2Reg ``evaluation/`` (f1974de): ReMIND2Reg 2024 and 2025.
 =============  ===========================================================================
 
+Which rule set a task folder follows: :func:`rules_for` (also :attr:`learn2reg.task.Task.rules`);
+a command line's ``--rules`` overrides it.
+
 For a submission writer: :func:`disp_name` is the file name a prediction should write for a pair
 under a rule set (accepted by that evaluator as it is), :func:`output_format` adds the array layout
 (channel-last ``X x Y x Z x 3`` float32 voxels, which every rule set accepts; LUMIR also accepts
@@ -40,9 +43,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from learn2reg.io import DataError
+
+if TYPE_CHECKING:
+    from learn2reg.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,10 @@ class Rules:
     eval_version: str
     roles: tuple[str, ...]  # the command line's config flags, in run order
     extras: bool  # our corrected metrics (SDlogJ_true, HD95_mm, runtime, ...) may be added
+    # the organisers' config files a task folder may hold, per flag: the parts of the name
+    # "{PREFIX}_VAL_{part}_evaluation_config.json" ("" = "{PREFIX}_VAL_evaluation_config.json")
+    # accepted, in order of preference; () = configs are derived from the task (l2r)
+    config_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 _LABEL_METRICS = frozenset({"dice", "hd95"})
@@ -129,6 +139,7 @@ LUMIR24 = Rules(
     eval_version="2.0",
     roles=("c1", "c2"),
     extras=False,
+    config_files=(("c1", ("Landmark", "LUMIR24_Landmark")), ("c2", ("Segmentation", "LUMIR24_Segmentation"))),  # their Docker's order
 )
 LUMIR25 = replace(  # what changed from 2024 (SPEC 3.2)
     LUMIR24,
@@ -139,6 +150,8 @@ LUMIR25 = replace(  # what changed from 2024 (SPEC 3.2)
     dice_groups=(("s1", "ID_dice"), ("s2", "OOD_dice"), ("s3", "MM_dice")),
     eval_version="3.0",
     roles=("l1", "s1", "s2", "s3"),
+    config_files=(("l1", ("LUMIR24_Landmark", "Landmark")), ("s1", ("LUMIR24_Segmentation", "Segmentation")),
+                  ("s2", ("HighField_Segmentation",)), ("s3", ("MultiModal_Segmentation",))),
 )
 REMIND2REG = Rules(
     name="remind2reg",
@@ -163,8 +176,10 @@ REMIND2REG = Rules(
     eval_version="2.0",
     roles=("c",),
     extras=False,
+    config_files=(("c", ("",)),),
 )
 RULES: dict[str, Rules] = {r.name: r for r in (L2R, LUMIR24, LUMIR25, REMIND2REG)}
+RULE_SETS = tuple(RULES)  # the rule set names, as a task folder and --rules name them
 CHOICES = ("auto", *RULES)
 LUMIR_DEFAULT = LUMIR25  # one LUMIR config (-c): the current edition
 
@@ -185,8 +200,9 @@ def _modalities(fixed_id: str, moving_id: str) -> tuple[str, str]:
     return fixed_id[-4:], moving_id[-4:]
 
 
-def short_applies(rules: Rules, fixed_id: str, moving_id: str) -> bool:
+def short_applies(rules: str | Rules, fixed_id: str, moving_id: str) -> bool:
     """Whether the short name ``disp_{fixS}_{movS}`` is accepted (``lumir*``: required) for the pair."""
+    rules = get(rules)
     fm, mm = _modalities(fixed_id, moving_id)
     if rules.short_pairs == "0000-0001":
         return (fm, mm) == ("0000", "0001")
@@ -195,17 +211,19 @@ def short_applies(rules: Rules, fixed_id: str, moving_id: str) -> bool:
     return False
 
 
-def disp_stems(rules: Rules, fixed_id: str, moving_id: str) -> list[str]:
+def disp_stems(rules: str | Rules, fixed_id: str, moving_id: str) -> list[str]:
     """Accepted file stems (no extension) in the evaluator's lookup order."""
+    rules = get(rules)
     short, long = f"disp_{fixed_id[:4]}_{moving_id[:4]}", f"disp_{fixed_id}_{moving_id}"
     if short_applies(rules, fixed_id, moving_id):
         return [short, long] if rules.long_always else [short]
     return [long]
 
 
-def disp_candidates(rules: Rules, fixed_id: str, moving_id: str) -> list[str]:
+def disp_candidates(rules: str | Rules, fixed_id: str, moving_id: str) -> list[str]:
     """Every accepted file name for the pair, in the evaluator's lookup order (the first that
     exists is used): each stem with each extension (``l2r``: short.npz, short.nii.gz, long...)."""
+    rules = get(rules)
     return [stem + ext for stem in disp_stems(rules, fixed_id, moving_id) for ext in rules.extensions]
 
 
@@ -238,10 +256,15 @@ def output_format(rules: str | Rules, fixed_id: str, moving_id: str) -> OutputFo
 # ----------------------------------------------------------------------------- point files
 
 
-def point_folders(rules: Rules, dest: str, fixed_id: str, moving_id: str) -> list[str]:
+def point_folders(rules: str | Rules, dest: str, fixed_id: str, moving_id: str) -> list[str]:
     """The folder names replacing ``images`` in the image path for the ``dest`` point files of a
-    pair, first = the evaluator's own (SPEC 2.4/2.5); ``l2r`` adds OncoReg's ``keypoints01``-style
-    folder as a fallback (HEAD itself fails there: SPEC 7.12)."""
+    pair, first = the evaluator's own (SPEC 2.4/2.5); ``[dest]`` (the images' own folder, e.g.
+    ``keypointsTr``) between equal modalities or ``0000 -> 0001``. Otherwise ``l2r`` looks in
+    ``dest`` + both 4-digit modality ids (``keypoints00000001``) for every ``dest`` and adds
+    OncoReg's ``keypoints01``-style folder (ids as integers, the older evaluator's name) as a
+    fallback (HEAD itself fails there: SPEC 7.12); LUMIR's evaluators use the integer form for
+    ``keypoints`` only; ReMIND2Reg's never (its T2 pairs' landmarks are in ``landmarksTr``)."""
+    rules = get(rules)
     fm, mm = _modalities(fixed_id, moving_id)
     if fm == mm or (fm, mm) == ("0000", "0001") or rules.point_suffix == "none":
         return [dest]
@@ -267,6 +290,32 @@ def quantile(rules: Rules, name: str, metric: str) -> float:
 
 
 # ----------------------------------------------------------------------------- selection
+
+
+def rules_for(task: Task, told: str | None = None) -> str:
+    """Which organisers' rule set a task folder follows, one of :data:`RULE_SETS`.
+
+    ``told`` (a command-line choice) wins when given. Otherwise, from the folder:
+
+    * LUMIR (name ``LUMIR``/``LUMIR25``..., or images named ``LUMIRMRI_*``): ``lumir24`` when the
+      folder holds LUMIR 2024's evaluation configs (``LUMIR_VAL_*_evaluation_config.json``) and
+      nothing named ``LUMIR25_*``; else ``lumir25`` (the newest; its json is ``LUMIR25_dataset.json``,
+      same format);
+    * ReMIND2Reg (name or image prefix ``ReMIND2Reg``): ``remind2reg``;
+    * anything else, 2020 layout included: ``l2r`` (the Learn2Reg evaluator; a 2020 folder's
+      submission format is :attr:`Task.layout`'s).
+    """
+    if told is not None:
+        return get(told).name
+    names = {task.name.lower(), *(p.lower() for p in task.image_prefixes)}
+    if any(n.startswith("remind2reg") for n in names):
+        return REMIND2REG.name
+    if any(n.startswith("lumir") for n in names):
+        if not list(task.root.glob("LUMIR25_*")) and list(task.root.glob("LUMIR_VAL_*_evaluation_config.json")):
+            return LUMIR24.name
+        return LUMIR25.name
+    return L2R.name
+
 
 
 def select(requested: str, roles: Sequence[str], configs: Sequence[Mapping[str, Any]]) -> tuple[Rules, str]:

@@ -22,7 +22,14 @@ Runtime manifest (written by the prediction stage next to the fields, ``runtimes
      "checkpoint": "runs/x/best.pt",     # which weights
      "config_hash": "sha256...",         # hash of the resolved run config
      "runtimes": {"SSSS_MMMM<--SSSS_MMMM": {"total_s": 1.23,     # load + predict + write, seconds
-                                             "network_s": 0.41}}} # network forward pass only, seconds
+                                             "network_s": 0.41}},  # network forward pass only, seconds
+      "memory": {"device": "cpu", "estimate_gb": 2.1, "peak_gb": 1.9, ...},  # optional: estimated and
+                                                                            # measured peak memory
+     "network_grid": {...}}              # optional: the grid the network ran on (rule, per pair)
+
+``network_grid`` (written by ``pipeline.prediction.predict``, see ``pipeline.prediction.scale``):
+``rule`` (the run's trained spacing, or the scale given), ``trained_spacing_mm``, and ``pairs``:
+per pair the network ``grid``, its ``spacing_mm`` and ``scale`` (image spacing / network spacing).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ _TASK_DIR_RE = re.compile(r"^task_\d{2}$")
 # ----------------------------------------------------------------------------- manifest
 
 _MANIFEST_KEYS = ("device", "checkpoint", "config_hash", "runtimes")
+_OPTIONAL_KEYS = ("memory", "network_grid")  # objects: the memory estimate and measured peak; the network's grid
 
 
 @dataclass(frozen=True)
@@ -71,21 +79,28 @@ class Manifest:
     checkpoint: str
     config_hash: str
     runtimes: dict[str, CaseRuntime]
+    memory: dict[str, Any] | None = None  # estimated and measured peak memory (pipeline.model.memory_check)
+    network_grid: dict[str, Any] | None = None  # the grid the network ran on (pipeline.prediction.scale)
 
     def to_json(self) -> dict[str, Any]:
         runtimes = {k: {"total_s": r.total_s, "network_s": r.network_s, **r.stages} for k, r in self.runtimes.items()}
-        return {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
+        out = {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
+        extra = {k: v for k, v in (("memory", self.memory), ("network_grid", self.network_grid)) if v is not None}
+        return {**out, **extra}
 
 
 def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
     """Validate the JSON form; ``DataError`` naming ``where`` lists every problem.
 
-    Top level: exactly ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``;
-    per pair: non-negative finite ``total_s`` and ``network_s``, optional other ``*_s`` numbers.
+    Top level: ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``, optionally
+    ``memory`` and ``network_grid`` (objects); per pair: non-negative finite ``total_s`` and
+    ``network_s``, optional other ``*_s`` numbers.
     """
     if not isinstance(raw, dict):
         raise DataError(f"{where}: runtime manifest must be a JSON object")
-    problems = [f"unknown key {k!r} (allowed: {', '.join(_MANIFEST_KEYS)})" for k in raw if k not in _MANIFEST_KEYS]
+    allowed = _MANIFEST_KEYS + _OPTIONAL_KEYS
+    problems = [f"unknown key {k!r} (allowed: {', '.join(allowed)})" for k in raw if k not in allowed]
+    problems += [f"{k!r} must be an object" for k in _OPTIONAL_KEYS if k in raw and not isinstance(raw[k], dict)]
     problems += [f"{k!r} must be a string" for k in _MANIFEST_KEYS[:3] if not isinstance(raw.get(k), str)]
     entries = raw.get("runtimes")
     if not isinstance(entries, dict):
@@ -102,7 +117,7 @@ def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
         runtimes[key] = CaseRuntime(float(entry["total_s"]), float(entry["network_s"]), stages)
     if problems:
         raise DataError(f"{where}: invalid runtime manifest:\n  " + "\n  ".join(problems))
-    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes)
+    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes, raw.get("memory"), raw.get("network_grid"))
 
 
 def _seconds(value: Any) -> bool:
@@ -295,7 +310,15 @@ def load_field(
     else:
         disp, _ = load_nifti(path, dtype=None, copy=False)  # read-only view: nothing writes into it
         wide = keep_float64 and disp.dtype == np.float64
-    disp = disp if wide else disp.astype(np.float32, copy=False)
+    disp = _oriented(path, disp if wide else disp.astype(np.float32, copy=False), expected_shape, rules)
+    _check_finite(path, disp)
+    return disp  # NIfTI data come in Fortran order: the metrics follow the memory layout
+
+
+def _oriented(path: Path, disp: np.ndarray, expected_shape: tuple[int, ...], rules: rulesets.Rules) -> np.ndarray:
+    """``X x Y x Z x 3``: a ``3 x X x Y x Z`` field transposed where the rule set does it (``lumir*``,
+    whenever ``shape[0] == 3``, their test); ``DataError`` naming the file for any other shape,
+    saying which layouts the rule set accepts."""
     if rules.channel_first and disp.ndim == 4 and disp.shape[0] == 3:
         disp = disp.transpose(1, 2, 3, 0)
     if tuple(disp.shape) != tuple(expected_shape):
@@ -303,8 +326,42 @@ def load_field(
         cf = disp.ndim == 4 and disp.shape[0] == 3 and tuple(disp.shape[1:]) == tuple(expected_shape[:3])
         extra = f"; the {rules.name} rules do not accept channel-first 3 x X x Y x Z" if cf and not rules.channel_first else ""
         raise DataError(f"{path}: shape {_fmt(disp.shape)}; expected {accepted} (fixed grid x 3){extra}")
-    _check_finite(path, disp)
-    return disp  # NIfTI data come in Fortran order: the metrics follow the memory layout
+    return disp
+
+
+#: the stored types a field may have: the evaluators read any float (NIfTI: float32 or float64; an
+#: ``.npz`` also float16, cast to float64, or to float32 by L2R); predict writes float32
+FIELD_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def field_file_problems(path: Path, fmt: str, expected_shape: tuple[int, ...], rules: rulesets.Rules = rulesets.L2R) -> list[str]:
+    """Every problem of one submitted field file, each naming it (empty = fine), reading it once:
+    unreadable, an ``.npz`` array under another key than the rule set's, a stored type that is not
+    a float (:data:`FIELD_DTYPES`; 2020: float16 only), a shape or channel layout the rule set
+    does not accept (``expected_shape``: ``(X, Y, Z, 3)``, the fixed grid), NaN/Inf values."""
+    if fmt == Layout.L2R2020:
+        try:
+            load_field(path, fmt, expected_shape, rules)
+        except DataError as exc:
+            return [str(exc)]
+        return []
+    try:
+        if path.name.endswith(".npz"):
+            disp = _load_npz(path, rules.npz_key, f"{rules.name} fields")
+        else:
+            disp, _ = load_nifti(path, dtype=None, copy=False)
+    except DataError as exc:
+        return [str(exc)]
+    problems = []
+    if disp.dtype not in FIELD_DTYPES:
+        problems.append(f"{path}: dtype {disp.dtype}; a field is stored as float32 (as predict writes it; float64, and float16 in an .npz, are read too)")
+    try:
+        _oriented(path, disp, expected_shape, rules)
+    except DataError as exc:
+        problems.append(str(exc))
+    if np.issubdtype(disp.dtype, np.number) and not np.isfinite(disp).all():
+        problems.append(f"{path}: {int(disp.size - np.count_nonzero(np.isfinite(disp)))} NaN/Inf values")
+    return problems
 
 
 def _check_finite(path: Path, disp: np.ndarray) -> None:

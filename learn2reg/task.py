@@ -33,20 +33,20 @@ The 2024-2026 tasks (../shared/docs/learn2reg-current.md) read into the same mod
 
 Case ids are ``SSSS_MMMM`` from the end of the file name, whatever the prefix. Which
 organisers' rule set (evaluator, file names) a folder follows is :attr:`Task.rules`
-(:func:`learn2reg.editions.rules_for`).
+(:func:`learn2reg.rules.rules_for`; :meth:`Task.with_rules` for a command line's ``--rules``).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 
 from learn2reg import dataset
-from learn2reg.editions import point_folders, rules_for
 from learn2reg.io import DataError
+from learn2reg.rules import point_folders, rules_for
 
 
 class Layout(StrEnum):
@@ -119,6 +119,7 @@ class Task:
     problems: tuple[str, ...] = field(default=())
     pair_problems: dict[str, tuple[str, ...]] = field(default_factory=dict)  # split -> unreadable pair entries
     pair_keys: dict[str, str] = field(default_factory=dict)  # split -> the json key of its pairs ("validation"...)
+    told_rules: str | None = None  # a rule set named on the command line (--rules), else the folder's own
 
     def split_problems(self, split: str) -> tuple[str, ...]:
         """Pair entries of ``split`` ("val", "test") that could not be read (file, entry, reason)."""
@@ -146,8 +147,17 @@ class Task:
 
     @cached_property
     def rules(self) -> str:
-        """The organisers' rule set this folder follows (:func:`learn2reg.editions.rules_for`)."""
-        return rules_for(self)
+        """The organisers' rule set this folder follows (:func:`learn2reg.rules.rules_for`), or the
+        one it was told (:meth:`with_rules`)."""
+        return rules_for(self, self.told_rules)
+
+    def with_rules(self, told: str | None) -> Task:
+        """This task under the rule set ``told`` (a ``--rules`` choice; ``None``: its own);
+        ``DataError`` for an unknown name."""
+        if told is None:
+            return self
+        rules_for(self, told)  # refuses an unknown name
+        return replace(self, told_rules=told)
 
     @property
     def image_prefixes(self) -> tuple[str, ...]:
@@ -162,7 +172,8 @@ class Task:
         ``keypoints01Tr``, the L2R evaluator's ``keypoints00000001Tr``); a folder of which one of
         the pair's files exists is returned as it is, so a missing partner is reported, not masked."""
         fixed, moving = self.case(pair.fixed), self.case(pair.moving)
-        for folder in point_folders(kind, fixed.modality, moving.modality, rules or self.rules):
+        folders = point_folders(rules or self.rules, kind, pair.fixed, pair.moving)
+        for folder in [] if folders == [kind] else folders:  # [kind]: the images' own folder, the cases' files
             f, m = derived_path(fixed.image, folder, points=True), derived_path(moving.image, folder, points=True)
             if f.is_file() or m.is_file():
                 return (f if f.is_file() else None), (m if m.is_file() else None)

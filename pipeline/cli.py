@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import-weights": ("pipeline.training.import_weights", "turn the LapIRN authors' published weights into a run folder"),
     "align": ("pipeline.affine.align", "affine pre-alignment (NGF + L-BFGS)"),
     "predict": ("pipeline.prediction.predict", "write challenge-format fields and runtimes for a task's pairs"),
+    "package": ("learn2reg.package", "check a submission folder against its task and write the zip its organisers ask for"),
     "evaluate": ("evaluation.evaluate", "score a submission with the official Learn2Reg metrics (the official script's flags)"),
     "initial": ("evaluation.initial", "evaluate the zero field (the leaderboard's Initial row)"),
     "register": ("pipeline.prediction.register", "register one image pair with a trained run: field, warped image, report"),

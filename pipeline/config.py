@@ -95,6 +95,10 @@ class PreprocessConfig(_Checked):
     window: tuple[float, float] | None = _spec(None, increasing=True)
     hu_offset: str | float = _spec("auto", choices=("auto",), ge=-32768, le=32768)
     percentile: float = _spec(99.5, gt=0, le=100)
+    # mm: the network grid at this spacing per axis, corner-aligned with the image (replaces
+    # half_resolution); null: the image grid (or its half). E.g. 1 to fine-tune the published
+    # 1 mm weights at the spacing they expect on a 2 mm task.
+    target_spacing: float | None = _spec(None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -148,10 +152,13 @@ class TrainConfig(_Checked):
     "constant", the authors' code) or a linear warm-up over ``warmup_steps`` then a cosine decay
     to 0 at the level's last step ("cosine"). ``cpu_threads``: with the CLI's passive OpenMP
     waiting, every parallel region wakes its sleeping threads; LapIRN's many small ops make one
-    thread faster than two on the demo grids (see ``configs/demo_t4_hippocampus.json``)."""
+    thread faster than two on the demo grids (see ``configs/demo_t4_hippocampus.json``).
+    ``frozen_levels``: levels (1-based) that never train, e.g. ``[1, 2]`` to fine-tune only the
+    finest level of weights given by ``train --init``."""
 
     steps_per_level: tuple[int, ...] = _spec((30000, 30000, 60000), ge=0)
     freeze_steps: int = _spec(2000, ge=0)
+    frozen_levels: tuple[int, ...] = _spec((), ge=1, increasing=True)
     lr: float = _spec(1e-4, gt=0)
     lr_schedule: str = _spec("constant", choices=("constant", "cosine"))
     warmup_steps: int = _spec(0, ge=0)
@@ -185,13 +192,14 @@ class PredictConfig(_Checked):
     network: str = _spec("lapirn", choices=("lapirn", "none"))
     # instance optimisation (pipeline.model.instance_opt): Adam steps (0 = off), learning rate
     # (control-grid voxels), diffusion weight of the correction, control-grid spacing (voxels),
-    # voxels sampled per step, fold repair of the result, coarse-to-fine levels (steps each)
+    # voxels sampled per step, fold repair of the result, similarity, coarse-to-fine levels (steps each)
     instance_opt_steps: int = _spec(0, ge=0)
     instance_opt_lr: float = _spec(0.5, gt=0)
     instance_opt_smooth: float = _spec(0.3, ge=0)
     instance_opt_grid: int = _spec(2, ge=1)
     instance_opt_points: int = _spec(65536, ge=1)
     instance_opt_unfold: bool = True
+    instance_opt_similarity: str = _spec("mind", choices=("mind", "lncc"))  # sampled MIND-SSC, or dense local NCC (mono-modal)
     instance_opt_levels: int = _spec(1, ge=1, le=4)  # coarse-to-fine levels (1: the fixed grid only; 2: half, then full)
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
     input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale
@@ -237,7 +245,7 @@ class RunConfig(_Checked):
 #: defaults: the behaviour before the key existed. An older resolved configuration that lacks
 #: one means its default (:func:`with_later_keys`), and :meth:`RunConfig.digest` leaves one at
 #: its default out, so that earlier outputs keep their hash and earlier runs can be resumed.
-LATER_KEYS: dict[str, Any] = {"predict.network": "lapirn", "predict.instance_opt_levels": 1}
+LATER_KEYS: dict[str, Any] = {"predict.network": "lapirn", "predict.instance_opt_levels": 1, "predict.instance_opt_similarity": "mind"}
 
 
 def with_later_keys(resolved: Any) -> Any:
@@ -356,6 +364,17 @@ def _steps_match_levels(c: Any) -> str | None:
     return None
 
 
+def _frozen_levels_exist(c: Any) -> str | None:
+    frozen, levels, steps = c.train.frozen_levels, c.model.levels, c.train.steps_per_level
+    if any(p > levels for p in frozen):
+        return f"train.frozen_levels: {_show(frozen)} (allowed: levels 1..{levels} (model.levels = {levels}))"
+    idle = [p for p in range(1, levels + 1) if p <= len(steps) and steps[p - 1] > 0 and all(q in frozen for q in range(1, p + 1))]
+    if idle:
+        return (f"train.frozen_levels: {_show(frozen)} (allowed: a level at or below each level with steps left to train; "
+                f"level {idle[0]} has {steps[idle[0] - 1]} steps (train.steps_per_level {_show(steps)}) and nothing to train)")
+    return None
+
+
 def _warmup_fits(c: Any) -> str | None:
     t = c.train
     if t.lr_schedule == "constant":
@@ -379,6 +398,7 @@ def _one_grid_rule(c: Any) -> str | None:
 _RULES: tuple[tuple[tuple[str, ...], Callable[[Any], str | None]], ...] = (
     (("model.levels", "train.steps_per_level"), _steps_match_levels),
     (("train.lr_schedule", "train.warmup_steps", "train.steps_per_level"), _warmup_fits),
+    (("model.levels", "train.steps_per_level", "train.frozen_levels"), _frozen_levels_exist),
     (("predict.input_scale", "predict.target_spacing"), _one_grid_rule),
 )
 

@@ -1,18 +1,23 @@
 """Devices and process groups: the ``--device`` option (auto | cpu | cuda | cuda:N, refused with
 the reason when CUDA is asked for but absent) and the ``torchrun`` helpers (nccl on GPU, gloo on
-CPU; rank 0 writes files)."""
+CPU; rank 0 writes files; rank 0 holds the output folder's writer lock for the whole job)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from learn2reg.io import DataError
+from learn2reg.errors import DataError, OutputError
+from learn2reg.writers import FolderLock
+from learn2reg.writers import hold_folder as hold_folder_alone
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -118,6 +123,32 @@ def gather_checksums(value: float, info: DistInfo, device: torch.device) -> list
     out = [torch.zeros_like(t) for _ in range(info.world_size)]
     dist.all_gather(out, t)
     return [float(o.item()) for o in out]
+
+
+@contextlib.contextmanager
+def hold_folder(folder: Path, info: DistInfo, device: torch.device) -> Iterator[FolderLock]:
+    """Be the one writer of ``folder`` (``learn2reg.writers.hold_folder``) for the block; under
+    ``torchrun`` the job is that writer: rank 0 takes the lock (recording the job's id) and every
+    rank learns whether it got it, so a refusal (``FolderBusy``, or the folder cannot be made)
+    ends every rank at once rather than leaving them waiting at the next collective. Yields the
+    lock (``created``: this call made the folder; false on the other ranks)."""
+    if not info.enabled:
+        with hold_folder_alone(folder) as lock:
+            yield lock
+        return
+    with contextlib.ExitStack() as stack:
+        problem: Exception | None = None
+        lock = FolderLock(folder)
+        if info.is_main:
+            try:
+                lock = stack.enter_context(hold_folder_alone(folder))
+            except (DataError, OutputError) as exc:
+                problem = exc
+        if any_flag(problem is not None, info, device):
+            if problem is not None:
+                raise problem
+            raise DataError(f"{folder}: rank 0 could not take this folder (its message says why); rank {info.rank} stops too")
+        yield lock
 
 
 def shutdown(info: DistInfo) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from evaluation import initial as initial_cli
 from evaluation.leaderboard import stage as leaderboard_cli
 from learn2reg.contract import disp_filename_l2r
 from learn2reg.io import Geometry, load_nifti, save_nifti
+from learn2reg.writers import machine_id
 from pipeline.cli import main
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from tests.learn2reg.test_task_current import CASES, remind_task
@@ -328,15 +332,25 @@ def test_a_submission_folder_never_holds_fields_without_their_records(trained, t
     assert fields == [VAL_FIELD] and list(records) == ["0004_0000<--0005_0000"]  # every field has its record
 
 
-def test_a_temporary_left_by_a_killed_write_is_removed_by_the_next_run(trained, tmp_path, capsys):
+def test_a_temporary_left_by_a_killed_write_is_removed_by_the_next_run_and_a_live_writers_kept(trained, tmp_path, capsys):
     task, run_dir = trained
     out = tmp_path / "sub"
     out.mkdir()
-    stale = [out / f".{VAL_FIELD}.k1ll3d.tmp.nii.gz", out / ".runtimes.json.x9.tmp.json", out / f".{EXTRA_FIELD}.a.tmp.nii.gz"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    machine = machine_id()
+    stale = [out / f".{VAL_FIELD}.{machine}-{dead}-k1ll3d.tmp.nii.gz", out / f".runtimes.json.{machine}-{dead}-x9.tmp.json",
+             out / f".{EXTRA_FIELD}.a.tmp.nii.gz"]  # the last: an older version's name, two days old
     for path in stale:
         path.write_bytes(b"")  # what kill -9 between mkstemp and rename leaves
-    assert run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu")[0] == 0
-    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    os.utime(stale[-1], (time.time() - 2 * 86400,) * 2)
+    with subprocess.Popen(["sleep", "60"]) as live:  # a writer still at work (another job writing this file)
+        alive = out / f".{EXTRA_FIELD}.{machine}-{live.pid}-w0rk.tmp.nii.gz"
+        alive.write_bytes(b"")
+        try:
+            assert run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(out), "--device", "cpu")[0] == 0
+        finally:
+            live.kill()
+    assert [p for p in out.iterdir() if ".tmp" in p.name] == [alive]
 
 
 def _config(tmp_path: Path, **sections) -> Path:
@@ -407,3 +421,116 @@ def test_a_lumir_training_entry_escaping_the_folder(tmp_path, capsys):
     _validate_fails(capsys, root, f"{root.resolve() / 'LUMIR_dataset.json'}: training[1] {escapes}")
     code, _, err = run(capsys, "train", "--data", str(root), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"))
     assert code == 1 and f"LUMIR_dataset.json training[1] {escapes}" in err and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------- 5. submissions of the new layouts
+
+
+def _fields(tmp_path: Path, source: Path) -> Path:
+    """A copy of a folder of the parity cases' fields, with predict's records beside them."""
+    sub = tmp_path / "sub"
+    shutil.copytree(source, sub)
+    (sub / "runtimes.json").write_text(json.dumps({"device": "cpu", "checkpoint": "x", "config_hash": "h", "runtimes": {}}))
+    return sub
+
+
+def _zeros_int16(path: Path) -> None:
+    u, geometry = load_nifti(path)
+    save_nifti(path, u.astype(np.int16), geometry)
+
+
+def _nan(path: Path) -> None:
+    u, geometry = load_nifti(path)
+    u[1, 2, 3, 0] = np.nan
+    save_nifti(path, u, geometry)
+
+
+def _crop(path: Path) -> None:
+    u, geometry = load_nifti(path)
+    save_nifti(path, u[:, :, :-2], geometry)
+
+
+def _channel_first(path: Path) -> None:
+    u, geometry = load_nifti(path)
+    save_nifti(path, np.ascontiguousarray(u.transpose(3, 0, 1, 2)), geometry)
+
+
+LUMIR_FIELD, REMIND_FIELD = "disp_3456_3455.nii.gz", "disp_0100_0000_0100_0001.nii.gz"
+
+
+@pytest.mark.parametrize(
+    ("task", "field_set", "edit", "expected"),
+    [
+        ("lumir", "zero", lambda sub: (sub / LUMIR_FIELD).unlink(),
+         "{sub}: missing displacement field for 3456_0000<--3455_0000: expected disp_3456_3455.nii.gz (lumir24 rules)"),
+        ("lumir", "zero", lambda sub: (sub / "notes.txt").write_text("x"),
+         "{sub}/notes.txt: not a field of a val pair of LUMIR under the lumir24 rules: remove it"),
+        ("lumir", "zero", lambda sub: shutil.copy(sub / "disp_3455_3454.nii.gz", sub / "disp_3455_0000_3454_0000.nii.gz"),
+         "{sub}: 2 files for 3455_0000<--3454_0000: disp_3455_3454.nii.gz, disp_3455_0000_3454_0000.nii.gz; the lumir24 "
+         "evaluator reads disp_3455_3454.nii.gz: keep one file per pair"),
+        ("lumir", "zero", lambda sub: _zeros_int16(sub / LUMIR_FIELD),
+         "{sub}/" + LUMIR_FIELD + ": dtype int16; a field is stored as float32"),
+        ("remind", "both", None,
+         "{sub}: 2 files for 0099_0000<--0099_0001: disp_0099_0000_0099_0001.npz, disp_0099_0000_0099_0001.nii.gz; "
+         "the remind2reg evaluator reads disp_0099_0000_0099_0001.npz: keep one file per pair"),
+        ("remind", "zero", lambda sub: shutil.copy(sub / REMIND_FIELD, sub / "disp_0100_0100.nii.gz"),
+         "{sub}: 2 files for 0100_0000<--0100_0001: disp_0100_0100.nii.gz, " + REMIND_FIELD),
+        ("remind", "smooth", lambda sub: _crop(sub / REMIND_FIELD),
+         "{sub}/" + REMIND_FIELD + ": shape 20x24x18x3; expected 20x24x20x3 (fixed grid x 3)"),
+        ("remind", "smooth", lambda sub: _nan(sub / REMIND_FIELD), "{sub}/" + REMIND_FIELD + ": 1 NaN/Inf values"),
+        ("remind", "smooth", lambda sub: _channel_first(sub / REMIND_FIELD),
+         "{sub}/" + REMIND_FIELD + ": shape 3x20x24x20; expected 20x24x20x3 (fixed grid x 3); the remind2reg rules do not accept channel-first"),
+    ],
+    ids=["missing", "extra", "short-and-long", "int16", "npz-and-nii", "short-and-long-remind", "shape", "nan", "channel-first"],
+)  # fmt: skip
+def test_package_refuses_a_bad_submission_naming_the_file_and_what_is_wrong(tmp_path, capsys, task, field_set, edit, expected):
+    root = _lumir(tmp_path) if task == "lumir" else remind_task(tmp_path)
+    sub = _fields(tmp_path, ORGANISERS / ("lumir24" if task == "lumir" else "remind") / "disp" / field_set)
+    if edit is not None:
+        edit(sub)
+    before, out = snapshot(sub), tmp_path / "upload.zip"
+    code, _, err = run(capsys, "package", "--data", str(root), "--submission", str(sub), "--out", str(out))
+    assert code == 1 and "problem(s); nothing written" in err and expected.format(sub=sub) in err, err
+    assert not out.exists() and snapshot(sub) == before and not list(tmp_path.glob("*.zip*"))
+
+
+@pytest.mark.parametrize(
+    ("out", "expected"),
+    [("upload.txt", "upload.txt: --out must name a .zip file"), ("sub/upload.zip", "inside the submission folder"),
+     ("exists.zip", "exists.zip: already exists; pass --overwrite to replace it")],
+)
+def test_package_refuses_an_output_it_must_not_write(tmp_path, capsys, out, expected):
+    sub = _fields(tmp_path, ORGANISERS / "lumir24" / "disp" / "zero")
+    (tmp_path / "exists.zip").write_bytes(b"keep")
+    before = _snapshot(tmp_path)
+    code, _, err = run(capsys, "package", "--data", str(_lumir(tmp_path)), "--submission", str(sub), "--out", str(tmp_path / out))
+    assert code == 1 and expected in err and (tmp_path / "exists.zip").read_bytes() == b"keep"
+    assert {k: v for k, v in _snapshot(tmp_path).items() if not k.startswith("LUMIR")} == before
+
+
+def test_evaluate_d_alone_on_a_lumir_folder_names_the_short_name_its_rules_want(tmp_path, capsys):
+    root = _lumir(tmp_path)
+    sub = tmp_path / "long"
+    sub.mkdir()
+    for path in (ORGANISERS / "lumir24" / "disp" / "long_names").iterdir():
+        shutil.copy(path, sub / path.name)
+    code, _, err = run(capsys, "-i", str(sub), "-d", str(root), "-o", str(tmp_path / "r.json"), module=evaluate_cli)
+    assert code == 1 and not (tmp_path / "r.json").exists()
+    assert "expected disp_3455_3454.nii.gz (lumir24 rules); found disp_3455_0000_3454_0000.nii.gz, which the lumir24 rules do not accept" in err
+
+
+def test_evaluate_d_alone_refuses_a_folder_of_several_configs_none_named_after_the_task(tmp_path, capsys):
+    root = remind_task(tmp_path)
+    meta = json.loads((root / "ReMIND2Reg_dataset.json").read_text())
+    (root / "ReMIND2Reg_dataset.json").write_text(json.dumps({**meta, "name": "MyReMIND"}))
+    code, _, err = run(capsys, "-d", str(root), "-o", str(tmp_path / "r.json"), module=initial_cli)
+    assert code == 1 and not (tmp_path / "r.json").exists()
+    assert "several organisers' configs for -c: L2R_VAL_evaluation_config.json, ReMIND2Reg_VAL_evaluation_config.json" in err
+
+
+def test_predict_refuses_another_rule_set_for_a_2020_task(trained, tmp_path, capsys):
+    _, run_dir = trained
+    task = make_blob_task(tmp_path / "task_04", layout="l2r2020")
+    code, _, err = run(capsys, "predict", "--data", str(task), "--run", str(run_dir), "--out", str(tmp_path / "sub"), "--rules", "lumir25")
+    assert code == 1 and "a 2020-layout task is submitted in the 2020 format; --rules lumir25 is for current layouts" in err
+    assert not (tmp_path / "sub").exists()

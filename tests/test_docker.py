@@ -17,7 +17,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,3 +359,54 @@ def test_later_stages_run_through_compose(stack, demo_data):
         _check_stage(stack, stage)
         for written in (stack.runs, stack.outputs):
             assert all(p.stat().st_uid == STAGE_UID for p in written.rglob("*") if p != config), stage
+
+
+# --------------------------------------------------------------------------------------------
+# Faults in the containers: a mount the stage may not write, a script that is interrupted
+
+
+def test_stages_name_a_root_owned_mount_with_the_fix(stack, demo_data, tmp_path):
+    """A host folder Docker made as root (no ``mkdir`` first) or ``UID`` not exported: the stages
+    refuse by name, with the owner and ``mkdir -p`` / ``export UID GID`` (never a traceback)."""
+    assert demo_data.returncode == 0, output(demo_data)
+    root_owned = tmp_path / "root-owned"
+    root_owned.mkdir(mode=0o755)
+    if root_owned.stat().st_uid == STAGE_UID:
+        pytest.skip("the test runs as the stages' user: it cannot make a folder they may not write")
+    for service, variable, where in (("preprocess", "RUNS_DIR", "/runs"), ("demo-data", "DATA_DIR", "/data"),
+                                     ("demo", "OUTPUTS_DIR", "/outputs")):
+        proc = run_stage(stack, service, **{variable: str(root_owned)})
+        text = proc.stdout + proc.stderr
+        assert proc.returncode == 1 and "Traceback" not in text, f"{service}: {output(proc)}"
+        # the container folder is written as the host folder it is, and the mapping is printed
+        assert "no write permission" in text and f"{root_owned} belongs to uid {root_owned.stat().st_uid}" in text, output(proc)
+        assert f"{where} = {root_owned}" in text, output(proc)
+        assert "mkdir -p data runs outputs" in text and "export UID GID=$(id -g)" in text, service
+    assert not list(root_owned.iterdir())
+
+
+def test_a_stage_run_from_a_script_stops_cleanly_when_the_script_is_interrupted(stack, demo_data):
+    """No terminal (a script, CI, a scheduler): ``docker/compose-run.sh`` turns SIGTERM to the script's
+    process group into ``docker stop``: the training saves ``last.pt`` and the script exits with the
+    stage's 143; the container is gone. (A bare ``docker compose run`` would print "canceled" and
+    leave the container training.)"""
+    assert demo_data.returncode == 0, output(demo_data)
+    config = stack.runs / "long_config.json"
+    config.write_text(json.dumps({**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "steps_per_level": [500, 500, 500],
+                                                            "val_every": 500, "checkpoint_every": 5}}))
+    name = f"{PROJECT}-signals"
+    env = {**stack.env, "COMPOSE_FILE": ":".join(COMPOSE_FILES[1::2]), "COMPOSE_PROJECT_NAME": PROJECT,
+           "RUN": "signals", "CONFIG": "/runs/long_config.json", "L2R_CONTAINER_NAME": name}
+    proc = subprocess.Popen(["sh", "docker/compose-run.sh", "train"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    last = stack.runs / "signals" / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not last.exists():
+        time.sleep(0.2)
+    assert proc.poll() is None and last.exists(), proc.communicate()[1][-3000:] if proc.poll() is not None else "no checkpoint"
+    os.killpg(proc.pid, signal.SIGTERM)  # the scheduler ends the job: every process of the script
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, f"exit {proc.returncode}\n{out[-2000:]}\n{err[-3000:]}"
+    assert "stopped by signal 15" in out + err and "--resume" in out + err
+    left = sh(["docker", "ps", "-a", "-q", "--filter", f"name={name}"], env=stack.env)
+    assert left.stdout.strip() == ""

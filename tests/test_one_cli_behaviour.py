@@ -75,7 +75,9 @@ def test_predict_names_the_option_that_differs_and_a_run_with_nothing_to_do_says
     code, stdout, _ = run(capsys, *argv)
     assert code == 0 and json.loads((out / "predict_config.json").read_text())["config"]["predict"]["instance_opt_steps"] == 0
     assert stdout.splitlines() == [f"fields and runtimes.json in {out}",
-                                   f"next: python -m pipeline evaluate -i {out} -d {task} -o {out.with_suffix('.json')}"]
+                                   f"next: python -m pipeline evaluate -i {out} -d {task} -o {out.with_suffix('.json')}",
+                                   f"then: the zip to upload: python -m pipeline package --data {task} --submission {out} "
+                                   f"--out {out.with_suffix('.zip')}"]
     caplog.clear()
     with caplog.at_level(logging.INFO):
         code, _, _ = run(capsys, *argv)  # again: nothing to do, and no made-up rate

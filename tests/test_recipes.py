@@ -96,9 +96,12 @@ def test_the_recipe_benchmark_covers_every_recipe_and_counts_without_measuring(t
     assert row["grid"] == [64, 64, 64] and "measured" not in row
     assert 0.05e12 < row["counted"]["forward_flops"] < 0.07e12  # ~59 GFLOP at 64^3, start_channel 7
     assert row["counted"]["train_step_flops"][-1] > 2.5 * row["counted"]["forward_flops"]  # backward ~2x forward
-    assert row["estimated"]["peak_memory_gb"] > 1.1
+    counted_gb = row["counted"]["train_step_bytes"] / 2**30  # ~0.42 GB: activations, parameters, gradients, Adam
+    assert 0.35 < counted_gb < 0.5 and row["estimated"]["train_cpu_gb"] > counted_gb + 0.3  # + Python, torch, allocator
+    assert row["estimated"]["train_gpu_gb"]["bf16"] < row["estimated"]["train_gpu_gb"]["fp32"]
+    assert row["predict_estimate_gb"] > row["counted"]["inference_bytes"] / 2**30
     cmd[3] = "ReMIND2Reg"
-    subprocess.run([*cmd, "--predict-max-voxels", "0"], check=True, capture_output=True, text=True, cwd=REPO, timeout=300)
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=300)
     row = json.loads((tmp_path / "r.json").read_text())["recipes"][0]
     assert row["config"] == "l2r_remind2reg.json" and not row["uses_network"] and "counted" not in row and "predict" not in row
-    assert row["instance_opt"] == "50 steps x 2 level(s)"
+    assert row["instance_opt"] == "50 steps x 2 level(s)" and row["predict_estimate_gb"] > 1  # 256^3 float32 images alone: 0.13 GB

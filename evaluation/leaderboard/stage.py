@@ -19,6 +19,7 @@ Exit code 1 with a message naming the file for a missing or invalid result; noth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,7 @@ from evaluation.leaderboard.results import INITIAL, Results, case_values, load_r
 from evaluation.pair_reports import stage as pair_reports
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.io import atomic_open, check_output_path
+from learn2reg.writers import hold_folder
 
 __all__ = ["INITIAL", "Results", "load_results", "write_leaderboard", "main"]
 #: Methods may come before and after ``--initial`` (``python -m pipeline`` honours this too).
@@ -130,7 +132,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> int:
         refuse_existing([args.out / name for name in OUTPUTS], getattr(args, "overwrite", False), "-o")
     results = load_results(args.results, args.initial or [])
     links = dict(parse_spec(spec) for spec in args.reports or [])
-    print(write_leaderboard(results, args.out, reports=links))
+    with hold_folder(args.out) if args.out is not None else contextlib.nullcontext():  # one writer per folder
+        print(write_leaderboard(results, args.out, reports=links))
     return 0
 
 

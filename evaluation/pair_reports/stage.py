@@ -34,6 +34,7 @@ import numpy as np
 from evaluation.pair_reports import markup
 from evaluation.pair_reports import page as pair_report
 from evaluation.pair_reports.page import Nav, PairInputs, PairReport
+from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.io import (
     DataError,
@@ -165,7 +166,8 @@ def task_pair_report(task: Task, pair: Pair, submission: Path, out_dir: Path | N
     written to ``out_dir`` (default ``submission/report``) as :func:`report_name`, linked to its
     neighbours in ``order`` (default: the pairs of its split)."""
     fmt = detect_format(submission) if fmt == "auto" else fmt
-    found, problems = locate_fields(field_folder(submission, fmt, task.root.name), (pair,), fmt)  # type: ignore[arg-type]
+    rules = rulesets.get(task.rules) if fmt == Layout.L2R else rulesets.L2R  # the names its rule set reads (LUMIR's short ones)
+    found, problems = locate_fields(field_folder(submission, fmt, task.root.name), (pair,), fmt, rules)  # type: ignore[arg-type]
     if problems:
         raise DataError(problems[0])
     fixed, moving = task.case(pair.fixed), task.case(pair.moving)

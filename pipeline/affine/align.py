@@ -36,9 +36,21 @@ import SimpleITK as sitk
 from evaluation.metrics import tre
 from learn2reg.cli import add_overwrite_argument, refuse_existing
 from learn2reg.contract import warp
-from learn2reg.io import DataError, Geometry, atomic_path, load_nifti, read_json, read_points, save_nifti, write_json
+from learn2reg.faults import library_write_error
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_path,
+    check_output_path,
+    load_nifti,
+    read_json,
+    read_points,
+    save_nifti,
+    write_json,
+)
 from learn2reg.progress import progress as progress_bar
 from learn2reg.task import Case, Pair, Task, load_task
+from learn2reg.writers import hold_folder
 from pipeline.affine.fov import FOV_CHOICES, pair_config
 from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
 from pipeline.config import RunConfig, config_from_dict
@@ -62,9 +74,12 @@ def transform_matrix(transform: sitk.Transform) -> np.ndarray:
 
 
 def write_transform(path: str | Path, transform: sitk.Transform) -> None:
-    """``sitk.WriteTransform`` to ``path`` (``.tfm``), atomically."""
+    """``sitk.WriteTransform`` to ``path`` (``.tfm``), atomically (``OutputError`` when ITK cannot write it)."""
     with atomic_path(path) as tmp:
-        sitk.WriteTransform(transform, str(tmp))
+        try:
+            sitk.WriteTransform(transform, str(tmp))
+        except RuntimeError as exc:  # ITK gives no errno: its words and the free space
+            raise library_write_error(exc, Path(path)) from exc
 
 
 def read_transform(path: str | Path) -> sitk.Transform:
@@ -235,7 +250,9 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     refuse_existing([Path(args.out) / "align_summary.json"], args.overwrite)
-    summary = align_task(args.data, args.out, args.split, _config_from_args(args), args.fov, progress=True)
+    config = _config_from_args(args)
+    with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
+        summary = align_task(args.data, args.out, args.split, config, args.fov, progress=True)
     for key, entry in summary["pairs"].items():
         tre_text = f", TRE {entry['tre_initial_mm']:.2f} -> {entry['tre_aligned_mm']:.2f} mm" if "tre_aligned_mm" in entry else ""
         print(f"{key}: NGF {entry['metric_initial']:.4f} -> {entry['metric_final']:.4f} in {entry['runtime_s']:.1f} s{tre_text}")

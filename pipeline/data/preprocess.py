@@ -15,7 +15,10 @@ and crop back), never here.
 
 ``python -m pipeline preprocess --data TASK_DIR --config CFG.json [--cache DIR]`` fills the
 cache for every case of a task; training and prediction read through the same cache, so a
-repeated run skips the work.
+repeated run skips the work. Several processes may fill one cache at once (the ranks of a
+``torchrun`` job on a fresh run folder, two jobs sharing ``--cache``): each writes a case under a
+temporary of its own and renames it into place (``learn2reg.io.atomic_path``), so a reader only
+ever sees a complete file; one that cannot be read anyway (a disk that failed) is made again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import hashlib
 import logging
 import math
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from learn2reg.contract import resize_image, scale_points
-from learn2reg.io import DataError, Geometry, atomic_path, float3, int3, load_nifti, read_nifti_scaling, read_points
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_path,
+    check_output_path,
+    float3,
+    int3,
+    load_nifti,
+    read_nifti_scaling,
+    read_points,
+)
 from learn2reg.progress import progress
 from learn2reg.segmentation import check_label_map, check_mask, label_dtype, max_label
 from learn2reg.task import Case, Task, load_task
@@ -65,8 +79,14 @@ class Prepared:
         return int3(self.image.shape)
 
 
-def network_shape(shape: Sequence[int], cfg: PreprocessConfig) -> tuple[int, int, int]:
-    """The network grid for an image grid: the same, or ``(N + 1) // 2`` per axis."""
+def network_shape(shape: Sequence[int], cfg: PreprocessConfig, spacing: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """The network grid for an image grid: the same, or ``(N + 1) // 2`` per axis
+    (``half_resolution``), or with ``cfg.target_spacing`` the corner-aligned grid at that spacing
+    per axis (:func:`scaled_shape` by ``spacing / target_spacing``; ``spacing``, mm, required then)."""
+    if cfg.target_spacing is not None:
+        if spacing is None:
+            raise ValueError("preprocess.target_spacing needs the image spacing")
+        return scaled_shape(shape, [s / cfg.target_spacing for s in spacing])
     return int3((n + 1) // 2 if cfg.half_resolution else n for n in shape[:3])
 
 
@@ -91,14 +111,15 @@ def prediction_shape(shape: Sequence[int], spacing: Sequence[float], cfg: RunCon
     """The grid the network runs on at prediction for an image of ``shape`` and ``spacing`` (mm).
 
     ``predict.target_spacing`` set: the image grid scaled per axis by ``spacing / target_spacing``
-    (absolute: it replaces ``preprocess.half_resolution``). Otherwise the preprocessing grid
-    (:func:`network_shape`, composing with ``half_resolution``) scaled by ``predict.input_scale``;
+    (absolute: it replaces ``preprocess.half_resolution`` and ``preprocess.target_spacing``). Otherwise
+    the preprocessing grid (:func:`network_shape`: ``half_resolution`` or ``preprocess.target_spacing``)
+    scaled by ``predict.input_scale``;
     the default 1 is the training grid. Either way corner-aligned with the image grid, so the
     field returns to it through ``learn2reg.contract.field_on_grid``.
     """
     if cfg.predict.target_spacing is not None:
         return scaled_shape(shape, [s / cfg.predict.target_spacing for s in spacing])
-    return scaled_shape(network_shape(shape, cfg.preprocess), cfg.predict.input_scale)
+    return scaled_shape(network_shape(shape, cfg.preprocess, spacing), cfg.predict.input_scale)
 
 
 # HU offset detection (:func:`detect_hu_offset`), in the image's stored units
@@ -257,7 +278,7 @@ def load_segmentation(path: Path, kind: str, image_shape: tuple[int, ...]) -> np
 def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     """Load and preprocess one case (raises ``DataError`` naming a bad file)."""
     image, geom = load_image(case.image)
-    shape = network_shape(image.shape, cfg)
+    shape = network_shape(image.shape, cfg, geom.spacing)
     resample = shape != image.shape
     mask = load_segmentation(case.mask, "mask", image.shape) if case.mask is not None else None
 
@@ -276,7 +297,7 @@ def prepare_case(case: Case, cfg: PreprocessConfig) -> Prepared:
     spacing = np.asarray(geom.spacing) * (np.asarray(image.shape) - 1) / np.maximum(np.asarray(shape) - 1, 1)
     return Prepared(
         case_id=case.case_id,
-        image=network_image(image, cfg, path=case.image, mask=mask),
+        image=network_image(image, cfg, shape, path=case.image, mask=mask),
         label=segmentation(case.label, "label"),
         mask=segmentation(case.mask, "mask"),
         keypoints=points(case.keypoints),
@@ -298,24 +319,16 @@ def _cache_file(cache_dir: Path, task: Task, case: Case, cfg: PreprocessConfig) 
 
 
 def load_prepared(task: Task, case_id: str, cfg: PreprocessConfig, cache_dir: Path | None = None) -> Prepared:
-    """A preprocessed case, from the cache when present (written atomically otherwise)."""
+    """A preprocessed case, from the cache when present and readable (written atomically otherwise)."""
     case = task.case(case_id)
     if cache_dir is None:
         return prepare_case(case, cfg)
     path = _cache_file(Path(cache_dir), task, case, cfg)
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            get = {k: z[k] for k in z.files}
-        return Prepared(
-            case_id=case_id,
-            image=get["image"],
-            label=get.get("label"),
-            mask=get.get("mask"),
-            keypoints=get.get("keypoints"),
-            landmarks=get.get("landmarks"),
-            spacing=float3(get["spacing"]),
-            original_shape=int3(get["original_shape"]),
-        )
+        try:
+            return _read_cached(path, case_id)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # damaged: made again
+            log.warning("%s: unreadable cache file (%s: %s): preparing %s again", path, type(exc).__name__, exc, case_id)
     prepared = prepare_case(case, cfg)
     arrays = {
         k: v
@@ -333,6 +346,21 @@ def load_prepared(task: Task, case_id: str, cfg: PreprocessConfig, cache_dir: Pa
     with atomic_path(path) as tmp:
         np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stubs take **kwds as allow_pickle's type
     return prepared
+
+
+def _read_cached(path: Path, case_id: str) -> Prepared:
+    with np.load(path, allow_pickle=False) as z:
+        get = {k: z[k] for k in z.files}
+    return Prepared(
+        case_id=case_id,
+        image=get["image"],
+        label=get.get("label"),
+        mask=get.get("mask"),
+        keypoints=get.get("keypoints"),
+        landmarks=get.get("landmarks"),
+        spacing=float3(get["spacing"]),
+        original_shape=int3(get["original_shape"]),
+    )
 
 
 def preprocess_task(task_dir: Path, cfg: PreprocessConfig, cache_dir: Path) -> list[str]:
@@ -354,7 +382,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    problems = preprocess_task(args.data, load_config(args.config).preprocess, args.cache)
+    cfg = load_config(args.config).preprocess
+    problems = preprocess_task(args.data, cfg, check_output_path(args.cache, folder=True))
     for p in problems:
         print(f"error: {p}")
     return 1 if problems else 0

@@ -23,7 +23,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from learn2reg.io import read_nifti_header
+import numpy as np
+
+from learn2reg.io import float3, read_nifti_header
 from learn2reg.task import Task
 from pipeline.config import PreprocessConfig
 from pipeline.data.preprocess import Prepared, load_prepared, network_shape
@@ -127,4 +129,13 @@ class CaseStore(Mapping[str, Prepared]):
 
     def network_shape(self, case_id: str) -> tuple[int, int, int]:
         """The case's network grid, from its image header alone."""
-        return network_shape(read_nifti_header(self.task.case(case_id).image).shape, self.cfg)
+        return self.network_grid(case_id)[0]
+
+    def network_grid(self, case_id: str) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+        """The case's network grid and its spacing (mm per axis), from the image header alone, as
+        ``pipeline.data.preprocess.prepare_case`` computes them from the image."""
+        geom = read_nifti_header(self.task.case(case_id).image)
+        image_shape = tuple(geom.shape[:3])
+        shape = network_shape(image_shape, self.cfg, geom.spacing)
+        spacing = np.asarray(geom.spacing) * (np.asarray(image_shape) - 1) / np.maximum(np.asarray(shape) - 1, 1)
+        return shape, float3(spacing)

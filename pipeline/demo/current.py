@@ -20,7 +20,7 @@ Files as the organisers ship them (``../shared/docs/learn2reg-current.md``):
   ``imagesTr/ imagesVal/ labelsVal/ landmarksVal/``, images ``LUMIRMRI_SSSS_0000.nii.gz``, and
   LUMIR-format evaluation configs ``{name}_VAL_Segmentation_evaluation_config.json`` (NDV, DSC and
   HD95 over every label id, 0 included) and ``{name}_VAL_Landmark_evaluation_config.json`` (NDV,
-  TRE from the landmark volumes), key ``name``. Rule set ``lumir25`` (:func:`learn2reg.editions.rules_for`).
+  TRE from the landmark volumes), key ``name``. Rule set ``lumir25`` (:func:`learn2reg.rules.rules_for`).
 * ReMIND2Reg: ``{name}_dataset.json`` (modalities ``3D iUS``/``ceT1``/``T2``, image-only
   ``training``, ``training_paired_images``, ``registration_val``), ``imagesTr/``, landmark CSVs
   ``landmarksTr/ReMIND2Reg_PPPP_000{0,1,2}.csv`` (voxel coordinates) for the validation patients,

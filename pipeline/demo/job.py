@@ -23,8 +23,9 @@ from pathlib import Path
 from evaluation.evaluate import evaluate
 from evaluation.initial import evaluate_initial
 from evaluation.leaderboard.stage import load_results, write_leaderboard
-from learn2reg.io import DataError, write_json
+from learn2reg.io import DataError, check_output_path, write_json
 from learn2reg.task import load_task
+from learn2reg.writers import hold_folder
 from pipeline.config import load_config
 from pipeline.data.summary import format_summary, summarize
 from pipeline.data.validate import validate_task
@@ -115,4 +116,5 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(tasks) - set(DEMO_CONFIGS))
     if unknown:
         raise DataError(f"--tasks: unknown demo task(s) {unknown}; choose from {sorted(DEMO_CONFIGS)}")
-    return run_demo(args.out, args.seed, args.layout, tasks, args.data_only, not args.no_instance_opt, args.device)
+    with hold_folder(check_output_path(args.out, folder=True)):  # one demo job per folder
+        return run_demo(args.out, args.seed, args.layout, tasks, args.data_only, not args.no_instance_opt, args.device)

@@ -46,8 +46,19 @@ import numpy as np
 
 from learn2reg import dataset
 from learn2reg.eval_config import build_config
-from learn2reg.io import DataError, Geometry, atomic_open, float3, read_json, save_nifti, write_json, write_points
+from learn2reg.io import (
+    DataError,
+    Geometry,
+    atomic_open,
+    check_output_path,
+    float3,
+    read_json,
+    save_nifti,
+    write_json,
+    write_points,
+)
 from learn2reg.task import Layout
+from learn2reg.writers import hold_folder
 from pipeline.demo.current import CURRENT, LAYOUT_TASKS
 from pipeline.demo.phantom_abdomen import LABELS as ABDOMEN_LABELS
 from pipeline.demo.phantom_abdomen import abdomen_subject
@@ -378,6 +389,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for path in write_demo(args.out, seed=args.seed, layout=args.layout, tasks=args.tasks):
-        print(path)
+    with hold_folder(check_output_path(args.out, folder=True)):  # one writer per folder
+        for path in write_demo(args.out, seed=args.seed, layout=args.layout, tasks=args.tasks):
+            print(path)
     return 0

@@ -47,6 +47,9 @@ AUTHORS_LEVELS = 3
 #: model options that reproduce the authors' numerics (``LapIRNConfig`` / ``ModelConfig`` keys)
 AUTHORS_NUMERICS: dict[str, Any] = {"range_flow": 0.4, "ss_steps": 7, "align_corners": False, "warp_padding": "border"}
 VARIANTS = ("disp", "diff")
+#: the voxel spacing (mm) the authors trained at: OASIS brain MR at 1 mm (weights/README.md); a
+#: run imported from their checkpoints runs its network at this spacing by default
+AUTHORS_SPACING_MM = (1.0, 1.0, 1.0)
 
 LICENSE_NAME = "MIT"
 COPYRIGHT = "Copyright (c) 2020 TonyMok"

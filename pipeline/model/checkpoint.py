@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (plus format tags) to ``path`` atomically: a crash mid-write leaves the
     previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a Python file: a full disk surfaces as ENOSPC
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, fh)
     log.debug("checkpoint written: %s", path)
 
 

@@ -7,7 +7,11 @@ LapIRN forward (GPU when available), optional instance optimisation, resample th
 field to the fixed image's full grid and compose it with the affine part through the contract,
 then write it in the task's challenge format:
 
-* current layout: ``OUT/disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` (``X x Y x Z x 3`` float32);
+* current layout: ``OUT/`` + the name the task's evaluator reads (``learn2reg.rules.disp_name``
+  under :attr:`Task.rules`, ``--rules`` overrides: ``disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz``
+  for ``l2r`` and ``remind2reg``, LUMIR's short ``disp_{fixS}_{movS}.nii.gz`` for equal
+  modalities and ``0000 <- 0001``), ``X x Y x Z x 3`` float32 voxels (channel-last: every
+  rule set accepts it), the identity grid's header (unit spacing; every evaluator ignores it);
 * 2020 layout: ``OUT/disp_{fix:04d}_{mov:04d}.npz`` (key ``arr_0``, float16, channels first) at
   the resolution the task prescribes (``learn2reg.submission.submission_shape``: half for tasks
   1-3, full for task 4; no configuration changes it). A network run at half resolution gives the
@@ -34,6 +38,7 @@ images, shared with the single-pair ``register`` command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -49,14 +54,16 @@ import torch
 from scipy import ndimage
 
 from evaluation.pair_reports.stage import REPORT_DIR, write_index
+from learn2reg import rules as rulesets
 from learn2reg.contract import (
     compose_affine,
     disp_filename_2020,
-    disp_filename_l2r,
     field_on_grid,
     grid_scale,
     warp,
 )
+from learn2reg.errors import OutputError
+from learn2reg.faults import require_space, size_text
 from learn2reg.io import (
     DataError,
     Geometry,
@@ -64,6 +71,7 @@ from learn2reg.io import (
     check_output_path,
     load_nifti,
     read_json,
+    read_nifti_header,
     save_nifti,
     write_json,
 )
@@ -73,14 +81,24 @@ from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import pair_config
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.config import RunConfig, config_from_dict, differences, with_later_keys
-from pipeline.data.preprocess import load_image, network_image, on_grid, prediction_shape
-from pipeline.distributed import DistInfo, add_device_argument, init_distributed, pick_device, shutdown
+from pipeline.data.preprocess import load_image, network_image, on_grid
+from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
 from pipeline.model.field import predict_field
 from pipeline.model.instance_opt import InstanceOptSettings, refine_field
 from pipeline.model.lapirn import LapIRN
+from pipeline.prediction.memory import check_task_prediction
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
+from pipeline.prediction.scale import (
+    GridPolicy,
+    add_scale_arguments,
+    explicit_scale,
+    network_grid,
+    quiet_grid,
+    record_grid,
+    trained_spacing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +120,7 @@ class Predictor:
     device: torch.device
     checkpoint: str
     config_hash: str
+    grid_policy: GridPolicy | None = None  # the network's grid (pipeline.prediction.scale); None: affine-only
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -128,12 +147,16 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
     return config_from_dict(raw, where=where)
 
 
-def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str) -> Predictor:
+def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str,
+                   scale: str | None = None) -> Predictor:
     """Model of a run folder (``run_dir=None``: a network-free configuration, ``predict.network``
-    "none" or ``affine_only``: no checkpoint is read)."""
+    "none" or ``affine_only``: no checkpoint is read). ``scale``: the network scale the user gave
+    (:func:`explicit_scale`); without one the network runs at the spacing the run was trained at
+    (``pipeline.prediction.scale``)."""
     ckpt_path = None
     model = None
     stamp = ""
+    policy = None
     if cfg.predict.uses_network:
         if checkpoint not in ("best", "last"):
             ckpt_path = Path(checkpoint)
@@ -143,9 +166,16 @@ def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, devi
         else:
             ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
-        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest()
-    digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
-    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else network_free_name(cfg), digest)
+        policy = GridPolicy(trained_spacing(run_dir), scale)
+        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest() + policy.stamp()
+    names = task_rules(task)  # the file names depend on it: l2r's (and 2020's) keep their earlier hashes
+    digest = hashlib.sha256((cfg.digest() + stamp + ("" if names == rulesets.L2R.name else f"rules={names}")).encode()).hexdigest()[:16]
+    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else network_free_name(cfg), digest, policy)
+
+
+def task_rules(task: Task | None) -> str:
+    """The rule set whose file names a prediction writes: the task's (``l2r`` for a 2020 task or none)."""
+    return task.rules if task is not None and task.layout == Layout.L2R else rulesets.L2R.name
 
 
 def network_free_name(cfg: RunConfig) -> str:
@@ -154,7 +184,10 @@ def network_free_name(cfg: RunConfig) -> str:
 
 
 def output_name(task: Task, pair: Pair) -> str:
-    return disp_filename_2020(pair.fixed, pair.moving) if task.layout == Layout.L2R2020 else disp_filename_l2r(pair.fixed, pair.moving)
+    """The field's file name: the 2020 name, or the one the task's rule set reads (``rules.disp_name``)."""
+    if task.layout == Layout.L2R2020:
+        return disp_filename_2020(pair.fixed, pair.moving)
+    return rulesets.disp_name(task.rules, pair.fixed, pair.moving)
 
 
 def write_field(path: Path, u: np.ndarray, task: Task) -> None:
@@ -230,13 +263,14 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     """LapIRN -> the voxel field on the network grid; ``fixed``/``moving``: normalised images on
     the fixed grid (``network_image``), ``spacing`` the fixed image's (mm).
 
-    The network grid is ``prediction_shape`` of the fixed image: the preprocessing grid, or its
-    scale by ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
+    The network grid is ``pipeline.prediction.scale.network_grid`` of the fixed image: the
+    preprocessing grid at the spacing the run was trained at, or, when given, scaled by
+    ``predict.input_scale`` / ``predict.target_spacing``; both images are resampled
     onto it, and the field, in voxels of that grid, goes back to the fixed grid through
     ``learn2reg.contract.field_on_grid``. The network's field comes from ``predict_field``
     (autocast for the convolutions only, a float32 field), the same function validation during
     training uses."""
-    grid = prediction_shape(fixed.shape, spacing, p.cfg)
+    grid = network_grid(p.grid_policy, fixed.shape, spacing, p.cfg)
     f, m = (torch.from_numpy(on_grid(image, grid))[None, None].to(p.device) for image in (fixed, moving))
     if p.model is None:
         raise ValueError("a network-free predictor has no network")
@@ -282,28 +316,45 @@ def field_of_view(image: np.ndarray, settings: InstanceOptSettings) -> np.ndarra
 def predict(
     data_dir: Path, out_dir: Path, run_dir: Path | None = None, split: str = "val", device: str = "auto",
     checkpoint: str = "best", save_warped: bool = False, overwrite: bool = False, *, save_jacobian: bool = False,
-    report: bool = False, **overrides,
+    report: bool = False, skip_memory_check: bool = False, rules: str | None = None, **overrides,
 ) -> int:
     """Predict every pair of ``split``; returns the exit code (1 if any pair failed or could not
     be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``.
+    ``rules``: the rule set whose file names to write (default: the task folder's, :attr:`Task.rules`).
     ``save_warped`` / ``save_jacobian`` / ``report``: also write the warped moving image (and
     labels), the Jacobian determinant map, the per-pair report (``pipeline.prediction.outputs``),
-    also for pairs already predicted that lack them."""
+    also for pairs already predicted that lack them. Before anything is written, the largest
+    pair's peak memory is checked against what the device has free (``pipeline.prediction.memory``:
+    ``DataError`` when it cannot fit, unless ``skip_memory_check``); the estimate and the measured
+    peak go into ``runtimes.json`` (``memory``)."""
     outputs = Outputs(warped=save_warped, jacobian=save_jacobian, report=report)
     cfg = run_config(run_dir, overrides)  # refused before anything is read or written
     check_output_path(out_dir, folder=True)
     info: DistInfo = init_distributed(device)
+    held = contextlib.ExitStack()  # the submission folder's writer lock (one writer; the torchrun job is one)
     try:
-        task = load_task(data_dir)
+        task = load_task(data_dir).with_rules(rules)
+        if task.layout == Layout.L2R2020 and task.rules != rulesets.L2R.name:
+            raise DataError(f"{data_dir}: a 2020-layout task is submitted in the 2020 format; --rules {task.rules} is for current layouts")
         pairs, unreadable = task.pairs.get(split, ()), list(task.split_problems(split))
         if not pairs and not unreadable:
             raise DataError(f"{data_dir}: the task has no {split} pairs")
-        p = load_predictor(cfg, run_dir, task, pick_device(device, info), checkpoint)
+        dev = pick_device(device, info)
+        scale = explicit_scale(overrides, cfg)
+        grid = quiet_grid(trained_spacing(run_dir), scale, cfg)  # the grid the network will run on, for the check
+        memory = check_task_prediction(task, pairs, cfg, dev, outputs, skip_memory_check, grid)  # before any output
+        p = load_predictor(cfg, run_dir, task, dev, checkpoint, scale)
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
+        held.enter_context(hold_folder(out_dir, info, p.device))
         prepare_out_dir(out_dir, p, task, overwrite, info)
         manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
+        check_field_space(out_dir, p, task, [q for q in pairs if q.key not in manifest["runtimes"]])  # every rank: all stop
+        if info.is_main:  # after the checks: a refused start leaves nothing behind
+            write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "rules": task_rules(task),
+                                                 "config": p.cfg.to_dict()})
         mine = pairs[info.rank :: info.world_size]
         problems = list(unreadable) if info.is_main else []
+        predicted = False
         present = {q.key for q in mine if q.key in manifest["runtimes"] and (out_dir / output_name(task, q)).exists()}
         todo = [q for q in mine if q.key not in present or (outputs.any() and missing(out_dir, task, q, outputs))]
         if info.is_main and present:
@@ -315,11 +366,15 @@ def predict(
             try:
                 if not done:
                     manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
+                    manifest["memory"], predicted = memory.record(), True  # of the run that predicted the fields
+                    record_grid(manifest, p.grid_policy, pair.key)
                     write_manifest(manifest_path, manifest)
                 if outputs.any() and (not done or missing(out_dir, task, pair, outputs)):
                     write_pair_outputs(out_dir, task, pair, field, outputs)  # not timed: not part of the runtime
             except (DataError, ValueError) as exc:
                 problems.append(f"{pair.key}: {exc}")
+        if predicted:
+            manifest["memory"] = memory.record()  # the measured peak includes the extra outputs
         write_manifest(manifest_path, manifest)
         if info.enabled:
             torch.distributed.barrier()
@@ -332,7 +387,10 @@ def predict(
         if info.is_main:
             log.info("%d field(s) in %s (%d predicted now)", len(manifest["runtimes"]), out_dir, len(todo) - len(problems))
         return 1 if problems else 0
+    except OutputError as exc:  # a full disk or a folder it may not write: what is kept, how to resume
+        raise exc.with_next_step(resume_advice(out_dir, task, pairs)) from exc
     finally:
+        held.close()
         shutdown(info)
 
 
@@ -343,22 +401,22 @@ def next_steps(data_dir: Path, out_dir: Path, split: str, report: bool) -> list[
         lines.append(f"reports: {out_dir / REPORT_DIR / 'index.html'}")
     if split == "val":
         lines.append(f"next: python -m pipeline evaluate -i {out_dir} -d {data_dir} -o {out_dir.with_suffix('.json')}")
-    else:
-        lines.append(f"next: the submission zip: cd {out_dir} && zip ../{out_dir.name}.zip disp_*")
+    lines.append(f"{'then' if split == 'val' else 'next'}: the zip to upload: python -m pipeline package --data {data_dir} "
+                 f"--submission {out_dir}{'' if split == 'val' else ' --split test'} --out {out_dir.with_suffix('.zip')}")
     return lines
 
 
 def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, info: DistInfo) -> None:
-    """Keep ``out_dir`` consistent before writing: temporaries of a killed earlier run are
-    removed; fields predicted under another configuration (recorded in a manifest there) are
-    refused, or removed with their manifests when ``overwrite`` (every rank decides the same;
-    rank 0 deletes)."""
+    """Keep ``out_dir`` consistent before writing (its writer lock held, which also removed the
+    temporaries of a killed earlier run): fields predicted under another configuration (recorded
+    in a manifest there) are refused, or removed with their manifests when ``overwrite`` (every
+    rank decides the same; rank 0 deletes)."""
     manifests = [m for m in (out_dir / "runtimes.json", *sorted(out_dir.glob("runtimes.rank*.json"))) if m.is_file()]
     foreign = {}
     for path in manifests:
         old = read_manifest(path)
         if old.get("config_hash") != p.config_hash:
-            foreign[path] = [out_dir / _field_name(task, key) for key in old.get("runtimes", {})]
+            foreign[path] = [out_dir / name for key in old.get("runtimes", {}) for name in _field_names(task, key)]
     present = sorted({f for fields in foreign.values() for f in fields if f.exists()})
     if present and not overwrite:
         old = read_manifest(next(iter(foreign)))
@@ -367,9 +425,6 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
             f"{what_differs(out_dir, p, old)}; choose another --out, or pass --overwrite to replace them"
         )
     if info.is_main:
-        write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "config": p.cfg.to_dict()})
-        for stale in out_dir.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)  # a write interrupted by kill -9 never completes
         for path in present + list(foreign):
             log.info("removing %s (another configuration; --overwrite)", path)
             path.unlink(missing_ok=True)
@@ -386,6 +441,8 @@ def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
     if isinstance(record, dict) and isinstance(record.get("config"), dict):
         for key, was, now in differences(with_later_keys(record["config"]), p.cfg.to_dict()):
             found.append(f"{OPTION_OF.get(key, key)} was {was!r}, now {now!r}" + ("" if key in OPTION_OF else f" ({key} of the configuration)"))
+        if record.get("rules", rulesets.L2R.name) != task_rules(p.task):  # the file names differ
+            found.append(f"--rules was {record.get('rules', rulesets.L2R.name)!r}, now {task_rules(p.task)!r}")
         if record.get("checkpoint") != p.checkpoint:
             found.append(f"--run/--checkpoint was {record.get('checkpoint')}, now {p.checkpoint}")
         elif not found:
@@ -395,27 +452,71 @@ def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
             f"{p.checkpoint}, {p.config_hash}")
 
 
-def _field_name(task: Task, key: str) -> str:
+#: a field file is at least this fraction of its raw size (float32, or float16 for 2020): gzip/zip
+#: shrink displacement fields to about 60-95 % (their mantissas are noise); zero fields are exempt
+MIN_COMPRESSED = 0.25
+
+
+def fields_bytes(task: Task, pairs: Sequence[Pair]) -> int:
+    """The raw size of the fields of ``pairs`` (float32, or float16 for 2020; files are smaller),
+    from the fixed images' headers (an unreadable one is that pair's problem, reported later)."""
+    itemsize = 2 if task.layout == Layout.L2R2020 else 4
+    total = 0
+    for pair in pairs:
+        with contextlib.suppress(DataError, OSError, KeyError):
+            total += int(np.prod(submission_shape(task, read_nifti_header(task.case(pair.fixed).image).shape))) * 3 * itemsize
+    return total
+
+
+def check_field_space(out_dir: Path, p: Predictor, task: Task, pairs: Sequence[Pair]) -> None:
+    """Refuse before the work (``OutputError``) when ``out_dir`` cannot hold the fields of
+    ``pairs`` (those not yet written) at :data:`MIN_COMPRESSED` of their raw size."""
+    if p.model is None and p.cfg.predict.affine == "none":
+        return  # zero fields compress to almost nothing
+    require_space(out_dir, int(fields_bytes(task, pairs) * MIN_COMPRESSED), f"the fields of the {len(pairs)} pair(s) still to predict")
+
+
+def resume_advice(out_dir: Path, task: Task, pairs: Sequence[Pair]) -> str:
+    """What a failed write of a prediction leaves safe, what the rest needs and how to go on."""
+    left = [q for q in pairs if not (out_dir / output_name(task, q)).exists()]
+    return (f"{len(pairs) - len(left)} of {len(pairs)} field(s) are in {out_dir}, complete and kept with their records; "
+            f"the {len(left)} left need up to {size_text(fields_bytes(task, left))}: free space (or choose another --out), "
+            "then rerun the same command: the pairs already written are skipped")
+
+
+def _field_names(task: Task, key: str) -> list[str]:
+    """Every name the field of a pair may have in a submission folder: the 2020 one, or those of
+    every rule set (a folder predicted under other ``--rules``)."""
     fixed, _, moving = key.partition("<--")
-    return output_name(task, Pair(fixed, moving))
+    if task.layout == Layout.L2R2020:
+        return [output_name(task, Pair(fixed, moving))]
+    return list(dict.fromkeys(rulesets.disp_name(r, fixed, moving) for r in rulesets.RULE_SETS))
 
 
 def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
     """Start from the earlier manifest when it was made under the same configuration."""
     runtimes: dict[str, Any] = {}
-    fresh = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
+    fresh: dict[str, Any] = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
              "checkpoint": p.checkpoint, "config_hash": p.config_hash, "runtimes": runtimes}
     for path in (own, merged):
         if path.exists():
             old = read_manifest(path)
             if old.get("config_hash") == p.config_hash:
                 runtimes.update(old.get("runtimes", {}))
+                if "memory" in old:
+                    fresh.setdefault("memory", old["memory"])
+                if "network_grid" in old:
+                    pairs = fresh.get("network_grid", {}).get("pairs", {})
+                    fresh["network_grid"] = {**old["network_grid"], "pairs": {**old["network_grid"].get("pairs", {}), **pairs}}
     return fresh
 
 
 def _merge_rank_manifests(out_dir: Path, world: int) -> None:
     parts = [read_manifest(out_dir / f"runtimes.rank{r}.json") for r in range(world)]
     merged = {**parts[0], "runtimes": {k: v for part in parts for k, v in part["runtimes"].items()}}
+    grids = [part["network_grid"] for part in parts if "network_grid" in part]
+    if grids:
+        merged["network_grid"] = {**grids[0], "pairs": {k: v for g in grids for k, v in g.get("pairs", {}).items()}}
     write_manifest(out_dir / "runtimes.json", merged)
 
 
@@ -429,14 +530,15 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")
     parser.add_argument("--checkpoint", default="best", help="best | last | PATH")
+    parser.add_argument("--rules", choices=rulesets.RULE_SETS, default=None,
+                        help="whose file names to write (default: the task folder's rule set: lumir24/lumir25 for LUMIR, "
+                             "remind2reg for ReMIND2Reg, else l2r)")
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
-    scale = parser.add_mutually_exclusive_group()
-    scale.add_argument("--input-scale", type=float, default=None, metavar="S",
-                       help="override predict.input_scale: run the network on a grid S times as fine (2: a 2 mm task at 1 mm)")
-    scale.add_argument("--target-spacing", type=float, default=None, metavar="MM",
-                       help="override predict.target_spacing: run the network at MM spacing per axis of the fixed image")
+    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
+                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
+    add_scale_arguments(parser)
     parser.add_argument("--save-warped", action="store_true",
                         help="also write the warped moving image, and its warped labels (nearest) when it has them, "
                              "on the fixed grid, in OUT/warped/")
@@ -447,12 +549,14 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="also write a visual report per pair and an index, in OUT/report/ (as `python -m pipeline report`)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace fields that --out holds from another configuration (default: refuse)")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="run even when the estimated peak memory exceeds what the device has free")
 
 
 def run(args: argparse.Namespace) -> int:
     code = predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
-                   args.overwrite, save_jacobian=args.save_jacobian, report=args.report,
-                   affine=args.affine, instance_opt_steps=args.instance_opt_steps,
+                   args.overwrite, save_jacobian=args.save_jacobian, report=args.report, rules=args.rules,
+                   skip_memory_check=args.skip_memory_check, affine=args.affine, instance_opt_steps=args.instance_opt_steps,
                    input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)
     if int(os.environ.get("RANK", "0")) == 0 and Path(args.out).is_dir():
         print("\n".join(next_steps(args.data, args.out, args.split, args.report)))

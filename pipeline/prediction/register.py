@@ -13,7 +13,13 @@ instance optimisation, the field on the fixed grid composed with the affine part
 * ``jacobian_det.nii.gz`` with ``--save-jacobian``;
 * ``report.html`` (+ ``report.json``): the visual report, with Dice per label and label contours
   when both label maps are given (``--no-report`` skips it);
-* ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes and outputs.
+* ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes, outputs,
+  memory (the estimate checked before the work, ``pipeline.prediction.memory``, and the measured
+  peak) and the grid the network ran on (``network_grid``: rule, trained spacing, grid, spacing, scale).
+
+The network runs at the spacing the run was trained at (imported weights: 1 mm), as in
+``predict`` (``pipeline.prediction.scale``); ``--input-scale`` / ``--target-spacing`` choose
+another grid, with a warning when it departs from that spacing.
 
 A folder that already holds a registration's outputs is refused unless ``--overwrite``; then
 outputs of the earlier registration that this one does not write are removed, so the folder never
@@ -38,9 +44,12 @@ from evaluation.pair_reports.stage import report_from_files
 from learn2reg.cli import add_overwrite_argument, refuse_existing
 from learn2reg.io import DataError, check_output_path, save_nifti, write_json
 from learn2reg.task import Case
+from learn2reg.writers import hold_folder
 from pipeline.distributed import DistInfo, add_device_argument, pick_device
+from pipeline.prediction.memory import check_prediction
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
 from pipeline.prediction.predict import load_predictor, register_images, run_config
+from pipeline.prediction.scale import add_scale_arguments, explicit_scale, quiet_grid, trained_spacing
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +65,14 @@ RECORD = "register.json"
 def register(
     fixed: Path, moving: Path, run_dir: Path, out_dir: Path, fixed_label: Path | None = None,
     moving_label: Path | None = None, device: str = "auto", checkpoint: str = "best", report: bool = True,
-    save_jacobian: bool = False, overwrite: bool = False, **overrides,
+    save_jacobian: bool = False, overwrite: bool = False, skip_memory_check: bool = False, **overrides,
 ) -> dict[str, Path]:
     """Register ``moving`` to ``fixed`` with the run in ``run_dir``; write the outputs to
     ``out_dir`` and return them by kind. ``overrides``: ``predict`` settings (``affine``,
-    ``instance_opt_steps``). ``DataError`` naming the file for any bad input, and for outputs of
-    an earlier registration in ``out_dir`` unless ``overwrite``, before any work."""
+    ``instance_opt_steps``, ``input_scale``, ``target_spacing``). ``DataError`` naming the file for
+    any bad input, for outputs of an earlier registration in ``out_dir`` unless ``overwrite``, and
+    when the estimated peak memory exceeds what the device has free (unless ``skip_memory_check``),
+    before any work."""
     cfg = run_config(run_dir, overrides)
     inputs = [Path(fixed), Path(moving)] + [Path(p) for p in (fixed_label, moving_label) if p is not None]
     for path in inputs:
@@ -71,7 +82,12 @@ def register(
         raise DataError(f"{fixed_label}: a fixed label map alone is not used: Dice needs --moving-label too")
     out_dir = check_output_path(out_dir, folder=True)
     refuse_existing([out_dir / name for name in (FIELD, WARPED, WARPED_LABELS, JACOBIAN, REPORT, RECORD)], overwrite)
-    p = load_predictor(cfg, run_dir, None, pick_device(device, DistInfo()), checkpoint)
+    dev = pick_device(device, DistInfo())
+    kinds = ["warped"] + (["jacobian"] if save_jacobian else []) + (["report"] if report else [])
+    scale = explicit_scale(overrides, cfg)
+    memory = check_prediction("register", cfg, [(Path(fixed), Path(moving))], dev, outputs=kinds, skip=skip_memory_check,
+                              grid_of=quiet_grid(trained_spacing(run_dir), scale, cfg))
+    p = load_predictor(cfg, run_dir, None, dev, checkpoint, scale)
     start = time.perf_counter()
     u, geometry, timings = register_images(p, Case("fixed", Path(fixed).resolve()), Case("moving", Path(moving).resolve()))
     p.sync()
@@ -95,7 +111,8 @@ def register(
         "fixed_label": str(Path(fixed_label).resolve()) if fixed_label else None,
         "moving_label": str(Path(moving_label).resolve()) if moving_label else None,
         "checkpoint": p.checkpoint, "config_hash": p.config_hash, "device": str(p.device), "runtimes": timings,
-        "outputs": {k: v.name for k, v in written.items()},
+        "network_grid": p.grid_policy.last if p.grid_policy is not None else None,
+        "outputs": {k: v.name for k, v in written.items()}, "memory": memory.record(),
     }
     written["record"] = out_dir / RECORD
     write_json(written["record"], record)
@@ -116,15 +133,20 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    add_scale_arguments(parser)
     parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
     parser.add_argument("--no-report", action="store_true", help="skip the visual report")
     add_overwrite_argument(parser, "the outputs of an earlier registration in --out")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="run even when the estimated peak memory exceeds what the device has free")
 
 
 def run(args: argparse.Namespace) -> int:
-    written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
-                       args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, affine=args.affine,
-                       instance_opt_steps=args.instance_opt_steps)
+    with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
+        written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
+                           args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, args.skip_memory_check,
+                           affine=args.affine, instance_opt_steps=args.instance_opt_steps, input_scale=args.input_scale,
+                           target_spacing=args.target_spacing)
     for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0

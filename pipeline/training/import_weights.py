@@ -29,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from learn2reg.io import DataError, check_output_path, write_json
+from learn2reg.writers import hold_folder
 from pipeline.config import ModelConfig, PreprocessConfig, RunConfig
 from pipeline.model.authors import (
     AUTHORS_COMMIT,
     AUTHORS_LEVELS,
     AUTHORS_NUMERICS,
     AUTHORS_REPO,
+    AUTHORS_SPACING_MM,
     COPYRIGHT,
     LICENSE_NAME,
     LICENSE_TEXT,
@@ -115,6 +117,10 @@ def provenance(source: Path, digest: str, variant: str, how: str) -> dict[str, A
         "authors_repository": AUTHORS_REPO,
         "authors_commit": AUTHORS_COMMIT if known is not None else None,
         "licence": {"name": LICENSE_NAME, "copyright": COPYRIGHT, "text": LICENSE_TEXT} if known is not None else None,
+        # what predict and register run the network at by default (pipeline.prediction.scale)
+        "network_spacing_mm": list(AUTHORS_SPACING_MM),
+        "network_spacing_from": "the authors' training data: OASIS brain MR at 1 mm (weights/README.md)"
+        + ("" if known is not None else "; assumed for a checkpoint that is not one of the published files"),
         "note": ("weights from the authors' published checkpoint; model numerics and preprocessing as their code "
                  "(see config.json); the train and loss sections are this project's defaults, not the authors' training")
         if known is not None else "not one of the authors' published files: licence and origin unknown to this project",
@@ -148,7 +154,8 @@ def import_weights(source: Path, run_dir: Path, variant: str | None = None) -> d
         "state": {"imported": True, "level": cfg.model.levels, "step": 0, "global_step": 0},
         "imported": record,
     }
-    with fresh_run_dir(run_dir):
+    with hold_folder(run_dir) as lock, fresh_run_dir(run_dir, created=lock.created):
+        refuse_existing(run_dir)  # again, as the one writer: another import may have finished meanwhile
         for name in ("best.pt", "last.pt"):
             save_checkpoint(run_dir / "checkpoints" / name, payload)
         write_json(run_dir / "config.json", cfg.to_dict())
@@ -167,5 +174,6 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     record = import_weights(args.source, args.out, args.variant)
     print(f"{args.out}: {record['variant']} variant ({record['published_file'] or 'unpublished file'}); "
-          f"predict with: python -m pipeline predict --run {args.out} --data TASK --out SUB")
+          f"predict with: python -m pipeline predict --run {args.out} --data TASK --out SUB "
+          f"(the network runs at the weights' {AUTHORS_SPACING_MM[0]:g} mm on any task)")
     return 0

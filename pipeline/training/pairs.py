@@ -46,6 +46,17 @@ class TrainingData:
         trained = {c.split("_")[0] for c in self.train_pairs.case_ids()}
         return not any(c.split("_")[0] in trained for pair in self.val_pairs for c in pair)
 
+    @property
+    def network_spacing(self) -> list[float]:
+        """The voxel spacing (mm per axis) the network trains at: the median over the cases of
+        their network grid's spacing (``pipeline.prediction.scale`` reads it back from
+        ``dataset.json`` to run the network at that spacing by default)."""
+        if isinstance(self.cases, CaseStore):  # from the headers: no voxel data read
+            spacings = [self.cases.network_grid(c)[1] for c in self.cases]
+        else:
+            spacings = [p.spacing for p in self.cases.values()]
+        return [round(float(v), 6) for v in np.median(spacings, axis=0)]
+
     def describe(self) -> dict:
         """The dataset description written into the run folder (no voxel data read)."""
         t = self.task
@@ -54,6 +65,7 @@ class TrainingData:
             "name": t.name, "root": str(t.root), "layout": t.layout, "shape": t.shape, "labels": t.labels,
             "intra_patient": t.intra_patient, "num_classes": self.num_classes,
             "network_shape": {c: list(shape(c)) for c in sorted(self.cases)},
+            "network_spacing_mm": self.network_spacing,
             "train_pairs": self.train_pairs.describe(), "val_pairs": [list(p) for p in self.val_pairs],
         }
 

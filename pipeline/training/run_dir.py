@@ -4,7 +4,9 @@ A new run needs a folder without a run in it; ``--resume`` needs the run's last 
 the same resolved configuration and training/validation pairs as the run was started with
 (a resumed run must be the same experiment). Every check happens before the first write, so a
 refused call leaves the folder exactly as it was; a fresh folder that a failed start created is
-removed again (:func:`fresh_run_dir`).
+removed again (:func:`fresh_run_dir`). The space the checkpoints need is checked before the
+first step (:func:`check_checkpoint_space`); a write that fails later says which checkpoint is
+kept and how to resume (:func:`resume_advice`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from learn2reg.faults import require_space
 from learn2reg.io import DataError, check_output_path, read_json
 from learn2reg.task import Task
 from pipeline.config import RunConfig, differences, with_later_keys
@@ -69,13 +74,43 @@ def check_resume(run_dir: Path, cfg: RunConfig, description: dict[str, Any]) -> 
 
 
 @contextlib.contextmanager
-def fresh_run_dir(run_dir: Path) -> Iterator[None]:
+def fresh_run_dir(run_dir: Path, created: bool | None = None) -> Iterator[None]:
     """Remove ``run_dir`` again if it did not exist and the block fails (e.g. a label map that
-    preprocessing refuses, after the cache was started): a refused start leaves nothing behind."""
-    created = not run_dir.exists()
+    preprocessing refuses, after the cache was started): a refused start leaves nothing behind.
+    ``created``: whether this process made the folder, when its writer lock did
+    (``learn2reg.writers.FolderLock.created``: only the process whose ``mkdir`` made it removes
+    it); by default, whether it is absent now."""
+    created = not run_dir.exists() if created is None else created
     try:
         yield
     except BaseException:
         if created and run_dir.is_dir():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """About the size of one checkpoint: the weights and Adam's two moments, plus 64 KiB for the rest."""
+    return 3 * sum(p.numel() * p.element_size() for p in model.parameters()) + (1 << 16)
+
+
+def check_checkpoint_space(run_dir: Path, model: torch.nn.Module) -> None:
+    """Refuse before the first step (``OutputError``) when the run folder's file system cannot hold
+    the checkpoints: ``best.pt`` and ``last.pt`` where missing, and one more while one is replaced."""
+    missing = sum(not (run_dir / "checkpoints" / name).exists() for name in CHECKPOINTS)
+    require_space(run_dir, (1 + missing) * checkpoint_bytes(model), "the checkpoints (best.pt, last.pt and one being replaced)")
+
+
+def resume_advice(run_dir: Path, saved_step: int | None) -> str:
+    """What a failed write of a training leaves safe and how to go on (``saved_step``: the global
+    step of the ``last.pt`` this process wrote, if any)."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if saved_step is not None:
+        return (f"{last} (global step {saved_step}) is complete and kept; free space, then rerun the same command "
+                "with --resume to continue from it")
+    if last.exists():
+        return f"{last} (from before this call) is complete and kept; free space, then rerun with --resume to continue from it"
+    return "no checkpoint was written yet; free space (or choose another --out), then rerun the same command"

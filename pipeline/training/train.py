@@ -15,6 +15,11 @@ its state checkpointed). ``train.deterministic``: deterministic kernels (strict 
 with ``warn_only``, since ``grid_sample``'s backward has no deterministic kernel there, and
 ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` unless set).
 
+Fine-tuning (``--init SRC``, ``pipeline.training.init_weights``): the model starts from the
+weights of a run folder, an imported run, a checkpoint or an authors' ``.pth``; optimiser and
+schedule start fresh; the starting weights are validated first (a ``val`` row at step 0 and the
+first ``best.pt`` candidate). ``train.frozen_levels`` keeps levels out of training throughout.
+
 Faults: checkpoints are atomic; ``--resume`` restores model, optimiser, schedule position and
 the random generator (and the fp16 loss scale), so a resumed run ends with the same weights as an uninterrupted one
 (deterministic mode on CPU); SIGTERM/SIGINT save ``last.pt`` before exiting (code 143/130), and
@@ -33,6 +38,7 @@ will draw them, so prefetching changes the timing only, never which pairs are tr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import math
@@ -46,7 +52,8 @@ from typing import TypedDict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from learn2reg.io import DataError, write_json
+from learn2reg.errors import OutputError
+from learn2reg.io import DataError, check_output_path, write_json
 from learn2reg.progress import progress
 from learn2reg.task import load_task
 from pipeline.config import RunConfig, TrainConfig, load_config
@@ -56,6 +63,7 @@ from pipeline.distributed import (
     add_device_argument,
     any_flag,
     gather_checksums,
+    hold_folder,
     init_distributed,
     pick_device,
     shutdown,
@@ -66,9 +74,18 @@ from pipeline.model.lapirn import LapIRN, LapIRNConfig
 from pipeline.model.losses import level_loss, one_hot
 from pipeline.model.precision import autocast, grad_scaler
 from pipeline.training.augment import augment, sample_affine
+from pipeline.training.init_weights import INIT_RECORD, check_init_spacing, init_config
 from pipeline.training.log import TrainingLog, format_validation
+from pipeline.training.memory import check_training, write_memory_record
 from pipeline.training.pairs import TrainingData, load_training_data, split_pairs, tensor
-from pipeline.training.run_dir import check_resume, checkpoint_to_resume, fresh_run_dir, task_problems
+from pipeline.training.run_dir import (
+    check_checkpoint_space,
+    check_resume,
+    checkpoint_to_resume,
+    fresh_run_dir,
+    resume_advice,
+    task_problems,
+)
 from pipeline.training.validation import validate_pairs
 
 log = logging.getLogger(__name__)
@@ -99,10 +116,14 @@ class TrainState(TypedDict):
 class Trainer:
     """One training run in ``run_dir``; ``run()`` returns the exit code."""
 
-    def __init__(self, run_dir: Path, data: TrainingData, cfg: RunConfig, device: torch.device, info: DistInfo) -> None:
+    def __init__(self, run_dir: Path, data: TrainingData, cfg: RunConfig, device: torch.device, info: DistInfo,
+                 init_state: dict[str, torch.Tensor] | None = None) -> None:
         self.run_dir, self.data, self.cfg, self.device, self.info = run_dir, data, cfg, device, info
         torch.manual_seed(cfg.train.seed)
         self.model = LapIRN(LapIRNConfig(**vars(cfg.model))).to(device)
+        self.from_init = init_state is not None  # --init: the starting weights are validated first
+        if init_state is not None:
+            self.model.load_state_dict(init_state)
         self.levels = cfg.model.levels
         self.loss_cfg = cfg.loss if data.num_classes > 1 else dataclasses.replace(cfg.loss, dice=0.0)
         self.gen = torch.Generator().manual_seed(cfg.train.seed)
@@ -115,6 +136,7 @@ class Trainer:
         self.stop_at_step: int | None = None  # see train()
         self.on_step: Callable[[dict], None] | None = None  # see train()
         self.prefetch_steps = 0  # steps whose cases are read ahead (train(workers=...))
+        self.saved: dict[str, int] = {}  # checkpoint name -> global step it holds (written by this process)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -133,6 +155,7 @@ class Trainer:
     def save(self, name: str) -> None:
         if self.info.is_main:
             save_checkpoint(self.run_dir / "checkpoints" / name, self.payload())
+            self.saved[name] = self.state["global_step"]
 
     def restore(self, path: Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
@@ -176,14 +199,15 @@ class Trainer:
 
     def set_phase(self, level: int, step: int, new_level: bool = False) -> None:
         """Trainable levels for (level, step): level alone while the lower ones are frozen,
-        then 1..level. Levels above are never trainable (unused in the forward)."""
-        frozen = level > 1 and step < self.cfg.train.freeze_steps
+        then 1..level, less ``train.frozen_levels`` (when those include ``level``, its freeze
+        phase leaves the lower levels free). Levels above are never trainable (unused in the forward)."""
+        frozen = level > 1 and step < self.cfg.train.freeze_steps and level not in self.cfg.train.frozen_levels
         phase = (level, frozen)
         if phase == self.phase and not new_level:
             return
         lowest = level if frozen else 1
         for p, net in enumerate(self.model.nets, start=1):
-            net.requires_grad_(lowest <= p <= level)
+            net.requires_grad_(lowest <= p <= level and p not in self.cfg.train.frozen_levels)
         if new_level or self.optimizer is None:
             self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.cfg.train.lr)
         if self.info.enabled:
@@ -266,6 +290,8 @@ class Trainer:
             zero = self.validate_zero()
             log.info("validation of the zero field: %s", format_validation(zero))
             tlog.add(global_step=0, level=0, step=0, kind="initial", **zero)
+            if self.from_init:
+                self.validate_init(tlog)
         total = sum(steps[: self.levels])  # the bar counts global steps; the postfix names the level
         bar = progress(total=total, initial=self.state["global_step"], desc="train", unit="step", enabled=self.info.is_main, logger=log)
         self.model.train()
@@ -347,6 +373,16 @@ class Trainer:
                 log.info("new best checkpoint at step %d: validation score %.4f (best at level %d so far)", global_step, score, self.levels)
             self.save("best.pt")
 
+    def validate_init(self, tlog: TrainingLog) -> None:
+        """``--init``: the starting weights at the finest level, before any step: a ``val`` row at
+        step 0 and the first candidate for ``best.pt`` (fine-tuning must beat them to replace them)."""
+        metrics = self.validate(self.levels)
+        log.info("validation of the starting weights (--init): %s", format_validation(metrics))
+        tlog.add(global_step=0, level=self.levels, step=0, kind="val", **metrics)
+        self.keep_best(metrics["val_score"], 0)
+        tlog.best_step = self.state["best_step"]
+        tlog.write()
+
     def validate_zero(self) -> dict[str, float]:
         return validate_pairs(None, self.data, self.levels, self.device, self.cfg.predict.amp)
 
@@ -384,8 +420,8 @@ def use_deterministic_algorithms(device: torch.device) -> None:
 
 
 def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None,
-          stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None, *, workers: int = 0,
-          case_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
+          stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None, skip_memory_check: bool = False,
+          init: Path | None = None, *, workers: int = 0, case_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
     """Train LapIRN on a task folder into ``run_dir``; returns the exit code.
 
     ``workers``: threads that read the cases of the next ``2 * workers`` steps ahead (0: each case
@@ -396,12 +432,18 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
     log and return 0; ``resume=True`` continues from there (a step at or past the end: the run
     just finishes). ``on_step``: called after every step, once its validation and checkpoint are
     done, with a copy of the trainer state (``level``, ``step``, ``global_step``, ``best_score``,
-    ``best_step``), e.g. to report progress from Python.
+    ``best_step``), e.g. to report progress from Python. Before the run folder is filled, the peak
+    memory of training is checked against what the device has free (``pipeline.training.memory``:
+    ``DataError`` when it cannot fit, unless ``skip_memory_check``); the estimate and the measured
+    peak go into ``run_dir/memory.json``. ``init``: start from those weights
+    (``pipeline.training.init_weights``).
     """
     if not cfg.predict.uses_network:
         raise DataError(f"{data_dir}: this configuration is network-free (predict.network \"none\" or predict.affine_only): "
                         "there is no network to train; predict with it directly (predict --config)")
     info = init_distributed(device)
+    held = contextlib.ExitStack()  # the run folder's writer lock (one writer; the torchrun job is one)
+    trainer: Trainer | None = None
     data: TrainingData | None = None
     try:
         dev = pick_device(device, info)
@@ -409,17 +451,26 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             use_deterministic_algorithms(dev)  # before any CUDA work
         task = load_task(data_dir)
         task_problems(task)
+        check_output_path(run_dir, folder=True)  # before the lock makes the folder
+        lock = held.enter_context(hold_folder(run_dir, info, dev))
         resume_from = checkpoint_to_resume(run_dir, resume)
+        cfg, source = init_config(run_dir, cfg, init, resume_from is not None)
         if resume_from is not None:
             train_pairs, val_pairs = split_pairs(task, cfg.train.exclude_val_subjects)
             check_resume(run_dir, cfg, {"train_pairs": train_pairs.describe(), "val_pairs": [list(p) for p in val_pairs]})
-        with fresh_run_dir(run_dir):
+        memory = check_training(task, cfg, dev, skip_memory_check, case_memory_bytes=case_memory_bytes, workers=workers)  # before the run folder is filled
+        with fresh_run_dir(run_dir, created=lock.created):
             data = load_training_data(task, cfg, cache or run_dir / "cache", workers=workers, memory_bytes=case_memory_bytes)
             if info.is_main and resume_from is None:
                 write_json(run_dir / "config.json", cfg.to_dict())
                 write_json(run_dir / "dataset.json", data.describe())
-            trainer = Trainer(run_dir, data, cfg, dev, info)
+                if source is not None:
+                    write_json(run_dir / INIT_RECORD, {**source.record, "network_spacing_mm": data.network_spacing})
+            if source is not None:
+                check_init_spacing(source, data.network_spacing)
+            trainer = Trainer(run_dir, data, cfg, dev, info, None if source is None or resume_from is not None else source.state)
             if info.is_main:
+                check_checkpoint_space(run_dir, trainer.model)
                 log.info("training %s on %s (world size %d) into %s", task.name, dev, info.world_size, run_dir)
             if resume_from is not None:
                 trainer.restore(resume_from)
@@ -434,14 +485,22 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         if dev.type == "cpu" and cfg.train.cpu_threads:
             torch.set_num_threads(cfg.train.cpu_threads)
         try:
-            return trainer.run(tlog)
+            code = trainer.run(tlog)
+            if info.is_main:
+                write_memory_record(run_dir, memory)
+            return code
         finally:
             torch.set_num_threads(threads)
             for s, handler in previous.items():
                 signal.signal(s, handler)
+    except OutputError as exc:  # a full disk or a folder it may not write: what is kept, how to resume
+        if trainer is None:
+            raise
+        raise exc.with_next_step(resume_advice(run_dir, trainer.saved.get("last.pt"))) from exc
     finally:
         if data is not None:
             data.close()
+        held.close()
         shutdown(info)
 
 
@@ -460,6 +519,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--case-memory-gb", type=_gigabytes, default=DEFAULT_MEMORY_BYTES / 2**30, metavar="GB",
                         help="prepared cases kept in memory, most recently used first (default %(default)g); memory does not "
                              "grow with the number of images")
+    parser.add_argument("--skip-memory-check", action="store_true",
+                        help="run even when the estimated peak memory exceeds what the device has free")
+    parser.add_argument("--init", type=Path, default=None, metavar="SRC",
+                        help="start from these weights (fine-tuning): a run folder, an imported run, a checkpoint, or an "
+                             "authors' .pth (as import-weights recognises it); the model section follows them, the rest "
+                             "is --config's (train.frozen_levels, preprocess.target_spacing); fresh optimiser and schedule")
 
 
 def _count(text: str) -> int:
@@ -478,7 +543,8 @@ def _gigabytes(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache, args.stop_at_step,
-                 workers=args.workers, case_memory_bytes=int(args.case_memory_gb * 2**30))
+                 skip_memory_check=args.skip_memory_check, init=args.init, workers=args.workers,
+                 case_memory_bytes=int(args.case_memory_gb * 2**30))
     if code == 0 and int(os.environ.get("RANK", "0")) == 0:
         if args.stop_at_step is not None:
             print(f"run folder: {args.out} (stopped at step {args.stop_at_step} or earlier if the schedule ended)\n"

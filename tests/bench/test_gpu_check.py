@@ -72,7 +72,7 @@ def imported_distributions() -> dict[str, set[str]]:
     """Distribution (normalised) -> files importing it, over the packages, the tests and the check's scripts."""
     files = [p for d in ("learn2reg", "evaluation", "pipeline", "tests") for p in (REPO / d).rglob("*.py")]
     files += [BENCH / name for name in CHECK_SCRIPTS]
-    first_party = {"learn2reg", "evaluation", "pipeline", "tests", *(p.stem for p in BENCH.glob("*.py"))}
+    first_party = {"learn2reg", "evaluation", "pipeline", "tests", "tools", *(p.stem for p in BENCH.glob("*.py"))}
     owners = importlib.metadata.packages_distributions()
     found: dict[str, set[str]] = {}
     for path in files:

@@ -104,14 +104,8 @@ def test_the_result_name_comes_from_the_rule_sets_key():
         rules.config_name(rules.REMIND2REG, {"name": "LUMIR"}, "c.json", "c")
 
 
-def test_the_task_models_rule_names_and_point_folders_agree_with_these_tables():
-    """learn2reg.editions (the task folder side) names the same rule sets and finds a pair's points
-    in the same folders (its stems exclude the images' own folder, returned here as ``dest``)."""
-    from learn2reg import editions
-
-    assert tuple(rules.RULES) == editions.RULE_SETS
-    for name, r in rules.RULES.items():
-        for dest in ("keypoints", "landmarks"):
-            for pair in (SAME, MR_US, REV, T2):
-                stems = list(editions.point_folders(dest, pair[0][-4:], pair[1][-4:], name))
-                assert rules.point_folders(r, dest, *pair) == (stems or [dest]), (name, dest, pair)
+def test_rule_set_names_are_the_tables_names():
+    """One source of truth: the names a task folder and --rules use are the tables' (``RULES``)."""
+    assert rules.RULE_SETS == tuple(rules.RULES) == ("l2r", "lumir24", "lumir25", "remind2reg")
+    assert rules.CHOICES[0] == "auto" and rules.CHOICES[1:] == rules.RULE_SETS
+    assert rules.point_folders("remind2reg", "landmarks", *T2) == rules.point_folders(rules.REMIND2REG, "landmarks", *T2)

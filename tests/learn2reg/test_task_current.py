@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from learn2reg import dataset
-from learn2reg.editions import RULE_SETS, point_folders, rules_for
 from learn2reg.io import DataError, Geometry, read_json, read_points, save_nifti, write_points
+from learn2reg.rules import RULE_SETS, point_folders, rules_for
 from learn2reg.task import Pair, load_task
 from tests.paths import REPO
 
@@ -189,13 +189,13 @@ def test_rules_for_each_kind_of_folder(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("fixed", "moving", "rules", "expected"),
     [
-        ("0000", "0001", "l2r", ()),
-        ("0000", "0000", "l2r", ()),
-        ("0001", "0000", "l2r", ("keypoints00000001", "keypoints01")),
-        ("0000", "0002", "remind2reg", ()),
-        ("0000", "0002", "lumir25", ("keypoints02",)),
+        ("0000", "0001", "l2r", ["keypoints"]),  # the images' own folder: keypointsTr
+        ("0000", "0000", "l2r", ["keypoints"]),
+        ("0001", "0000", "l2r", ["keypoints00000001", "keypoints01"]),
+        ("0000", "0002", "remind2reg", ["keypoints"]),
+        ("0000", "0002", "lumir25", ["keypoints02"]),
     ],
 )
-def test_point_folders(fixed: str, moving: str, rules: str, expected: tuple[str, ...]) -> None:
-    assert point_folders("keypoints", fixed, moving, rules) == expected
-    assert point_folders("landmarks", "0000", "0002", "lumir24") == ()
+def test_point_folders(fixed: str, moving: str, rules: str, expected: list[str]) -> None:
+    assert point_folders(rules, "keypoints", f"0011_{fixed}", f"0011_{moving}") == expected
+    assert point_folders("lumir24", "landmarks", "0011_0000", "0011_0002") == ["landmarks"]
