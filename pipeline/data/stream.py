@@ -62,6 +62,7 @@ class CaseStore(Mapping[str, Prepared]):
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cases") if workers > 0 else None
         self.reads = 0  # cases read from the cache or preprocessed (not served from memory)
+        self._grids: dict[str, tuple[tuple[int, int, int], tuple[float, float, float]]] = {}
 
     # ------------------------------------------------------------------ Mapping
 
@@ -133,9 +134,20 @@ class CaseStore(Mapping[str, Prepared]):
 
     def network_grid(self, case_id: str) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
         """The case's network grid and its spacing (mm per axis), from the image header alone, as
-        ``pipeline.data.preprocess.prepare_case`` computes them from the image."""
-        geom = read_nifti_header(self.task.case(case_id).image)
+        ``pipeline.data.preprocess.prepare_case`` computes them from the image; ``DataError``
+        naming the file when its header cannot be read."""
+        if case_id in self._grids:
+            return self._grids[case_id]
+        path = self.task.case(case_id).image
+        geom = read_nifti_header(path)
         image_shape = tuple(geom.shape[:3])
         shape = network_shape(image_shape, self.cfg, geom.spacing)
         spacing = np.asarray(geom.spacing) * (np.asarray(image_shape) - 1) / np.maximum(np.asarray(shape) - 1, 1)
-        return shape, float3(spacing)
+        self._grids[case_id] = (shape, float3(spacing))
+        return self._grids[case_id]
+
+    def check_headers(self) -> None:
+        """Read every case's header now (cheap: no voxels), so that a missing file or a bad header
+        stops training before it starts; a bad voxel block is found when the case is first read."""
+        for case_id in self.ids:
+            self.network_grid(case_id)

@@ -82,6 +82,7 @@ def load_training_data(task: Task, cfg: RunConfig, cache: Path | None, workers: 
     train, val = split_pairs(task, cfg.train.exclude_val_subjects)
     ids = sorted(train.case_ids() | {c for pair in val for c in pair})
     store = CaseStore(task, cfg.preprocess, cache, ids, memory_bytes=memory_bytes, workers=workers, lookahead=4 * max(workers, 1))
+    store.check_headers()
     labelled = [c for c in ids if task.case(c).label is not None]
     label_max = 0
     for case_id in labelled:  # one at a time: memory stays that of one case

@@ -489,6 +489,9 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             if info.is_main:
                 write_memory_record(run_dir, memory)
             return code
+        except DataError as exc:  # a streamed case found bad when a step first read it
+            raise DataError(f"{exc} (met at global step {trainer.state['global_step']}, when training first read it); "
+                            + bad_case_advice(data_dir, run_dir)) from exc
         finally:
             torch.set_num_threads(threads)
             for s, handler in previous.items():
@@ -504,6 +507,15 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         shutdown(info)
 
 
+def bad_case_advice(data_dir: Path, run_dir: Path) -> str:
+    """How to go on after a bad image met during training (the cases are read when first used)."""
+    check = f"python -m pipeline preprocess --data {data_dir} --config CFG checks every image at once"
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        return f"{last} is kept: fix or replace the image ({check}), then rerun the same command with --resume"
+    return f"no checkpoint was written yet: fix or replace the image ({check}), then rerun the same command"
+
+
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="task folder (either layout)")
     parser.add_argument("--config", type=Path, required=True, help="run configuration (JSON, see configs/)")
@@ -514,10 +526,10 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default: OUT/cache)")
     parser.add_argument("--workers", type=_count, default=0, metavar="N",
-                        help="threads that read (and on first use preprocess) the cases of the next steps ahead (default 0: none); "
+                        help="threads that read (and on first use preprocess) the cases of the next steps ahead (0: none); "
                              "the result does not depend on it")
     parser.add_argument("--case-memory-gb", type=_gigabytes, default=DEFAULT_MEMORY_BYTES / 2**30, metavar="GB",
-                        help="prepared cases kept in memory, most recently used first (default %(default)g); memory does not "
+                        help="prepared cases kept in memory, most recently used first; memory does not "
                              "grow with the number of images")
     parser.add_argument("--skip-memory-check", action="store_true",
                         help="run even when the estimated peak memory exceeds what the device has free")
@@ -536,8 +548,8 @@ def _count(text: str) -> int:
 
 def _gigabytes(text: str) -> float:
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be a number >= 0")
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
     return value
 
 
