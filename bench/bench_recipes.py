@@ -374,7 +374,7 @@ def run_recipe(config_file: str, task: str, shape: tuple[int, int, int], classes
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=None, help="recipes whose task or file name contains this")
+    parser.add_argument("--only", action="append", default=None, help="recipes whose task or file name contains this (repeatable)")
     parser.add_argument("--measure-max-voxels", type=float, default=8e6, help="measure on the CPU up to this padded grid size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed training steps (after one untimed warm-up step)")
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report: dict[str, Any] = {"environment": environment("cpu", args.threads), "recipes": [], "notes": args.note}
     for config_file, task, shape, classes in RECIPES:
-        if args.only and args.only not in task and args.only not in config_file:
+        if args.only and not any(o in task or o in config_file for o in args.only):
             continue
         row = run_recipe(config_file, task, shape, classes, args)
         print(json.dumps(row), flush=True)

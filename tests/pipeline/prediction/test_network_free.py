@@ -83,6 +83,6 @@ def test_the_remind2reg_recipe_lowers_the_landmark_error_well_below_the_zero_fie
     result = evaluate(out, remind, workers=1)
     tre = result["aggregates"]["TRE_lm"]["mean"]
     assert zero > 6.5 and tre < 0.35 * zero  # measured 6.94 -> 1.56 mm (seed 0; bench/results/network_free_cpu.md)
-    assert result["rules"] == "remind2reg" and all(case["num_foldings"]["mean"] == 0 for case in result["cases"].values())
+    assert result["rules"] == "remind2reg"  # its num_foldings is 0 by construction: the folds are counted here
     for key in PAIRS:  # no folded voxel: det(I + grad u) > 0 everywhere, on the fields as written
         assert (jacobian_determinant(load_nifti(out / disp_filename_l2r(*key.split("<--")))[0]) > 0).all()
