@@ -148,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "streamed, 0.25 GB, 2 workers": (["--case-memory-gb", "0.25", "--workers", "2"], REPO),
         "streamed, default 2 GB": ([], REPO),
     }
-    described = {"streamed, 0.25 GB of cases": "this code, `--case-memory-gb 0.25` (about 9 cases), no workers",
+    described = {"streamed, 0.25 GB of cases": "this code, `--case-memory-gb 0.25` (about 10 cases), no workers",
                  "streamed, 0.25 GB, 2 workers": "the same with `--workers 2` (the cases of the next 4 steps read ahead)",
-                 "streamed, default 2 GB": "this code with its defaults (`--case-memory-gb 2`: about 74 LUMIR cases)"}
+                 "streamed, default 2 GB": "this code with its defaults (`--case-memory-gb 2`: about 78 LUMIR cases)"}
     if args.baseline_src is not None:
         variants["every case loaded (baseline)"] = ([], args.baseline_src.resolve())
         described["every case loaded (baseline)"] = f"the same command with the code in {args.baseline_src} (no streaming options)"

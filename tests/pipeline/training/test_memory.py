@@ -46,13 +46,13 @@ def test_the_estimate_follows_the_task_and_the_configuration(tmp_path):
 
 
 @pytest.mark.parametrize(("count", "budget_mb", "workers", "held"), [
-    (3384, 2048, 0, 74 + 1 + 2),  # LUMIR at 27.5 MB a case: the 2 GB budget (74 cases), the one kept, the pair in use
-    (3384, 2048, 2, 74 + 1 + 2 + 8),  # + the prefetched cases that may wait (4 per worker)
+    (3384, 2048, 0, 78 + 1 + 2),  # LUMIR at 26.25 MiB a case: the 2 GiB budget (78 cases), the one kept, the pair in use
+    (3384, 2048, 2, 78 + 1 + 2 + 8),  # + the prefetched cases that may wait (4 per worker)
     (3384, 0, 0, 1 + 2),
     (16, 2048, 2, 16),  # never more than all of them
 ])
 def test_the_cases_training_holds_are_bounded_by_the_store_not_by_the_task(count, budget_mb, workers, held):
-    assert cases_held(count, 27.5 * 2**20, budget_mb * 2**20, workers) == held
+    assert cases_held(count, 160 * 224 * 192 * 4, budget_mb * 2**20, workers) == held
 
 
 def test_the_estimate_counts_the_cases_the_store_keeps(tmp_path):
