@@ -79,7 +79,7 @@ def make_tasks(work: Path, seed: int, threads: int) -> dict[str, Path]:
 
 
 def field_stats(path: Path) -> tuple[float, int]:
-    """SDlogJ over the voxels with det J > 0 and the number of folded voxels (det J <= 0) of a
+    """SDlogJ over the voxels with det J > 0 (NaN without any) and the number of folded voxels (det J <= 0) of a
     written field, from ``learn2reg.contract.jacobian_determinant`` (the ReMIND2Reg rules'
     ``num_foldings`` is 0 by construction, their SDlogJ has the official +3 stencil quirk)."""
     import numpy as np
@@ -88,7 +88,8 @@ def field_stats(path: Path) -> tuple[float, int]:
     from learn2reg.io import load_nifti
 
     det = jacobian_determinant(load_nifti(path)[0])
-    return float(np.log(det[det > 0]).std()), int((det <= 0).sum())
+    positive = det[det > 0]
+    return float(np.log(positive).std()) if positive.size else float("nan"), int((det <= 0).sum())
 
 
 def pair_rows(result: Path, submission: Path | None) -> dict[str, dict[str, float]]:
