@@ -55,10 +55,13 @@ METHODS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 def command(*args: str, threads: int) -> None:
-    """``python -m pipeline ARGS`` in a child process (stops the benchmark on failure)."""
+    """``python -m pipeline ARGS`` in a child process (stops the benchmark on failure; exit 3 of
+    ``predict`` is not one: every field written, an implausible pre-alignment fell back and is named)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "L2R_PROGRESS_SECONDS": "600"}
     done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
+    if done.returncode == 3 and args[0] == "predict":
+        print(f"{' '.join(args[:1])}: exit 3 (fields written; a pre-alignment fell back):\n{done.stderr[-600:]}", flush=True)
+    elif done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr[-3000:]}")
 
 

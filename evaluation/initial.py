@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluation.console import print_summary
+from evaluation.aggregate import print_summary
 from evaluation.evaluate import ConfigSource, evaluate, plan
 from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli

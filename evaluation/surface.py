@@ -15,28 +15,32 @@ The method, in our words (positions are **voxel vertices**, not voxel centres):
   the larger of the two directions; an empty surface on either side gives ``inf``.
 
 The official evaluator calls it with spacing ``(1, 1, 1)``: HD95 in voxels. Speed-ups that give
-the same numbers: surfels are found per structure inside its own bounding box (+1 vertex), and the
-nearest distances come from a distance transform of the other surface on the box of both surfaces
-only (the reference transforms the box of both masks), or from a k-d tree when that box is sparse
-(structures far apart). Every distance is computed from integer offsets as the distance transform
-does, so the numbers are bit-identical.
+the same numbers: surfels are found per structure inside its own bounding box (+1 vertex); in
+voxel units the nearest distances are exact integer squared distances, from a distance transform
+of the other surface on the box of both surfaces only (the reference transforms the box of both
+masks), or from a k-d tree where that box is large and the surfaces small (structures far apart),
+and a surface that covers the grid's border (background) is measured inside the border; the
+percentile counts surfels per (squared distance, area) instead of sorting them. Every distance is
+the square root of the exact integer (or, for other spacings, computed from integer offsets as
+the distance transform does), so the numbers are bit-identical.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from learn2reg import contract
 
-try:  # seung-lab's exact Euclidean distance transform: HD95's largest cost, ~2x faster than scipy's
-    import edt as _edt
-except ImportError:  # pragma: no cover - edt is pinned in requirements.txt
-    _edt = None
+# seung-lab's exact Euclidean distance transform (HD95's largest cost, ~2x faster than scipy's),
+# imported at its first use (it imports multiprocessing): ... = not yet, None = not installed.
+_edt: Any = ...
 
 # Surfel areas of DeepMind's surface-distance lookup table (Apache-2.0), as data: for codes
 # 0..127, the triangles of the code's marching-cubes patch, each as |area vector| x 8 (three
@@ -94,16 +98,18 @@ def neighbour_codes(mask: np.ndarray) -> np.ndarray:
 
     Returns ``(a+1) x (b+1) x (c+1)`` uint8: entry ``v`` encodes voxels ``v-1 .. v`` (outside
     the array counts as background), bit ``7 - (4i + 2j + k)`` for voxel ``v - 1 + (i, j, k)``.
+    Built axis by axis: pairs along the last axis (2 bits), then pairs of those (4), then of
+    those (8): three shift-or passes instead of eight.
     """
-    padded = np.zeros(tuple(n + 2 for n in mask.shape), dtype=np.uint8)
-    padded[1:-1, 1:-1, 1:-1] = mask
     a, b, c = mask.shape
-    codes = np.zeros((a + 1, b + 1, c + 1), dtype=np.uint8)
-    for i in (0, 1):
-        for j in (0, 1):
-            for k in (0, 1):
-                bit = np.uint8(7 - (4 * i + 2 * j + k))
-                codes |= padded[i : i + a + 1, j : j + b + 1, k : k + c + 1] << bit
+    padded = np.zeros((a + 2, b + 2, c + 2), dtype=np.uint8)
+    padded[1:-1, 1:-1, 1:-1] = mask
+    two = padded[:, :, :-1] << 1
+    two |= padded[:, :, 1:]
+    four = two[:, :-1] << 2
+    four |= two[:, 1:]
+    codes = four[:-1] << 4
+    codes |= four[1:]
     return codes
 
 
@@ -127,19 +133,29 @@ def extract_surface(mask: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> Surf
     """Surfels of a boolean ``mask`` cropped from a larger volume at ``offset`` (voxels).
 
     The crop must contain the whole structure (its bounding box is enough): vertex ``v`` of
-    the crop is global vertex ``offset + v``.
+    the crop is global vertex ``offset + v``. Surfels come in memory order of the codes.
     """
-    codes = neighbour_codes(mask)
-    border = (codes != 0) & (codes != 255)
-    idx = np.nonzero(border)
-    vertices = np.stack(idx, axis=1).astype(np.int64) + np.asarray(offset, dtype=np.int64)
-    return Surface(vertices, codes[idx])
+    codes = neighbour_codes(mask).ravel()
+    flat = np.flatnonzero((codes - np.uint8(1)) < 254)  # code not 0 and not 255 (uint8 wraps 0 to 255)
+    _, b, c = (n + 1 for n in mask.shape)
+    first, rest = np.divmod(flat, b * c)
+    second, third = np.divmod(rest, c)
+    lo = [int(o) for o in offset]
+    vertices = np.stack([first + lo[0], second + lo[1], third + lo[2]])  # 3 x N: the N x 3 view below costs no copy
+    return Surface(vertices.T, codes[flat])
 
 
-EDT_BOX_PER_SURFEL = 10.0  # distance transform when the surfels' box is at most this many voxels per surfel
-# ... or at most this many voxels in all: below it the transform (~30 ms per 1M voxels) costs less than
-# importing scipy.spatial for the k-d tree (~0.1 s in a fresh worker process)
+# Which exact method finds the nearest surfels (both give the same numbers). In voxel units, CPU
+# seconds measured on this project's 2-core machine, both directions together:
+EDT_PER_VOXEL = 65e-9  # distance transforms of the two surfaces on the box of both (edt package)
+TREE_PER_SURFEL = 0.15e-6  # building the two k-d trees
+TREE_PER_QUERY = 1.2e-6  # one nearest-neighbour query (a surfel that is not on the other surface)
+# Boxes up to this many voxels always take the distance transform (<= ~70 ms): the tree would first
+# need scipy.spatial, whose import costs ~0.15 CPU s in a fresh process.
 EDT_BOX_MIN = 1 << 20
+# Anisotropic spacing (scipy's slower transform): the tree when the box exceeds EDT_BOX_MIN and this
+# many voxels per surfel (far-apart structures).
+EDT_BOX_PER_SURFEL = 10.0
 
 
 def pair_distances(a: Surface, b: Surface, spacing: Spacing = (1.0, 1.0, 1.0), method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -149,15 +165,16 @@ def pair_distances(a: Surface, b: Surface, spacing: Spacing = (1.0, 1.0, 1.0), m
     ``method``: ``"edt"`` (Euclidean distance transform of the other surface on the box of both
     surfaces, as the reference does on the masks' box), ``"kdtree"`` (nearest neighbour search),
     ``"auto"``: the distance transform unless the box is large and sparse (far-apart structures). Both are
-    exact and compute each distance as ``sqrt(sum((d_i s_i)^2))`` from integer offsets ``d``.
+    exact and compute each distance as ``sqrt(sum((d_i s_i)^2))`` from integer offsets ``d``
+    (in voxel units: the square root of the exact integer, :func:`pair_squared_distances`).
     """
     if len(a) == 0 or len(b) == 0:
         return np.full(len(a), np.inf), np.full(len(b), np.inf)
-    lo = np.minimum(a.vertices.min(axis=0), b.vertices.min(axis=0))
-    box = np.maximum(a.vertices.max(axis=0), b.vertices.max(axis=0)) + 1 - lo
-    if method == "auto":
-        voxels = float(np.prod(box))
-        method = "edt" if voxels <= max(EDT_BOX_PER_SURFEL * (len(a) + len(b)), EDT_BOX_MIN) else "kdtree"
+    if all(float(s) == 1.0 for s in spacing):
+        a_to_b, b_to_a = pair_squared_distances(a, b, method)
+        return np.sqrt(a_to_b.astype(np.float64)), np.sqrt(b_to_a.astype(np.float64))
+    lo, box = _box(a, b)
+    method = _method(a, b, box) if method == "auto" else method
     if method == "edt":
         return _edt_distances(a, b, lo, box, spacing), _edt_distances(b, a, lo, box, spacing)
     if method == "kdtree":
@@ -165,20 +182,140 @@ def pair_distances(a: Surface, b: Surface, spacing: Spacing = (1.0, 1.0, 1.0), m
     raise ValueError(f"unknown distance method {method!r} (auto, edt, kdtree)")
 
 
-def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray, spacing: Spacing) -> np.ndarray:
-    """Distances at the source surfels from the distance transform's feature transform (nearest
-    target vertex of every box voxel), with the transform's own formula, only where needed.
+def pair_squared_distances(
+    a: Surface, b: Surface, method: str = "auto", grid: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Squared nearest-surfel distances in voxel units, exact integers (int64), both ways
+    (``a -> b``, ``b -> a``); both surfaces non-empty. ``method`` as :func:`pair_distances`;
+    ``auto`` takes the distance transform for boxes up to ``EDT_BOX_MIN`` voxels, else the
+    cheaper one by the cost model above, given how many surfels the trees would have to look up:
+    those not on the other surface.
 
-    With voxel units (the official spacing) the squared distances are integers: the ``edt``
-    package's transform (2x faster than scipy's here) gives them exactly while they stay below
-    2^24 (its float32 output), and ``sqrt`` of the integer is bit for bit the reference's value."""
+    ``grid``: the shape (voxels) of the volume the masks cover. When both surfaces hold the grid's
+    whole border (every vertex on it: masks that cover the border, as background does), those
+    surfels are at distance 0 and the others' distance to the border is their distance to the
+    nearest face; only the inner surfels then need a transform, on their own box (for brains,
+    ~40-60 % of the grid's)."""
+    if grid is not None:
+        found = _border_squared_distances(a, b, tuple(int(n) for n in grid), method)
+        if found is not None:
+            return found
+    lo, box = _box(a, b)
+    search: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+    if method == "auto":
+        voxels = float(np.prod(box))
+        method = "edt"
+        if voxels > EDT_BOX_MIN:
+            search = (_not_on(a, b, lo, box), _not_on(b, a, lo, box))
+            tree = TREE_PER_SURFEL * (len(a) + len(b)) + TREE_PER_QUERY * (len(search[0]) + len(search[1]))
+            method = "kdtree" if tree < EDT_PER_VOXEL * voxels else "edt"
+    if method == "edt":
+        return _edt_squared(a, b, lo, box), _edt_squared(b, a, lo, box)
+    if method == "kdtree":
+        return _tree_squared(a, b, search[0]), _tree_squared(b, a, search[1])
+    raise ValueError(f"unknown distance method {method!r} (auto, edt, kdtree)")
+
+
+def _border_squared_distances(
+    a: Surface, b: Surface, grid: tuple[int, ...], method: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`pair_squared_distances` when both surfaces contain every vertex on the border of
+    the ``grid``'s vertex lattice (``0 .. n`` per axis), else ``None``."""
+    top = np.asarray(grid, dtype=np.int64)
+    count = math.prod(n + 1 for n in grid) - math.prod(max(n - 1, 0) for n in grid)  # vertices on the border
+    on = [((s.vertices == 0) | (s.vertices == top)).any(axis=1) for s in (a, b)]
+    if any(int(o.sum()) != count for o in on):  # vertices are distinct: this many means all of them
+        return None
+    inner = [Surface(s.vertices[~o], s.codes[~o]) for s, o in zip((a, b), on, strict=True)]
+    out = [np.zeros(len(a), dtype=np.int64), np.zeros(len(b), dtype=np.int64)]
+    if len(inner[0]) and len(inner[1]):
+        nearest = pair_squared_distances(inner[0], inner[1], method)
+    else:  # one side is the border alone
+        nearest = (np.full(len(inner[0]), np.iinfo(np.int64).max), np.full(len(inner[1]), np.iinfo(np.int64).max))
+    for side, (s, o) in enumerate(zip(inner, on, strict=True)):
+        if len(s):
+            face = np.minimum(s.vertices, top - s.vertices).min(axis=1)  # distance to the nearest face
+            out[side][~o] = np.minimum(nearest[side], face * face)
+    return out[0], out[1]
+
+
+def _box(a: Surface, b: Surface) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest vertex and size of the box of both surfaces (non-empty)."""
+    lo = np.minimum(a.vertices.min(axis=0), b.vertices.min(axis=0))
+    return lo, np.maximum(a.vertices.max(axis=0), b.vertices.max(axis=0)) + 1 - lo
+
+
+def _method(a: Surface, b: Surface, box: np.ndarray) -> str:
+    """``auto`` for an anisotropic spacing."""
+    voxels = float(np.prod(box))
+    return "edt" if voxels <= max(EDT_BOX_PER_SURFEL * (len(a) + len(b)), EDT_BOX_MIN) else "kdtree"
+
+
+def _not_on(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Indices of the source surfels that are not target surfels (by linear index in the box)."""
+    shape = tuple(int(n) for n in box)
+    at = np.ravel_multi_index(tuple((source.vertices - lo).T), shape)
+    targets = np.ravel_multi_index(tuple((target.vertices - lo).T), shape)
+    if targets.size > 1 and not np.all(targets[1:] > targets[:-1]):  # surfels come in raster order, as a rule
+        targets = np.sort(targets)
+    found = np.minimum(np.searchsorted(targets, at), targets.size - 1)
+    return np.flatnonzero(targets[found] != at)
+
+
+def edt_package() -> Any:
+    """The ``edt`` module, or ``None`` where it is not installed (scipy's transform is used)."""
+    global _edt  # imported once, at the first HD95 (a run without HD95 never loads it)
+    if _edt is ...:
+        try:
+            _edt = importlib.import_module("edt")
+        except ImportError:  # pragma: no cover - edt is pinned in requirements.txt
+            _edt = None
+    return _edt
+
+
+def _edt_squared(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Squared voxel distances at the source surfels from a distance transform of the target's
+    surfels on the box: the ``edt`` package's (exact integers in its float32 output below 2^24),
+    else scipy's feature transform (nearest target vertex) and the integer offsets."""
+    shape = tuple(int(n) for n in box)
+    grid = np.ones(shape, dtype=np.uint8)  # 0 at the target's vertices
+    grid[tuple((target.vertices - lo).T)] = 0
+    at = tuple((source.vertices - lo).T)
+    package = edt_package()
+    if package is not None and sum((n - 1) ** 2 for n in shape) < 2**24:
+        return package.edtsq(grid, black_border=False, parallel=1)[at].astype(np.int64)
+    from scipy import ndimage  # only here (no edt, or a huge box): scipy.ndimage costs ~0.2 CPU s to import
+
+    nearest = ndimage.distance_transform_edt(grid, return_distances=False, return_indices=True)
+    offsets = nearest[(slice(None), *at)] - np.asarray(at)
+    return np.add.reduce(offsets.astype(np.int64) ** 2, axis=0)
+
+
+def _tree_squared(source: Surface, target: Surface, search: np.ndarray | None = None) -> np.ndarray:
+    """Squared voxel distances at the source surfels from a k-d tree of the target's surfels;
+    only the source surfels ``search`` (default: those not on the target) are looked up, the
+    others are at distance 0."""
+    from scipy.spatial import cKDTree  # here: importing scipy.spatial costs ~0.15 CPU s
+
+    if search is None:
+        search = _not_on(source, target, *_box(source, target))
+    out = np.zeros(len(source), dtype=np.int64)
+    if search.size:
+        tree = cKDTree(target.vertices.astype(np.float64), leafsize=32, balanced_tree=False, compact_nodes=False)
+        _, nearest = tree.query(source.vertices[search].astype(np.float64), k=1)
+        out[search] = np.add.reduce((target.vertices[nearest] - source.vertices[search]) ** 2, axis=1)
+    return out
+
+
+def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.ndarray, spacing: Spacing) -> np.ndarray:
+    """Distances (mm of an anisotropic ``spacing``) at the source surfels from scipy's feature
+    transform (nearest target vertex of every box voxel), with the transform's own formula."""
     shape = tuple(int(n) for n in box)
     grid = np.ones(shape, dtype=np.uint8)  # 0 at the target's vertices
     grid[tuple((target.vertices - lo).T)] = 0
     at = (source.vertices - lo).T
-    if _edt is not None and all(float(s) == 1.0 for s in spacing) and sum((n - 1) ** 2 for n in shape) < 2**24:
-        squared = _edt.edtsq(grid, black_border=False, parallel=1)
-        return np.sqrt(squared[tuple(at)].astype(np.float64))
+    from scipy import ndimage  # only here (anisotropic spacing): scipy.ndimage costs ~0.2 CPU s to import
+
     nearest = ndimage.distance_transform_edt(grid, sampling=[float(s) for s in spacing], return_distances=False, return_indices=True)
     return _offset_lengths((nearest[(slice(None), *at)] - at).T, spacing)
 
@@ -210,6 +347,41 @@ def directed_percentile(distances: np.ndarray, areas: np.ndarray, percent: float
     cumulative = np.cumsum(sorted_a) / np.sum(sorted_a)
     idx = int(np.searchsorted(cumulative, percent / 100.0))
     return float(sorted_d[min(idx, len(sorted_d) - 1)])
+
+
+def directed_percentile_squared(
+    squared: np.ndarray, codes: np.ndarray, spacing: Spacing = (1.0, 1.0, 1.0), percent: float = 95.0, scale: float | None = None
+) -> float:
+    """:func:`directed_percentile` of the distances ``sqrt(squared)`` (times ``scale``, if given)
+    and the areas of ``codes`` for ``spacing``, bit for bit, without sorting.
+
+    ``squared``: exact integer squared voxel distances; distinct integers have distinct roots,
+    so (distance, area) order is (squared, area value) order, and surfels with equal keys are
+    interchangeable. Counting surfels per key gives the areas in sorted order; their running
+    and total sums are then the reference's own (same values, same order, same numpy calls)."""
+    n = squared.shape[0]
+    if n == 0:
+        return float("inf")
+    values, rank = _area_ranks(tuple(float(s) for s in spacing))
+    present = np.zeros(int(squared.max()) + 1, dtype=bool)
+    present[squared] = True
+    distinct = np.flatnonzero(present)
+    position = np.cumsum(present) - 1  # squared value -> its index among the distinct ones
+    key = position[squared] * len(values) + rank[codes]
+    counts = np.bincount(key, minlength=len(distinct) * len(values))
+    sorted_areas = np.repeat(np.tile(values, len(distinct)), counts)
+    cumulative = np.cumsum(sorted_areas) / np.sum(sorted_areas)
+    idx = min(int(np.searchsorted(cumulative, percent / 100.0)), n - 1)
+    bucket = int(np.searchsorted(np.cumsum(counts), idx, side="right"))
+    distance = np.sqrt(np.float64(distinct[bucket // len(values)]))
+    return float(distance if scale is None else distance * scale)
+
+
+@functools.lru_cache(maxsize=64)
+def _area_ranks(spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct surfel areas of a spacing's table (ascending) and each code's index among them."""
+    values, rank = np.unique(_area_table(spacing), return_inverse=True)
+    return values, rank.astype(np.intp)
 
 
 def robust_hausdorff(

@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
+# scipy.ndimage is imported inside the functions that use it: its import costs ~0.2 CPU s, and
+# the evaluator (which imports this module) needs it only for some metrics.
 Shape = Sequence[int]
 
 
@@ -53,6 +54,8 @@ def warp(moving: np.ndarray, u: np.ndarray, order: int = 1, cval: float = 0.0) -
 
     ``order`` 1 = linear (images), 0 = nearest (labels; dtype kept). Constant ``cval`` outside.
     """
+    from scipy import ndimage
+
     check_field(u)
     coords = identity_grid(u.shape[:3], np.float64 if order == 0 else np.float32) + np.moveaxis(u, -1, 0)
     out_dtype = moving.dtype if order == 0 else np.float32
@@ -70,6 +73,8 @@ def sample_field(u: np.ndarray, points: np.ndarray, order: int = 3) -> np.ndarra
     Default: cubic B-spline with prefilter, as the official TRE does (``map_coordinates``
     defaults, i.e. ``mode='constant'``).
     """
+    from scipy import ndimage
+
     check_field(u)
     pts = np.asarray(points, dtype=np.float64).T
     return np.stack([ndimage.map_coordinates(u[..., k], pts, order=order) for k in range(3)], axis=1)
@@ -82,6 +87,8 @@ def compose(u_first: np.ndarray, u_then: np.ndarray) -> np.ndarray:
     the fixed image to that pre-warped image; warping by ``w`` equals warping by ``u_then`` and
     then by ``u_first``. ``u_then`` is interpolated linearly, extended by its edge values.
     """
+    from scipy import ndimage
+
     check_field(u_first)
     coords = identity_grid(u_first.shape[:3]) + np.moveaxis(u_first, -1, 0)
     sampled = np.stack(
@@ -152,6 +159,8 @@ def voxel_to_normalized(u: np.ndarray) -> np.ndarray:
 
 def resize_image(image: np.ndarray, shape: Shape, order: int = 1) -> np.ndarray:
     """Resample a 3-D array to ``shape`` on the corner-aligned grid (order 0 for labels)."""
+    from scipy import ndimage
+
     factors = [n / o for n, o in zip(shape, image.shape[:3], strict=True)]
     out = ndimage.zoom(image, factors, order=order, mode="nearest", grid_mode=False, prefilter=order > 1)
     if out.shape != tuple(shape):  # zoom rounds; never expected, but never silently wrong
@@ -209,6 +218,8 @@ def from_2020(disp: np.ndarray, full_resolution: bool = False) -> np.ndarray:
     """2020 submission array (``3 x ...``) -> contract field at full resolution, exactly as the
     2020 evaluator: float32, each component ``zoom(c, 2, order=2)``. With
     ``full_resolution=True`` (task 4) no upsampling is done."""
+    from scipy import ndimage
+
     if disp.ndim != 4 or disp.shape[0] != 3:
         raise ValueError(f"2020 field must be 3 x X x Y x Z, got shape {disp.shape}")
     disp = disp.astype(np.float32)

@@ -4,6 +4,11 @@ Array order everywhere in this project is nibabel's: ``X x Y x Z`` (index ``i`` 
 the first axis, which is also SimpleITK's index ``i`` and ITK's fastest axis). Physical
 geometry is kept in ITK's LPS convention (``Geometry``), converted from nibabel's RAS affine
 here and nowhere else. numpy/nibabel only: no torch.
+
+nibabel is imported only where it is used (~0.1 CPU s at start-up): a ``.nii.gz`` whose header
+nibabel would take as it is (a *plain* header, :func:`plain_header`: no scaling, no extensions,
+an sform) is read without it, with the same array, dtype and affine; every other file, ``.nii``
+files and writing go through nibabel.
 """
 
 from __future__ import annotations
@@ -18,9 +23,8 @@ import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, SupportsFloat, SupportsInt
+from typing import IO, Any, Literal, SupportsFloat, SupportsInt
 
-import nibabel as nib
 import numpy as np
 
 from learn2reg.errors import DataError as DataError  # defined there, imported from here by every stage
@@ -108,23 +112,38 @@ def load_nifti(path: str | Path, dtype: Any = np.float32, copy: bool = True) -> 
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: unreadable or truncated NIfTI (empty file, 0 bytes)")
-    img: Any  # a nibabel image (nib.load is typed as returning the base class)
     try:
         if path.name.endswith(".gz"):
-            img, data = _from_gzip(path, copy)
+            affine, data = _from_gzip(path, copy)
         else:
-            img = nib.load(str(path))
-            data = img.dataobj
+            img: Any = _nibabel().load(str(path))  # nib.load is typed as returning the base class
+            affine, data = img.affine, img.dataobj
         data = np.asarray(data, dtype=dtype)
     except Exception as exc:  # nibabel, gzip and numpy raise many types for corrupt files
         raise DataError(f"{path}: unreadable or truncated NIfTI ({type(exc).__name__}: {exc})") from exc
-    return data, Geometry.from_affine(img.affine, data.shape)
+    return data, Geometry.from_affine(affine, data.shape)
 
 
-def _from_gzip(path: Path, copy: bool) -> tuple[Any, Any]:
-    """A ``.nii.gz`` decompressed in one pass into a new array; its voxels as an array on those
-    bytes (stored type; read-only unless ``copy``), or as nibabel's proxy for scaled data."""
+def _nibabel() -> Any:
+    """The nibabel module, imported on first use (its import costs ~0.1 CPU s)."""
+    import nibabel
+
+    return nibabel
+
+
+def _from_gzip(path: Path, copy: bool) -> tuple[np.ndarray, Any]:
+    """A ``.nii.gz`` decompressed in one pass into a new array -> (nibabel's affine, the voxels):
+    an array on those bytes (stored type; read-only unless ``copy``), or nibabel's proxy for
+    scaled data. A plain header (:func:`plain_header`) is read here, any other by nibabel."""
     raw = gunzip_file(path)
+    plain = plain_header(raw)
+    if plain is None:
+        return _from_gzip_nibabel(raw, copy)
+    return plain.affine, _voxels(raw, plain.shape, plain.dtype, plain.offset, "F", copy)
+
+
+def _from_gzip_nibabel(raw: np.ndarray, copy: bool) -> tuple[np.ndarray, Any]:
+    nib = _nibabel()
     head = raw[:4].tobytes()
     sizeof_hdr = {int.from_bytes(head, order) for order in ("little", "big")}
     klass: Any  # Nifti1Image or Nifti2Image
@@ -140,13 +159,92 @@ def _from_gzip(path: Path, copy: bool) -> tuple[Any, Any]:
     proxy: Any = img.dataobj  # an ArrayProxy (typed as ArrayLike)
     if (proxy.slope, proxy.inter) != (1.0, 0.0):  # nibabel's own scaling rules, on the whole file
         whole = klass.from_bytes(raw.tobytes())
-        return whole, whole.dataobj
-    nbytes = int(np.prod(proxy.shape)) * np.dtype(proxy.dtype).itemsize
-    if int(proxy.offset) + nbytes > raw.size:
-        raise ValueError(f"{raw.size} bytes hold no {proxy.shape} {proxy.dtype} image at offset {int(proxy.offset)}")
-    view = np.ndarray(proxy.shape, dtype=proxy.dtype, buffer=raw, offset=int(proxy.offset), order=proxy.order)
-    view.flags.writeable = copy  # the buffer is this array's alone: no copy needed either way
-    return img, view
+        return whole.affine, whole.dataobj
+    return img.affine, _voxels(raw, proxy.shape, proxy.dtype, int(proxy.offset), proxy.order, copy)
+
+
+def _voxels(raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, offset: int, order: Literal["C", "F"], copy: bool) -> np.ndarray:
+    """The image array on the decompressed bytes (no copy: the buffer is this array's alone,
+    writeable only when ``copy``); ``ValueError`` when the file is too short for it."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if offset + nbytes > raw.size:
+        raise ValueError(f"{raw.size} bytes hold no {shape} {dtype} image at offset {offset}")
+    view = np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order=order)
+    view.flags.writeable = copy
+    return view
+
+
+# The header fields the plain-header reader needs, at the byte offsets of the NIfTI-1 (348-byte) and
+# NIfTI-2 (540-byte) standards (little-endian here; byte-swapped for big-endian files).
+_NIFTI1 = np.dtype({
+    "names": ["sizeof_hdr", "dim", "datatype", "vox_offset", "scl_slope", "scl_inter", "sform_code", "srow", "magic"],
+    "formats": ["<i4", ("<i2", 8), "<i2", "<f4", "<f4", "<f4", "<i2", ("<f4", (3, 4)), "S4"],
+    "offsets": [0, 40, 70, 108, 112, 116, 254, 280, 344],
+    "itemsize": 348,
+})  # fmt: skip
+_NIFTI2 = np.dtype({
+    "names": ["sizeof_hdr", "magic", "eol_check", "datatype", "dim", "vox_offset", "scl_slope", "scl_inter", "sform_code", "srow"],
+    "formats": ["<i4", "S4", "V4", "<i2", ("<i8", 8), "<i8", "<f8", "<f8", "<i4", ("<f8", (3, 4))],
+    "offsets": [0, 4, 8, 12, 16, 168, 176, 184, 348, 400],
+    "itemsize": 540,
+})  # fmt: skip
+# datatype code -> stored type (the plain numeric ones; others are left to nibabel)
+_NIFTI_TYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
+_SFORM_CODES = (1, 2, 3, 4)  # scanner, aligned, talairach, mni
+
+
+@dataclass(frozen=True)
+class PlainHeader:
+    """What nibabel reads from a plain NIfTI header: the array's ``shape``, stored ``dtype``
+    (with the file's byte order), data ``offset`` (bytes) and the voxel-to-RAS ``affine`` (4x4)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int
+    affine: np.ndarray
+
+
+def plain_header(raw: np.ndarray) -> PlainHeader | None:
+    """The header at the start of a single-file NIfTI-1/2 (``raw``: its bytes, ``uint8``), when it
+    is one that nibabel takes as it is and reads as stored; ``None`` for any other (nibabel reads
+    those, with its own fixes, scaling and errors).
+
+    Plain: a valid magic (NIfTI-2: and EOL check), no extensions, a plain numeric datatype, 1-7
+    dimensions of positive size (not FreeSurfer's ico7 shape), an integral data offset after the
+    header, no scaling (nibabel's rule: ``scl_slope`` 0 or not finite, or 1 with ``scl_inter`` 0)
+    and an sform with a standard code (1-4), which nibabel prefers over the qform: its affine is
+    the sform rows, exact in float64 (``Nifti1Header.get_best_affine``). None of nibabel's header
+    checks (``check_fix``) changes what such a header gives.
+    """
+    little, big = int.from_bytes(raw[:4].tobytes(), "little"), int.from_bytes(raw[:4].tobytes(), "big")
+    layout = _NIFTI1 if 348 in (little, big) else _NIFTI2 if 540 in (little, big) else None
+    if layout is None:
+        return None
+    order: Literal["<", ">"] = "<" if little == layout.itemsize else ">"
+    magic, minimum = (b"n+1", 352) if layout is _NIFTI1 else (b"n+2", 544)
+    if raw.size < layout.itemsize + 4 or raw[layout.itemsize] != 0:  # too short, or extensions follow
+        return None
+    h = raw[: layout.itemsize].view(layout.newbyteorder(order))[0]
+    if h["magic"] != magic or (layout is _NIFTI2 and h["eol_check"].tobytes() != b"\r\n\x1a\n"):
+        return None
+    code = int(h["datatype"])
+    ndim = int(h["dim"][0])
+    shape = tuple(int(n) for n in h["dim"][1 : ndim + 1])
+    offset, slope, inter = float(h["vox_offset"]), float(h["scl_slope"]), float(h["scl_inter"])
+    plain = (
+        code in _NIFTI_TYPES
+        and 1 <= ndim <= 7
+        and min(shape) >= 1
+        and shape[:3] != (27307, 1, 6)  # nibabel reads this FreeSurfer shape as (163842, 1, 1)
+        and np.isfinite(offset) and offset == int(offset) and offset >= minimum
+        and (slope == 0 or not np.isfinite(slope) or (slope == 1 and inter == 0))
+        and int(h["sform_code"]) in _SFORM_CODES
+    )  # fmt: skip
+    if not plain:
+        return None
+    affine = np.eye(4)
+    affine[:3] = h["srow"]
+    return PlainHeader(shape, np.dtype(_NIFTI_TYPES[code]).newbyteorder(order), int(offset), affine)
 
 
 def _endian(head: bytes, size: int) -> str:
@@ -228,11 +326,28 @@ def _read_into(reader: Any, out: np.ndarray) -> int:
 def read_nifti_header(path: str | Path) -> Geometry:
     """Geometry from the header alone (cheap; does not read voxels)."""
     path = Path(path)
+    plain = _read_plain_header(path)
+    if plain is not None:
+        return Geometry.from_affine(plain.affine, plain.shape)
     try:
-        img: Any = nib.load(str(path))
+        img: Any = _nibabel().load(str(path))
     except Exception as exc:
         raise DataError(f"{path}: unreadable NIfTI header ({type(exc).__name__}: {exc})") from exc
     return Geometry.from_affine(img.affine, img.shape)
+
+
+def _read_plain_header(path: Path) -> PlainHeader | None:
+    """:func:`plain_header` of a ``.nii`` or ``.nii.gz`` file from its first bytes; ``None`` for
+    any other name, a header that is not plain, or a file that cannot be read (nibabel then
+    reads it, or names the problem)."""
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return None
+    try:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as fh:
+            head = fh.read(_NIFTI2.itemsize + 4)
+    except (OSError, EOFError, ValueError):
+        return None
+    return plain_header(np.frombuffer(head, dtype=np.uint8))
 
 
 def read_nifti_scaling(path: str | Path) -> tuple[float, float] | None:
@@ -240,7 +355,7 @@ def read_nifti_scaling(path: str | Path) -> tuple[float, float] | None:
     it on reading: ``value = stored * slope + inter``); ``None`` for unscaled data or another
     format. Reads the header only; an unreadable file gives ``None`` (reading the voxels reports it)."""
     try:  # nibabel moves the header's scaling into the array proxy when it loads a file
-        proxy: Any = nib.load(str(path)).dataobj  # type: ignore[attr-defined]  # nib.load is typed as the base class
+        proxy: Any = _nibabel().load(str(path)).dataobj
         slope, inter = float(getattr(proxy, "slope", 1.0)), float(getattr(proxy, "inter", 0.0))
     except Exception:  # the voxel read names the problem
         return None
@@ -324,6 +439,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
 def save_nifti(path: str | Path, array: np.ndarray, geometry: Geometry | None = None) -> None:
     """Write ``array`` as NIfTI atomically; identity geometry if none is given."""
     geometry = geometry or Geometry.identity(array.shape)
+    nib = _nibabel()
     img = nib.Nifti1Image(np.asarray(array), geometry.affine_ras)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))

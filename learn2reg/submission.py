@@ -25,7 +25,9 @@ Runtime manifest (written by the prediction stage next to the fields, ``runtimes
                                              "network_s": 0.41}},  # network forward pass only, seconds
       "memory": {"device": "cpu", "estimate_gb": 2.1, "peak_gb": 1.9, ...},  # optional: estimated and
                                                                             # measured peak memory
-     "network_grid": {...}}              # optional: the grid the network ran on (rule, per pair)
+     "network_grid": {...},              # optional: the grid the network ran on (rule, per pair)
+     "affine": {"SSSS_MMMM<--SSSS_MMMM": {"action": "accepted", "reasons": [], "fov": [...]}}}
+                                         # optional: the pre-alignment's outcome per pair (pipeline.affine.bounds)
 
 ``network_grid`` (written by ``pipeline.prediction.predict``, see ``pipeline.prediction.scale``):
 ``rule`` (the run's trained spacing, or the scale given), ``trained_spacing_mm``, and ``pairs``:
@@ -58,7 +60,7 @@ _TASK_DIR_RE = re.compile(r"^task_\d{2}$")
 # ----------------------------------------------------------------------------- manifest
 
 _MANIFEST_KEYS = ("device", "checkpoint", "config_hash", "runtimes")
-_OPTIONAL_KEYS = ("memory", "network_grid")  # objects: the memory estimate and measured peak; the network's grid
+_OPTIONAL_KEYS = ("memory", "network_grid", "affine")  # objects: memory estimate and peak; the network's grid; pre-alignments
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,12 @@ class Manifest:
     runtimes: dict[str, CaseRuntime]
     memory: dict[str, Any] | None = None  # estimated and measured peak memory (pipeline.model.memory_check)
     network_grid: dict[str, Any] | None = None  # the grid the network ran on (pipeline.prediction.scale)
+    affine: dict[str, Any] | None = None  # per pair: the pre-alignment's action, reasons, fields of view
 
     def to_json(self) -> dict[str, Any]:
         runtimes = {k: {"total_s": r.total_s, "network_s": r.network_s, **r.stages} for k, r in self.runtimes.items()}
         out = {"device": self.device, "checkpoint": self.checkpoint, "config_hash": self.config_hash, "runtimes": runtimes}
-        extra = {k: v for k, v in (("memory", self.memory), ("network_grid", self.network_grid)) if v is not None}
+        extra = {k: v for k, v in (("memory", self.memory), ("network_grid", self.network_grid), ("affine", self.affine)) if v is not None}
         return {**out, **extra}
 
 
@@ -93,7 +96,7 @@ def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
     """Validate the JSON form; ``DataError`` naming ``where`` lists every problem.
 
     Top level: ``device``, ``checkpoint``, ``config_hash`` (strings) and ``runtimes``, optionally
-    ``memory`` and ``network_grid`` (objects); per pair: non-negative finite ``total_s`` and
+    ``memory``, ``network_grid`` and ``affine`` (objects); per pair: non-negative finite ``total_s`` and
     ``network_s``, optional other ``*_s`` numbers.
     """
     if not isinstance(raw, dict):
@@ -117,7 +120,7 @@ def manifest_from_json(raw: Any, where: str = "runtime manifest") -> Manifest:
         runtimes[key] = CaseRuntime(float(entry["total_s"]), float(entry["network_s"]), stages)
     if problems:
         raise DataError(f"{where}: invalid runtime manifest:\n  " + "\n  ".join(problems))
-    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes, raw.get("memory"), raw.get("network_grid"))
+    return Manifest(raw["device"], raw["checkpoint"], raw["config_hash"], runtimes, raw.get("memory"), raw.get("network_grid"), raw.get("affine"))
 
 
 def _seconds(value: Any) -> bool:

@@ -613,3 +613,42 @@ def test_a_streamed_training_image_truncated_inside_is_named_when_first_read_and
     image.write_bytes(intact)
     code, _, _ = run(capsys, *cmd + (["--resume"] if (tmp_path / "run" / "checkpoints" / "last.pt").exists() else []))
     assert code == 0 and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
+# ------------------------------------------------------------------- align: bounds, policy, fields of view
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--max-rotation", "-5"], ["--max-rotation", "(0, 90] degrees", "-5"]),
+        (["--max-rotation", "ten"], ["--max-rotation", "not a number", "ten"]),
+        (["--max-translation", "1.5"], ["--max-translation", "(0, 1]", "1.5"]),
+        (["--on-implausible", "ignore"], ["--on-implausible", "ignore", "fallback"]),
+        (["--fov", "sometimes"], ["--fov", "sometimes", "auto"]),
+    ],
+)
+def test_align_bound_and_policy_options_are_usage_errors_naming_the_option(tmp_path, capsys, args, words):
+    task = remind_task(tmp_path)
+    with pytest.raises(SystemExit) as caught:
+        main(["align", "--data", str(task), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and all(w in err for w in words) and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"max_rotation_deg": 0}, ["max_rotation_deg must be in (0, 90]"]),
+        ({"min_overlap": 2}, ["min_overlap must be in [0, 1]"]),
+        ({"on_implausible": "shrug"}, ["on_implausible must be one of", "shrug"]),
+        ({"max_shear": "a lot"}, ["max_shear"]),
+    ],
+)
+def test_align_bounds_in_a_config_file_are_refused_naming_the_file_and_the_key(tmp_path, capsys, settings, words):
+    task = remind_task(tmp_path)
+    (tmp_path / "affine.json").write_text(json.dumps(settings))
+    code, _, err = run(capsys, "align", "--data", str(task), "--out", str(tmp_path / "out"), "--config", str(tmp_path / "affine.json"))
+    assert code == 1 and "affine.json" in err and all(w in err for w in words), err
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,14 @@ finds the transform fixed mm -> moving mm, and the stage writes, each file atomi
 The aligned image is ``learn2reg.contract.warp(moving, affine_to_field(voxel_matrix))``. When
 both cases have landmarks, the official TRE (``evaluation.metrics.tre``, mm) before and after
 alignment is recorded. A pair whose input is unusable is reported (file and problem) and
-skipped; the others are still processed and the command exits with 1. ``--config`` takes
+skipped; the others are still processed and the command exits with 1. The fields of view are
+chosen per image from the images (``pipeline.affine.fov``; the modality names are hints) and
+recorded with their reasons. The search stays within stated bounds (``max_rotation_deg``,
+``max_translation`` of the fixed extent, ``max_scale``, ``max_shear``); a result at a bound or
+one that shrinks the overlap (``pipeline.affine.bounds``) is implausible: reported by pair in
+``implausible`` and on stderr, handled per ``on_implausible`` (default "fallback": the
+translation stage's result if plausible, else the initial transform; "warn" keeps it; "refuse"
+writes nothing for the pair), and the command exits with 3 (1 wins when an input failed). ``--config`` takes
 AffineConfig settings or a run configuration (``configs/*.json``), which aligns as ``predict``
 does with it (``predict.affine``, ``predict.affine_search_mm``, the fixed mask).
 
@@ -27,6 +34,7 @@ import dataclasses
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +59,9 @@ from learn2reg.io import (
 from learn2reg.progress import progress as progress_bar
 from learn2reg.task import Case, Pair, Task, load_task
 from learn2reg.writers import hold_folder
-from pipeline.affine.fov import FOV_CHOICES, pair_config
-from pipeline.affine.registration import AffineConfig, AffineResult, register_affine
+from pipeline.affine.bounds import ImplausibleResult
+from pipeline.affine.fov import FOV_CHOICES, choose_fov, pair_names, with_fov
+from pipeline.affine.registration import POLICIES, AffineConfig, AffineResult, register_affine
 from pipeline.config import RunConfig, config_from_dict
 
 log = logging.getLogger(__name__)
@@ -141,14 +150,22 @@ def _landmark_tre(fixed_case: Case, moving_case: Case, moving_spacing, result: A
     }
 
 
-def align_pair(task: Task, pair: Pair, out: Path, config: AffineConfig) -> dict[str, Any]:
-    """Register one pair and write its three files; returns its summary entry.
+def align_pair(task: Task, pair: Pair, out: Path, config: AffineConfig, fov: str = "auto") -> dict[str, Any]:
+    """Register one pair and write its three files; returns its summary entry. The fields of
+    view are chosen from the images per ``fov`` (:func:`pipeline.affine.fov.choose_fov`, the
+    modality names as hints) and recorded with their reasons.
 
-    Raises ``DataError`` (naming the file) for unusable input; nothing is written then.
+    Raises ``DataError`` (naming the file) for unusable input and, under
+    ``on_implausible="refuse"``, for an implausible result; nothing is written then.
     """
     fixed_case, moving_case = task.case(pair.fixed), task.case(pair.moving)
     fixed, fixed_geom = load_nifti(fixed_case.image)
     moving, moving_geom = load_nifti(moving_case.image)
+    if fixed.ndim == 3 and moving.ndim == 3:
+        choices = choose_fov(fixed, moving, fixed_geom, moving_geom, pair_names(task, pair), fov)
+        config = with_fov(config, choices, pair.key)
+    else:
+        choices = None
     mask = None
     if config.use_fixed_mask and fixed_case.mask is not None:
         mask, _ = load_nifti(fixed_case.mask)
@@ -156,9 +173,13 @@ def align_pair(task: Task, pair: Pair, out: Path, config: AffineConfig) -> dict[
             raise DataError(f"{fixed_case.mask}: shape {mask.shape} differs from its image {fixed.shape}")
     try:
         result = register_affine(fixed, moving, fixed_geom, moving_geom, config, fixed_mask=mask)
+    except ImplausibleResult:
+        raise
     except ValueError as exc:
         raise DataError(f"{fixed_case.image} / {moving_case.image}: {exc}") from exc
-    entry = {"fixed": pair.fixed, "moving": pair.moving, **result.to_dict()}
+    entry: dict[str, Any] = {"fixed": pair.fixed, "moving": pair.moving, **result.to_dict()}
+    if choices is not None:
+        entry["fov"] = {"fixed": choices[0].to_dict(), "moving": choices[1].to_dict()}
     entry.update(_landmark_tre(fixed_case, moving_case, moving_geom.spacing, result))
     entry["config"] = config.to_dict()
     stem = pair_stem(pair)
@@ -187,16 +208,42 @@ def align_task(
     summary: dict[str, Any] = {"task": task.name, "data": str(task.root), "split": split, "fov": fov, "config": config.to_dict()}
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
+    implausible: dict[str, Any] = {}
     start = time.perf_counter()
     for pair in progress_bar(pairs, desc=f"align {task.name}", unit="pair", enabled=progress, logger=log):
         try:
-            results[pair.key] = align_pair(task, pair, out, pair_config(task, pair, config, fov))
+            results[pair.key] = entry = align_pair(task, pair, out, config, fov)
+        except ImplausibleResult as exc:
+            log.error("%s: %s", pair.key, exc)
+            implausible[pair.key] = {"action": "refused", "reasons": list(exc.reasons)}
+            continue
         except DataError as exc:
             log.error("%s: %s", pair.key, exc)
             errors[pair.key] = str(exc)
-    summary.update(pairs=results, errors=errors, runtime_s=time.perf_counter() - start)
+            continue
+        if entry["implausible"]:
+            log.warning("%s: implausible result (%s): %s", pair.key, "; ".join(entry["implausible"]), entry["action"])
+            implausible[pair.key] = {"action": entry["action"], "reasons": entry["implausible"]}
+    policy = {"on_implausible": config.on_implausible, "means": POLICY[config.on_implausible]}
+    summary.update(pairs=results, errors=errors, implausible=implausible, policy=policy, runtime_s=time.perf_counter() - start)
     write_json(out / "align_summary.json", summary)
     return summary
+
+
+POLICY = {
+    "fallback": "an implausible result is replaced by the translation stage's result when that is plausible, "
+                "else by the initial transform; reported, exit 3",
+    "warn": "an implausible result is kept; reported, exit 3",
+    "refuse": "an implausible result is not written; reported, exit 3",
+}
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """0: every pair aligned, every result plausible; 1: a pair could not be processed (its input);
+    3: otherwise some result was implausible (the policy applied, the pairs listed)."""
+    if summary["errors"]:
+        return 1
+    return 3 if summary["implausible"] else 0
 
 
 RUN_SECTIONS = frozenset(f.name for f in dataclasses.fields(RunConfig))
@@ -224,12 +271,29 @@ def _config_from_args(args: argparse.Namespace) -> AffineConfig:
         if "mode" not in raw and args.mode is None:
             raise DataError(f"{args.config}: predict.affine is \"none\" (this run does no pre-alignment); pass --mode rigid|affine to align anyway")
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
-    overrides = {"mode": args.mode, "search_radius": args.search, "init": args.init, "use_fixed_mask": args.mask or None, "threads": args.threads}
+    overrides = {"mode": args.mode, "search_radius": args.search, "init": args.init, "use_fixed_mask": args.mask or None, "threads": args.threads,
+                 "max_rotation_deg": getattr(args, "max_rotation", None), "max_translation": getattr(args, "max_translation", None),
+                 "on_implausible": getattr(args, "on_implausible", None)}
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     try:
         return AffineConfig.from_dict(raw)
     except (TypeError, ValueError) as exc:
         raise DataError(f"{args.config or 'command line'}: invalid affine settings ({exc})") from exc
+
+
+def _bounded(low: float, high: float, unit: str) -> Callable[[str], float]:
+    """argparse type: a number in ``(low, high]`` (a usage error, exit 2, naming the option otherwise)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}] {unit}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -242,7 +306,17 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                              "predict.affine_search_mm and the fixed mask, as predict aligns)")
     parser.add_argument("--search", type=float, default=None, metavar="MM", help="translation search radius in mm (0 = off; default: config, else 0)")
     parser.add_argument("--init", choices=("none", "center", "com"), default=None, help="initial translation (default: config, else none)")
-    parser.add_argument("--fov", choices=FOV_CHOICES, default="auto", help="zeros outside an ultrasound field of view (auto: by modality)")
+    parser.add_argument("--fov", choices=FOV_CHOICES, default="auto",
+                        help="fields of view (constant outside, any shape) left out of the metric: auto decides per image from "
+                             "the image, the modality name a hint (pipeline.affine.fov); on / off for both images")
+    parser.add_argument("--max-rotation", type=_bounded(0.0, 90.0, "degrees"), default=None, metavar="DEG",
+                        help="bound on the rotation angle (default: config, else 15)")
+    parser.add_argument("--max-translation", type=_bounded(0.0, 1.0, "of the fixed image's mean extent"), default=None, metavar="FRACTION",
+                        help="bound on the translation per axis, a fraction of the fixed image's mean extent (default: config, else 0.2)")
+    parser.add_argument("--on-implausible", choices=POLICIES, default=None,
+                        help="a result at a bound or shrinking the overlap: fallback (the translation stage's result, else the "
+                             "initial transform), warn (keep it) or refuse (write nothing); reported and exit 3 in each case "
+                             "(default: config, else fallback)")
     parser.add_argument("--mask", action="store_true", help="weight the metric by the fixed mask where the task has one")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while registering (default: config, else 1)")
     add_overwrite_argument(parser, "an earlier alignment in --out")
@@ -258,5 +332,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{key}: NGF {entry['metric_initial']:.4f} -> {entry['metric_final']:.4f} in {entry['runtime_s']:.1f} s{tre_text}")
     for key, message in summary["errors"].items():
         print(f"error: {key}: {message}", file=sys.stderr)
-    print(f"{len(summary['pairs'])} pair(s) aligned, {len(summary['errors'])} failed; summary in {Path(args.out) / 'align_summary.json'}")
-    return 1 if summary["errors"] else 0
+    for key, entry in summary["implausible"].items():
+        print(f"implausible: {key}: {'; '.join(entry['reasons'])} -> {entry['action']}", file=sys.stderr)
+    flagged = f", {len(summary['implausible'])} implausible ({summary['policy']['means']})" if summary["implausible"] else ""
+    print(f"{len(summary['pairs'])} pair(s) aligned, {len(summary['errors'])} failed{flagged}; "
+          f"summary in {Path(args.out) / 'align_summary.json'}")
+    return exit_code(summary)

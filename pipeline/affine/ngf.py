@@ -131,7 +131,8 @@ def make_level(
 
     With a field-of-view mask ``fov`` (bool, image grid) the smoothing is a normalised
     convolution inside it (the zeros outside do not bleed in) and the level carries the mask,
-    eroded by ``margin`` level voxels (where gradients are not trustworthy).
+    eroded by ``margin`` image voxels, at least one level voxel (where gradients are not
+    trustworthy; counted in image voxels so that coarse levels keep most of a small field of view).
     """
     shape = tuple(int(n) for n in shape)
     scale = grid_scale(shape, image.shape)  # image voxels per level voxel
@@ -147,7 +148,8 @@ def make_level(
     level_fov = None
     if fov is not None:
         inside = resize_image(fov.astype(np.float32), shape, order=1) > 0.999
-        inside = ndimage.distance_transform_edt(inside) > margin if margin > 0 else inside
+        level_margin = max(1.0, margin / float(np.mean(scale))) if margin > 0 else 0.0
+        inside = ndimage.distance_transform_edt(inside) > level_margin if level_margin > 0 else inside
         level_fov = torch.from_numpy(inside.astype(np.float32))[None, None]
     to_phys = geom.index_to_physical @ np.diag([*scale, 1.0])
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None, None]
@@ -172,10 +174,13 @@ def sample_volume(volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return out.view(1, volume.shape[1], -1)
 
 
-def stratified_points(shape: Sequence[int], count: int, rng: np.random.Generator) -> np.ndarray:
-    """One uniform random point in each voxel's cell (at most ``count`` cells, drawn at random),
-    clipped to the grid: ``N x 3`` voxel coordinates (float64)."""
+def stratified_points(shape: Sequence[int], count: int, rng: np.random.Generator, where: np.ndarray | None = None) -> np.ndarray:
+    """One uniform random point in each voxel's cell (at most ``count`` cells, drawn at random;
+    only cells where ``where`` (bool, ``shape``) is true, if given and not empty), clipped to the
+    grid: ``N x 3`` voxel coordinates (float64)."""
     index = np.indices(tuple(shape)).reshape(3, -1).T.astype(np.float64)
+    if where is not None and where.any():
+        index = index[where.reshape(-1)]
     if len(index) > count:
         index = index[np.sort(rng.choice(len(index), count, replace=False))]
     index += rng.uniform(-0.5, 0.5, index.shape)
@@ -205,7 +210,9 @@ class NGFProblem:
     ) -> None:
         self.metric, self.moving_fov = metric, moving.fov
         weight = fixed_weight if fixed.fov is None else (fixed.fov if fixed_weight is None else fixed_weight * fixed.fov)
-        index = torch.from_numpy(stratified_points(fixed.image.shape[2:], samples, rng))
+        # samples where the weight is not zero (the whole grid without one)
+        inside = None if weight is None else (weight[0, 0] > 0).numpy()
+        index = torch.from_numpy(stratified_points(fixed.image.shape[2:], samples, rng, inside))
         g_fixed = physical_gradient(fixed)
         self.weight = sample_volume(weight, index) if weight is not None else None
         self.n_fixed = normalized_gradient(sample_volume(g_fixed, index), edge_parameter(g_fixed, eps, weight))
@@ -227,3 +234,14 @@ class NGFProblem:
         if self.moving_fov is not None:
             n_m = n_m * sample_volume(self.moving_fov, index)
         return ngf_distance(self.n_fixed, n_m, self.weight, self.metric)
+
+    def overlap(self, matrix: torch.Tensor) -> float:
+        """Fraction of the (weighted) fixed samples whose mapped point lies inside the moving
+        field of view, or the moving grid when it has none (physical 4x4 ``matrix``)."""
+        with torch.no_grad():
+            to_index = self.to_moving @ matrix
+            index = self.points @ to_index[:3, :3].T + to_index[:3, 3]
+            support = self.moving_fov if self.moving_fov is not None else torch.ones_like(self.g_moving[:, :1])
+            inside = (sample_volume(support, index) > 0.5).to(torch.float32)
+            w = torch.ones_like(inside) if self.weight is None else self.weight
+            return float((inside * w).sum() / w.sum().clamp_min(1e-12))

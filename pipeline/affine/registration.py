@@ -4,7 +4,7 @@ The seed paper's task-1 method. Frames:
 
 * the transform ``T`` maps a **fixed physical** point (LPS mm) to the **moving physical**
   point (ITK's resampling direction): ``T(x) = L (x - c) + c + t`` with the centre ``c`` at the
-  fixed image centre;
+  fixed image centre (the centroid of a field of view when there is one);
 * it is optimised in physical units that are well scaled for L-BFGS: translation ``t`` in
   mm, the linear part as the displacement (mm) it causes at a radius ``r`` (half the fixed
   image's mean extent): rigid ``L = exp([w / r]_x)`` (rotation vector), affine
@@ -14,11 +14,21 @@ The seed paper's task-1 method. Frames:
   contract's voxel matrix (fixed voxel -> moving voxel, ``physical_to_voxel_affine``).
 
 Each level (Gaussian smoothing + corner-aligned downsampling, coarse to fine) scores the
-transform with :class:`pipeline.affine.ngf.NGFProblem` (NGF at random points of the fixed grid, the
-moving gradient by the chain rule); scipy's L-BFGS-B drives the parameters with autograd
-gradients. Options: an initial translation from the image or foreground centres, an
-exhaustive translation search before L-BFGS (for starts far from the answer), fields of view
-(ultrasound fans: zeros outside) and a fixed mask. SimpleITK is used for what it is best at:
+transform with :class:`pipeline.affine.ngf.NGFProblem` (NGF at random points of the fixed grid,
+inside its field of view or mask; the moving gradient by the chain rule); scipy's L-BFGS-B
+drives the parameters with autograd gradients, in stages as elastix and ANTs do: per level a
+translation stage (rotation held), then the rigid stage (from ``rotation_level`` on: by default
+every level, the finest only with a field of view, whose coarse levels keep few samples), then
+affine. The start (:mod:`pipeline.affine.search`): the identity or an initial translation from
+the image or foreground centres, optionally an exhaustive translation search, then on the
+first level a grid of translations within the bounds and L-BFGS from the best few. With a field
+of view the rotation centre is the centroid of the field of view (:mod:`pipeline.affine.support`).
+
+Plausibility (:mod:`pipeline.affine.bounds`): every stage stays within stated bounds around the
+start (rotation, translation as a fraction of the fixed extent, scale, shear); a result at a
+bound, or one that shrinks the overlap of the fields of view, is implausible and handled per
+``on_implausible`` (fall back to the translation stage's result or the initial transform, warn,
+or refuse); the result carries the reasons. SimpleITK is used for what it is best at:
 transforms (:func:`make_transform`); ``.tfm`` files and a resampling that cross-checks the
 contract live in :mod:`pipeline.affine.align`.
 """
@@ -26,11 +36,11 @@ contract live in :mod:`pipeline.affine.align`.
 from __future__ import annotations
 
 import contextlib
-import itertools
+import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,89 +50,18 @@ from scipy import ndimage, optimize
 
 from learn2reg.contract import affine_to_field, physical_to_voxel_affine, resize_image
 from learn2reg.io import Geometry, float3, int3
-from pipeline.affine.ngf import METRICS, NGFProblem, level_shapes, make_level
+from pipeline.affine.bounds import Bounds, bounds_in_mm, check, decide, decompose, parameter_box
+from pipeline.affine.ngf import NGFProblem, level_shapes, make_level
+from pipeline.affine.search import start_search, translation_search
+from pipeline.affine.settings import INITS, MODES, POLICIES, AffineConfig
+from pipeline.affine.support import support
+
+__all__ = ["INITS", "MODES", "POLICIES", "AffineConfig", "AffineResult", "make_transform", "register_affine"]
 
 log = logging.getLogger(__name__)
 
-MODES = ("rigid", "affine")
-INITS = ("none", "center", "com")
 SEARCH_SAMPLES = 32_768  # sample points per evaluation during the translation search
 ToMatrix = Callable[[torch.Tensor], torch.Tensor]  # parameters (6 or 12) -> physical 4x4
-
-
-@dataclass(frozen=True)
-class AffineConfig:
-    """Settings of one affine/rigid registration (all levels)."""
-
-    mode: str = "rigid"  # "rigid" (6 DoF) | "affine" (12 DoF)
-    levels: int = 3  # resolution levels, each half the previous one's size
-    iterations: tuple[int, ...] = (60, 40, 20)  # L-BFGS iterations per level, coarse to fine
-    metric: str = "auto"  # "ngf" | "ngf-normalized" (pipeline.affine.ngf) | "auto" (see resolved_metric)
-    eps: float = 4.0  # NGF edge parameter, relative to each image's mean gradient norm
-    smoothing: float = 0.7  # Gaussian sigma (level voxels) before sampling each level
-    samples: int = 200_000  # random sample points per level (one per voxel if fewer voxels)
-    max_voxels: int = 1_500_000  # finest level size cap; larger images register on a coarser grid
-    min_size: int = 8  # no level axis shorter than this (or than the image)
-    init: str = "none"  # initial translation: "none" | "center" (grid centres) | "com" (foreground)
-    search_radius: float = 0.0  # mm; > 0: exhaustive translation search before L-BFGS (0 = off)
-    search_step: float = 2.0  # mm, grid step of that search
-    search_level: int = 1  # level (0 = coarsest) of the search; coarser levels are then skipped
-    rigid_levels: int = 1  # affine mode: the first levels optimised stay rigid (then 12 DoF)
-    max_linear_step: float = 0.25  # affine levels: bound on the change of each linear entry per level
-    moving_fov: bool = False  # exact zeros of the moving image lie outside its field of view (US)
-    fixed_fov: bool = False  # the same for the fixed image (e.g. an ultrasound fixed image)
-    fov_margin: float = 2.0  # level voxels inside a field-of-view border left out of the metric
-    tolerance: float = 1e-9  # L-BFGS-B relative function tolerance (ftol)
-    seed: int = 0  # sample points
-    threads: int = 1  # torch CPU threads while registering (0 = leave as is); the ops are small, and
-    # more threads only add synchronisation, which stalls badly when other processes share the cores
-    use_fixed_mask: bool = False  # stage only: weight the NGF by the fixed mask when a task has one
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if self.metric not in ("auto", *METRICS):
-            raise ValueError(f"metric must be 'auto' or one of {METRICS}, got {self.metric!r}")
-        if self.levels < 1 or len(self.iterations) != self.levels:
-            raise ValueError(f"need one iteration count per level: levels={self.levels}, iterations={self.iterations}")
-        if any(int(i) < 1 for i in self.iterations) or self.eps <= 0 or self.smoothing < 0:
-            raise ValueError("iterations must be >= 1, eps > 0, smoothing >= 0")
-        if self.max_voxels < 64 or self.min_size < 2 or self.samples < 64:
-            raise ValueError("max_voxels and samples must be >= 64, min_size >= 2")
-        if min(self.search_radius, self.search_level, self.fov_margin, self.rigid_levels) < 0:
-            raise ValueError("search_radius, search_level, fov_margin and rigid_levels must be >= 0")
-        if self.threads < 0:
-            raise ValueError("threads must be >= 0")
-        if self.search_step <= 0 or self.max_linear_step <= 0:
-            raise ValueError("search_step and max_linear_step must be > 0")
-
-    def resolved_metric(self) -> str:
-        """The NGF form used: ``auto`` is the normalised form, except with a field of view (a
-        partial overlap by design), where the classical form is used: the normalised one can
-        gain there by moving structure out of the overlap (see :mod:`pipeline.affine.ngf`)."""
-        if self.metric != "auto":
-            return self.metric
-        return "ngf" if self.moving_fov or self.fixed_fov else "ngf-normalized"
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> AffineConfig:
-        """Build from a parsed config file; unknown keys are rejected (``ValueError``)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown affine config keys {unknown}; known: {sorted(known)}")
-        values = dict(raw)
-        if "iterations" in values:
-            values["iterations"] = tuple(int(i) for i in values["iterations"])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready resolved config."""
-        out = asdict(self)
-        out["iterations"] = list(self.iterations)
-        return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,13 +71,19 @@ class AffineResult:
     mode: str
     metric: str  # the NGF form used ("ngf" | "ngf-normalized")
     matrix: np.ndarray  # 4x4: fixed physical (LPS mm) -> moving physical
-    center: tuple[float, float, float]  # centre of rotation (fixed image centre, LPS mm)
+    center: tuple[float, float, float]  # centre of rotation (fixed image centre or field-of-view centroid, LPS mm)
     voxel_matrix: np.ndarray  # 4x4: fixed voxel (array order) -> moving voxel
     fixed_shape: tuple[int, int, int]
     metric_initial: float  # NGF at the identity transform, finest level
     metric_final: float  # NGF at the result, finest level
     runtime_s: float
     evaluations: tuple[int, ...]  # objective evaluations per level, coarse to fine
+    initial_matrix: np.ndarray  # 4x4: the start (identity or the initial translation)
+    found_matrix: np.ndarray  # 4x4: what the optimisation found (== matrix unless it fell back)
+    overlap: tuple[float, float]  # fixed field of view inside the moving one: at the start, at the found result
+    # ((1, 1) when neither image has a field of view: the overlap is not checked then)
+    implausible: tuple[str, ...] = ()  # reasons (pipeline.affine.bounds.check); empty: plausible
+    action: str = "accepted"  # pipeline.affine.bounds.ACTIONS: accepted, fallback-translation/-initial, warned
 
     @property
     def transform(self) -> Any:
@@ -162,7 +107,15 @@ class AffineResult:
             "metric_final": self.metric_final,
             "runtime_s": self.runtime_s,
             "evaluations": list(self.evaluations),
+            "initial_matrix": self.initial_matrix.tolist(),
+            "found_matrix": self.found_matrix.tolist(),
+            "found": decompose(self.found_matrix, np.asarray(self.center)).to_dict(),
+            "overlap_initial": self.overlap[0],
+            "overlap_found": self.overlap[1],
+            "implausible": list(self.implausible),
+            "action": self.action,
         }
+
 
 
 # ------------------------------------------------------------------------- parameters
@@ -199,6 +152,24 @@ def _center(image: np.ndarray, geom: Geometry, foreground: bool = False) -> np.n
     return (geom.index_to_physical @ np.append(index, 1.0))[:3]
 
 
+def _support_center(image: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Physical (mm) centroid of a field of view (:func:`pipeline.affine.support.support`)."""
+    inside = support(image)
+    index = ndimage.center_of_mass(inside) if inside.any() else (np.asarray(image.shape) - 1) / 2.0
+    return (geom.index_to_physical @ np.append(index, 1.0))[:3]
+
+
+def _rotation_center(fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, moving_geom: Geometry, config: AffineConfig, t0: np.ndarray) -> np.ndarray:
+    """Centre of rotation (fixed mm): the centroid of the field of view that limits the overlap
+    (the fixed one, else the moving one brought back by the initial translation ``t0``), else the
+    fixed grid centre. Rotations about it keep that field of view in place."""
+    if config.fixed_fov:
+        return _support_center(fixed, fixed_geom)
+    if config.moving_fov:
+        return _support_center(moving, moving_geom) - t0
+    return _center(fixed, fixed_geom)
+
+
 def _initial_translation(fixed: np.ndarray, moving: np.ndarray, fixed_geom: Geometry, moving_geom: Geometry, init: str) -> np.ndarray:
     """Translation (mm) that maps the fixed centre onto the moving centre, per ``init``."""
     if init == "none":
@@ -222,6 +193,8 @@ def _optimize(
         assert p.grad is not None  # p requires grad and the loss depends on it
         return float(value.detach()), p.grad.numpy().copy()
 
+    if bounds is not None:
+        x0 = np.clip(x0, [b[0] for b in bounds], [b[1] for b in bounds])
     res = optimize.minimize(
         objective, x0, jac=True, method="L-BFGS-B", bounds=bounds, options={"maxiter": iterations, "ftol": ftol, "gtol": 1e-10}
     )
@@ -229,20 +202,11 @@ def _optimize(
     return np.asarray(res.x, dtype=np.float64), int(res.nfev)
 
 
-def _translation_search(problem: NGFProblem, to_matrix: ToMatrix, x0: np.ndarray, radius: float, step: float) -> np.ndarray:
-    """Exhaustive search of translations ``x0 + d`` (``d`` on a cubic grid, ``|d_k| <= radius`` mm);
-    returns the parameters with the lowest NGF."""
-    offsets = np.arange(-radius, radius + 1e-9, step)
-    best, best_x = np.inf, x0
-    with torch.no_grad():
-        for shift in itertools.product(offsets, repeat=3):
-            x = x0.copy()
-            x[-3:] += shift
-            value = float(problem.loss(to_matrix(torch.from_numpy(x))))
-            if value < best:
-                best, best_x = value, x
-    log.debug("translation search: best shift %s mm, NGF %.5f", np.round(best_x[-3:] - x0[-3:], 2), best)
-    return best_x
+def _level_optimiser(
+    problem: NGFProblem, x0: np.ndarray, *, to_matrix: ToMatrix, iterations: int, ftol: float, bounds: list
+) -> tuple[np.ndarray, int]:
+    """:func:`_optimize` with the problem and start first (for :func:`pipeline.affine.search.start_search`)."""
+    return _optimize(problem, to_matrix, x0, iterations, ftol, bounds)
 
 
 def _first_level(config: AffineConfig) -> int:
@@ -255,8 +219,8 @@ def _levels(
 ) -> Iterator[tuple[Any, Any, torch.Tensor | None, int]]:
     """Yield ``(fixed level, moving level, fixed weight on the level grid, iterations)``, coarse to
     fine; ``(None, None, None, 0)`` for levels skipped because of the translation search."""
-    fov_f = fixed != 0 if config.fixed_fov else None
-    fov_m = moving != 0 if config.moving_fov else None
+    fov_f = support(fixed) if config.fixed_fov else None
+    fov_m = support(moving) if config.moving_fov else None
     plan = [level_shapes(img.shape, config.levels, config.max_voxels, config.min_size) for img in (fixed, moving)]
     shapes = zip(*plan, config.iterations, strict=True)
     for index, (shape_f, shape_m, iters) in enumerate(shapes):
@@ -313,7 +277,11 @@ def register_affine(
     """Register ``moving`` to ``fixed`` (arrays ``X x Y x Z`` with their LPS geometries).
 
     ``fixed_mask`` (optional, fixed grid, nonzero = inside) weights the NGF. Returns the
-    transform fixed physical -> moving physical, its voxel matrix and metrics.
+    transform fixed physical -> moving physical, its voxel matrix and metrics. The search stays
+    within :func:`bounds_of` the config around the start; a result at a bound or one that
+    shrinks the overlap (:func:`pipeline.affine.bounds.check`) is handled per
+    ``config.on_implausible``: "fallback" returns the initial transform, "warn" the result,
+    both with the reasons in ``implausible``; "refuse" raises :class:`ImplausibleResult`.
     """
     with _torch_threads(config.threads):
         return _register(fixed, moving, fixed_geom, moving_geom, config, fixed_mask)
@@ -325,22 +293,37 @@ def _register(
     start = time.perf_counter()
     _check_inputs(fixed, moving, fixed_geom, moving_geom, fixed_mask)
     fixed, moving = np.asarray(fixed, np.float32), np.asarray(moving, np.float32)
-    center_np = _center(fixed, fixed_geom)
+    t0 = _initial_translation(fixed, moving, fixed_geom, moving_geom, config.init)
+    center_np = _rotation_center(fixed, moving, fixed_geom, moving_geom, config, t0)
     radius = float(np.mean((np.asarray(fixed.shape) - 1) * np.asarray(fixed_geom.spacing))) / 2.0
     center = torch.from_numpy(center_np)
+    bounds = bounds_in_mm(config.max_rotation_deg, config.max_translation, config.max_scale, config.max_shear,
+                          fixed.shape, fixed_geom.spacing, config.search_radius)
 
     def to_matrix(p: torch.Tensor) -> torch.Tensor:
         return _physical_matrix(p, "rigid" if len(p) == 6 else "affine", center, radius)
 
     x = np.zeros(6)
-    x[-3:] = _initial_translation(fixed, moving, fixed_geom, moving_geom, config.init)
+    x[-3:] = t0
+    initial = to_matrix(torch.from_numpy(x)).numpy()
     levels = _levels(fixed, moving, fixed_geom, moving_geom, config, fixed_mask)
-    x, problem, evaluations = _run_levels(levels, config, to_matrix, x, radius)
+    x, x_translation, problem, evaluations = _run_levels(levels, config, to_matrix, x, radius, bounds)
+    candidates, overlap = [], (0.0, 0.0)
+    partial = config.fixed_fov or config.moving_fov  # the overlap is checked where a field of view makes it partial
+    for name, params in (("found", x), ("translation", x_translation)):
+        with torch.no_grad():
+            matrix = to_matrix(torch.from_numpy(params)).numpy()
+            shared = (problem.overlap(torch.from_numpy(initial)), problem.overlap(torch.from_numpy(matrix))) if partial else (1.0, 1.0)
+        candidates.append((name, matrix, check(matrix, initial, center_np, bounds, shared, config.min_overlap)))
+        overlap = shared if name == "found" else overlap
+    found = candidates[0][1]
+    action, matrix, reasons = decide([*candidates, ("initial", initial, [])], config.on_implausible)
     with torch.no_grad():
-        matrix = to_matrix(torch.from_numpy(x)).numpy()
         metric_initial = float(problem.loss(torch.eye(4, dtype=torch.float64)))
         metric_final = float(problem.loss(torch.from_numpy(matrix)))
     runtime = time.perf_counter() - start
+    if reasons:
+        log.warning("implausible %s result (%s): %s", config.mode, "; ".join(reasons), action)
     log.info("%s registration: NGF %.4f -> %.4f in %.2f s", config.mode, metric_initial, metric_final, runtime)
     return AffineResult(
         mode=config.mode,
@@ -353,36 +336,60 @@ def _register(
         metric_final=metric_final,
         runtime_s=runtime,
         evaluations=tuple(evaluations),
+        initial_matrix=initial,
+        found_matrix=found,
+        overlap=overlap,
+        implausible=reasons,
+        action=action,
     )
 
 
 def _run_levels(
-    levels: Iterator, config: AffineConfig, to_matrix: ToMatrix, x: np.ndarray, radius: float
-) -> tuple[np.ndarray, NGFProblem, list[int]]:
-    """Coarse to fine: optional translation search, then L-BFGS per level (rigid, then affine in
-    affine mode). Returns the parameters, the finest level's problem and evaluations per level."""
+    levels: Iterator, config: AffineConfig, to_matrix: ToMatrix, x: np.ndarray, radius: float, bounds: Bounds
+) -> tuple[np.ndarray, np.ndarray, NGFProblem, list[int]]:
+    """Coarse to fine, staged as elastix/ANTs do: per level a translation stage (rotation held),
+    then, from level ``rotation_level`` on, the rigid stage, then affine in affine mode, each
+    L-BFGS-B within the bounds. On the first level the start search (translations within the
+    bound) and the optional translation search come first. Returns the parameters, those of the
+    last translation stage before any rotation was freed (the fallback), the finest level's
+    problem and evaluations per level."""
     evaluations: list[int] = []
     problem: NGFProblem | None = None
-    metric, first = config.resolved_metric(), _first_level(config)
+    metric, first, x_start = config.resolved_metric(), _first_level(config), x.copy()
+    rotation_level = config.resolved_rotation_level()
+    x_translation = x.copy()
     for index, (level_f, level_m, weight, iters) in enumerate(levels):
         if level_f is None:  # coarser than the translation search: skipped
             evaluations.append(0)
             continue
         rng = np.random.default_rng([config.seed, index])
+        problem = NGFProblem(level_f, level_m, config.eps, metric, config.samples, rng, weight)
         if index == first and config.search_radius > 0:
             coarse = NGFProblem(level_f, level_m, config.eps, metric, min(config.samples, SEARCH_SAMPLES), rng, weight)
-            x = _translation_search(coarse, to_matrix, x, config.search_radius, config.search_step)
-        bounds = None
+            x = translation_search(coarse, to_matrix, x, config.search_radius, config.search_step)
+        box = parameter_box(x_start, bounds, radius)
+        nfev = 0
+        if len(x) == 6:  # translation stage: the rotation held where it is
+            held = [(v, v) for v in x[:3]] + box[3:]
+            optimise = functools.partial(_level_optimiser, to_matrix=to_matrix, iterations=int(iters), ftol=config.tolerance, bounds=held)
+            if index == first and config.start_search:
+                x, nfev = start_search(problem, to_matrix, x, bounds.max_translation, optimise)
+            else:
+                x, nfev = optimise(problem, x)
+            if np.array_equal(x[:3], x_start[:3]):  # no rotation freed yet: a translation-only result
+                x_translation = x.copy()
         if config.mode == "affine" and (index - first >= config.rigid_levels or index == config.levels - 1):
             x = _to_affine_params(x, to_matrix, radius)
-            step = config.max_linear_step * radius
-            bounds = [(v - step, v + step) for v in x[:9]] + [(None, None)] * 3
-        problem = NGFProblem(level_f, level_m, config.eps, metric, config.samples, rng, weight)
-        x, nfev = _optimize(problem, to_matrix, x, int(iters), config.tolerance, bounds)
+            step = config.max_linear_step * radius  # and no further per level than max_linear_step
+            linear = parameter_box(np.zeros(12), bounds, radius)[:9]
+            box = [(max(lo, v - step), min(hi, v + step)) for (lo, hi), v in zip(linear, x[:9], strict=True)] + box[-3:]
+        if len(x) == 12 or index >= rotation_level:
+            x, more = _optimize(problem, to_matrix, x, int(iters), config.tolerance, box)
+            nfev += more
         evaluations.append(nfev)
     if problem is None:
         raise ValueError("no pyramid level was registered (every level is coarser than the translation search)")
-    return x, problem, evaluations
+    return x, x_translation, problem, evaluations
 
 
 # ------------------------------------------------------------------------- SimpleITK

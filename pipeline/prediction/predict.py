@@ -25,7 +25,11 @@ prediction resumes (a run with nothing left to do says so). A folder holding fie
 configuration is refused, naming the options that differ (``--overwrite`` removes them first), so
 every field in it keeps its record. The command ends with where it wrote and what to run next. A pair that cannot
 be processed, or a pair entry of the task that cannot be read, is reported by name with the
-reason on stderr; the others still run and the command exits 1. Under ``torchrun`` the pairs
+reason on stderr; the others still run and the command exits 1. With ``predict.affine`` the
+fields of view come from the images (``pipeline.affine.fov``) and an implausible
+pre-alignment (at a bound, or a shrunken overlap: ``pipeline.affine.bounds``) falls back to its
+translation stage or the initial transform; such pairs are named on stderr, recorded in
+``runtimes.json`` (``affine``), and the command exits 3 (unless 1). Under ``torchrun`` the pairs
 are sharded.
 
 On request, per pair and on the fixed grid (``pipeline.prediction.outputs``, from the field as
@@ -78,8 +82,9 @@ from learn2reg.io import (
 from learn2reg.progress import progress
 from learn2reg.submission import read_manifest, submission_shape, write_manifest
 from learn2reg.task import Case, Layout, Pair, Task, load_task
-from pipeline.affine.fov import pair_config
+from pipeline.affine.fov import choose_fov, pair_names, with_fov
 from pipeline.affine.registration import AffineConfig, register_affine
+from pipeline.affine.support import outside_region
 from pipeline.config import RunConfig, config_from_dict, differences, with_later_keys
 from pipeline.data.preprocess import load_image, network_image, on_grid
 from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
@@ -199,29 +204,32 @@ def write_field(path: Path, u: np.ndarray, task: Task) -> None:
         save_nifti(path, u.astype(np.float32))
 
 
-def predict_pair(p: Predictor, pair: Pair, out_dir: Path) -> dict[str, float]:
-    """Register one pair and write its field; returns the runtimes in seconds."""
+def predict_pair(p: Predictor, pair: Pair, out_dir: Path, notes: dict[str, Any] | None = None) -> dict[str, float]:
+    """Register one pair and write its field; returns the runtimes in seconds. ``notes`` (if
+    given) receives the pre-alignment's outcome (:func:`register_images`)."""
     start = time.perf_counter()
     task = p.task
     if task is None:
         raise ValueError("predict_pair needs a predictor made for a task")
-    # fields of view (ultrasound) for the affine stage and the instance optimisation
-    uses_fov = p.cfg.predict.affine != "none" or p.cfg.predict.instance_opt_steps > 0
-    fov = pair_config(task, pair, AffineConfig(), "auto") if uses_fov else AffineConfig()
-    u, _, timings = register_images(p, task.case(pair.fixed), task.case(pair.moving), (fov.fixed_fov, fov.moving_fov),
-                                    grid=lambda fixed_shape: submission_shape(task, fixed_shape))
+    u, _, timings = register_images(p, task.case(pair.fixed), task.case(pair.moving), pair_names(task, pair),
+                                    grid=lambda fixed_shape: submission_shape(task, fixed_shape), notes=notes)
     write_field(out_dir / output_name(task, pair), u, task)
     timings["total_s"] = time.perf_counter() - start
     return timings
 
 
 def register_images(
-    p: Predictor, fixed_case: Case, moving_case: Case, fov: tuple[bool, bool] = (False, False),
-    grid: Callable[[tuple[int, ...]], tuple[int, int, int]] | None = None,
+    p: Predictor, fixed_case: Case, moving_case: Case, names: tuple[str, str] = ("", ""),
+    grid: Callable[[tuple[int, ...]], tuple[int, int, int]] | None = None, notes: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, Geometry, dict[str, float]]:
     """The prediction path for one pair of images: read both, optional affine pre-alignment
-    (ultrasound fields of view ``fov`` = (fixed, moving)), network and optional instance
-    optimisation, the field resampled to the output grid and composed with the affine part.
+    (fields of view from the images, the modality ``names`` (fixed, moving) as hints:
+    ``pipeline.affine.fov.choose_fov``), network and optional instance optimisation (from the zero
+    field without a network; inside the fixed image's field of view when it has one), the field
+    resampled to the output grid and composed with the affine part. An implausible
+    pre-alignment (``pipeline.affine.bounds``) falls back to the translation stage's result or
+    the initial transform, with a warning; ``notes["affine"]`` (when ``notes`` is given)
+    records the outcome: action, reasons, fields of view.
 
     Returns the field (``X x Y x Z x 3`` voxels of the fixed image, pull) on ``grid(fixed
     shape)`` (default: the fixed grid), the fixed image's geometry, and the runtimes (affine,
@@ -232,11 +240,19 @@ def register_images(
     moving, mgeom = load_image(moving_case.image)
     timings = {"affine_s": 0.0, "network_s": 0.0, "instance_opt_s": 0.0}
     matrix = None
+    choices = None  # fields of view (fixed, moving), for the affine stage and the instance optimisation
     if p.cfg.predict.affine != "none":
         mask = load_nifti(fixed_case.mask)[0] if fixed_case.mask is not None else None
-        config = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm, fixed_fov=fov[0], moving_fov=fov[1])
+        choices = choose_fov(fixed, moving, fgeom, mgeom, names) if fixed.ndim == moving.ndim == 3 else None
+        config = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm)
+        config = with_fov(config, choices, f"{fixed_case.case_id} <- {moving_case.case_id}") if choices else config
         result = register_affine(fixed, moving, fgeom, mgeom, config, fixed_mask=mask)
         matrix, timings["affine_s"] = result.voxel_matrix, result.runtime_s
+        if result.implausible:
+            log.warning("%s <- %s: implausible pre-alignment (%s): %s", fixed_case.case_id, moving_case.case_id, "; ".join(result.implausible), result.action)
+        if notes is not None:
+            notes["affine"] = {"action": result.action, "reasons": list(result.implausible),
+                               "fov": [c.to_dict() for c in choices] if choices else None}
         moving = warp(moving, result.field())
     elif moving.shape != fixed.shape:
         raise DataError(f"{moving_case.image}: shape {moving.shape} differs from the fixed image {fixed.shape} (enable predict.affine to resample)")
@@ -252,7 +268,11 @@ def register_images(
         else:
             u = network_field(p, f, m, fgeom.spacing, timings)
         if p.cfg.predict.instance_opt_steps > 0:
-            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), f, m, fixed_case, timings, fixed if fov[0] else None)
+            if choices is None:  # no affine stage: the images as read (moving not warped)
+                choices = choose_fov(fixed, moving, fgeom, mgeom, names)
+                log.info("%s <- %s: fixed image: %s", fixed_case.case_id, moving_case.case_id, choices[0].reason)
+            fixed_fov = fixed if choices[0].has_fov else None
+            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), f, m, fixed_case, timings, fixed_fov)
         u = field_on_grid(u, shape, fixed.shape)
     if matrix is not None:
         u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
@@ -305,12 +325,13 @@ def optimise_instance(p: Predictor, u: np.ndarray, fixed: np.ndarray, moving: np
 
 
 def field_of_view(image: np.ndarray, settings: InstanceOptSettings) -> np.ndarray:
-    """The voxels of an image with a field of view (exact zeros outside, e.g. an ultrasound fan)
-    whose MIND-SSC features see only the inside: the non-zero region eroded by the features'
-    reach (``dilation + radius`` voxels). Without it, the fan's border, an edge that the other
-    image does not have, would pull the instance optimisation."""
+    """The voxels of an image with a field of view (constant outside it, connected to the grid's
+    border: ``pipeline.affine.support.outside_region``, e.g. an ultrasound fan) whose MIND-SSC
+    features see only the inside: the rest eroded by the features' reach (``dilation + radius``
+    voxels). Without it, the fan's border, an edge that the other image does not have, would pull
+    the instance optimisation."""
     reach = settings.dilation + settings.radius
-    return ndimage.binary_erosion(image != 0, iterations=reach, border_value=0)
+    return ndimage.binary_erosion(~outside_region(image), iterations=reach, border_value=0)
 
 
 def predict(
@@ -319,7 +340,7 @@ def predict(
     report: bool = False, skip_memory_check: bool = False, rules: str | None = None, **overrides,
 ) -> int:
     """Predict every pair of ``split``; returns the exit code (1 if any pair failed or could not
-    be read from the task). ``overwrite``: replace the fields of another configuration in ``out_dir``.
+    be read from the task, else 3 if a pre-alignment was implausible and fell back, else 0). ``overwrite``: replace the fields of another configuration in ``out_dir``.
     ``rules``: the rule set whose file names to write (default: the task folder's, :attr:`Task.rules`).
     ``save_warped`` / ``save_jacobian`` / ``report``: also write the warped moving image (and
     labels), the Jacobian determinant map, the per-pair report (``pipeline.prediction.outputs``),
@@ -365,7 +386,10 @@ def predict(
             done = pair.key in present  # written earlier under the same configuration
             try:
                 if not done:
-                    manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir)
+                    notes: dict[str, Any] = {}
+                    manifest["runtimes"][pair.key] = predict_pair(p, pair, out_dir, notes)
+                    if "affine" in notes:
+                        manifest.setdefault("affine", {})[pair.key] = notes["affine"]
                     manifest["memory"], predicted = memory.record(), True  # of the run that predicted the fields
                     record_grid(manifest, p.grid_policy, pair.key)
                     write_manifest(manifest_path, manifest)
@@ -384,9 +408,12 @@ def predict(
             write_index(out_dir / REPORT_DIR, task.name)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
+        implausible = {k: v for k, v in manifest.get("affine", {}).items() if k in {q.key for q in todo} and v["reasons"]}
+        for key, note in implausible.items():
+            print(f"implausible pre-alignment: {key}: {'; '.join(note['reasons'])} -> {note['action']}", file=sys.stderr)
         if info.is_main:
             log.info("%d field(s) in %s (%d predicted now)", len(manifest["runtimes"]), out_dir, len(todo) - len(problems))
-        return 1 if problems else 0
+        return 1 if problems else 3 if implausible else 0
     except OutputError as exc:  # a full disk or a folder it may not write: what is kept, how to resume
         raise exc.with_next_step(resume_advice(out_dir, task, pairs)) from exc
     finally:
@@ -505,6 +532,8 @@ def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
                 runtimes.update(old.get("runtimes", {}))
                 if "memory" in old:
                     fresh.setdefault("memory", old["memory"])
+                if "affine" in old:  # pre-alignment outcomes (pipeline.affine.bounds)
+                    fresh["affine"] = {**old["affine"], **fresh.get("affine", {})}
                 if "network_grid" in old:
                     pairs = fresh.get("network_grid", {}).get("pairs", {})
                     fresh["network_grid"] = {**old["network_grid"], "pairs": {**old["network_grid"].get("pairs", {}), **pairs}}
@@ -514,6 +543,9 @@ def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
 def _merge_rank_manifests(out_dir: Path, world: int) -> None:
     parts = [read_manifest(out_dir / f"runtimes.rank{r}.json") for r in range(world)]
     merged = {**parts[0], "runtimes": {k: v for part in parts for k, v in part["runtimes"].items()}}
+    affine = {k: v for part in parts for k, v in part.get("affine", {}).items()}
+    if affine:
+        merged["affine"] = affine
     grids = [part["network_grid"] for part in parts if "network_grid" in part]
     if grids:
         merged["network_grid"] = {**grids[0], "pairs": {k: v for g in grids for k, v in g.get("pairs", {}).items()}}

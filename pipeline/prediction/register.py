@@ -15,7 +15,9 @@ instance optimisation, the field on the fixed grid composed with the affine part
   when both label maps are given (``--no-report`` skips it);
 * ``register.json``: the inputs, checkpoint, configuration hash, device, runtimes, outputs,
   memory (the estimate checked before the work, ``pipeline.prediction.memory``, and the measured
-  peak) and the grid the network ran on (``network_grid``: rule, trained spacing, grid, spacing, scale).
+  peak), the grid the network ran on (``network_grid``: rule, trained spacing, grid, spacing, scale)
+  and, with ``predict.affine``, the pre-alignment's outcome (``affine``: action, the reasons of an
+  implausible result and its fallback, the fields of view; ``pipeline.affine.bounds``).
 
 The network runs at the spacing the run was trained at (imported weights: 1 mm), as in
 ``predict`` (``pipeline.prediction.scale``); ``--input-scale`` / ``--target-spacing`` choose
@@ -37,6 +39,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +92,8 @@ def register(
                               grid_of=quiet_grid(trained_spacing(run_dir), scale, cfg))
     p = load_predictor(cfg, run_dir, None, dev, checkpoint, scale)
     start = time.perf_counter()
-    u, geometry, timings = register_images(p, Case("fixed", Path(fixed).resolve()), Case("moving", Path(moving).resolve()))
+    notes: dict[str, Any] = {}  # the pre-alignment's outcome (fields of view, an implausible result's fallback)
+    u, geometry, timings = register_images(p, Case("fixed", Path(fixed).resolve()), Case("moving", Path(moving).resolve()), notes=notes)
     p.sync()
     timings["total_s"] = time.perf_counter() - start
     written = {"field": out_dir / FIELD}
@@ -112,7 +116,7 @@ def register(
         "moving_label": str(Path(moving_label).resolve()) if moving_label else None,
         "checkpoint": p.checkpoint, "config_hash": p.config_hash, "device": str(p.device), "runtimes": timings,
         "network_grid": p.grid_policy.last if p.grid_policy is not None else None,
-        "outputs": {k: v.name for k, v in written.items()}, "memory": memory.record(),
+        "outputs": {k: v.name for k, v in written.items()}, "memory": memory.record(), "affine": notes.get("affine"),
     }
     written["record"] = out_dir / RECORD
     write_json(written["record"], record)

@@ -1,4 +1,4 @@
-"""What ``evaluate`` and ``initial`` print (evaluation.console), through their command lines
+"""What ``evaluate`` and ``initial`` print (evaluation.aggregate), through their command lines
 (``python -m pipeline evaluate|initial``): official metrics apart from our corrected ones, each
 with its unit or quirk, and one line on why they differ (issue 21, item 3)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.console import DIFFERENCE, summary_lines
+from evaluation.aggregate import DIFFERENCE, summary_lines
 from evaluation.initial import write_zero_submission
 from learn2reg.contract import disp_filename_l2r
 from learn2reg.io import save_nifti

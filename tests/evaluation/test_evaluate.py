@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from evaluation.case import CaseJob, estimated_seconds
 from evaluation.evaluate import Options, evaluate, main
 from learn2reg import contract, io
-from learn2reg.eval_config import EvalPair, derive_config, read_config
+from learn2reg import rules as rulesets
+from learn2reg.eval_config import EvalPair, Method, derive_config, read_config
 from learn2reg.io import DataError, Geometry
 from learn2reg.submission import (
     CaseRuntime,
@@ -336,3 +338,60 @@ def test_mismatched_point_files_and_missing_ground_truth_are_reported(tmp_path):
     cfg.pairs[1].moving_label.unlink()
     with pytest.raises(DataError, match="ground-truth file not found"):
         evaluate(tmp_path / "sub", task, cfg, workers=1)
+
+
+HEAVY = ("scipy", "scipy.ndimage", "scipy.spatial", "nibabel", "pandas", "matplotlib", "tqdm", "torch", "pipeline", "numpy.ma")
+_IMPORTS_OF_A_RUN = """
+import sys
+from evaluation.evaluate import main
+heavy = {heavy}
+before = [m for m in heavy if m in sys.modules]
+assert main(sys.argv[1:] + ["-j", "1"]) == 0
+print(before, [m for m in heavy if m in sys.modules])
+"""
+
+
+@pytest.mark.parametrize(
+    "flags, loaded",
+    [
+        ("-c1 {c}/LUMIR_VAL_Landmark_evaluation_config.json -c2 {c}/LUMIR_VAL_Segmentation_evaluation_config.json -i {c}/disp/smooth/ -d {c}/", []),
+        ("-c {r}/ReMIND2Reg_VAL_evaluation_config.json -i {r}/disp/smooth/ -d {r}/", []),
+    ],
+    ids=["lumir24", "remind2reg"],
+)
+def test_start_up_is_lean_and_heavy_modules_load_only_where_a_metric_needs_them(tmp_path, flags, loaded):
+    """Importing the evaluator loads none of scipy, nibabel, pandas, matplotlib, tqdm (their imports
+    cost ~0.5 CPU s); a LUMIR run (NDV, DSC, HD95 on a small grid, centroid TRE) loads none of them
+    either, nor does a ReMIND2Reg run (cubic TRE at a few points: evaluation.metrics, no scipy);
+    plain .nii.gz headers need no nibabel, the "30" quantile no numpy.ma."""
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+
+    cases = REPO / "tests" / "fixtures" / "organisers" / "cases"
+    argv = flags.format(c=cases / "lumir24", r=cases / "remind").split() + ["-o", str(tmp_path / "out.json")]
+    code = _IMPORTS_OF_A_RUN.format(heavy=HEAVY)
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip().splitlines()[-1] == f"[] {loaded}"
+
+
+def _jobs(n: int, shape: tuple[int, int, int], metrics: tuple[str, ...], rules: rulesets.Rules) -> list[CaseJob]:
+    pair = EvalPair("0001_0000", "0002_0000", Path("f.nii.gz"), Path("m.nii.gz"))
+    methods = tuple(Method(m.upper(), m) for m in metrics)
+    return [CaseJob(pair, Path("d.nii.gz"), "l2r", methods, (*shape, 3), False, Options(), rules) for _ in range(n)]
+
+
+def test_a_small_run_has_no_worker_pool_and_a_large_one_has(monkeypatch):
+    """Six 80x96x80 ReMIND2Reg pairs (SDlogJ + TRE) cost less than forking workers saves; six with
+    HD95 (L2R) do not; -j decides when given (capped at the pair count)."""
+    from evaluation import evaluate as module
+
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0, 1, 2, 3}, raising=False)
+    small = _jobs(6, (80, 96, 80), ("sdlogj", "tre"), rulesets.REMIND2REG)
+    large = _jobs(6, (80, 96, 80), ("sdlogj", "tre", "dice", "hd95"), rulesets.L2R)
+    assert estimated_seconds(small) < module.POOL_MIN_SECONDS < estimated_seconds(large)
+    assert module.pool_size(small, None) == 1 and module.pool_size(large, None) == 4
+    assert module.pool_size(small, 2) == 2 and module.pool_size(large[:3], 8) == 3
+    # a metric the rule set does not score costs nothing (ReMIND2Reg ignores DSC and HD95)
+    assert estimated_seconds(_jobs(6, (80, 96, 80), ("sdlogj", "tre", "hd95"), rulesets.REMIND2REG)) == estimated_seconds(small)

@@ -146,6 +146,18 @@ def test_counts_and_object_boxes_inside_the_labelled_box_equal_whole_grid_ones(l
     assert metrics.nonzero_box(np.zeros((4, 4, 4), np.uint8)) is None
 
 
+def test_object_boxes_equal_find_objects_on_random_maps():
+    """Boxes from the runs along the contiguous axis: random sparse maps, both memory orders,
+    thin grids, absent values, one-voxel labels."""
+    rng = np.random.default_rng(8)
+    for _ in range(200):
+        shape = tuple(int(n) for n in rng.integers(1, 11, 3))
+        dtype = rng.choice([np.uint8, np.uint16])
+        values = rng.integers(0, int(rng.integers(2, 9)), shape) * (rng.random(shape) < rng.random())
+        labels = np.asarray(values.astype(dtype), order=rng.choice(["C", "F"]))
+        assert metrics.object_boxes(labels) == ndimage.find_objects(labels)
+
+
 def test_missing_label_is_nan_and_ignored_vanished_label_is_zero_and_inf():
     shape = (16, 16, 16)
     fixed = _box(shape, (2, 2, 2), (6, 6, 6), 1) + _box(shape, (9, 9, 9), (13, 13, 13), 2)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from evaluation.pool import died_message, run_pool
+from evaluation.case import died_message, run_pool
 from learn2reg.io import DataError
 
 

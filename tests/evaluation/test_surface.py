@@ -103,7 +103,7 @@ def test_distance_transform_and_kdtree_give_identical_distances(spacing, edt_pac
     if not edt_package:
         monkeypatch.setattr(surface, "_edt", None)
     else:
-        assert surface._edt is not None  # pinned in requirements.txt
+        assert surface.edt_package() is not None  # pinned in requirements.txt
     a, b = _blob(11)
     sa, sb = surface.mask_surface(a), surface.mask_surface(b)
     edt, tree = surface.pair_distances(sa, sb, spacing, "edt"), surface.pair_distances(sa, sb, spacing, "kdtree")
@@ -151,9 +151,10 @@ def test_far_apart_structures_use_the_tree_and_match_the_reference(monkeypatch):
     b[210:215, 70:74, 71:75] = True
     sa, sb = surface.mask_surface(a), surface.mask_surface(b)
     box = np.prod([214, 73, 74])
-    assert box > surface.EDT_BOX_PER_SURFEL * (len(sa) + len(sb)) and box > surface.EDT_BOX_MIN  # large sparse box: the k-d tree
+    tree = surface.TREE_PER_SURFEL * (len(sa) + len(sb)) + surface.TREE_PER_QUERY * (len(sa) + len(sb))
+    assert box > surface.EDT_BOX_MIN and tree < surface.EDT_PER_VOXEL * box  # large sparse box: the k-d tree
     used = []
-    monkeypatch.setattr(surface, "_tree_distances", lambda s, t, sp, f=surface._tree_distances: used.append(1) or f(s, t, sp))
+    monkeypatch.setattr(surface, "_tree_squared", lambda *args, f=surface._tree_squared: used.append(1) or f(*args))
     assert surface.hd95(a, b) == _oracle_hd95(a, b) and used
     with pytest.raises(ValueError):
         surface.pair_distances(surface.mask_surface(a), surface.mask_surface(b), method="nope")
@@ -176,3 +177,79 @@ def test_directed_percentile_no_interpolation():
     areas[15] = 100.0  # cumulative fraction 15/119 before it, 115/119 > 0.95 with it
     assert surface.directed_percentile(d, areas) == 15.0
     assert surface.directed_percentile(np.zeros(0), np.zeros(0)) == np.inf
+
+
+def test_directed_percentile_from_squared_distances_is_bit_identical():
+    """Counting surfels per (squared distance, area) instead of sorting them gives the reference's
+    sorted areas, hence its exact running sums: random distances with many ties, a few codes or all,
+    percentiles at the ends, and isotropic spacings other than 1 (distances scaled)."""
+    rng = np.random.default_rng(5)
+    for trial in range(400):
+        n = int(rng.integers(1, 3000))
+        squared = rng.integers(0, int(rng.choice([1, 4, 60, 5000, 200000])) + 1, n)
+        squared *= rng.random(n) < rng.uniform(0.2, 1.0)  # many zeros, as coincident surfels
+        codes = rng.choice(np.array([1, 3, 7, 15, 63, 127, 254, 240], np.uint8), n) if trial % 2 else rng.integers(1, 255, n).astype(np.uint8)
+        spacing = [(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (0.7, 0.7, 0.7)][trial % 3]
+        scale = None if spacing[0] == 1.0 else spacing[0]
+        percent = float(rng.choice([95.0, 95.0, 50.0, 0.0, 100.0]))
+        distances = np.sqrt(squared.astype(np.float64)) * (1.0 if scale is None else scale)
+        expected = surface.directed_percentile(distances, surface.surfel_area_table(spacing)[codes], percent)
+        assert surface.directed_percentile_squared(squared, codes, spacing, percent, scale) == expected
+    assert surface.directed_percentile_squared(np.zeros(0, np.int64), np.zeros(0, np.uint8)) == np.inf
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_squared_distances_are_exact_integers_by_every_method(seed):
+    """Distance transform and k-d tree (which skips the surfels both surfaces share) give the
+    brute-force nearest squared distance of every surfel, both ways."""
+    rng = np.random.default_rng(seed)
+    a, b = _blob(20 + seed, shape=(14, 17, 15))
+    if seed == 3:  # background-like: masks touching the border, whose surfels both share
+        a, b = ~a, ~b
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    brute = [((s.vertices[:, None, :] - t.vertices[None, :, :]) ** 2).sum(-1).min(1) for s, t in ((sa, sb), (sb, sa))]
+    for method in ("edt", "kdtree", "auto"):
+        got = surface.pair_squared_distances(sa, sb, method)
+        for x, y in zip(got, brute, strict=True):
+            assert x.dtype == np.int64
+            np.testing.assert_array_equal(x, y)
+    shuffled = surface.Surface(sb.vertices[rng.permutation(len(sb))], sb.codes)  # any surfel order
+    np.testing.assert_array_equal(surface._tree_squared(sa, shuffled), brute[0])
+    with pytest.raises(ValueError, match="unknown distance method"):
+        surface.pair_squared_distances(sa, sb, "nope")
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_neighbour_codes_and_surfels_of_a_fortran_ordered_crop(order):
+    mask = np.asarray(np.random.default_rng(4).random((6, 9, 7)) > 0.4, order=order)
+    padded = np.zeros((7, 10, 8), np.uint8)
+    padded[:-1, :-1, :-1] = mask
+    codes = ndimage.correlate(padded, lookup_tables.ENCODE_NEIGHBOURHOOD_3D_KERNEL, mode="constant", cval=0)
+    np.testing.assert_array_equal(surface.neighbour_codes(mask), codes)
+    found = surface.extract_surface(mask, (3, 4, 5))
+    border = np.argwhere((codes != 0) & (codes != 255))
+    np.testing.assert_array_equal(found.vertices, border + [3, 4, 5])
+    np.testing.assert_array_equal(found.codes, codes[tuple(border.T)])
+
+
+@pytest.mark.parametrize("case", ["background", "touches the border", "one side only the border"])
+def test_background_surfaces_measured_inside_the_border_give_the_same_integers(case):
+    """Masks that cover the grid's border (background): the border surfels are shared, the other
+    surfels' distance to it is their distance to the nearest face, and only the inner surfels go
+    through a transform. Same squared distances as the whole-grid computation; a mask that leaves
+    part of the border uncovered takes the general way."""
+    a, b = _blob(30, shape=(16, 19, 17))
+    a, b = ~a, ~b
+    a[0], a[-1], a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1] = True, True, True, True, True, True
+    b[0], b[-1], b[:, 0], b[:, -1], b[:, :, 0], b[:, :, -1] = True, True, True, True, True, True
+    if case == "touches the border":
+        b[0, 3:6, 4:9] = False
+    if case == "one side only the border":
+        b[:] = True
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    expected = surface.pair_squared_distances(sa, sb)
+    assert (surface._border_squared_distances(sa, sb, a.shape, "auto") is None) == (case == "touches the border")
+    for method in ("edt", "kdtree"):
+        got = surface.pair_squared_distances(sa, sb, method, grid=a.shape)
+        for x, y in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(x, y)

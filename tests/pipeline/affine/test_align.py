@@ -277,3 +277,63 @@ def test_align_cli_with_a_run_configuration(tmp_path):
     summary = read_json(out / "align_summary.json")
     assert summary["config"]["mode"] == "affine" and summary["config"]["use_fixed_mask"] is True
     assert summary["pairs"]["0001_0000<--0001_0001"]["tre_aligned_mm"] < 0.5
+
+
+# ------------------------------------------------------------------------- the iUS-MR demo: fields of view from the images
+
+
+@pytest.fixture(scope="module")
+def remind_demo(tmp_path_factory):
+    from pipeline.demo.tasks import write_demo
+
+    return write_demo(tmp_path_factory.mktemp("remind"), seed=0, layout="remind2reg")[0]
+
+
+def _renamed(root, to, modality):
+    """A copy of the task whose modality table names the ultrasound ``modality``."""
+    import shutil
+
+    shutil.copytree(root, to)
+    meta_path = next(to.glob("*_dataset.json"))
+    meta = read_json(meta_path)
+    meta["modality"]["0"] = modality
+    write_json(meta_path, meta)
+    return to
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["3D iUS", "intra-op image"])
+def test_align_with_defaults_lowers_the_landmark_error_of_every_ius_mr_pair(remind_demo, tmp_path, modality):
+    """ReMIND2Reg-like: fixed ultrasound (zero outside a cone, a known rigid error and brain
+    shift), moving ceT1/T2 MR. Default options, with and without a modality name that says
+    ultrasound: the cone is found from the image, every pair ends closer than it started, and
+    any implausible result is named."""
+    root = _renamed(remind_demo, tmp_path / "task", modality)
+    summary = align_task(root, tmp_path / "out", "val")
+    task = load_task(root)
+    assert summary["errors"] == {} and len(summary["pairs"]) == len(task.pairs["val"]) == 4
+    for pair in task.pairs["val"]:
+        entry = summary["pairs"][pair.key]
+        assert entry["fov"]["fixed"]["has_fov"] and not entry["fov"]["moving"]["has_fov"], entry["fov"]
+        assert ("says ultrasound" in entry["fov"]["fixed"]["reason"]) == (modality == "3D iUS")
+        assert entry["tre_aligned_mm"] < entry["tre_initial_mm"], (pair.key, entry["tre_initial_mm"], entry["tre_aligned_mm"])
+        assert (pair.key in summary["implausible"]) == bool(entry["implausible"])
+
+
+def test_align_cli_exits_3_naming_an_implausible_pair(tmp_path, capsys):
+    """A rotation beyond a 2 degree bound: reported on stderr and in the summary, exit 3."""
+    make_task(tmp_path / "Toy", subjects=1)  # a true rotation of (3, -2, 4) degrees
+    out = tmp_path / "out"
+    code = cli.main(["align", "--data", str(tmp_path / "Toy"), "--out", str(out), "--max-rotation", "2"])
+    captured = capsys.readouterr()
+    assert code == 3 and "implausible: 0001_0000<--0001_0001: rotation" in captured.err
+    summary = read_json(out / "align_summary.json")
+    entry = summary["implausible"]["0001_0000<--0001_0001"]
+    assert entry["action"] in ("fallback-translation", "fallback-initial") and "bound (2 deg)" in entry["reasons"][0]
+    assert summary["policy"]["on_implausible"] == "fallback" and summary["config"]["max_rotation_deg"] == 2.0
+    assert set(summary["pairs"]) == {"0001_0000<--0001_0001"}  # written, with the fallback's transform
+    code = cli.main(["align", "--data", str(tmp_path / "Toy"), "--out", str(out), "--overwrite", "--max-rotation", "2",
+                     "--on-implausible", "refuse"])
+    assert code == 3 and "refused" in capsys.readouterr().err
+    summary = read_json(out / "align_summary.json")
+    assert summary["pairs"] == {} and summary["implausible"]["0001_0000<--0001_0001"]["action"] == "refused"

@@ -299,11 +299,14 @@ def test_moving_field_of_view_keeps_its_border_out_of_the_metric(fixed_image):
     # margin of the field of view's border (where the cut would be an edge), and keeps the rest.
     # (Not compared with a run without the field of view: two optimiser runs differ by CPU/BLAS.)
     shape = tuple(n // 2 for n in moving.shape)
-    level = make_level(moving, FIXED_GEOM, shape, 1.0, moving != 0, margin=2.0)
+    level = make_level(moving, FIXED_GEOM, shape, 1.0, moving != 0, margin=4.5)  # image voxels: 2.2 level voxels here
     kept = level.fov[0, 0].numpy() > 0
     inside = resize_image((moving != 0).astype(np.float32), shape, order=1) > 0.999
     assert not kept[~inside].any() and 0.4 < kept.mean() < inside.mean()
     assert ndimage.distance_transform_edt(inside)[kept].min() > 2.0
+    coarse = make_level(moving, FIXED_GEOM, tuple(n // 8 for n in moving.shape), 1.0, moving != 0, margin=4.0)
+    inside = resize_image((moving != 0).astype(np.float32), coarse.image.shape[2:], order=1) > 0.999
+    assert ndimage.distance_transform_edt(inside)[coarse.fov[0, 0].numpy() > 0].min() > 1.0  # at least one level voxel
 
 
 # ------------------------------------------------------------------------- configuration and input errors

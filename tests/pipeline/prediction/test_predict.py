@@ -168,6 +168,24 @@ def test_affine_only_configuration_needs_no_run_and_recovers_a_translation(tmp_p
     np.testing.assert_allclose(core.mean(axis=0), (-2.0, 1.0, -1.5), atol=0.3)
 
 
+def test_an_implausible_pre_alignment_falls_back_is_named_and_exits_3(tmp_path, capsys):
+    """Moving = fixed turned by 30 degrees: beyond the default 15 degree bound. The pair is
+    predicted (the fallback's transform), named on stderr and in runtimes.json, exit 3."""
+    root = make_blob_task(tmp_path / "task")
+    fixed, geom = load_nifti(root / "imagesTr" / "Blob_0004_0000.nii.gz")
+    from scipy import ndimage
+
+    save_nifti(root / "imagesTr" / "Blob_0005_0000.nii.gz", ndimage.rotate(fixed, 30.0, axes=(1, 2), reshape=False, order=1), geom)
+    cfg = tmp_path / "affine.json"
+    cfg.write_text(json.dumps({"predict": {"affine": "rigid", "affine_only": True}}))
+    out = tmp_path / "sub"
+    assert predict(root, out, None, "val", device="cpu", config_file=cfg) == 3
+    assert "implausible pre-alignment: 0004_0000<--0005_0000: rotation" in capsys.readouterr().err
+    note = json.loads((out / "runtimes.json").read_text())["affine"]["0004_0000<--0005_0000"]
+    assert note["action"] in ("fallback-translation", "fallback-initial") and "bound (15 deg)" in note["reasons"][0]
+    assert (out / disp_filename_l2r("0004_0000", "0005_0000")).exists()
+
+
 @pytest.mark.slow
 def test_torchrun_shards_the_pairs_and_merges_one_manifest(trained, tmp_path):
     import os

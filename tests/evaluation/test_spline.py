@@ -1,0 +1,55 @@
+"""evaluation.metrics: the numpy weights of scipy's cubic B-spline sampling, checked against scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from evaluation import metrics
+
+
+def _scipy_weights(n: int, coords: np.ndarray) -> np.ndarray:
+    """``P x n``: ``map_coordinates`` (order 3, its defaults) of each unit impulse at ``coords``."""
+    eye = np.eye(n)
+    return np.stack([ndimage.map_coordinates(eye[:, m], coords[None, :], order=3) for m in range(n)], axis=1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 40])
+def test_axis_weights_are_scipys_inside_at_the_ends_and_outside(n):
+    edges = [0.0, 1e-9, n - 1.0, n - 1 - 1e-9, -1e-9, n - 1 + 1e-9, -0.5, n - 0.5, -2.0, n + 1.0, np.nan, np.inf, -np.inf]
+    coords = np.concatenate([np.linspace(-1.5, n + 0.5, 53), edges])
+    np.testing.assert_allclose(metrics.axis_weights(n, coords), _scipy_weights(n, coords), rtol=0, atol=1e-14)
+
+
+def test_mirror_reflects_about_the_end_samples():
+    assert metrics.mirror(np.arange(-3, 9), 4).tolist() == [3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2]
+    assert metrics.mirror(np.array([-2, 0, 5]), 1).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 6, 50])
+def test_coefficient_rows_invert_the_interpolation_matrix(n):
+    a = np.zeros((n, n))  # f_i = c_{m(i-1)} / 6 + 2 c_i / 3 + c_{m(i+1)} / 6
+    for i in range(n):
+        for d, tap in ((-1, 1 / 6), (0, 2 / 3), (1, 1 / 6)):
+            a[i, metrics.mirror(np.array(i + d), n)] += tap
+    np.testing.assert_allclose(metrics.coefficient_rows(np.arange(n), n), np.linalg.inv(a), rtol=0, atol=1e-15)
+
+
+def test_weights_reproduce_the_samples_and_sum_to_one_inside():
+    n = 12
+    w = metrics.axis_weights(n, np.arange(n, dtype=float))
+    np.testing.assert_allclose(w, np.eye(n), atol=1e-14)  # interpolating: the samples themselves
+    inside = metrics.axis_weights(n, np.linspace(0, n - 1, 31))
+    np.testing.assert_allclose(inside.sum(axis=1), 1.0, rtol=1e-14)  # constants are reproduced
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_window_sampler_is_map_coordinates(order):
+    rng = np.random.default_rng(4)
+    shape = (36, 33, 40)
+    u = np.asarray(rng.normal(0, 2, (*shape, 3)).astype(np.float32), order=order)
+    pts = np.vstack([rng.uniform(-0.5, np.array(shape) - 0.5, (25, 3)), [[0, 0, 0], [35, 32, 39], [0.2, 32, 17.5], [-0.5, 3, 3], [np.nan, 3, 3]]])
+    oracle = np.stack([ndimage.map_coordinates(u[..., k].astype(np.float64), pts.T, order=3) for k in range(3)], axis=1)
+    # windows cover these grids but for the last voxels: the truncation is below 1e-8 of max |u|
+    np.testing.assert_allclose(metrics.sample_window(u, pts), oracle, rtol=0, atol=1e-8 * np.abs(u).max())
