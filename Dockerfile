@@ -5,6 +5,8 @@
 #   install-files  what the dependency install reads (requirements, lock, .docker-wheels/): mounted, never copied
 #   runtime        the base image + a venv with torch and every pinned dependency + the non-root user
 #   pipeline       runtime + the code, configs and published weights; the stages' entrypoint
+#   submission     pipeline + one run + one organiser's contract: the image handed in to a challenge
+#                  (built by `python -m pipeline container` from a staged context, never from the repository)
 #
 # Python and torch: by default the official PyTorch CUDA runtime image, whose torch is kept. For a base
 # without torch (a CPU image), TORCH_WHEEL or TORCH_INDEX installs the pinned torch. Every other package,
@@ -19,6 +21,8 @@
 #   TORCH_INDEX  a wheel index to take the pinned torch from (docker-compose.cpu.yml: PyTorch's CPU index),
 #                when TORCH_WHEEL is empty.
 #   APP_UID      uid/gid of the image's non-root user (compose runs the stages as the host user instead).
+#   SUBMISSION_WORKDIR, CONTRACT   the submission target's working directory and contract name (set by
+#                `python -m pipeline container` from pipeline/container/contracts.py).
 # Needs BuildKit (the default builder of Docker >= 23 and of docker compose v2).
 ARG BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
 ARG APP_UID=10001
@@ -76,3 +80,25 @@ ENV HOME=/tmp \
 USER ${APP_UID}:${APP_UID}
 ENTRYPOINT ["/bin/sh", "/app/docker/entrypoint.sh"]
 CMD ["--help"]
+
+# A submission image (`python -m pipeline container`; README, "Hand in a submission"). Its build context is
+# staged by pipeline/container/build.py: the files above plus submission/ = contract.json (the organiser's
+# contract), run/ (the resolved config.json, checkpoints/best.pt, imported.json; never data or caches) and
+# bin/ (the contract's wrapper scripts, e.g. OncoReg's train.sh and test.sh, put in its working directory).
+FROM pipeline AS submission
+ARG APP_UID
+ARG SUBMISSION_WORKDIR=/app
+ARG CONTRACT=unknown
+LABEL org.opencontainers.image.title="l2r-lapirn submission: ${CONTRACT}"
+COPY submission/ /app/submission/
+WORKDIR ${SUBMISSION_WORKDIR}
+COPY submission/bin/ ./
+ENV L2R_SUBMISSION=/app/submission \
+    L2R_APP_UID=${APP_UID}
+# Starts as root only to hand over at once: without --user (LUMIR 2024, ReMIND2Reg, L2R and OncoReg run it
+# so) the entry point becomes the owner of the folder it writes, else the image's user l2r, before any work
+# (pipeline/container/entry.py); with --user (LUMIR 2025) it is that user throughout.
+# hadolint ignore=DL3002
+USER 0
+ENTRYPOINT ["python", "-m", "pipeline.container.entry"]
+CMD []

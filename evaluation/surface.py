@@ -28,7 +28,6 @@ the distance transform does), so the numbers are bit-identical.
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -267,7 +266,9 @@ def edt_package() -> Any:
     global _edt  # imported once, at the first HD95 (a run without HD95 never loads it)
     if _edt is ...:
         try:
-            _edt = importlib.import_module("edt")
+            import edt  # here, not at the top: it imports multiprocessing (a plain import, so dependency scans see it)
+
+            _edt = edt
         except ImportError:  # pragma: no cover - edt is pinned in requirements.txt
             _edt = None
     return _edt

@@ -9,6 +9,7 @@ layer, never the reverse; nothing imports the demo; ``tests/pipeline/test_layout
 * ``data/``       preprocessing, ``validate``, ``summary``
 * ``training/``   the ``train`` stage, ``import-weights`` (the authors' weights as a run folder)
 * ``prediction/`` the ``predict`` stage
+* ``container/``  submission images: the organisers' contracts, the image's entry point, ``container``
 * ``demo/``       phantoms, demo tasks and the demo job
 
 At the top: the command line (``cli``), the run configuration (``config``) and the

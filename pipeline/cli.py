@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "package": ("learn2reg.package", "check a submission folder against its task and write the zip its organisers ask for"),
     "evaluate": ("evaluation.evaluate", "score a submission with the official Learn2Reg metrics (the official script's flags)"),
     "initial": ("evaluation.initial", "evaluate the zero field (the leaderboard's Initial row)"),
+    "container": ("pipeline.container.build", "a run -> the submission image of an organiser's contract (docker save | gzip)"),
     "register": ("pipeline.prediction.register", "register one image pair with a trained run: field, warped image, report"),
     "report": ("evaluation.pair_reports.stage", "per-pair visual reports (self-contained HTML) of a submission"),
     "leaderboard": ("evaluation.leaderboard.stage", "table and rank scores of several evaluated methods (Markdown/CSV/HTML)"),

@@ -1,9 +1,15 @@
 """Shared test settings: one BLAS/torch thread per xdist worker (2 workers on 2 cores); tests
-marked ``cuda`` skip where CUDA is absent."""
+marked ``cuda`` skip where CUDA is absent; the Docker engine of the container tests (``engine``,
+one per test process, so that ``tests/test_docker.py`` and ``tests/test_container.py`` share its
+images and build cache when they run in the same process)."""
 
 import os
+import shutil
+from collections.abc import Iterator
 
 import pytest
+
+from tests import docker_engine
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see pipeline/cli.py
 
@@ -26,3 +32,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason=f"needs a CUDA GPU: torch {torch.__version__} ({build}) sees none; run `pytest -m cuda` on a GPU machine")
     for item in marked:
         item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[docker_engine.Engine]:
+    """A Docker engine: the configured one if it answers, else a private one started (and stopped) here."""
+    if not docker_engine.engine_answers(os.environ) and (os.geteuid() != 0 or shutil.which("apt-get") is None):
+        pytest.skip("no Docker engine answers and none can be started here (needs root and apt-get)")
+    eng = docker_engine.ensure_engine()
+    try:
+        docker_engine.ensure_compose_plugin(eng.env)
+        yield eng
+    finally:
+        docker_engine.stop_engine(eng)

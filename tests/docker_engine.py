@@ -157,7 +157,11 @@ def start_engine(timeout_s: float = 90, tmpfs: bool | None = None) -> Engine:
         "--pidfile", str(root / "dockerd.pid"), "--host", f"unix://{sock}",
     ]
     log_file = (root / "dockerd.log").open("wb")
-    process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    # The daemon's temporary files (docker save and docker load stage a whole image there, ~2 GB for ours)
+    # go to the disk beside the data root, not onto its tmpfs (DOCKER_TMPDIR, dockerd's documented variable).
+    (root / "tmp").mkdir()
+    env = {**os.environ, "DOCKER_TMPDIR": str(root / "tmp")}
+    process = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     log_file.close()
     engine = Engine(env={**os.environ, "DOCKER_HOST": f"unix://{sock}"}, process=process, root=root)
     deadline = time.monotonic() + timeout_s

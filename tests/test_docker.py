@@ -16,7 +16,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -56,19 +55,6 @@ class Stack:
     build_log: str
     wheel: Path
     own_engine: bool  # started by these tests (else someone's engine: leave nothing behind)
-
-
-@pytest.fixture(scope="session")
-def engine() -> Iterator[Engine]:
-    """A Docker engine: the configured one if it answers, else a private one started (and stopped) here."""
-    if not docker_engine.engine_answers(os.environ) and (os.geteuid() != 0 or shutil.which("apt-get") is None):
-        pytest.skip("no Docker engine answers and none can be started here (needs root and apt-get)")
-    eng = docker_engine.ensure_engine()
-    try:
-        docker_engine.ensure_compose_plugin(eng.env)
-        yield eng
-    finally:
-        docker_engine.stop_engine(eng)
 
 
 @pytest.fixture(scope="session")

@@ -47,15 +47,33 @@ def test_hadolint_finds_nothing_in_the_dockerfile():
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
 
 
+def dockerfile_stages(text: str) -> dict[str, str]:
+    """Stage name -> its lines (from its FROM to the next FROM)."""
+    parts = re.split(r"^(?=FROM )", text, flags=re.M)
+    return {re.match(r"FROM \S+ AS (\S+)", p).group(1): p for p in parts if p.startswith("FROM ")}
+
+
 def test_dockerfile_has_named_stages_keeps_the_base_torch_and_runs_as_non_root():
     text = (REPO / "Dockerfile").read_text()
     assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn\d+-runtime$", text, re.M)
     stages = re.findall(r"^FROM (\S+) AS (\S+)$", text, re.M)
-    assert stages == [("scratch", "install-files"), ("${BASE_IMAGE}", "runtime"), ("runtime", "pipeline")]
+    assert stages == [("scratch", "install-files"), ("${BASE_IMAGE}", "runtime"), ("runtime", "pipeline"), ("pipeline", "submission")]
     assert "pip install" not in text, "installs go through docker/install-deps.sh (pinned by the lock)"
-    user = re.findall(r"^USER (\S+)$", text, re.M)
-    assert user and user[-1] not in ("root", "0", "0:0")
-    assert re.search(r'^ENTRYPOINT \[".+"\]$', text, re.M), "ENTRYPOINT must be exec form"
+    user = re.findall(r"^USER (\S+)$", dockerfile_stages(text)["pipeline"], re.M)
+    assert user and user[-1] not in ("root", "0", "0:0"), "the stages' image runs as a non-root user"
+    assert re.findall(r'^ENTRYPOINT (.+)$', text, re.M) == ['["/bin/sh", "/app/docker/entrypoint.sh"]', '["python", "-m", "pipeline.container.entry"]']
+
+
+def test_the_submission_stage_starts_as_root_only_for_its_entry_point_to_hand_over():
+    """Without --user (LUMIR 2024, ReMIND2Reg, L2R, OncoReg) the entry point becomes the owner of the
+    output folder before any work (tested with a real engine in tests/test_container.py); nothing else
+    runs as root: no RUN after the USER line, the ENTRYPOINT is the entry module in exec form."""
+    stage = dockerfile_stages((REPO / "Dockerfile").read_text())["submission"]
+    assert re.findall(r"^USER (\S+)$", stage, re.M) == ["0"]
+    after = stage[stage.index("\nUSER 0"):]
+    assert not re.search(r"^RUN ", after, re.M)
+    assert "hadolint ignore=DL3002" in stage
+    assert re.search(r"^ENV L2R_SUBMISSION=/app/submission", stage, re.M)
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,7 +232,7 @@ def test_readme_blocks_are_found_between_their_markers():
 
 
 def test_shell_scripts_parse():
-    for script in sorted((REPO / "docker").glob("*.sh")):
+    for script in sorted((REPO / "docker").rglob("*.sh")):
         proc = subprocess.run(["sh", "-n", script], capture_output=True, text=True)
         assert proc.returncode == 0, f"{script.name}: {proc.stderr}"
         assert os.access(script, os.X_OK) or script.name in ("entrypoint.sh", "install-deps.sh"), f"{script.name}: not executable"

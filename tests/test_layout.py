@@ -31,6 +31,7 @@ ALLOWED = {
         "pipeline.prediction", "pipeline.model", "pipeline.data", "pipeline.affine.registration",
         "pipeline.affine.fov", "pipeline.affine.ngf", "pipeline.affine.support", *TOP_LEVEL,
     ),
+    "pipeline.container": ("pipeline.container", "pipeline.prediction", "pipeline.training", "pipeline.affine.fov", *TOP_LEVEL),
     "pipeline.demo": ("pipeline",),
 }
 # The pipeline modules that score (and so may import evaluation), and what for.

@@ -45,3 +45,19 @@ def test_the_network_free_bench_counts_folds_on_the_written_field(tmp_path):
         save_nifti(tmp_path / "disp.nii.gz", u, Geometry.identity(shape))
         sdlogj, count = module.field_stats(tmp_path / "disp.nii.gz")
         assert count == folded and (np.isnan(sdlogj) if a < 0 else sdlogj < 1e-6)
+
+
+def test_the_container_benchmark_renders_a_results_file_without_running_anything(tmp_path):
+    entry = {
+        "image_bytes": 1.76e9, "file_bytes": 5.7e8, "build_export_s": 70.0, "load_s": 15.0, "entry_startup_s": 6.5,
+        "container_overhead_s": 3.2, "pairs": 6, "pair_mean_s": 1.6, "pair_median_s": 1.55, "pair_max_s": 1.8, "peak_rss_gib": 0.57, "uid": 4242,
+        "source": "imported", "scores": {"DSC": 0.81, "TRE_lm": 1.37}, "initial": {"DSC": 0.65, "TRE_lm": 2.02},
+    }  # fmt: skip
+    source = tmp_path / "in.json"
+    source.write_text(json.dumps({"machine": "cpu", "cpus": 2, "load": [1, 1, 1], "contracts": {"lumir": entry, "oncoreg": {**entry, "train_wall_s": 34.0}}}))
+    cmd = [sys.executable, str(REPO / "bench" / "bench_containers.py"), "--from", str(source), "--out", str(tmp_path / "out")]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=120)
+    table = (tmp_path / "out" / "containers_cpu.md").read_text()
+    assert "| lumir | DemoLUMIR, 6 pairs 40x56x48, imported LapIRN diff weights (--data check run) | 1.76 | 570 | 70 | 15 | 6.5 | 3.2 | 1.55 (1.60, 1.80) | 0.57 | 4242 | DSC 0.81 (0.65), TRE_lm 1.37 (2.02) |" in table
+    assert "OncoReg's `./train.sh` (in the image, 36 steps): 34 s wall." in table
+    assert json.loads((tmp_path / "out" / "containers_cpu.json").read_text())["contracts"]["lumir"] == entry
