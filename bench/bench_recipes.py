@@ -22,6 +22,11 @@ For every recipe, on its network grid (the task's image shape, halved when the r
   conventions; random images and labels, one-hot made per step as the trainer does), and
   ``python -m pipeline register`` on two random images of the task's shape with random weights
   of the recipe's network (its ``register.json`` holds the stage's own estimate and peak).
+
+A network-free recipe (``predict.network`` "none": registration by instance optimisation from the
+zero field, no training) has nothing to count or train: its row is the prediction alone, the
+stage's estimate and ``register`` measured as above (a run folder holding only the
+configuration), with the instance optimisation's seconds.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ RECIPES = (
     ("l2r_abdomenctct.json", "AbdomenCTCT", (192, 160, 256), 14),
     ("l2r_thoraxcbct.json", "ThoraxCBCT", (390, 280, 300), 1),
     ("l2r_oasis.json", "OASIS", (160, 224, 192), 36),
+    ("l2r_lumir.json", "LUMIR", (160, 224, 192), 1),
+    ("l2r_oncoreg.json", "OncoReg", (256, 192, 192), 1),
+    ("l2r_remind2reg.json", "ReMIND2Reg", (256, 256, 256), 1),
 )
 # Effective training throughputs for the GPU estimates (FLOP/s). 2e12: what the seed paper's RTX
 # 2080 Ti inference time implies at least (task 3: 3.4 TFLOP forward in 1.83 s per pair, I/O
@@ -161,16 +169,19 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def random_run(cfg: Any, config_file: str, run_dir: Path) -> None:
-    """A run folder with the recipe's configuration and random weights (``best.pt``)."""
+    """A run folder with the recipe's configuration and random weights (``best.pt``; only the
+    configuration for a network-free recipe)."""
     import torch
 
     from learn2reg.io import write_json
     from pipeline.model.checkpoint import save_checkpoint
     from pipeline.model.lapirn import LapIRN
 
+    write_json(run_dir / "config.json", cfg.to_dict())
+    if not cfg.predict.uses_network:
+        return
     torch.manual_seed(0)
     model = LapIRN(_model_config(cfg))
-    write_json(run_dir / "config.json", cfg.to_dict())
     save_checkpoint(run_dir / "checkpoints" / "best.pt", {
         "model_config": model.config.to_dict(), "run_config": cfg.to_dict(), "model": model.state_dict(),
         "optimizer": None, "state": {"level": 3, "step": 0, "global_step": 0}, "source": f"bench: random weights, {config_file}"})
@@ -262,7 +273,10 @@ def markdown(report: dict[str, Any]) -> str:
         " | GPU train memory GB, fp32 / bf16 (estimated) | GPU h @ 2 / 20 TFLOP/s (estimated) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    free = [r for r in report["recipes"] if not r.get("uses_network", True)]
     for r in report["recipes"]:
+        if r in free:
+            continue
         c, e, meas, pred = r["counted"], r["estimated"], r.get("measured"), r.get("predict")
         grid = "x".join(map(str, r["grid"])) + ("" if r["grid"] == r["padded"] else f" ({'x'.join(map(str, r['padded']))})")
         timed = "not measured" if not meas else ("error" if "error" in meas else
@@ -279,6 +293,19 @@ def markdown(report: dict[str, Any]) -> str:
             f" | {c['train_step_flops'][-1] / 1e12:.2f} | {timed} | {train} | {predicted}"
             f" | {e['train_gpu_gb']['fp32']:.1f} / {e['train_gpu_gb']['bf16']:.1f} | {hours} |"
         )
+    if free:
+        lines += ["", "Network-free recipes (`predict.network` \"none\": no training; `register` of one pair of random images"
+                  " of the task's shape with the recipe's configuration):", "",
+                  "| recipe | task | image grid | instance optimisation | CPU predict s (instance optimisation s)"
+                  " | CPU predict peak GB, estimated / measured |", "|---|---|---|---|---|---|"]
+        for r in free:
+            pred = r.get("predict")
+            peak, why = _measured(pred, "peak_gb")
+            predicted = _pair(pred["estimate_gb"] if pred and "estimate_gb" in pred else r["predict_estimate_gb"], peak,
+                              why or r.get("not_measured", {}).get("predict"))
+            timed = "not measured" if not pred else ("error" if "error" in pred else
+                    f"{_g(pred['runtimes']['total_s'])} ({_g(pred['runtimes']['instance_opt_s'])})")
+            lines.append(f"| {r['config']} | {r['task']} | {'x'.join(map(str, r['shape']))} | {r['instance_opt']} | {timed} | {predicted} |")
     if report.get("notes"):
         lines += ["", *[f"- {n}" for n in report["notes"]]]
     return "\n".join(lines) + "\n"
@@ -291,12 +318,35 @@ def fits(work_gb: float) -> bool:
     return work_gb <= WARN_FRACTION * system_free() / GB
 
 
+def instance_opt(cfg: Any) -> str:
+    p = cfg.predict
+    return f"{p.instance_opt_steps} steps x {p.instance_opt_levels} level(s)" if p.instance_opt_steps else "none"
+
+
+def run_network_free(cfg: Any, config_file: str, task: str, shape: tuple[int, int, int], args: argparse.Namespace) -> dict[str, Any]:
+    """A network-free recipe's row: the prediction's estimate, and ``register`` measured when it fits."""
+    row: dict[str, Any] = {"config": config_file, "task": task, "shape": shape, "uses_network": False,
+                           "instance_opt": instance_opt(cfg), "predict_estimate_gb": BASE_GB + predict_estimate(cfg, shape),
+                           "not_measured": {}}
+    if shape[0] * shape[1] * shape[2] > args.measure_max_voxels:
+        row["not_measured"]["predict"] = "not measured (size)"
+    elif not fits(row["predict_estimate_gb"] - BASE_GB):
+        row["not_measured"]["predict"] = "not measured (memory)"
+    else:
+        print(f"measuring register on {config_file} at {shape} ...", flush=True)
+        row["predict"] = measure_predict(cfg, config_file, shape, args.threads, args.timeout)
+    return row
+
+
 def run_recipe(config_file: str, task: str, shape: tuple[int, int, int], classes: int, args: argparse.Namespace) -> dict[str, Any]:
     cfg = _load(config_file)
+    if not cfg.predict.uses_network:
+        return run_network_free(cfg, config_file, task, shape, args)
     grid, padded = network_grid(cfg, shape)
     counted = count(cfg, grid, classes)
     row: dict[str, Any] = {"config": config_file, "task": task, "shape": shape, "grid": grid, "padded": padded,
-                           "num_classes": classes, "start_channel": cfg.model.start_channel,
+                           "num_classes": classes, "start_channel": cfg.model.start_channel, "uses_network": True,
+                           "instance_opt": instance_opt(cfg),
                            "steps": list(cfg.train.steps_per_level), "counted": counted,
                            "estimated": estimate(cfg, grid, classes, counted, BASE_GB),
                            "predict_estimate_gb": BASE_GB + predict_estimate(cfg, shape)}
@@ -324,7 +374,7 @@ def run_recipe(config_file: str, task: str, shape: tuple[int, int, int], classes
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=None, help="recipes whose task or file name contains this")
+    parser.add_argument("--only", action="append", default=None, help="recipes whose task or file name contains this (repeatable)")
     parser.add_argument("--measure-max-voxels", type=float, default=8e6, help="measure on the CPU up to this padded grid size")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="timed training steps (after one untimed warm-up step)")
@@ -338,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     report: dict[str, Any] = {"environment": environment("cpu", args.threads), "recipes": [], "notes": args.note}
     for config_file, task, shape, classes in RECIPES:
-        if args.only and args.only not in task and args.only not in config_file:
+        if args.only and not any(o in task or o in config_file for o in args.only):
             continue
         row = run_recipe(config_file, task, shape, classes, args)
         print(json.dumps(row), flush=True)

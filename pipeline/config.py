@@ -174,8 +174,14 @@ class TrainConfig(_Checked):
 
 @dataclass(frozen=True)
 class PredictConfig(_Checked):
-    """Inference: optional affine pre-alignment; ``affine_only`` (task 1 in the paper) skips the
-    network; instance optimisation refines each field at test time. The network's grid
+    """Inference: optional affine pre-alignment, the network, and instance optimisation, which
+    refines each field at test time. ``network``: "lapirn" (a trained run: ``predict --run``) or
+    "none" (no network and no checkpoint: ``predict --config``; the field is the affine stage's,
+    the identity with ``affine`` "none", refined by instance optimisation from there when
+    ``instance_opt_steps`` > 0: registration without training, ConvexAdam-style).
+    ``affine_only`` true is the older spelling of ``network`` "none" (the seed paper's task 1),
+    kept so that existing configurations and their output hashes stay valid; read
+    :attr:`uses_network`, not either key. The network's grid
     (``pipeline.data.preprocess.scaled_shape``): the preprocessing grid scaled by ``input_scale``
     (2: twice as fine, e.g. a 2 mm task at the 1 mm the published weights expect), or the image
     grid at ``target_spacing`` mm per axis (replaces ``half_resolution``); at most one of the two."""
@@ -183,9 +189,10 @@ class PredictConfig(_Checked):
     affine: str = _spec("none", choices=("none", "rigid", "affine"))
     affine_search_mm: float = _spec(0.0, ge=0)  # exhaustive translation search radius before L-BFGS (0 = off)
     affine_only: bool = False
+    network: str = _spec("lapirn", choices=("lapirn", "none"))
     # instance optimisation (pipeline.model.instance_opt): Adam steps (0 = off), learning rate
     # (control-grid voxels), diffusion weight of the correction, control-grid spacing (voxels),
-    # voxels sampled per step, fold repair of the result, similarity
+    # voxels sampled per step, fold repair of the result, similarity, coarse-to-fine levels (steps each)
     instance_opt_steps: int = _spec(0, ge=0)
     instance_opt_lr: float = _spec(0.5, gt=0)
     instance_opt_smooth: float = _spec(0.3, ge=0)
@@ -193,9 +200,15 @@ class PredictConfig(_Checked):
     instance_opt_points: int = _spec(65536, ge=1)
     instance_opt_unfold: bool = True
     instance_opt_similarity: str = _spec("mind", choices=("mind", "lncc"))  # sampled MIND-SSC, or dense local NCC (mono-modal)
+    instance_opt_levels: int = _spec(1, ge=1, le=4)  # coarse-to-fine levels (1: the fixed grid only; 2: half, then full)
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
     input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale
     target_spacing: float | None = _spec(None, gt=0)  # mm; network grid spacing per axis, from the fixed image's spacing
+
+    @property
+    def uses_network(self) -> bool:
+        """Whether prediction runs a trained network (``network`` "lapirn" and not ``affine_only``)."""
+        return self.network != "none" and not self.affine_only
 
 
 @dataclass(frozen=True)
@@ -217,10 +230,35 @@ class RunConfig(_Checked):
         return dataclasses.asdict(self)
 
     def digest(self, *sections: str) -> str:
-        """Short stable hash of the given sections (all if none), for caches and manifests."""
+        """Short stable hash of the given sections (all if none), for caches and manifests; the
+        :data:`LATER_KEYS` at their defaults are left out, so earlier hashes stand."""
         d = self.to_dict()
+        for dotted, default in LATER_KEYS.items():
+            section, name = dotted.split(".")
+            if d[section].get(name) == default:
+                del d[section][name]
         picked = {k: d[k] for k in (sections or d)}
         return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: Keys added after run folders and prediction outputs were made with this format, with their
+#: defaults: the behaviour before the key existed. An older resolved configuration that lacks
+#: one means its default (:func:`with_later_keys`), and :meth:`RunConfig.digest` leaves one at
+#: its default out, so that earlier outputs keep their hash and earlier runs can be resumed.
+LATER_KEYS: dict[str, Any] = {"predict.network": "lapirn", "predict.instance_opt_levels": 1, "predict.instance_opt_similarity": "mind"}
+
+
+def with_later_keys(resolved: Any) -> Any:
+    """A resolved configuration (``RunConfig.to_dict()``, e.g. an older run's ``config.json``)
+    with every :data:`LATER_KEYS` entry it lacks set to its default; anything else unchanged."""
+    if not isinstance(resolved, dict):
+        return resolved
+    out = dict(resolved)
+    for dotted, default in LATER_KEYS.items():
+        section, name = dotted.split(".")
+        if isinstance(out.get(section), dict) and name not in out[section]:
+            out[section] = {**out[section], name: default}
+    return out
 
 
 # ---------------------------------------------------------------------- one value against its field

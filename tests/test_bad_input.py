@@ -536,6 +536,85 @@ def test_predict_refuses_another_rule_set_for_a_2020_task(trained, tmp_path, cap
     assert not (tmp_path / "sub").exists()
 
 
+# ------------------------------------------------------------------- 2c. registration without a network, streamed training
+
+
+def test_a_network_free_configuration_with_an_unknown_network_or_too_many_levels_is_refused_before_any_work(tmp_path, capsys):
+    root = remind_task(tmp_path / "task")
+    for key, value, allowed in [("network", "unet", 'one of "lapirn", "none"'), ("instance_opt_levels", 5, "an integer >= 1 and <= 4")]:
+        cfg = tmp_path / f"{key}.json"
+        cfg.write_text(json.dumps({"predict": {"network": "none", "instance_opt_steps": 2, key: value}}))
+        code, _, err = run(capsys, "predict", "--data", str(root), "--config", str(cfg), "--out", str(tmp_path / "sub"), "--device", "cpu")
+        assert code == 1 and f"{cfg}: predict.{key}: {json.dumps(value)} (allowed: {allowed})" in err
+        assert not (tmp_path / "sub").exists()
+
+
+def test_predict_config_of_a_network_without_a_run_says_which_key_makes_it_network_free(tmp_path, capsys):
+    root = remind_task(tmp_path / "task")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"predict": {"instance_opt_steps": 2}}))
+    code, _, err = run(capsys, "predict", "--data", str(root), "--config", str(cfg), "--out", str(tmp_path / "sub"), "--device", "cpu")
+    assert code == 1 and 'the configuration uses a network (predict.network "lapirn"), which needs --run' in err
+    assert 'set predict.network to "none"' in err and not (tmp_path / "sub").exists()
+
+
+def test_train_refuses_the_network_free_remind2reg_recipe_and_writes_nothing(tmp_path, capsys):
+    root = remind_task(tmp_path / "task")
+    recipe = Path(__file__).resolve().parent.parent / "configs" / "l2r_remind2reg.json"
+    code, _, err = run(capsys, "train", "--data", str(root), "--config", str(recipe), "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert code == 1 and "this configuration is network-free" in err and "predict --config" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "why"), [("--workers", "-1", "-1: must be >= 0"), ("--workers", "two", "invalid"),
+                                                      ("--case-memory-gb", "-1", "-1: must be a finite number >= 0"),
+                                                      ("--case-memory-gb", "inf", "inf: must be a finite number >= 0")])
+def test_streaming_options_out_of_range_are_usage_errors(trained, tmp_path, capsys, option, value, why):
+    task, _ = trained
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--data", str(task), "--config", str(_config(tmp_path)), "--out", str(tmp_path / "run"), option, value])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"argument {option}: " in err and why in err and not (tmp_path / "run").exists()
+
+
+def _image_only(task: Path, to: Path) -> Path:
+    """A copy of the blob task without labels or validation pairs: its cases are read when a step first uses them."""
+    def edit(meta: dict) -> None:
+        for entry in meta["training"]:
+            entry.pop("label", None)
+        meta["registration_val"] = []
+    copy = copy_task(task, to, edit)
+    shutil.rmtree(copy / "labelsTr")
+    return copy
+
+
+def test_a_streamed_training_image_with_a_bad_header_stops_training_before_it_starts(trained, tmp_path, capsys):
+    task = _image_only(trained[0], tmp_path / "task")
+    image = task / "imagesTr" / "Blob_0003_0000.nii.gz"
+    image.write_bytes(b"")
+    code, _, err = run(capsys, "train", "--data", str(task), "--config", str(_config(tmp_path, loss={"dice": 0})),
+                       "--out", str(tmp_path / "run"), "--device", "cpu")
+    assert code == 1 and f"{image}: unreadable NIfTI header" in err and not (tmp_path / "run").exists()
+
+
+def test_a_streamed_training_image_truncated_inside_is_named_when_first_read_and_the_run_goes_on_once_fixed(trained, tmp_path, capsys):
+    """Image-only cases are read when a step first uses them (the headers are checked at the start):
+    a broken voxel block stops training then, naming the file and how to go on; fixed, the same
+    command runs to the end."""
+    task = _image_only(trained[0], tmp_path / "task")
+    image = task / "imagesTr" / "Blob_0003_0000.nii.gz"
+    intact = image.read_bytes()
+    image.write_bytes(intact[: len(intact) // 2])
+    cmd = ["train", "--data", str(task), "--config", str(_config(tmp_path, loss={"dice": 0})), "--out", str(tmp_path / "run"), "--device", "cpu"]
+    code, _, err = run(capsys, *cmd)
+    assert code == 1 and f"{image}: unreadable or truncated NIfTI (EOFError" in err and "when training first read it" in err
+    assert f"python -m pipeline preprocess --data {task} --config CFG checks every image at once" in err
+    assert "rerun the same command" in err
+    image.write_bytes(intact)
+    code, _, _ = run(capsys, *cmd + (["--resume"] if (tmp_path / "run" / "checkpoints" / "last.pt").exists() else []))
+    assert code == 0 and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
 # ------------------------------------------------------------------- align: bounds, policy, fields of view
 
 

@@ -29,7 +29,7 @@ ALLOWED = {
     "pipeline.training": ("pipeline.training", "pipeline.model", "pipeline.data", *TOP_LEVEL),
     "pipeline.prediction": (
         "pipeline.prediction", "pipeline.model", "pipeline.data", "pipeline.affine.registration",
-        "pipeline.affine.fov", "pipeline.affine.ngf", *TOP_LEVEL,
+        "pipeline.affine.fov", "pipeline.affine.ngf", "pipeline.affine.support", *TOP_LEVEL,
     ),
     "pipeline.container": ("pipeline.container", "pipeline.prediction", "pipeline.training", "pipeline.affine.fov", *TOP_LEVEL),
     "pipeline.demo": ("pipeline",),

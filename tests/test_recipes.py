@@ -1,7 +1,7 @@
 """The recipes for the current Learn2Reg tasks (configs/l2r_*.json): each says what it is based
 on, follows its task's facts (CT windowed in HU with the offset detected, Dice only where the task
-has training labels, masked similarity for the lung tasks), and is listed in the README and in the
-recipe benchmark."""
+has training labels, masked similarity for the lung tasks; LUMIR as the published weights need it,
+ReMIND2Reg without a network), and is listed in the README and in the recipe benchmark."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ RECIPES = {
     "l2r_lungct.json": (True, False, True, True),
     "l2r_thoraxcbct.json": (True, False, False, True),
     "l2r_hippocampusmr.json": (False, True, False, False),
+    "l2r_lumir.json": (False, False, False, False),
+    "l2r_oncoreg.json": (True, False, False, True),
+    "l2r_remind2reg.json": (False, False, False, False),
 }
 
 
@@ -50,6 +53,24 @@ def test_a_recipe_follows_its_task(name):
     assert (cfg.loss.dice > 0) == labels  # training refuses Dice without training labels
     assert cfg.loss.use_mask == masked and cfg.preprocess.half_resolution == half
     assert cfg.model.levels == 3 and cfg.train.steps_per_level == (30000, 30000, 60000)
+
+
+def test_lumir_trains_unsupervised_as_the_published_weights_need_and_optimises_at_prediction():
+    cfg = load_config(REPO / "configs" / "l2r_lumir.json")
+    comment = json.loads((REPO / "configs" / "l2r_lumir.json").read_text())["_comment"]
+    assert "train --init weights/LapIRN_diff_fea7.pth" in comment and "[0, 255]" in comment
+    from pipeline.training.import_weights import imported_config
+
+    authors = imported_config(7, diffeomorphic=True)
+    assert cfg.model == authors.model and cfg.preprocess == authors.preprocess  # what train --init keeps
+    assert cfg.loss.dice == 0 and cfg.loss.smooth == 3.5 and cfg.predict.uses_network and cfg.predict.instance_opt_steps > 0
+
+
+def test_remind2reg_registers_without_a_network_and_oncoreg_trains_on_its_paired_images():
+    remind = load_config(REPO / "configs" / "l2r_remind2reg.json").predict
+    assert not remind.uses_network and remind.network == "none" and remind.instance_opt_steps > 0 and remind.instance_opt_levels == 2
+    onco = json.loads((REPO / "configs" / "l2r_oncoreg.json").read_text())["_comment"]
+    assert "256x192x192" in onco and "training_paired_images" in onco and "l2r_thoraxcbct.json" in onco
 
 
 def test_the_2020_lung_window_is_stated_in_hu():
@@ -79,3 +100,8 @@ def test_the_recipe_benchmark_covers_every_recipe_and_counts_without_measuring(t
     assert 0.35 < counted_gb < 0.5 and row["estimated"]["train_cpu_gb"] > counted_gb + 0.3  # + Python, torch, allocator
     assert row["estimated"]["train_gpu_gb"]["bf16"] < row["estimated"]["train_gpu_gb"]["fp32"]
     assert row["predict_estimate_gb"] > row["counted"]["inference_bytes"] / 2**30
+    cmd[3] = "ReMIND2Reg"
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=300)
+    row = json.loads((tmp_path / "r.json").read_text())["recipes"][0]
+    assert row["config"] == "l2r_remind2reg.json" and not row["uses_network"] and "counted" not in row and "predict" not in row
+    assert row["instance_opt"] == "50 steps x 2 level(s)" and row["predict_estimate_gb"] > 1  # 256^3 float32 images alone: 0.13 GB

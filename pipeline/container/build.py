@@ -4,7 +4,7 @@
         --out IMAGE.tar.gz [--sequence ceT1|T2] [--data TASK] [--tag NAME] [predict's overrides]
 
 ``--run``: a trained or imported run folder (``--checkpoint``, default best); ``--config``
-instead: a network-free configuration (``predict.affine_only``), or for ``oncoreg`` the training
+instead: a network-free configuration (``predict.network`` "none" or ``predict.affine_only``), or for ``oncoreg`` the training
 configuration the image trains with (``./train.sh``). In order, before the first write:
 
 1. the resolved configuration (the run's ``config.json`` with ``--affine``, ``--instance-opt-steps``,
@@ -86,13 +86,13 @@ def resolve_source(run_dir: Path | None, config_file: Path | None, checkpoint: s
 
     cfg = run_config(run_dir, {**overrides, "config_file": config_file})
     ckpt = None
-    if not cfg.predict.affine_only:
+    if cfg.predict.uses_network:
         if checkpoint not in ("best", "last"):
             ckpt = Path(checkpoint)
         elif run_dir is not None:
             ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
         elif contract.pairs != PAIRS_ONCOREG:
-            raise DataError(f"{config_file}: not a network-free configuration (predict.affine_only): the network's weights "
+            raise DataError(f"{config_file}: not a network-free configuration (predict.network \"none\" or predict.affine_only): the network's weights "
                             f"need --run (only oncoreg trains inside the image)")
         if ckpt is not None and not ckpt.is_file():
             raise DataError(f"{ckpt}: checkpoint not found")
@@ -100,7 +100,7 @@ def resolve_source(run_dir: Path | None, config_file: Path | None, checkpoint: s
     stamp = hashlib.sha256(ckpt.read_bytes()).hexdigest() + GridPolicy(spacing, explicit_scale(dict(overrides), cfg)).stamp() if ckpt else ""
     digest = hashlib.sha256((cfg.digest() + stamp).encode()).hexdigest()[:16]
     kind = "imported" if run_dir is not None and (run_dir / "imported.json").is_file() else "trained" if ckpt else \
-        "network-free" if cfg.predict.affine_only else "training configuration"
+        "network-free" if not cfg.predict.uses_network else "training configuration"
     where = run_dir or config_file
     return Source(cfg.to_dict(), digest, ckpt, run_dir, f"{kind} ({where}{', ' + ckpt.name if ckpt else ''})",
                   list(spacing.spacing) if spacing is not None and spacing.source == "dataset.json" else None)
@@ -297,7 +297,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", type=Path, default=None, help="run folder (trained, or import-weights'): its config.json and checkpoint")
     source.add_argument("--config", type=Path, default=None,
-                        help="a network-free configuration (predict.affine_only); for oncoreg also a training configuration")
+                        help="a network-free configuration (predict.network \"none\" or predict.affine_only); for oncoreg also a training configuration")
     parser.add_argument("--contract", required=True, choices=tuple(contracts.CONTRACTS), help="whose container contract (README, \"Hand in a submission\")")
     parser.add_argument("--sequence", default=None, help="remind2reg: the moving MR sequence of this image, ceT1 or T2 (one image each)")
     parser.add_argument("--out", type=Path, required=True, help="the image file to hand in, NAME.tar.gz (docker save | gzip)")

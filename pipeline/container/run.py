@@ -52,7 +52,7 @@ def model_run(contract: Contract, baked: Path, mounts: Mounts) -> Path:
             return trained
         log.info("no model trained by ./train.sh in %s: registering with the run built into the image", mounts.model)
     cfg = run_config(baked, {})
-    if not cfg.predict.affine_only and not (baked / "checkpoints" / "best.pt").is_file():
+    if cfg.predict.uses_network and not (baked / "checkpoints" / "best.pt").is_file():
         raise DataError(f"{mounts.model or baked}: no trained model; run ./train.sh TASK first (the image holds the training "
                         "configuration only)")
     return baked
@@ -63,7 +63,7 @@ def predictor(run: Path) -> Predictor:
     run's trained spacing unless the baked configuration gives a scale (as ``predict`` does)."""
     cfg: RunConfig = run_config(run, {})
     device = pick_device("auto", DistInfo())
-    return load_predictor(cfg, None if cfg.predict.affine_only else run, None, device, "best", explicit_scale({}, cfg))
+    return load_predictor(cfg, None if not cfg.predict.uses_network else run, None, device, "best", explicit_scale({}, cfg))
 
 
 def device_text(device: torch.device) -> str:
@@ -146,7 +146,7 @@ def train_in_image(baked: Path, mounts: Mounts, task: str) -> int:
         raise ValueError("the OncoReg contract has a model folder")
     check_output(mounts.model)
     cfg = run_config(baked, {})
-    if cfg.predict.affine_only:
+    if not cfg.predict.uses_network:
         raise DataError(f"{baked}: a network-free configuration: there is nothing to train (test.sh registers without training)")
     out = mounts.model / ONCOREG_RUN
     resume = (out / "checkpoints" / "last.pt").is_file()

@@ -70,7 +70,7 @@ def run_task(key: str, data: Path, out: Path, device: str, instance_opt: bool) -
     config = CONFIGS / DEMO_CONFIGS[key]
     results, subs = out / "results", out / "submissions"
     write_json(results / "Initial" / f"{data.name}.json", evaluate_initial(data))
-    if load_config(config).predict.affine_only:
+    if not load_config(config).predict.uses_network:
         code = predict(data, subs / "LapIRN" / data.name, None, device=device, report=True, config_file=config)
     else:
         run_dir = out / "runs" / data.name

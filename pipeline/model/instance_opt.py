@@ -12,12 +12,19 @@ the same subset sequence every run); the regulariser is the diffusion energy of 
 correction, weight ``smooth``; Adam with learning rate ``lr`` (control-grid voxels), ``steps``
 steps. Regularising the correction, not ``u``, keeps the detail the network found.
 
+With ``levels`` > 1 the optimisation runs coarse to fine: first on the images resampled to a
+grid ``2^(levels - 1)`` times as coarse (corner-aligned, ``(n - 1) // f + 1`` voxels per axis),
+its correction brought back to the fixed grid and added, then on each finer grid, the fixed
+grid last, ``steps`` steps each. A coarse level widens the capture range (a displacement of 8
+voxels is 4 at half resolution, where the features are also smoother): registration from the
+zero field, without a network, needs it (``predict.network`` "none", e.g. ultrasound to MR).
+
 ``similarity="lncc"`` replaces the sampled MIND-SSC difference with ANTs' metric for
 mono-modal images: the local normalised cross-correlation (squared, over 9^3 windows,
 ``pipeline.model.losses.ncc_map``) of the fixed image and the moving image warped densely by
 ``u`` (edge values repeated), maximised over the whole grid. On brain MR with local, gyral-scale
 differences it finds what the MIND optimum misses (``bench/results/brainhard_cpu.md``), at about
-three times the cost per step.
+three times the cost per step. The coarse levels use the same similarity.
 
 The result is kept diffeomorphic in practice: :func:`repair_folds` smooths the field locally
 wherever ``det(I + grad u) <= 0`` (network fields at 1 mm brought to a coarser grid have a few
@@ -29,6 +36,7 @@ Fields are ``1 x 3 x X x Y x Z`` torch tensors in voxels of the fixed grid, pull
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -62,13 +70,15 @@ class InstanceOptSettings:
     seed: int = 0
     similarity: str = "mind"
     window: int = 9
+    levels: int = 1
 
     @classmethod
     def from_predict(cls, predict: PredictConfig) -> InstanceOptSettings:
         """From a run configuration's ``predict`` section (``pipeline.config.PredictConfig``)."""
         return cls(steps=predict.instance_opt_steps, lr=predict.instance_opt_lr, smooth=predict.instance_opt_smooth,
                    grid_spacing=predict.instance_opt_grid, max_points=predict.instance_opt_points,
-                   unfold=predict.instance_opt_unfold, similarity=predict.instance_opt_similarity)
+                   unfold=predict.instance_opt_unfold, similarity=predict.instance_opt_similarity,
+                   levels=predict.instance_opt_levels)
 
 
 def smooth_control(d: torch.Tensor) -> torch.Tensor:
@@ -127,10 +137,39 @@ def refine_field(field: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
     u0 = field.detach().float()
     if settings.steps > 0:
         correct = _correction_lncc if settings.similarity == "lncc" else _correction
+        for level in range(settings.levels - 1, 0, -1):  # coarse to fine: 2^(levels-1), ..., 2
+            u0 = u0 + _coarse_correction(correct, u0, moving.float(), fixed.float(), settings, mask, 2**level)
         u0 = u0 + correct(u0, moving.float(), fixed.float(), settings, mask)
     if settings.unfold:
         u0 = torch.from_numpy(np.moveaxis(repair_folds(np.moveaxis(u0[0].cpu().numpy(), 0, -1))[0], -1, 0).copy())[None].to(field.device)
     return u0
+
+
+def coarse_shape(shape: tuple[int, ...], factor: int) -> tuple[int, int, int]:
+    """The corner-aligned grid ``factor`` times as coarse (at least 2 voxels per axis)."""
+    return tuple(max(2, (n - 1) // factor + 1) for n in shape)  # type: ignore[return-value]
+
+
+Correction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, InstanceOptSettings, torch.Tensor | None], torch.Tensor]
+
+
+def _coarse_correction(correct: Correction, u0: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor,
+                       settings: InstanceOptSettings, mask: torch.Tensor | None, factor: int) -> torch.Tensor:
+    """The correction of one coarse level (``correct``: :func:`_correction` or
+    :func:`_correction_lncc`), optimised on the grid ``factor`` times as coarse
+    (images and ``u0`` resampled trilinearly, corner-aligned; the mask where it covers the whole
+    coarse voxel), returned on the fixed grid in its voxels."""
+    shape = tuple(fixed.shape[2:])
+    coarse = coarse_shape(shape, factor)
+    ratio = torch.tensor([(c - 1) / (n - 1) if n > 1 else 1.0 for n, c in zip(shape, coarse, strict=True)],
+                         device=u0.device).view(1, 3, 1, 1, 1)  # fixed voxels -> coarse voxels
+
+    def down(x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=coarse, mode="trilinear", align_corners=True)
+
+    small_mask = None if mask is None else down(mask.float()) > 0.99
+    d = correct(down(u0) * ratio, down(moving), down(fixed), settings, small_mask)
+    return F.interpolate(d / ratio, size=shape, mode="trilinear", align_corners=True)
 
 
 def _correction(u0: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, settings: InstanceOptSettings,

@@ -364,8 +364,8 @@ def prediction_phases(config: LapIRNConfig | None, fixed: Grid, moving: Grid, ne
                       affine: bool = False, outputs: Sequence[str] = (), on_gpu: bool = False) -> list[Phase]:
     """The phases of predicting one pair (``predict.register_images`` and writing the field):
     images on the fixed grid ``fixed`` and the moving grid ``moving``, the network on ``network``
-    (``config`` ``None``: affine only), the field written on ``output``; instance optimisation
-    with ``io`` (``None``: off), affine pre-alignment, extra ``outputs`` ("warped", "jacobian",
+    (``config`` ``None``: no network), the field written on ``output``; instance optimisation
+    with ``io`` (``None``: off; from the zero field without a network), affine pre-alignment, extra ``outputs`` ("warped", "jacobian",
     "report"). ``network_what`` describes the network grid for messages."""
     f, m, n, o = (math.prod(g) for g in (fixed, moving, network, output))
     shape = "x".join(map(str, fixed))
@@ -381,11 +381,12 @@ def prediction_phases(config: LapIRNConfig | None, fixed: Grid, moving: Grid, ne
         phases.append(Phase("network", network_what, device=inference_bytes(config, network, amp, on_gpu),
                             host=base + (8 * n if on_gpu else 0)))
         phases.append(Phase("field", pair, host=base + 12 * n + 48 * f))
-        if io is not None and io.steps > 0:
-            io_device, io_host = instance_opt_bytes(fixed, io)
-            phases.append(Phase("instance_opt", f"instance optimisation on the fixed grid {shape}", device=io_device,
-                                host=base + 24 * f))
-            phases.append(Phase("fold repair", f"instance optimisation on the fixed grid {shape}", host=base + 12 * f + io_host))
+    if io is not None and io.steps > 0:  # after the network, or from the zero field without one
+        base = images + 8 * f
+        io_device, io_host = instance_opt_bytes(fixed, io)
+        phases.append(Phase("instance_opt", f"instance optimisation on the fixed grid {shape}", device=io_device,
+                            host=base + 24 * f))
+        phases.append(Phase("fold repair", f"instance optimisation on the fixed grid {shape}", host=base + 12 * f + io_host))
     written = images + 12 * o
     if affine:
         phases.append(Phase("compose", pair, host=written + 84 * o))

@@ -40,9 +40,9 @@ def pair_phases(cfg: RunConfig, fixed: Geometry, moving: Geometry, output: Grid,
     the network grid for a fixed image's shape and spacing (default: the configuration's,
     ``prediction_shape``; ``predict`` and ``register`` pass the run's, ``pipeline.prediction.scale``)."""
     p = cfg.predict
-    model = None if p.affine_only else LapIRNConfig(**vars(cfg.model))
+    model = LapIRNConfig(**vars(cfg.model)) if p.uses_network else None
     grid = (grid_of or (lambda shape, spacing: prediction_shape(shape, spacing, cfg)))(fixed.shape, fixed.spacing)
-    io = InstanceOptSettings.from_predict(p) if p.instance_opt_steps > 0 and model is not None else None
+    io = InstanceOptSettings.from_predict(p) if p.instance_opt_steps > 0 else None
     return prediction_phases(model, fixed.shape, moving.shape, grid, output, network_what=network_what(cfg, grid),
                              amp=p.amp if on_gpu else "none", io=io, affine=p.affine != "none", outputs=outputs,
                              on_gpu=on_gpu)

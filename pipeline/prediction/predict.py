@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from evaluation.pair_reports.stage import REPORT_DIR, write_index
 from learn2reg import rules as rulesets
@@ -83,7 +84,8 @@ from learn2reg.submission import read_manifest, submission_shape, write_manifest
 from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import choose_fov, pair_names, with_fov
 from pipeline.affine.registration import AffineConfig, register_affine
-from pipeline.config import RunConfig, config_from_dict, differences
+from pipeline.affine.support import outside_region
+from pipeline.config import RunConfig, config_from_dict, differences, with_later_keys
 from pipeline.data.preprocess import load_image, network_image, on_grid
 from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
@@ -114,7 +116,7 @@ OPTION_OF = {"predict.affine": "--affine", "predict.instance_opt_steps": "--inst
 
 @dataclasses.dataclass(frozen=True)
 class Predictor:
-    """Everything one prediction run needs; ``model`` is ``None`` for affine-only configs;
+    """Everything one prediction run needs; ``model`` is ``None`` for network-free configs;
     ``task`` is ``None`` for a single pair (``register``)."""
 
     task: Task | None
@@ -140,7 +142,7 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
     elif overrides.get("config_file"):
         source = Path(overrides["config_file"])
     else:
-        raise DataError("predict needs --run (a training run) or --config (an affine-only configuration)")
+        raise DataError("predict needs --run (a training run) or --config (a network-free configuration: predict.network \"none\")")
     raw = read_json(source)
     given = {k: v for k, v in overrides.items() if k != "config_file" and v is not None}
     where = str(source)
@@ -152,18 +154,20 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
 
 def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str,
                    scale: str | None = None) -> Predictor:
-    """Model of a run folder (``run_dir=None``: a config-only, affine-only run). ``scale``: the
-    network scale the user gave (:func:`explicit_scale`); without one the network runs at the
-    spacing the run was trained at (``pipeline.prediction.scale``)."""
+    """Model of a run folder (``run_dir=None``: a network-free configuration, ``predict.network``
+    "none" or ``affine_only``: no checkpoint is read). ``scale``: the network scale the user gave
+    (:func:`explicit_scale`); without one the network runs at the spacing the run was trained at
+    (``pipeline.prediction.scale``)."""
     ckpt_path = None
     model = None
     stamp = ""
     policy = None
-    if not cfg.predict.affine_only:
+    if cfg.predict.uses_network:
         if checkpoint not in ("best", "last"):
             ckpt_path = Path(checkpoint)
         elif run_dir is None:
-            raise DataError("--config: not an affine-only configuration (predict.affine_only): the network needs --run")
+            raise DataError("--config: the configuration uses a network (predict.network \"lapirn\"), which needs --run; "
+                            "for registration without a network set predict.network to \"none\"")
         else:
             ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
         model, _ = model_from_checkpoint(ckpt_path, device)
@@ -171,12 +175,17 @@ def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, devi
         stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest() + policy.stamp()
     names = task_rules(task)  # the file names depend on it: l2r's (and 2020's) keep their earlier hashes
     digest = hashlib.sha256((cfg.digest() + stamp + ("" if names == rulesets.L2R.name else f"rules={names}")).encode()).hexdigest()[:16]
-    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else "affine-only", digest, policy)
+    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else network_free_name(cfg), digest, policy)
 
 
 def task_rules(task: Task | None) -> str:
     """The rule set whose file names a prediction writes: the task's (``l2r`` for a 2020 task or none)."""
     return task.rules if task is not None and task.layout == Layout.L2R else rulesets.L2R.name
+
+
+def network_free_name(cfg: RunConfig) -> str:
+    """What stands for the checkpoint of a network-free prediction (manifest, records)."""
+    return "affine-only" if cfg.predict.instance_opt_steps == 0 else "network-free (instance optimisation)"
 
 
 def output_name(task: Task, pair: Pair) -> str:
@@ -215,7 +224,8 @@ def register_images(
 ) -> tuple[np.ndarray, Geometry, dict[str, float]]:
     """The prediction path for one pair of images: read both, optional affine pre-alignment
     (fields of view from the images, the modality ``names`` (fixed, moving) as hints:
-    ``pipeline.affine.fov.choose_fov``), network and optional instance optimisation, the field
+    ``pipeline.affine.fov.choose_fov``), network and optional instance optimisation (from the zero
+    field without a network; inside the fixed image's field of view when it has one), the field
     resampled to the output grid and composed with the affine part. An implausible
     pre-alignment (``pipeline.affine.bounds``) falls back to the translation stage's result or
     the initial transform, with a warning; ``notes["affine"]`` (when ``notes`` is given)
@@ -230,6 +240,7 @@ def register_images(
     moving, mgeom = load_image(moving_case.image)
     timings = {"affine_s": 0.0, "network_s": 0.0, "instance_opt_s": 0.0}
     matrix = None
+    choices = None  # fields of view (fixed, moving), for the affine stage and the instance optimisation
     if p.cfg.predict.affine != "none":
         mask = load_nifti(fixed_case.mask)[0] if fixed_case.mask is not None else None
         choices = choose_fov(fixed, moving, fgeom, mgeom, names) if fixed.ndim == moving.ndim == 3 else None
@@ -246,15 +257,22 @@ def register_images(
     elif moving.shape != fixed.shape:
         raise DataError(f"{moving_case.image}: shape {moving.shape} differs from the fixed image {fixed.shape} (enable predict.affine to resample)")
     shape = tuple(fixed.shape) if grid is None else grid(fixed.shape)
-    if p.model is None:
-        u = np.zeros(shape + (3,), np.float32)
+    if p.model is None and p.cfg.predict.instance_opt_steps == 0:
+        u = np.zeros(shape + (3,), np.float32)  # affine only (or nothing)
     else:
         # normalised once on the fixed grid (window checks logged once), for the network and the optimisation
         f = network_image(fixed, p.cfg.preprocess, fixed.shape, path=fixed_case.image)
         m = network_image(moving, p.cfg.preprocess, fixed.shape, path=moving_case.image)
-        u = network_field(p, f, m, fgeom.spacing, timings)
+        if p.model is None:  # network-free: instance optimisation from the zero field (after the affine stage)
+            u = np.zeros(tuple(fixed.shape) + (3,), np.float32)
+        else:
+            u = network_field(p, f, m, fgeom.spacing, timings)
         if p.cfg.predict.instance_opt_steps > 0:
-            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), f, m, fixed_case, timings)
+            if choices is None:  # no affine stage: the images as read (moving not warped)
+                choices = choose_fov(fixed, moving, fgeom, mgeom, names)
+                log.info("%s <- %s: fixed image: %s", fixed_case.case_id, moving_case.case_id, choices[0].reason)
+            fixed_fov = fixed if choices[0].has_fov else None
+            u = optimise_instance(p, field_on_grid(u, fixed.shape, fixed.shape), f, m, fixed_case, timings, fixed_fov)
         u = field_on_grid(u, shape, fixed.shape)
     if matrix is not None:
         u = compose_affine(u, matrix, step=grid_scale(shape, fixed.shape))
@@ -275,7 +293,7 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
     grid = network_grid(p.grid_policy, fixed.shape, spacing, p.cfg)
     f, m = (torch.from_numpy(on_grid(image, grid))[None, None].to(p.device) for image in (fixed, moving))
     if p.model is None:
-        raise ValueError("an affine-only predictor has no network")
+        raise ValueError("a network-free predictor has no network")
     p.sync()
     t0 = time.perf_counter()
     field = predict_field(p.model, m, f, p.device, p.cfg.predict.amp)
@@ -285,20 +303,35 @@ def network_field(p: Predictor, fixed: np.ndarray, moving: np.ndarray, spacing: 
 
 
 def optimise_instance(p: Predictor, u: np.ndarray, fixed: np.ndarray, moving: np.ndarray, fixed_case: Case,
-                      timings: dict) -> np.ndarray:
+                      timings: dict, fixed_fov: np.ndarray | None = None) -> np.ndarray:
     """Instance optimisation (``pipeline.model.instance_opt``) of a field on the fixed image's
     grid, with both images normalised as for the network (``fixed``/``moving``, on that grid);
-    the similarity is restricted to the fixed mask when the run trains with one (``loss.use_mask``)."""
+    the similarity is restricted to the fixed mask when the run trains with one (``loss.use_mask``),
+    and to the fixed image's field of view when it has one (``fixed_fov``: the fixed image as
+    read, an ultrasound zero outside its fan: :func:`field_of_view`)."""
     t0 = time.perf_counter()
     f, m = (torch.from_numpy(image)[None, None].to(p.device) for image in (fixed, moving))
     mask = None
     if p.cfg.loss.use_mask and fixed_case.mask is not None:
         mask = torch.from_numpy(load_nifti(fixed_case.mask)[0] > 0)[None, None].to(p.device)
+    if fixed_fov is not None:
+        inside = torch.from_numpy(field_of_view(fixed_fov, InstanceOptSettings.from_predict(p.cfg.predict)))[None, None].to(p.device)
+        mask = inside if mask is None else mask & inside
     settings = InstanceOptSettings.from_predict(p.cfg.predict)
     refined = refine_field(field_from_numpy(u, p.device), m, f, settings, mask)
     p.sync()
     timings["instance_opt_s"] = time.perf_counter() - t0
     return field_to_numpy(refined)
+
+
+def field_of_view(image: np.ndarray, settings: InstanceOptSettings) -> np.ndarray:
+    """The voxels of an image with a field of view (constant outside it, connected to the grid's
+    border: ``pipeline.affine.support.outside_region``, e.g. an ultrasound fan) whose MIND-SSC
+    features see only the inside: the rest eroded by the features' reach (``dilation + radius``
+    voxels). Without it, the fan's border, an edge that the other image does not have, would pull
+    the instance optimisation."""
+    reach = settings.dilation + settings.radius
+    return ndimage.binary_erosion(~outside_region(image), iterations=reach, border_value=0)
 
 
 def predict(
@@ -433,7 +466,7 @@ def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
     record = read_json(record_path) if record_path.is_file() else None
     found = []
     if isinstance(record, dict) and isinstance(record.get("config"), dict):
-        for key, was, now in differences(record["config"], p.cfg.to_dict()):
+        for key, was, now in differences(with_later_keys(record["config"]), p.cfg.to_dict()):
             found.append(f"{OPTION_OF.get(key, key)} was {was!r}, now {now!r}" + ("" if key in OPTION_OF else f" ({key} of the configuration)"))
         if record.get("rules", rulesets.L2R.name) != task_rules(p.task):  # the file names differ
             found.append(f"--rules was {record.get('rules', rulesets.L2R.name)!r}, now {task_rules(p.task)!r}")
@@ -523,7 +556,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", "--run-dir", dest="run", type=Path, default=None,
                         help="training run folder (config.json + checkpoints/); under torchrun write --run-dir")
-    source.add_argument("--config", type=Path, default=None, help="configuration file (affine-only tasks need no run)")
+    source.add_argument("--config", type=Path, default=None,
+                        help="configuration file of a network-free registration (predict.network \"none\": no run needed)")
     parser.add_argument("--data", type=Path, required=True, help="task folder")
     parser.add_argument("--out", type=Path, required=True, help="submission folder for this task")
     parser.add_argument("--split", choices=("val", "test"), default="val", help="which pairs of the task")

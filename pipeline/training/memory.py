@@ -16,6 +16,7 @@ from learn2reg.io import read_nifti_header, write_json
 from learn2reg.task import Task
 from pipeline.config import RunConfig
 from pipeline.data.preprocess import network_shape
+from pipeline.data.stream import DEFAULT_MEMORY_BYTES
 from pipeline.model.lapirn import LapIRNConfig
 from pipeline.model.memory import Grid, Phase, allowance, peaks, training_phases
 from pipeline.model.memory_check import MemoryCheck, Need, check, in_use
@@ -36,6 +37,15 @@ def task_grid(task: Task, ids: list[str]) -> tuple[Grid, tuple[float, float, flo
     return largest.shape, largest.spacing
 
 
+def cases_held(count: int, case_bytes: float, memory_bytes: int, workers: int) -> int:
+    """At most how many of ``count`` prepared cases of ``case_bytes`` each training holds at once
+    (``pipeline.data.stream.CaseStore``): the LRU's budget ``memory_bytes`` (and the one case it
+    always keeps) plus the pair in use and, with ``workers``, the prefetched cases waiting
+    (``lookahead``: ``4 * workers``); never more than all of them."""
+    lru = int(memory_bytes // case_bytes) + 1 if case_bytes > 0 else count
+    return min(count, lru + 2 + (4 * workers if workers > 0 else 0))
+
+
 def hints(cfg: RunConfig, device: torch.device, top: Phase, num_classes: int) -> list[str]:
     """The options that would make training fit, the largest part first."""
     found = []
@@ -54,19 +64,23 @@ def hints(cfg: RunConfig, device: torch.device, top: Phase, num_classes: int) ->
     return found
 
 
-def check_training(task: Task, cfg: RunConfig, device: torch.device, skip: bool = False) -> MemoryCheck:
+def check_training(task: Task, cfg: RunConfig, device: torch.device, skip: bool = False, *,
+                   case_memory_bytes: int = DEFAULT_MEMORY_BYTES, workers: int = 0) -> MemoryCheck:
     """Check training ``task`` under ``cfg`` on ``device`` before anything is written:
-    ``DataError`` when it cannot fit (unless ``skip``), a warning when it is close."""
+    ``DataError`` when it cannot fit (unless ``skip``), a warning when it is close. The cases
+    held are those the case store keeps (:func:`cases_held`), not all of them."""
     started = time.perf_counter()
     on_gpu = device.type == "cuda"
     train, val = split_pairs(task, cfg.train.exclude_val_subjects)
-    ids = sorted({c for pair in train + val for c in pair})
+    ids = sorted(train.case_ids() | {c for pair in val for c in pair})
     cases = [task.case(c) for c in ids]
     raw, spacing = task_grid(task, ids)
     grid = network_shape(raw, cfg.preprocess, spacing)
     labelled = [c for c in cases if c.label is not None]
     num_classes = (max(task.labels) + 1 if task.labels else ASSUMED_CLASSES) if labelled else 1
     held = 4 * len(cases) + (1 if num_classes <= 256 else 2) * len(labelled) + sum(c.mask is not None for c in cases)
+    kept = cases_held(len(cases), held / len(cases) * math.prod(grid), case_memory_bytes, workers)
+    held = math.ceil(held * kept / len(cases))
     model = LapIRNConfig(**vars(cfg.model))
     mask = cfg.loss.use_mask and any(c.mask is not None for c in cases)
     dice = cfg.loss.dice > 0 and num_classes > 1
@@ -74,7 +88,7 @@ def check_training(task: Task, cfg: RunConfig, device: torch.device, skip: bool 
             + (f", {num_classes} label classes" if dice else "") + ")")
     phases = training_phases(model, cfg.loss, grid, raw, held, num_classes=num_classes if dice else 1, mask=mask,
                              amp=cfg.train.amp if on_gpu else "none", on_gpu=on_gpu, network_what=what,
-                             held_what=f"the {len(cases)} preprocessed images held for training")
+                             held_what=f"{kept} of the {len(cases)} preprocessed images held for training")
     top, host = peaks(phases, on_gpu)
     needs = [Need(device, top.device + allowance(top.device, on_gpu, "train"), in_use(device), top.what)]
     if host is not None:

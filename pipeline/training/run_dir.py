@@ -22,7 +22,7 @@ import torch
 from learn2reg.faults import require_space
 from learn2reg.io import DataError, check_output_path, read_json
 from learn2reg.task import Task
-from pipeline.config import RunConfig, differences
+from pipeline.config import RunConfig, differences, with_later_keys
 
 
 def task_problems(task: Task) -> None:
@@ -61,7 +61,8 @@ def check_resume(run_dir: Path, cfg: RunConfig, description: dict[str, Any]) -> 
     found = []
     config_path = run_dir / "config.json"
     if config_path.is_file():
-        found += [f"{config_path}: {d}" for d in _differences(read_json(config_path), cfg.to_dict())]
+        # keys added since the run started count with their defaults (pipeline.config.LATER_KEYS)
+        found += [f"{config_path}: {d}" for d in _differences(with_later_keys(read_json(config_path)), cfg.to_dict())]
     dataset_path = run_dir / "dataset.json"
     if dataset_path.is_file():
         old = read_json(dataset_path)

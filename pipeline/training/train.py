@@ -26,6 +26,13 @@ the random generator (and the fp16 loss scale), so a resumed run ends with the s
 ``--stop-at-step N`` does the same after global step N, exiting 0 (training in slices).
 Under ``torchrun`` the model is wrapped in DistributedDataParallel (nccl on GPU, gloo on CPU),
 the pairs are sharded across ranks and rank 0 writes every file.
+
+Data: the training pairs are drawn on the fly from an index (all ordered pairs are never
+listed) and the cases are read on demand through the preprocessing cache, a few kept in memory
+(``--case-memory-gb``; ``pipeline.training.pairs``), so memory does not grow with the number of
+images. ``--workers N`` threads read the cases of the next steps ahead of time: the pairs of the
+next steps are known in advance, drawn from a copy of the random generator exactly as the steps
+will draw them, so prefetching changes the timing only, never which pairs are trained on.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from learn2reg.io import DataError, check_output_path, write_json
 from learn2reg.progress import progress
 from learn2reg.task import load_task
 from pipeline.config import RunConfig, TrainConfig, load_config
+from pipeline.data.stream import DEFAULT_MEMORY_BYTES, CaseStore
 from pipeline.distributed import (
     DistInfo,
     add_device_argument,
@@ -127,6 +135,7 @@ class Trainer:
         self.stop_signal: int | None = None
         self.stop_at_step: int | None = None  # see train()
         self.on_step: Callable[[dict], None] | None = None  # see train()
+        self.prefetch_steps = 0  # steps whose cases are read ahead (train(workers=...))
         self.saved: dict[str, int] = {}  # checkpoint name -> global step it holds (written by this process)
 
     # ------------------------------------------------------------------ checkpoints
@@ -208,11 +217,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
 
-    def sample_pair(self) -> tuple[str, str]:
+    def sample_pair(self, gen: torch.Generator | None = None) -> tuple[str, str]:
         """Same random stream on every rank; each rank reads its own shard of the pairs."""
         shard = self.data.train_pairs[self.info.rank :: self.info.world_size] or self.data.train_pairs
-        idx = int(torch.randint(1 << 30, (1,), generator=self.gen)) % len(shard)
+        idx = int(torch.randint(1 << 30, (1,), generator=self.gen if gen is None else gen)) % len(shard)
         return shard[idx]
+
+    def upcoming_pairs(self, steps: int) -> list[tuple[str, str]]:
+        """The pairs of the next ``steps`` training steps, drawn from a copy of the generator as
+        :meth:`train_step` will draw them (a pair, then an augmentation, which consumes the same
+        random numbers whatever it draws and whatever the grid)."""
+        gen = torch.Generator().manual_seed(0)
+        gen.set_state(self.gen.get_state())
+        pairs = []
+        for _ in range(steps):
+            pairs.append(self.sample_pair(gen))
+            sample_affine((2, 2, 2), gen, self.cfg.train.augment)
+        return pairs
+
+    def prefetch(self) -> None:
+        """Ask the case store to read the cases of the next steps (``--workers``; else nothing)."""
+        if self.prefetch_steps > 0 and isinstance(self.data.cases, CaseStore):
+            self.data.cases.prefetch(c for pair in self.upcoming_pairs(self.prefetch_steps) for c in pair)
 
     def train_step(self, level: int) -> dict[str, float]:
         fixed_id, moving_id = self.sample_pair()
@@ -221,6 +247,7 @@ class Trainer:
         moving = tensor(moving_case.image, self.device)
         moving_label = tensor(moving_case.label, self.device) if moving_case.label is not None else None
         matrix = sample_affine(tuple(moving.shape[2:]), self.gen, self.cfg.train.augment)
+        self.prefetch()  # the generator now stands where the next step starts
         if matrix is not None:
             moving, moving_label, _, _ = augment(matrix, moving, moving_label)
         with autocast(self.device, self.cfg.train.amp):  # convolutions only: the outputs are float32
@@ -394,8 +421,12 @@ def use_deterministic_algorithms(device: torch.device) -> None:
 
 def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, device: str = "auto", cache: Path | None = None,
           stop_at_step: int | None = None, on_step: Callable[[dict], None] | None = None, skip_memory_check: bool = False,
-          init: Path | None = None) -> int:
+          init: Path | None = None, *, workers: int = 0, case_memory_bytes: int = DEFAULT_MEMORY_BYTES) -> int:
     """Train LapIRN on a task folder into ``run_dir``; returns the exit code.
+
+    ``workers``: threads that read the cases of the next ``2 * workers`` steps ahead (0: each case
+    is read when a step needs it); ``case_memory_bytes``: the prepared cases kept in memory (LRU).
+    Neither changes the result.
 
     ``stop_at_step``: after that global step (counted over all levels) write ``last.pt`` and the
     log and return 0; ``resume=True`` continues from there (a step at or past the end: the run
@@ -407,11 +438,13 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
     peak go into ``run_dir/memory.json``. ``init``: start from those weights
     (``pipeline.training.init_weights``).
     """
-    if cfg.predict.affine_only:
-        raise DataError(f"{data_dir}: this configuration is affine-only (predict.affine_only): there is no network to train")
+    if not cfg.predict.uses_network:
+        raise DataError(f"{data_dir}: this configuration is network-free (predict.network \"none\" or predict.affine_only): "
+                        "there is no network to train; predict with it directly (predict --config)")
     info = init_distributed(device)
     held = contextlib.ExitStack()  # the run folder's writer lock (one writer; the torchrun job is one)
     trainer: Trainer | None = None
+    data: TrainingData | None = None
     try:
         dev = pick_device(device, info)
         if cfg.train.deterministic:
@@ -424,10 +457,10 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
         cfg, source = init_config(run_dir, cfg, init, resume_from is not None)
         if resume_from is not None:
             train_pairs, val_pairs = split_pairs(task, cfg.train.exclude_val_subjects)
-            check_resume(run_dir, cfg, {"train_pairs": [list(p) for p in train_pairs], "val_pairs": [list(p) for p in val_pairs]})
-        memory = check_training(task, cfg, dev, skip_memory_check)  # before the run folder is filled
+            check_resume(run_dir, cfg, {"train_pairs": train_pairs.describe(), "val_pairs": [list(p) for p in val_pairs]})
+        memory = check_training(task, cfg, dev, skip_memory_check, case_memory_bytes=case_memory_bytes, workers=workers)  # before the run folder is filled
         with fresh_run_dir(run_dir, created=lock.created):
-            data = load_training_data(task, cfg, cache or run_dir / "cache")
+            data = load_training_data(task, cfg, cache or run_dir / "cache", workers=workers, memory_bytes=case_memory_bytes)
             if info.is_main and resume_from is None:
                 write_json(run_dir / "config.json", cfg.to_dict())
                 write_json(run_dir / "dataset.json", data.describe())
@@ -444,6 +477,7 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             if stop_at_step is not None and trainer.state["global_step"] >= stop_at_step:
                 raise DataError(f"{run_dir}: --stop-at-step {stop_at_step} is not after the run's step {trainer.state['global_step']}")
             trainer.stop_at_step, trainer.on_step = stop_at_step, on_step
+            trainer.prefetch_steps = 2 * workers
         tlog = TrainingLog(run_dir, trainer.state["global_step"] if resume_from else None, levels=cfg.model.levels,
                            best_step=trainer.state["best_step"] if trainer.state["best_step"] >= 0 else None)
         previous = {s: signal.signal(s, lambda signum, _f: setattr(trainer, "stop_signal", signum)) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -455,6 +489,9 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             if info.is_main:
                 write_memory_record(run_dir, memory)
             return code
+        except DataError as exc:  # a streamed case found bad when a step first read it
+            raise DataError(f"{exc} (met at global step {trainer.state['global_step']}, when training first read it); "
+                            + bad_case_advice(data_dir, run_dir)) from exc
         finally:
             torch.set_num_threads(threads)
             for s, handler in previous.items():
@@ -464,8 +501,19 @@ def train(data_dir: Path, cfg: RunConfig, run_dir: Path, resume: bool = False, d
             raise
         raise exc.with_next_step(resume_advice(run_dir, trainer.saved.get("last.pt"))) from exc
     finally:
+        if data is not None:
+            data.close()
         held.close()
         shutdown(info)
+
+
+def bad_case_advice(data_dir: Path, run_dir: Path) -> str:
+    """How to go on after a bad image met during training (the cases are read when first used)."""
+    check = f"python -m pipeline preprocess --data {data_dir} --config CFG checks every image at once"
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        return f"{last} is kept: fix or replace the image ({check}), then rerun the same command with --resume"
+    return f"no checkpoint was written yet: fix or replace the image ({check}), then rerun the same command"
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:
@@ -477,6 +525,12 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="after global step N (all levels counted): write last.pt and exit 0; continue with --resume")
     add_device_argument(parser)
     parser.add_argument("--cache", type=Path, default=None, help="preprocessing cache (default: OUT/cache)")
+    parser.add_argument("--workers", type=_count, default=0, metavar="N",
+                        help="threads that read (and on first use preprocess) the cases of the next steps ahead (0: none); "
+                             "the result does not depend on it")
+    parser.add_argument("--case-memory-gb", type=_gigabytes, default=DEFAULT_MEMORY_BYTES / 2**30, metavar="GB",
+                        help="prepared cases kept in memory, most recently used first; memory does not "
+                             "grow with the number of images")
     parser.add_argument("--skip-memory-check", action="store_true",
                         help="run even when the estimated peak memory exceeds what the device has free")
     parser.add_argument("--init", type=Path, default=None, metavar="SRC",
@@ -485,9 +539,24 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                              "is --config's (train.frozen_levels, preprocess.target_spacing); fresh optimiser and schedule")
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return value
+
+
+def _gigabytes(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text}: must be a finite number >= 0")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     code = train(args.data, load_config(args.config), args.out, args.resume, args.device, args.cache, args.stop_at_step,
-                 skip_memory_check=args.skip_memory_check, init=args.init)
+                 skip_memory_check=args.skip_memory_check, init=args.init, workers=args.workers,
+                 case_memory_bytes=int(args.case_memory_gb * 2**30))
     if code == 0 and int(os.environ.get("RANK", "0")) == 0:
         if args.stop_at_step is not None:
             print(f"run folder: {args.out} (stopped at step {args.stop_at_step} or earlier if the schedule ended)\n"

@@ -25,6 +25,28 @@ def test_quick_evaluator_benchmark_reports_equal_metrics_and_memory(tmp_path):
     assert "| ours | nii | 2 |" in (tmp_path / "evaluate_cpu.md").read_text()
 
 
+def test_the_network_free_bench_counts_folds_on_the_written_field(tmp_path):
+    """det(I + grad u) of u = (a x, 0, 0) is 1 + a everywhere: a = -1.5 folds every voxel, a = 0.5
+    none (log det = log 1.5 everywhere: SDlogJ 0)."""
+    import importlib.util
+
+    import numpy as np
+
+    from learn2reg.io import Geometry, save_nifti
+
+    spec = importlib.util.spec_from_file_location("bench_network_free", REPO / "bench" / "bench_network_free.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shape = (6, 5, 4)
+    x = np.arange(shape[0], dtype=np.float32)[:, None, None] * np.ones(shape, np.float32)
+    for a, folded in ((-1.5, 120), (0.5, 0)):
+        u = np.zeros((*shape, 3), np.float32)
+        u[..., 0] = a * x
+        save_nifti(tmp_path / "disp.nii.gz", u, Geometry.identity(shape))
+        sdlogj, count = module.field_stats(tmp_path / "disp.nii.gz")
+        assert count == folded and (np.isnan(sdlogj) if a < 0 else sdlogj < 1e-6)
+
+
 def test_the_container_benchmark_renders_a_results_file_without_running_anything(tmp_path):
     entry = {
         "image_bytes": 1.76e9, "file_bytes": 5.7e8, "build_export_s": 70.0, "load_s": 15.0, "entry_startup_s": 6.5,

@@ -93,6 +93,9 @@ def test_a_configuration_alone_is_a_network_free_run_or_oncoreg_training(tmp_pat
     write_json(tmp_path / "free.json", {"predict": {"affine_only": True, "affine": "rigid"}})
     write_json(tmp_path / "net.json", {"model": {"start_channel": 2}})
     assert resolve_source(None, tmp_path / "free.json", "best", contracts.REMIND2REG, {}).description.startswith("network-free")
+    recipe = REPO / "configs" / "l2r_remind2reg.json"  # predict.network "none": MIND instance optimisation, no weights
+    source = resolve_source(None, recipe, "best", contracts.REMIND2REG, {})
+    assert source.checkpoint is None and source.description.startswith("network-free")
     with pytest.raises(DataError, match="not a network-free configuration .* need --run \\(only oncoreg trains inside the image\\)"):
         resolve_source(None, tmp_path / "net.json", "best", contracts.LUMIR, {})
     src = resolve_source(None, tmp_path / "net.json", "best", contracts.ONCOREG, {})

@@ -16,7 +16,7 @@ from learn2reg.task import load_task
 from pipeline.config import config_from_dict
 from pipeline.demo.tasks import write_demo
 from pipeline.model import memory_check
-from pipeline.training.memory import check_training
+from pipeline.training.memory import cases_held, check_training
 from pipeline.training.train import train
 from tests.paths import REPO
 from tests.pipeline.prediction.test_memory import TOLERANCE, within_tolerance
@@ -43,6 +43,26 @@ def test_the_estimate_follows_the_task_and_the_configuration(tmp_path):
     assert wide.work > small.work
     half = check_training(task, config_from_dict({**FAST, "preprocess": {"half_resolution": True}}), cpu, skip=True).needs[0]
     assert half.work < small.work
+
+
+@pytest.mark.parametrize(("count", "budget_mb", "workers", "held"), [
+    (3384, 2048, 0, 78 + 1 + 2),  # LUMIR at 26.25 MiB a case: the 2 GiB budget (78 cases), the one kept, the pair in use
+    (3384, 2048, 2, 78 + 1 + 2 + 8),  # + the prefetched cases that may wait (4 per worker)
+    (3384, 0, 0, 1 + 2),
+    (16, 2048, 2, 16),  # never more than all of them
+])
+def test_the_cases_training_holds_are_bounded_by_the_store_not_by_the_task(count, budget_mb, workers, held):
+    assert cases_held(count, 160 * 224 * 192 * 4, budget_mb * 2**20, workers) == held
+
+
+def test_the_estimate_counts_the_cases_the_store_keeps(tmp_path):
+    task = load_task(make_blob_task(tmp_path / "task"))  # 5 cases of 20x16x24
+    cpu, cfg = torch.device("cpu"), config_from_dict(FAST)
+    every = check_training(task, cfg, cpu, skip=True).needs[0].work
+    few = check_training(task, cfg, cpu, skip=True, case_memory_bytes=0).needs[0].work  # 3: the one kept, the pair in use
+    # 25 bytes per voxel for the 5 cases (float32 images, uint8 labels) against 15 for 3 of them,
+    # on 20x16x24 voxels, with the CPU training allowance (half the counted bytes) on top
+    assert every - few == pytest.approx(1.5 * (25 - 15) * 20 * 16 * 24, rel=1e-6)
 
 
 def test_a_skipped_check_trains_and_memory_json_records_the_estimate_and_the_peak(tmp_path, monkeypatch):
