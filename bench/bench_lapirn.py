@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -269,14 +270,15 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict[str, Any], stem: Path) -> None:
-    """``stem.json`` and ``stem.md``, each written atomically."""
+def write_report(report: dict[str, Any], stem: Path, render: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """``stem.json`` and ``stem.md`` (``render(report)``, this bench's :func:`markdown` by default),
+    each written atomically; the other benches write theirs through it too."""
     sys.path.insert(0, str(REPO))
     from learn2reg.io import atomic_open, write_json
 
     write_json(stem.with_suffix(".json"), report)
     with atomic_open(stem.with_suffix(".md")) as fh:
-        fh.write(markdown(report))
+        fh.write((render or markdown)(report))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_lapirn import environment  # noqa: E402
+from bench_lapirn import environment, write_report  # noqa: E402
 
 RECIPE = REPO / "configs" / "l2r_lumir.json"
 WEIGHTS = REPO / "weights" / "LapIRN_diff_fea7.pth"
@@ -158,11 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if scratch is not None:
             scratch.cleanup()
-    from learn2reg.io import atomic_open, write_json
-
-    write_json(args.out.with_suffix(".json"), report)
-    with atomic_open(args.out.with_suffix(".md")) as fh:
-        fh.write(markdown(report))
+    write_report(report, args.out, markdown)
     print(markdown(report))
     return 0
 

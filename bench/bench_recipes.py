@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_lapirn import _rss_mb, _timed, environment, run_child  # noqa: E402
+from bench_lapirn import _rss_mb, _timed, environment, run_child, write_report  # noqa: E402
 
 # recipe file, task, the task's image shape (full resolution), label classes incl. background (1: no labels)
 RECIPES = (
@@ -394,11 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         report["recipes"].append(row)
     report["environment"]["load_average_after"] = list(os.getloadavg())
-    from learn2reg.io import atomic_open, write_json
-
-    write_json(args.out.with_suffix(".json"), report)
-    with atomic_open(args.out.with_suffix(".md")) as fh:
-        fh.write(markdown(report))
+    write_report(report, args.out, markdown)
     print(markdown(report))
     failed = [r for r in report["recipes"] for k in ("measured", "predict") if "error" in (r.get(k) or {})]
     return 1 if failed else 0
