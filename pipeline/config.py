@@ -188,6 +188,11 @@ class PredictConfig(_Checked):
 
     affine: str = _spec("none", choices=("none", "rigid", "affine"))
     affine_search_mm: float = _spec(0.0, ge=0)  # exhaustive translation search radius before L-BFGS (0 = off)
+    # the pre-alignment's plausibility (pipeline.affine.bounds; README "The affine pre-alignment"): bounds
+    # around the start, and what becomes of a result at one ("refuse" is align's alone: predict writes every field)
+    affine_max_rotation_deg: float = _spec(15.0, gt=0, le=90)  # each rotation-vector component, degrees
+    affine_max_translation: float = _spec(0.2, gt=0)  # per axis, fraction of the fixed image's mean extent
+    affine_on_implausible: str = _spec("fallback", choices=("fallback", "warn"))
     affine_only: bool = False
     network: str = _spec("lapirn", choices=("lapirn", "none"))
     # instance optimisation (pipeline.model.instance_opt): Adam steps (0 = off), learning rate
@@ -245,7 +250,9 @@ class RunConfig(_Checked):
 #: defaults: the behaviour before the key existed. An older resolved configuration that lacks
 #: one means its default (:func:`with_later_keys`), and :meth:`RunConfig.digest` leaves one at
 #: its default out, so that earlier outputs keep their hash and earlier runs can be resumed.
-LATER_KEYS: dict[str, Any] = {"predict.network": "lapirn", "predict.instance_opt_levels": 1, "predict.instance_opt_similarity": "mind"}
+LATER_KEYS: dict[str, Any] = {"predict.network": "lapirn", "predict.instance_opt_levels": 1, "predict.instance_opt_similarity": "mind",
+                              "predict.affine_max_rotation_deg": 15.0, "predict.affine_max_translation": 0.2,
+                              "predict.affine_on_implausible": "fallback"}
 
 
 def with_later_keys(resolved: Any) -> Any:

@@ -251,9 +251,13 @@ RUN_SECTIONS = frozenset(f.name for f in dataclasses.fields(RunConfig))
 
 def affine_settings_of_run(cfg: RunConfig) -> dict[str, Any]:
     """The pre-alignment ``predict`` does with this run configuration, as AffineConfig settings:
-    ``predict.affine`` (mode; absent when "none"), ``predict.affine_search_mm`` and the fixed mask
-    where the task has one."""
-    settings: dict[str, Any] = {"search_radius": cfg.predict.affine_search_mm, "use_fixed_mask": True}
+    ``predict.affine`` (mode; absent when "none"), ``predict.affine_search_mm``, the bounds and policy
+    (``predict.affine_max_rotation_deg``, ``affine_max_translation``, ``affine_on_implausible``) and the
+    fixed mask where the task has one."""
+    settings: dict[str, Any] = {"search_radius": cfg.predict.affine_search_mm, "use_fixed_mask": True,
+                                "max_rotation_deg": cfg.predict.affine_max_rotation_deg,
+                                "max_translation": cfg.predict.affine_max_translation,
+                                "on_implausible": cfg.predict.affine_on_implausible}
     if cfg.predict.affine != "none":
         settings["mode"] = cfg.predict.affine
     return settings

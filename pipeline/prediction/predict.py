@@ -244,7 +244,10 @@ def register_images(
     if p.cfg.predict.affine != "none":
         mask = load_nifti(fixed_case.mask)[0] if fixed_case.mask is not None else None
         choices = choose_fov(fixed, moving, fgeom, mgeom, names) if fixed.ndim == moving.ndim == 3 else None
-        config = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm)
+        config = AffineConfig(mode=p.cfg.predict.affine, search_radius=p.cfg.predict.affine_search_mm,
+                              max_rotation_deg=p.cfg.predict.affine_max_rotation_deg,
+                              max_translation=p.cfg.predict.affine_max_translation,
+                              on_implausible=p.cfg.predict.affine_on_implausible)
         config = with_fov(config, choices, f"{fixed_case.case_id} <- {moving_case.case_id}") if choices else config
         result = register_affine(fixed, moving, fgeom, mgeom, config, fixed_mask=mask)
         matrix, timings["affine_s"] = result.voxel_matrix, result.runtime_s

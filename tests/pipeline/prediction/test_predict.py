@@ -186,6 +186,36 @@ def test_an_implausible_pre_alignment_falls_back_is_named_and_exits_3(tmp_path, 
     assert (out / disp_filename_l2r("0004_0000", "0005_0000")).exists()
 
 
+@pytest.mark.parametrize(("settings", "code", "action"), [({"affine_max_rotation_deg": 45.0}, 0, "accepted"),
+                                                          ({"affine_on_implausible": "warn"}, 3, "warned")])
+def test_the_run_configuration_sets_the_pre_alignments_bounds_and_policy(tmp_path, capsys, settings, code, action):
+    """The same 30 degree pair: a 45 degree bound (``predict.affine_max_rotation_deg``) makes the
+    result plausible (exit 0, nothing named); ``predict.affine_on_implausible`` "warn" keeps it,
+    named, exit 3. The keys reach the affine stage (not only the default settings)."""
+    root = make_blob_task(tmp_path / "task")
+    fixed, geom = load_nifti(root / "imagesTr" / "Blob_0004_0000.nii.gz")
+    from scipy import ndimage
+
+    save_nifti(root / "imagesTr" / "Blob_0005_0000.nii.gz", ndimage.rotate(fixed, 30.0, axes=(1, 2), reshape=False, order=1), geom)
+    cfg = tmp_path / "affine.json"
+    cfg.write_text(json.dumps({"predict": {"affine": "rigid", "affine_only": True, **settings}}))
+    out = tmp_path / "sub"
+    assert predict(root, out, None, "val", device="cpu", config_file=cfg) == code
+    named = "implausible pre-alignment: 0004_0000<--0005_0000: rotation" in capsys.readouterr().err
+    assert named == (code == 3)
+    assert json.loads((out / "runtimes.json").read_text())["affine"]["0004_0000<--0005_0000"]["action"] == action
+
+
+def test_refuse_is_aligns_policy_not_predicts(tmp_path):
+    """predict writes a field for every pair: "refuse" (align's) is not a predict setting."""
+    from pipeline.config import load_config
+
+    cfg = tmp_path / "affine.json"
+    cfg.write_text(json.dumps({"predict": {"affine": "rigid", "affine_on_implausible": "refuse"}}))
+    with pytest.raises(DataError, match="affine_on_implausible"):
+        load_config(cfg)
+
+
 @pytest.mark.slow
 def test_torchrun_shards_the_pairs_and_merges_one_manifest(trained, tmp_path):
     import os
