@@ -19,6 +19,7 @@ so contended timings would mean nothing; with passive waiting they degrade to on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -26,8 +27,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +281,28 @@ def write_report(report: dict[str, Any], stem: Path, render: Callable[[dict[str,
     write_json(stem.with_suffix(".json"), report)
     with atomic_open(stem.with_suffix(".md")) as fh:
         fh.write((render or markdown)(report))
+
+
+@contextlib.contextmanager
+def work_folder(given: Path | None, prefix: str) -> Iterator[Path]:
+    """The benches' scratch folder: ``given`` (a ``--work`` folder, kept for a rerun) or a
+    temporary one, removed at the end."""
+    if given is not None:
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+def pipeline_command(*args: str, threads: int) -> None:
+    """``python -m pipeline ARGS`` in a child process (stops the benchmark on failure; exit 3 of
+    ``predict`` is not one: every field written, an implausible pre-alignment fell back and is named)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "L2R_PROGRESS_SECONDS": "600"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode == 3 and args[0] == "predict":
+        print(f"{args[0]}: exit 3 (fields written; a pre-alignment fell back):\n{done.stderr[-600:]}", flush=True)
+    elif done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr[-3000:]}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,20 +38,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_lapirn import environment, write_report  # noqa: E402
+from bench_lapirn import environment, pipeline_command, work_folder, write_report  # noqa: E402
 
 RECIPE = REPO / "configs" / "l2r_lumir.json"
 WEIGHTS = REPO / "weights" / "LapIRN_diff_fea7.pth"
 TASK = "DemoLUMIR"
 METRICS = ("DSC", "HD95", "Non-diffeomorphic Volumes", "TRE_lm")
-
-
-def command(*args: str, threads: int) -> None:
-    """``python -m pipeline ARGS`` in a child process (stops the benchmark on failure)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "L2R_PROGRESS_SECONDS": "600"}
-    done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr[-3000:]}")
 
 
 def scores(result: Path, submission: Path | None) -> dict[str, Any]:
@@ -122,23 +113,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "lumir_demo_cpu", help="output stem")
     parser.add_argument("--note", action="append", default=[])
     args = parser.parse_args(argv)
-    import tempfile
-
-    scratch = None if args.work else tempfile.TemporaryDirectory(prefix="bench_lumir_demo_")
-    work = args.work or Path(scratch.name)  # type: ignore[union-attr]
-    try:
+    with work_folder(args.work, "bench_lumir_demo_") as work:
         report: dict[str, Any] = {"environment": environment("cpu", args.threads), "seeds": args.seeds, "methods": {}, "notes": args.note}
         if not (work / "published" / "imported.json").is_file():
-            command("import-weights", str(WEIGHTS), "--out", str(work / "published"), threads=args.threads)
+            pipeline_command("import-weights", str(WEIGHTS), "--out", str(work / "published"), threads=args.threads)
         tasks = {}
         for seed in args.seeds:
             tasks[seed] = work / f"seed{seed}" / TASK
             if not tasks[seed].is_dir():
-                command("demo-data", "--out", str(work / f"seed{seed}"), "--layout", "lumir", "--seed", str(seed), threads=args.threads)
+                pipeline_command("demo-data", "--out", str(work / f"seed{seed}"), "--layout", "lumir", "--seed", str(seed), threads=args.threads)
         zero: dict[int, dict[str, Any]] = {}
         for seed, task in tasks.items():
             result = work / f"seed{seed}" / "Initial.json"
-            command("initial", "-d", str(task), "-o", str(result), "--overwrite", threads=args.threads)
+            pipeline_command("initial", "-d", str(task), "-o", str(result), "--overwrite", threads=args.threads)
             zero[seed] = scores(result, None)
         report["methods"]["zero field (Initial)"] = {"seeds": zero, "summary": summary(zero)}
         report["pairs"] = sum(len(json.loads((work / f"seed{s}" / "Initial.json").read_text())["cases"]) for s in tasks)
@@ -148,16 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             seeds: dict[int, dict[str, Any]] = {}
             for seed, task in tasks.items():
                 sub, result = work / f"seed{seed}" / f"m{i}", work / f"seed{seed}" / f"m{i}.json"
-                command("predict", "--data", str(task), "--out", str(sub), *options, "--device", "cpu", "--overwrite", threads=args.threads)
-                command("evaluate", "-i", str(sub), "-d", str(task), "-o", str(result), "--overwrite", threads=args.threads)
+                pipeline_command("predict", "--data", str(task), "--out", str(sub), *options, "--device", "cpu", "--overwrite", threads=args.threads)
+                pipeline_command("evaluate", "-i", str(sub), "-d", str(task), "-o", str(result), "--overwrite", threads=args.threads)
                 seeds[seed] = scores(result, sub)
             report["methods"][name] = {"predict": options, "seeds": seeds, "summary": summary(seeds), "load_average_before": list(load_before),
                                        "load_average_after": list(os.getloadavg()), "wall_s": time.perf_counter() - started}
             print(json.dumps({name: report["methods"][name]["summary"]}), flush=True)
         report["environment"]["load_average_after"] = list(os.getloadavg())
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
     write_report(report, args.out, markdown)
     print(markdown(report))
     return 0

@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_lapirn import environment, write_report  # noqa: E402
+from bench_lapirn import environment, pipeline_command, work_folder, write_report  # noqa: E402
 
 RECIPE = REPO / "configs" / "l2r_remind2reg.json"
 TASK = "DemoReMIND2Reg"
@@ -54,23 +53,12 @@ METHODS: dict[str, tuple[dict[str, Any], str]] = {
 }
 
 
-def command(*args: str, threads: int) -> None:
-    """``python -m pipeline ARGS`` in a child process (stops the benchmark on failure; exit 3 of
-    ``predict`` is not one: every field written, an implausible pre-alignment fell back and is named)."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "L2R_PROGRESS_SECONDS": "600"}
-    done = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=REPO, env=env, capture_output=True, text=True)
-    if done.returncode == 3 and args[0] == "predict":
-        print(f"{' '.join(args[:1])}: exit 3 (fields written; a pre-alignment fell back):\n{done.stderr[-600:]}", flush=True)
-    elif done.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{done.stderr[-3000:]}")
-
-
 def make_tasks(work: Path, seed: int, threads: int) -> dict[str, Path]:
     """The demo task of ``seed`` and its copy whose ultrasound modality is named "unknown"."""
     root = work / f"seed{seed}"
     demo = root / "data" / TASK
     if not demo.is_dir():
-        command("demo-data", "--out", str(root / "data"), "--layout", "remind2reg", "--seed", str(seed), threads=threads)
+        pipeline_command("demo-data", "--out", str(root / "data"), "--layout", "remind2reg", "--seed", str(seed), threads=threads)
     unknown = root / "unknown" / TASK
     if not unknown.is_dir():
         shutil.copytree(demo, unknown)
@@ -123,8 +111,8 @@ def run_method(name: str, overrides: dict[str, Any], tasks: dict[int, dict[str, 
     pairs: dict[str, dict[str, float]] = {}
     for seed, task in tasks.items():
         sub, result = work / f"seed{seed}" / "sub" / slug, work / f"seed{seed}" / f"{slug}.json"
-        command("predict", "--config", str(config), "--data", str(task[variant]), "--out", str(sub), "--overwrite", threads=threads)
-        command("evaluate", "-i", str(sub), "-d", str(task[variant]), "-o", str(result), "--overwrite", threads=threads)
+        pipeline_command("predict", "--config", str(config), "--data", str(task[variant]), "--out", str(sub), "--overwrite", threads=threads)
+        pipeline_command("evaluate", "-i", str(sub), "-d", str(task[variant]), "-o", str(result), "--overwrite", threads=threads)
         pairs.update({f"seed{seed}:{k}": v for k, v in pair_rows(result, sub).items()})
     return {"predict": recipe["predict"], "task": variant, "pairs": pairs, "load_average_before": list(load_before),
             "load_average_after": list(os.getloadavg()), "wall_s": time.perf_counter() - started}
@@ -184,17 +172,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "network_free_cpu", help="output stem")
     parser.add_argument("--note", action="append", default=[])
     args = parser.parse_args(argv)
-    import tempfile
-
-    scratch = None if args.work else tempfile.TemporaryDirectory(prefix="bench_network_free_")
-    work = args.work or Path(scratch.name)  # type: ignore[union-attr]
-    try:
+    with work_folder(args.work, "bench_network_free_") as work:
         report: dict[str, Any] = {"environment": environment("cpu", args.threads), "seeds": args.seeds, "methods": {}, "notes": args.note}
         tasks = {seed: make_tasks(work, seed, args.threads) for seed in args.seeds}
         zero: dict[str, dict[str, float]] = {}
         for seed, task in tasks.items():
             result = work / f"seed{seed}" / "Initial.json"
-            command("initial", "-d", str(task["demo"]), "-o", str(result), "--overwrite", threads=args.threads)
+            pipeline_command("initial", "-d", str(task["demo"]), "-o", str(result), "--overwrite", threads=args.threads)
             zero.update({f"seed{seed}:{k}": v for k, v in pair_rows(result, None).items()})
         report["methods"]["zero field (Initial)"] = {"pairs": zero, "summary": summary(zero)}
         report["pairs"] = len(zero)
@@ -207,9 +191,6 @@ def main(argv: list[str] | None = None) -> int:
             report["methods"][name] = row
             print(json.dumps({name: row["summary"]}), flush=True)
         report["environment"]["load_average_after"] = list(os.getloadavg())
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
     write_report(report, args.out, markdown)
     print(markdown(report))
     return 0

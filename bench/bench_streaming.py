@@ -25,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_lapirn import environment, write_report  # noqa: E402
+from bench_lapirn import environment, work_folder, write_report  # noqa: E402
 
 SHAPE = (160, 224, 192)
 CASE_MB = SHAPE[0] * SHAPE[1] * SHAPE[2] * 4 / 2**20
@@ -154,18 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_src is not None:
         variants["every case loaded (baseline)"] = ([], args.baseline_src.resolve())
         described["every case loaded (baseline)"] = f"the same command with the code in {args.baseline_src} (no streaming options)"
-    scratch = None if args.work else tempfile.TemporaryDirectory(prefix="bench_streaming_")
-    work = args.work or Path(scratch.name)  # type: ignore[union-attr]
-    try:
+    with work_folder(args.work, "bench_streaming_") as work:
         report: dict[str, Any] = {"environment": environment("cpu", args.threads), "steps": args.steps, "variants": described,
                                   "sizes": {}, "notes": args.note}
         started = time.perf_counter()
         for n in args.sizes:
             report["sizes"][n] = run_size(work, n, args.steps, variants, args.threads)
         report["environment"].update(load_average_after=list(os.getloadavg()), wall_s=time.perf_counter() - started)
-    finally:
-        if scratch is not None:
-            scratch.cleanup()
     write_report(report, args.out, markdown)
     print(markdown(report))
     return 0
