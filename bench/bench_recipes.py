@@ -323,6 +323,15 @@ def instance_opt(cfg: Any) -> str:
     return f"{p.instance_opt_steps} steps x {p.instance_opt_levels} level(s)" if p.instance_opt_steps else "none"
 
 
+def measure_predict_row(row: dict[str, Any], cfg: Any, config_file: str, shape: tuple[int, int, int], args: argparse.Namespace) -> None:
+    """``row["predict"]``: ``register`` measured when its estimate fits this machine, else why not."""
+    if not fits(row["predict_estimate_gb"] - BASE_GB):
+        row["not_measured"]["predict"] = "not measured (memory)"
+    else:
+        print(f"measuring register on {config_file} at {shape} ...", flush=True)
+        row["predict"] = measure_predict(cfg, config_file, shape, args.threads, args.timeout)
+
+
 def run_network_free(cfg: Any, config_file: str, task: str, shape: tuple[int, int, int], args: argparse.Namespace) -> dict[str, Any]:
     """A network-free recipe's row: the prediction's estimate, and ``register`` measured when it fits."""
     row: dict[str, Any] = {"config": config_file, "task": task, "shape": shape, "uses_network": False,
@@ -330,11 +339,8 @@ def run_network_free(cfg: Any, config_file: str, task: str, shape: tuple[int, in
                            "not_measured": {}}
     if shape[0] * shape[1] * shape[2] > args.measure_max_voxels:
         row["not_measured"]["predict"] = "not measured (size)"
-    elif not fits(row["predict_estimate_gb"] - BASE_GB):
-        row["not_measured"]["predict"] = "not measured (memory)"
     else:
-        print(f"measuring register on {config_file} at {shape} ...", flush=True)
-        row["predict"] = measure_predict(cfg, config_file, shape, args.threads, args.timeout)
+        measure_predict_row(row, cfg, config_file, shape, args)
     return row
 
 
@@ -364,11 +370,7 @@ def run_recipe(config_file: str, task: str, shape: tuple[int, int, int], classes
         row["measured"] = run_child(Path(__file__), spec, args.threads, args.timeout)
         if "base_rss_mb" in row["measured"]:  # the estimate on the child's own Python and torch
             row["estimated"].update(estimate(cfg, grid, classes, counted, row["measured"]["base_rss_mb"] / 1024))
-    if not fits(row["predict_estimate_gb"] - BASE_GB):
-        row["not_measured"]["predict"] = "not measured (memory)"
-    else:
-        print(f"measuring register on {config_file} at {shape} ...", flush=True)
-        row["predict"] = measure_predict(cfg, config_file, shape, args.threads, args.timeout)
+    measure_predict_row(row, cfg, config_file, shape, args)
     return row
 
 
