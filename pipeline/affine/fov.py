@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,15 +55,17 @@ def names_ultrasound(name: str) -> bool:
     return bool(words & ULTRASOUND) or joined in ULTRASOUND or "ULTRASOUND" in joined or "SONOGRAPH" in joined
 
 
-def modality_name(task: Task, case: Case) -> str:
-    """The task's ``modality`` entry for the case's modality id (``""`` when there is none)."""
+def modality_name(table: Mapping[str, Any], case: Case) -> str:
+    """A modality table's entry (a task's ``modality``, keyed ``"0"`` as the json or ``"0000"``)
+    for the case's modality id (``""`` when there is none); ``predict`` and the submission images
+    look names up here."""
     key = str(int(case.modality)) if str(case.modality).isdigit() else str(case.modality)
-    return str(task.modality.get(key, task.modality.get(case.modality, "")))
+    return str(table.get(key, table.get(case.modality, "")))
 
 
 def is_ultrasound(task: Task, case: Case) -> bool:
     """Whether the task's ``modality`` entry for the case's modality id names ultrasound."""
-    return names_ultrasound(modality_name(task, case))
+    return names_ultrasound(modality_name(task.modality, case))
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ def with_fov(config: AffineConfig, choices: tuple[FovChoice, FovChoice], where: 
 
 def pair_names(task: Task, pair: Pair) -> tuple[str, str]:
     """Modality names (fixed, moving) of a pair, from the task's modality table."""
-    return modality_name(task, task.case(pair.fixed)), modality_name(task, task.case(pair.moving))
+    return modality_name(task.modality, task.case(pair.fixed)), modality_name(task.modality, task.case(pair.moving))
 
 
 def pair_config(task: Task, pair: Pair, config: AffineConfig, fov: str) -> AffineConfig:

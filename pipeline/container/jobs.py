@@ -27,6 +27,7 @@ from learn2reg import rules
 from learn2reg.dataset import read_description
 from learn2reg.io import DataError, Geometry, read_nifti_header, save_nifti
 from learn2reg.task import Case, derived_path
+from pipeline.affine.fov import modality_name
 from pipeline.container.contracts import PAIRS_FLAT, PAIRS_JSON, PAIRS_ONCOREG, Contract
 
 _CASE = re.compile(r"^(?P<prefix>.+)_(?P<subject>\d{4})_(?P<modality>\d{4})\.nii\.gz$")
@@ -66,12 +67,6 @@ class Job:
     moving: Case
     name: str
     modalities: tuple[str, str] = ("", "")
-
-
-def modality_name(table: Mapping[str, Any], case: Case) -> str:
-    """A case's entry in a modality table keyed ``"0"`` (the json's) or ``"0000"``, as ``predict`` looks it up."""
-    name = table.get(str(int(case.modality)), table.get(case.modality, ""))
-    return name if isinstance(name, str) else ""
 
 
 def case_of(path: Path) -> Case:
