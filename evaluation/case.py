@@ -83,10 +83,10 @@ def preload(jobs: Sequence[CaseJob]) -> None:
     """Import, before the worker processes fork, the heavy modules that the jobs will need:
     ``edt`` for HD95; ``scipy.ndimage`` (~0.2 CPU s) for 2020 fields (upsampling) and TRE from
     points when its sampler is ``full`` or ``crop`` (``auto`` picks the numpy window sampler for a
-    few points, and the crop for many, each worker importing scipy then); ``scipy.spatial`` (~0.15
-    CPU s) for HD95 on grids larger than ``surface.EDT_BOX_MIN`` voxels, where the k-d tree may
-    beat the distance transform. Imported lazily instead, each worker would pay for them; where
-    no metric needs them they are not imported at all."""
+    few points, and the crop for many, each worker importing scipy then). Imported lazily instead,
+    each worker would pay for them; where no metric needs them they are not imported at all.
+    ``scipy.spatial`` (~0.3 CPU s) is not preloaded: HD95 takes its k-d tree only where the tree
+    saves more than that import (``surface.tree_import_seconds``), which is rare."""
     modules: set[str] = set()
     if any("hd95" in {m.metric for m in job.methods} for job in jobs):
         surface.edt_package()
@@ -95,8 +95,6 @@ def preload(jobs: Sequence[CaseJob]) -> None:
         cubic = "tre" in metrics_ and job.rules.tre == "points" and job.options.tre_method in ("full", "crop")
         if cubic or job.fmt == Layout.L2R2020:
             modules.add("scipy.ndimage")
-        if "hd95" in metrics_ and math.prod(job.expected_shape[:3]) > surface.EDT_BOX_MIN:
-            modules.add("scipy.spatial")
     for name in sorted(modules):
         importlib.import_module(name)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,12 +146,14 @@ def extract_surface(mask: np.ndarray, offset: Sequence[int] = (0, 0, 0)) -> Surf
 
 
 # Which exact method finds the nearest surfels (both give the same numbers). In voxel units, CPU
-# seconds measured on this project's 2-core machine, both directions together:
-EDT_PER_VOXEL = 65e-9  # distance transforms of the two surfaces on the box of both (edt package)
+# seconds measured on this project's 2-core machine (AMD EPYC; 35 labels of 160x192x224 pairs,
+# boxes of 0.2-1.2 M voxels), both directions together:
+EDT_PER_VOXEL = 55e-9  # distance transforms of the two surfaces on the box of both (edt package: 47-63 ns)
 TREE_PER_SURFEL = 0.15e-6  # building the two k-d trees
-TREE_PER_QUERY = 1.2e-6  # one nearest-neighbour query (a surfel that is not on the other surface)
-# Boxes up to this many voxels always take the distance transform (<= ~70 ms): the tree would first
-# need scipy.spatial, whose import costs ~0.15 CPU s in a fresh process.
+TREE_PER_QUERY = 2.5e-6  # one nearest-neighbour query (a surfel that is not on the other surface): 1.2-4.2 us,
+# more the farther the structures are apart
+TREE_IMPORT = 0.3  # importing scipy.spatial, once per process (0.31 CPU s measured): counted while not imported
+# Boxes up to this many voxels always take the distance transform (<= ~60 ms).
 EDT_BOX_MIN = 1 << 20
 # Anisotropic spacing (scipy's slower transform): the tree when the box exceeds EDT_BOX_MIN and this
 # many voxels per surfel (far-apart structures).
@@ -207,7 +210,7 @@ def pair_squared_distances(
         if voxels > EDT_BOX_MIN:
             search = (_not_on(a, b, lo, box), _not_on(b, a, lo, box))
             tree = TREE_PER_SURFEL * (len(a) + len(b)) + TREE_PER_QUERY * (len(search[0]) + len(search[1]))
-            method = "kdtree" if tree < EDT_PER_VOXEL * voxels else "edt"
+            method = "kdtree" if tree + tree_import_seconds() < EDT_PER_VOXEL * voxels else "edt"
     if method == "edt":
         return _edt_squared(a, b, lo, box), _edt_squared(b, a, lo, box)
     if method == "kdtree":
@@ -236,6 +239,11 @@ def _border_squared_distances(
             face = np.minimum(s.vertices, top - s.vertices).min(axis=1)  # distance to the nearest face
             out[side][~o] = np.minimum(nearest[side], face * face)
     return out[0], out[1]
+
+
+def tree_import_seconds() -> float:
+    """What the k-d tree would cost first in this process: importing scipy.spatial (0 once loaded)."""
+    return 0.0 if "scipy.spatial" in sys.modules else TREE_IMPORT
 
 
 def _box(a: Surface, b: Surface) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +304,7 @@ def _tree_squared(source: Surface, target: Surface, search: np.ndarray | None = 
     """Squared voxel distances at the source surfels from a k-d tree of the target's surfels;
     only the source surfels ``search`` (default: those not on the target) are looked up, the
     others are at distance 0."""
-    from scipy.spatial import cKDTree  # here: importing scipy.spatial costs ~0.15 CPU s
+    from scipy.spatial import cKDTree  # here: importing scipy.spatial costs ~0.3 CPU s (TREE_IMPORT)
 
     if search is None:
         search = _not_on(source, target, *_box(source, target))
@@ -322,7 +330,7 @@ def _edt_distances(source: Surface, target: Surface, lo: np.ndarray, box: np.nda
 
 
 def _tree_distances(source: Surface, target: Surface, spacing: Spacing) -> np.ndarray:
-    from scipy.spatial import cKDTree  # here: importing scipy.spatial costs ~0.1 s at start-up
+    from scipy.spatial import cKDTree  # here: importing scipy.spatial costs ~0.3 CPU s (TREE_IMPORT)
 
     scale = np.asarray(spacing, dtype=np.float64)
     tree = cKDTree(target.vertices * scale, leafsize=32, balanced_tree=False, compact_nodes=False)

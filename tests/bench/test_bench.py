@@ -61,3 +61,30 @@ def test_the_container_benchmark_renders_a_results_file_without_running_anything
     assert "| lumir | DemoLUMIR, 6 pairs 40x56x48, imported LapIRN diff weights (--data check run) | 1.76 | 570 | 70 | 15 | 6.5 | 3.2 | 1.55 (1.60, 1.80) | 0.57 | 4242 | DSC 0.81 (0.65), TRE_lm 1.37 (2.02) |" in table
     assert "OncoReg's `./train.sh` (in the image, 36 steps): 34 s wall." in table
     assert json.loads((tmp_path / "out" / "containers_cpu.json").read_text())["contracts"]["lumir"] == entry
+
+
+def test_the_timing_case_builder_makes_task_sized_cases_the_evaluator_scores(tmp_path):
+    """``make_cases.py --timing --shape --pairs --labels`` (the task-size bench's cases): the grid,
+    pair count and label list asked for, label maps holding only those ids, and every rule set's
+    config scored by our evaluator with one value per pair and label."""
+    import numpy as np
+
+    from evaluation.evaluate import evaluate
+    from learn2reg.io import load_nifti
+
+    script = REPO / "tests" / "fixtures" / "organisers" / "make_cases.py"
+    cmd = [sys.executable, str(script), "--timing", str(tmp_path), "--shape", "24", "28", "20", "--pairs", "3", "--labels", "5"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=300)
+    case = tmp_path / "lumir24"
+    l2r = json.loads((case / "l2r_style_evaluation_config.json").read_text())
+    assert l2r["expected_shape"] == [24, 28, 20, 3] and len(l2r["eval_pairs"]) == 3
+    assert [m["labels"] for m in l2r["evaluation_methods"] if "labels" in m] == [[1, 2, 3, 4, 5]] * 2
+    assert [len(json.loads((case / f"seg_part{k}_evaluation_config.json").read_text())["eval_pairs"]) for k in (1, 2, 3)] == [1, 1, 1]
+    for path in sorted((case / "labelsVal").glob("*.nii.gz")):
+        labels, _ = load_nifti(path, dtype=None)
+        assert labels.shape == (24, 28, 20) and set(np.unique(labels).tolist()) <= {0, 1, 2, 3, 4, 5}
+    result = evaluate(case / "disp" / "smooth_full", case, case / "l2r_style_evaluation_config.json", rules="l2r", workers=1)
+    assert len(result["cases"]) == 3
+    for values in result["cases"].values():
+        assert len(values["HD95"]["detailed"]) == len(values["DSC"]["detailed"]) == 5  # one per label
+        assert np.isfinite(values["HD95"]["detailed"]).all() and 0 < values["DSC"]["mean"] <= 1

@@ -152,12 +152,27 @@ def test_far_apart_structures_use_the_tree_and_match_the_reference(monkeypatch):
     sa, sb = surface.mask_surface(a), surface.mask_surface(b)
     box = np.prod([214, 73, 74])
     tree = surface.TREE_PER_SURFEL * (len(sa) + len(sb)) + surface.TREE_PER_QUERY * (len(sa) + len(sb))
-    assert box > surface.EDT_BOX_MIN and tree < surface.EDT_PER_VOXEL * box  # large sparse box: the k-d tree
+    assert box > surface.EDT_BOX_MIN and tree < surface.EDT_PER_VOXEL * box  # large sparse box: the k-d tree ...
+    assert tree + surface.TREE_IMPORT > surface.EDT_PER_VOXEL * box  # ... unless scipy.spatial must be imported first
+    expected = _oracle_hd95(a, b)
     used = []
     monkeypatch.setattr(surface, "_tree_squared", lambda *args, f=surface._tree_squared: used.append(1) or f(*args))
-    assert surface.hd95(a, b) == _oracle_hd95(a, b) and used
+    monkeypatch.setattr(surface, "tree_import_seconds", lambda: surface.TREE_IMPORT)  # a process without scipy.spatial
+    assert surface.hd95(a, b) == expected and not used  # the import would cost more than the tree saves
+    monkeypatch.setattr(surface, "tree_import_seconds", lambda: 0.0)  # scipy.spatial loaded
+    assert surface.hd95(a, b) == expected and used
     with pytest.raises(ValueError):
         surface.pair_distances(surface.mask_surface(a), surface.mask_surface(b), method="nope")
+
+
+def test_the_tree_import_counts_only_while_scipy_spatial_is_not_loaded(monkeypatch):
+    import sys
+
+    import scipy.spatial  # noqa: F401
+
+    assert surface.tree_import_seconds() == 0.0
+    monkeypatch.delitem(sys.modules, "scipy.spatial")
+    assert surface.tree_import_seconds() == surface.TREE_IMPORT > 0
 
 
 def test_empty_side_gives_inf_like_the_reference():
