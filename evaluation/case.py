@@ -183,7 +183,9 @@ def _tre(job: CaseJob, m: Method, u: np.ndarray) -> Any:
     if fixed_pts.shape != moving_pts.shape:
         raise DataError(f"{fixed_file} has {len(fixed_pts)} points but {moving_file} has {len(moving_pts)}")
     spacing = read_nifti_header(pair.moving_image).spacing
-    return metrics.tre(u, fixed_pts, moving_pts, spacing, job.options.tre_method)
+    # L2R HEAD samples an .npz field cast to float32, and map_coordinates then returns float32 values
+    float32 = job.rules.npz_float32 and job.fmt != Layout.L2R2020 and job.field.name.endswith(".npz")
+    return metrics.tre(u, fixed_pts, moving_pts, spacing, job.options.tre_method, np.float32 if float32 else None)
 
 
 def _assemble(job: CaseJob, found: dict[str, Any], ours: dict[str, Any]) -> dict[str, dict[str, Any]]:

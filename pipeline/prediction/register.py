@@ -1,5 +1,6 @@
 """Single-pair registration, as ANTs and elastix users expect: ``python -m pipeline register
---fixed F.nii.gz --moving M.nii.gz --run RUN --out DIR [--fixed-label FL --moving-label ML]``.
+--fixed F.nii.gz --moving M.nii.gz --run RUN --out DIR [--fixed-label FL --moving-label ML]``, or
+without a trained network ``--config CFG`` (``predict.network`` "none", as ``predict --config``).
 
 No task folder or ``dataset.json``: the two images go through the prediction path of a run
 (``predict.register_images``: optional affine pre-alignment, preprocessing, network, optional
@@ -66,17 +67,19 @@ RECORD = "register.json"
 
 
 def register(
-    fixed: Path, moving: Path, run_dir: Path, out_dir: Path, fixed_label: Path | None = None,
+    fixed: Path, moving: Path, run_dir: Path | None, out_dir: Path, fixed_label: Path | None = None,
     moving_label: Path | None = None, device: str = "auto", checkpoint: str = "best", report: bool = True,
-    save_jacobian: bool = False, overwrite: bool = False, skip_memory_check: bool = False, **overrides,
+    save_jacobian: bool = False, overwrite: bool = False, skip_memory_check: bool = False,
+    config_file: Path | None = None, **overrides,
 ) -> dict[str, Path]:
-    """Register ``moving`` to ``fixed`` with the run in ``run_dir``; write the outputs to
+    """Register ``moving`` to ``fixed`` with the run in ``run_dir`` (or, ``run_dir=None``, the
+    network-free configuration ``config_file``: ``predict.network`` "none"); write the outputs to
     ``out_dir`` and return them by kind. ``overrides``: ``predict`` settings (``affine``,
     ``instance_opt_steps``, ``input_scale``, ``target_spacing``). ``DataError`` naming the file for
     any bad input, for outputs of an earlier registration in ``out_dir`` unless ``overwrite``, and
     when the estimated peak memory exceeds what the device has free (unless ``skip_memory_check``),
     before any work."""
-    cfg = run_config(run_dir, overrides)
+    cfg = run_config(run_dir, {**overrides, "config_file": config_file})
     inputs = [Path(fixed), Path(moving)] + [Path(p) for p in (fixed_label, moving_label) if p is not None]
     for path in inputs:
         if not path.is_file():
@@ -114,6 +117,8 @@ def register(
         "fixed": str(Path(fixed).resolve()), "moving": str(Path(moving).resolve()),
         "fixed_label": str(Path(fixed_label).resolve()) if fixed_label else None,
         "moving_label": str(Path(moving_label).resolve()) if moving_label else None,
+        "run": str(Path(run_dir).resolve()) if run_dir is not None else None,
+        "config": str(Path(config_file).resolve()) if run_dir is None and config_file is not None else None,
         "checkpoint": p.checkpoint, "config_hash": p.config_hash, "device": str(p.device), "runtimes": timings,
         "network_grid": p.grid_policy.last if p.grid_policy is not None else None,
         "outputs": {k: v.name for k, v in written.items()}, "memory": memory.record(), "affine": notes.get("affine"),
@@ -129,7 +134,10 @@ def register(
 def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed", type=Path, required=True, help="fixed image (NIfTI); the outputs lie on its grid")
     parser.add_argument("--moving", type=Path, required=True, help="moving image (NIfTI)")
-    parser.add_argument("--run", type=Path, required=True, help="training run folder (config.json + checkpoints/)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, default=None, help="training run folder (config.json + checkpoints/)")
+    source.add_argument("--config", type=Path, default=None,
+                        help="configuration file of a network-free registration (predict.network \"none\": no run needed)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (disp.nii.gz, warped.nii.gz, report.html, ...)")
     parser.add_argument("--fixed-label", type=Path, default=None, help="fixed label map (with --moving-label: Dice in the report)")
     parser.add_argument("--moving-label", type=Path, default=None, help="moving label map (also written warped)")
@@ -149,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
         written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
                            args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, args.skip_memory_check,
-                           affine=args.affine, instance_opt_steps=args.instance_opt_steps, input_scale=args.input_scale,
+                           config_file=args.config, affine=args.affine, instance_opt_steps=args.instance_opt_steps, input_scale=args.input_scale,
                            target_spacing=args.target_spacing)
     for kind, path in written.items():
         print(f"{kind}: {path}")

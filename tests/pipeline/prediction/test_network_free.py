@@ -86,3 +86,30 @@ def test_the_remind2reg_recipe_lowers_the_landmark_error_well_below_the_zero_fie
     assert result["rules"] == "remind2reg"  # its num_foldings is 0 by construction: the folds are counted here
     for key in PAIRS:  # no folded voxel: det(I + grad u) > 0 everywhere, on the fields as written
         assert (jacobian_determinant(load_nifti(out / disp_filename_l2r(*key.split("<--")))[0]) > 0).all()
+
+
+def test_register_takes_a_network_free_configuration_without_a_run(remind, tmp_path, capsys):
+    """``register --config CFG``: the single-pair command registers with the configuration alone (the
+    same field as ``predict --config`` writes for that pair), records the configuration, and refuses
+    a configuration with a network (it needs --run) and --run with --config together (usage, exit 2)."""
+    from pipeline.cli import main
+
+    task = load_task(remind)
+    fixed, moving = task.case("0003_0000").image, task.case("0003_0001").image
+    cfg = _config(tmp_path, FAST)
+    out = tmp_path / "one"
+    assert main(["register", "--fixed", str(fixed), "--moving", str(moving), "--config", str(cfg), "--out", str(out), "--device", "cpu", "--no-report"]) == 0
+    record = read_json(out / "register.json")
+    assert record["config"] == str(cfg.resolve()) and record["run"] is None
+    assert record["checkpoint"] == "network-free (instance optimisation)"
+    u, _ = load_nifti(out / "disp.nii.gz")
+    assert predict(remind, tmp_path / "sub", None, "val", device="cpu", config_file=cfg) == 0
+    expected, _ = load_nifti(tmp_path / "sub" / disp_filename_l2r("0003_0000", "0003_0001"))
+    np.testing.assert_allclose(u, expected, atol=1e-5)  # the same registration, one pair
+    network = _config(tmp_path, {"predict": {"network": "lapirn"}})
+    capsys.readouterr()
+    assert main(["register", "--fixed", str(fixed), "--moving", str(moving), "--config", str(network), "--out", str(tmp_path / "n"), "--device", "cpu"]) == 1
+    assert "needs --run" in capsys.readouterr().err and not (tmp_path / "n" / "disp.nii.gz").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["register", "--fixed", str(fixed), "--moving", str(moving), "--config", str(cfg), "--run", str(tmp_path), "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2

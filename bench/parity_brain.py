@@ -1,0 +1,280 @@
+"""Our evaluator vs the organisers' own on real brain anatomy, every rule set, several field sets.
+
+Usage (from the repository root)::
+
+    python bench/parity_brain.py --task BrainDev --fields NAME=DIR [NAME=DIR ...] \\
+        --organisers-python /path/to/venv/bin/python --organisers-root /path/to/checkouts
+        # -> bench/results/organisers_parity_brain.{json,md}
+
+The parity fixtures (``tests/fixtures/organisers``) are small synthetic volumes; this script checks
+the same four evaluators on real anatomy: a brain task of ``bench/make_brain_task.py`` (the MNI152
+template and the 120 AAL2 labels warped into 12 subjects, 80x96x80 at 2 mm, 100 landmarks per
+image) and fields from real registrations of its validation pairs (``--fields``, e.g. the
+fine-tuned LapIRN's, with and without instance optimisation, in the task's ``disp_FFFF_0000_MMMM_0000``
+names). From each field set it also makes a folding copy (two compressive bumps added, as the
+fixtures' ``fold`` set: negative Jacobians for SDlogJ and NDV) and a channel-first copy (LUMIR
+reads ``3 x X x Y x Z``), from the first one an ``.npz`` copy (L2R HEAD and ReMIND2Reg read it;
+HEAD casts it to float32), plus the zero field.
+
+The task is laid out for each organiser in a scratch folder (images, labels and landmark CSVs
+hard-linked): L2R HEAD and ReMIND2Reg configs listing the validation pairs (SDlogJ, TRE from
+the CSV points; L2R also DSC and HD95 over labels 1..120); LUMIR 2024 and 2025 configs (NDV,
+TRE from landmark label volumes made here: a ball of radius 1.5 voxels around each point, id =
+row + 1; DSC and HD95 over 0..120, LUMIR lists 0), fields under LUMIR's short names. Every run is
+the organiser's command line, unchanged, and ours with the same arguments (plus ``--rules``);
+results are compared key by key (tests/evaluation/test_organisers.py: 1e-6 relative, 1e-9
+absolute near 0). Nothing of the organisers' code is stored in this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from learn2reg import io  # noqa: E402
+from learn2reg.io import load_nifti, read_points  # noqa: E402
+from tests.evaluation.test_organisers import OURS, differences, max_difference  # noqa: E402
+
+SCRIPTS = {
+    "lumir24": "LUMIR_L2R/L2R_LUMIR_Eval/evaluation.py",
+    "lumir25": "LUMIR25_L2R25/LUMIR25_Evalution_GC/evaluation.py",
+    "remind2reg": "ReMIND2Reg/evaluation/evaluation.py",
+    "l2r": "L2R/evaluation/evaluation.py",
+}
+ENV = {"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+BALL = 1.5  # landmark ball radius (voxels) of the LUMIR landmark volumes
+
+
+def ids(path: str) -> tuple[str, str]:
+    """``(subject, modality)`` of a ``..._SSSS_MMMM.nii.gz`` path, as every organiser slices it."""
+    return path[-16:-12], path[-11:-7]
+
+
+def full_name(pair: dict[str, str]) -> str:
+    (fs, fm), (ms, mm) = ids(pair["fixed"]), ids(pair["moving"])
+    return f"disp_{fs}_{fm}_{ms}_{mm}.nii.gz"
+
+
+def short_name(pair: dict[str, str]) -> str:
+    return f"disp_{ids(pair['fixed'])[0]}_{ids(pair['moving'])[0]}.nii.gz"
+
+
+def fold(u: np.ndarray, seed: int) -> np.ndarray:
+    """``u`` plus two compressive Gaussian bumps that fold the field (det J < 0 at their centres)."""
+    rng = np.random.default_rng(seed)
+    shape = u.shape[:3]
+    g = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
+    out = u.astype(np.float64)
+    for strength, pos in ((5.0, (0.45, 0.5, 0.5)), (3.0, (0.3, 0.7, 0.6))):
+        c = np.array(shape) * np.array(pos) + rng.uniform(-1, 1, 3)
+        s = min(shape) / 9.0
+        w = np.exp(-sum((g[k] - c[k]) ** 2 for k in range(3)) / (2 * s * s))
+        axis = int(rng.integers(0, 3))
+        out[..., axis] += -strength * (g[axis] - c[axis]) * w
+    return out.astype(np.float32)
+
+
+def landmark_volume(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Label volume with a ball of radius ``BALL`` around each point (id = row + 1, later rows win)."""
+    vol = np.zeros(shape, dtype=np.int16)
+    r = int(np.ceil(BALL))
+    for i, p in enumerate(points, start=1):
+        lo = np.maximum(np.floor(p).astype(int) - r, 0)
+        hi = np.minimum(np.floor(p).astype(int) + r + 2, shape)
+        g = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"))
+        ball = ((g - p[:, None, None, None]) ** 2).sum(0) <= BALL**2
+        vol[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]][ball] = i
+    return vol
+
+
+def _link(source: str, target: str) -> None:
+    if os.path.exists(target):  # a --work folder laid out before (the organisers' results are kept too)
+        return
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
+def layout(task: Path, root: Path, field_sets: dict[str, Path]) -> dict[str, Any]:
+    """The scratch folder: links to the task's data, LUMIR landmark volumes, configs, field sets."""
+    dataset = json.loads(next(task.glob("*_dataset.json")).read_text())
+    pairs = [{"fixed": p["fixed"], "moving": p["moving"]} for p in dataset["registration_val"]]
+    n_labels = max(int(k) for k in dataset["labels"]["0"])
+    for folder in ("imagesTr", "labelsTr", "landmarksTr"):  # hard links (our evaluator refuses paths leaving the folder)
+        shutil.copytree(task / folder, root / folder, copy_function=_link, dirs_exist_ok=True)
+    images = sorted({p[k] for p in pairs for k in ("fixed", "moving")})
+    shape = load_nifti(task / images[0], dtype=None)[0].shape
+    for image in images:
+        points = read_points(task / image.replace("imagesTr", "landmarksTr").replace(".nii.gz", ".csv"))
+        io.save_nifti(root / image.replace("imagesTr", "lmvolTr"), landmark_volume(points, shape), io.read_nifti_header(task / image))
+    common = {"expected_shape": [*shape, 3], "eval_pairs": pairs, "eval_config_version": 0.2, "masked_evaluation": False}
+    labels = list(range(1, n_labels + 1))
+    configs = {
+        "l2r": {"task_name": task.name, "evaluation_methods": [
+            {"name": "LogJacDetStd", "metric": "sdlogj"}, {"name": "TRE_lm", "metric": "tre", "dest": "landmarks"},
+            {"name": "DSC", "metric": "dice", "labels": labels}, {"name": "HD95", "metric": "hd95", "labels": labels}]},
+        "remind2reg": {"task_name": task.name, "evaluation_methods": [
+            {"name": "LogJacDetStd", "metric": "sdlogj"}, {"name": "TRE_lm", "metric": "tre", "dest": "landmarks"}]},
+        "lumir_landmark": {"name": "LUMIR", "evaluation_methods": [
+            {"name": "Non-diffeomorphic Volumes", "metric": "ndv"}, {"name": "TRE_lm", "metric": "tre", "dest": "lmvol"}]},
+        "lumir_seg": {"name": "LUMIR", "evaluation_methods": [
+            {"name": "Non-diffeomorphic Volumes", "metric": "ndv"}, {"name": "DSC", "metric": "dice", "labels": [0, *labels]},
+            {"name": "HD95", "metric": "hd95", "labels": [0, *labels]}]},
+    }  # fmt: skip
+    for name, config in configs.items():
+        io.write_json(root / f"{name}_config.json", {**config, **common})
+    third = -(-len(pairs) // 3)
+    for k in range(3):  # LUMIR25's three segmentation configs (-s1/-s2/-s3)
+        io.write_json(root / f"lumir_seg{k + 1}_config.json", {**configs["lumir_seg"], **common, "eval_pairs": pairs[third * k : third * (k + 1)]})
+    made = {}
+    for set_name, folder in field_sets.items():
+        fields = {p["fixed"]: load_nifti(folder / full_name(p), dtype=None)[0] for p in pairs}
+        variants = {set_name: fields, f"{set_name}_fold": {k: fold(u, i) for i, (k, u) in enumerate(fields.items())}}
+        for name, us in variants.items():
+            for p in pairs:
+                u = us[p["fixed"]]
+                geometry = io.read_nifti_header(task / p["fixed"])
+                io.save_nifti(root / "disp" / name / full_name(p), u.astype(np.float32), geometry)
+                io.save_nifti(root / "disp" / f"{name}_short" / short_name(p), u.astype(np.float32), geometry)
+                cf = np.ascontiguousarray(np.moveaxis(u.astype(np.float32), -1, 0))
+                io.save_nifti(root / "disp" / f"{name}_cf" / short_name(p), cf)
+            made[name] = len(pairs)
+        if set_name == next(iter(field_sets)):  # .npz copies (arr_0, float32): read by L2R HEAD and ReMIND2Reg only
+            for p in pairs:
+                target = root / "disp" / f"{set_name}_npz" / full_name(p).replace(".nii.gz", ".npz")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.savez_compressed(target, fields[p["fixed"]].astype(np.float32))
+            made[f"{set_name}_npz"] = len(pairs)
+    zero = np.zeros((*shape, 3), dtype=np.float32)
+    for p in pairs:
+        io.save_nifti(root / "disp" / "zero" / full_name(p), zero, io.read_nifti_header(task / p["fixed"]))
+        io.save_nifti(root / "disp" / "zero_short" / short_name(p), zero, io.read_nifti_header(task / p["fixed"]))
+    made["zero"] = len(pairs)
+    return {"pairs": len(pairs), "labels": n_labels, "landmarks": len(points), "shape": list(shape), "field_sets": made}
+
+
+def command_lines(field_set: str) -> dict[str, list[str]]:
+    """Each rule set's command line (the organiser's) on one field set (relative to the layout)."""
+    short = f"disp/{field_set}_short/" if field_set != "zero" else "disp/zero_short/"
+    lumir = ["-c1", "lumir_landmark_config.json", "-c2", "lumir_seg_config.json", "-i", short, "-d", "./"]
+    lumir25 = ["-l1", "lumir_landmark_config.json", "-s1", "lumir_seg1_config.json", "-s2", "lumir_seg2_config.json",
+               "-s3", "lumir_seg3_config.json", "-i", short, "-d", "./"]  # fmt: skip
+    runs = {
+        "lumir24": lumir,
+        "lumir25": lumir25,
+        "remind2reg": ["-c", "remind2reg_config.json", "-i", f"disp/{field_set}/", "-d", "./"],
+        "l2r": ["-c", "l2r_config.json", "-i", f"disp/{field_set}/", "-d", "./"],
+    }
+    if field_set.endswith("_npz"):  # LUMIR reads .nii.gz only
+        return {k: v for k, v in runs.items() if not k.startswith("lumir")}
+    if field_set != "zero":
+        runs["lumir24 (channel-first)"] = [*lumir[:-4], "-i", short.replace("_short/", "_cf/"), "-d", "./"]
+    return runs
+
+
+def run(cmd: list[str], cwd: Path, out: Path, code: Path | None = None) -> tuple[int, float]:
+    env = {**os.environ, **ENV, **({"PYTHONPATH": str(code)} if code else {})}
+    out.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    with open(out.with_suffix(".log"), "w") as log:
+        rc = subprocess.run([*cmd, "-o", str(out)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    return rc, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", type=Path, required=True, help="a make_brain_task.py task folder")
+    parser.add_argument("--fields", nargs="+", required=True, metavar="NAME=DIR", help="field sets of its validation pairs")
+    parser.add_argument("--organisers-python", type=Path, required=True, help="a Python with numpy < 2, evalutils, surface-distance")
+    parser.add_argument("--organisers-root", type=Path, required=True, help="folder holding LUMIR_L2R/, LUMIR25_L2R25/, ReMIND2Reg/, L2R/")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder to keep (default: a temporary one)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
+    args = parser.parse_args()
+    field_sets = dict(item.split("=", 1) for item in args.fields)
+    tmp = None if args.work else tempfile.TemporaryDirectory(prefix="parity_brain_")
+    root = args.work or Path(tmp.name)  # type: ignore[union-attr]
+    root.mkdir(parents=True, exist_ok=True)
+    case = layout(args.task, root, {k: Path(v) for k, v in field_sets.items()})
+    version = subprocess.run([str(args.organisers_python), "-c", "import numpy, scipy, platform; print(platform.python_version(), 'numpy', numpy.__version__, 'scipy', scipy.__version__)"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    rows = []
+    sets = [*(s for k in field_sets for s in (k, f"{k}_fold")), f"{next(iter(field_sets))}_npz", "zero"]
+    for field_set in sets:
+        for name, arguments in command_lines(field_set).items():
+            rules = name.split()[0]
+            tag = name.replace(" (channel-first)", "_cf")
+            theirs_out, ours_out = root / f"theirs_{tag}_{field_set}.json", root / f"ours_{tag}_{field_set}.json"
+            seconds = theirs_out.with_suffix(".seconds")
+            if not theirs_out.is_file():  # a --work folder keeps the organisers' results (and times) of an earlier run
+                trc, tsec = run([str(args.organisers_python), str(args.organisers_root / SCRIPTS[rules]), *arguments], root, theirs_out)
+                seconds.write_text(f"{tsec}\n")
+            else:
+                trc, tsec = 0, float(seconds.read_text()) if seconds.is_file() else float("nan")
+            orc, osec = run([sys.executable, "-m", "evaluation.evaluate", *arguments, "--rules", rules], root, ours_out, REPO)
+            row: dict[str, Any] = {"rules": name, "field_set": field_set, "theirs_rc": trc, "ours_rc": orc, "theirs_s": tsec, "ours_s": osec}
+            if trc == 0 and orc == 0:
+                ours, expected = json.loads(ours_out.read_text()), json.loads(theirs_out.read_text())
+                extras = frozenset(OURS | {"rules"}) if rules == "l2r" else frozenset({"rules"})
+                diffs = differences(ours, expected, extras=extras)
+                rel, absolute = max_difference(ours, expected)
+                row.update(differences=len(diffs), first=diffs[:3], max_relative=rel, max_absolute_near_zero=absolute,
+                           aggregates={k: v for k, v in expected.get("aggregates", {}).items() if isinstance(v, dict) and "mean" in v})  # fmt: skip
+            rows.append(row)
+            print(f"{name:24s} {field_set:14s} theirs rc {trc} ({tsec:.0f} s), ours rc {orc} ({osec:.1f} s): "
+                  f"{row.get('differences', '-')} differences, max relative {row.get('max_relative', float('nan')):.1e}", flush=True)  # fmt: skip
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+               "theirs_python": version, "task": str(args.task.name), "case": case, "fields": field_sets, "runs": rows}  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    io.write_json(args.out / "organisers_parity_brain.json", results)
+    write_markdown(results, args.out / "organisers_parity_brain.md")
+    print((args.out / "organisers_parity_brain.md").read_text())
+    if tmp is not None:
+        tmp.cleanup()
+    elif not any(r.get("differences") for r in rows):
+        shutil.rmtree(root / "disp", ignore_errors=True)
+
+
+def write_markdown(results: dict[str, Any], path: Path) -> None:
+    c = results["case"]
+    lines = [
+        "# Parity with the organisers' evaluators on real brain anatomy", "",
+        f"Task: {results['task']} (`bench/make_brain_task.py`: MNI152 + AAL2 warped into subjects; {c['pairs']} validation pairs, "
+        f"{'x'.join(map(str, c['shape']))} at 2 mm, labels 1..{c['labels']}, {c['landmarks']} landmarks per image). Field sets: "
+        + ", ".join(f"`{k}` ({v})" for k, v in results["fields"].items())
+        + "; each also with two folding bumps added (`_fold`), and the zero field. The organisers' code: "
+        f"{results['theirs_python']}; ours: Python {results['machine']['python']}. `bench/parity_brain.py`.", "",
+        "| rule set | field set | their exit | our exit | differences (1e-6 rel.) | max relative difference | max abs. difference near 0 | their s / our s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for r in results["runs"]:
+        diff = r.get("differences", "-")
+        rel = f"{r['max_relative']:.1e}" if "max_relative" in r else "-"
+        near = f"{r['max_absolute_near_zero']:.1e}" if "max_absolute_near_zero" in r else "-"
+        lines.append(f"| {r['rules']} | {r['field_set']} | {r['theirs_rc']} | {r['ours_rc']} | {diff} | {rel} | {near} | {r['theirs_s']:.1f} / {r['ours_s']:.1f} |")
+    lines += ["", "Their aggregates (means) per run, for scale:", ""]
+    for r in results["runs"]:
+        if r.get("aggregates"):
+            lines.append(f"- {r['rules']} / {r['field_set']}: " + ", ".join(f"{k} {v['mean']:.4g}" for k, v in r["aggregates"].items()))
+    firsts = [f"- {r['rules']} / {r['field_set']}: " + "; ".join(r["first"]) for r in results["runs"] if r.get("first")]
+    if firsts:
+        lines += ["", "First differences:", "", *firsts]
+    path.write_text("\n".join(lines).rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()
