@@ -256,7 +256,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"Task: {results['task']} (`bench/make_brain_task.py`: MNI152 + AAL2 warped into subjects; {c['pairs']} validation pairs, "
         f"{'x'.join(map(str, c['shape']))} at 2 mm, labels 1..{c['labels']}, {c['landmarks']} landmarks per image). Field sets: "
         + ", ".join(f"`{k}` ({v})" for k, v in results["fields"].items())
-        + "; each also with two folding bumps added (`_fold`), and the zero field. The organisers' code: "
+        + "; each also with two folding bumps added (`_fold`) and channel-first (LUMIR 2024 reads them), the first also as `.npz` (`_npz`: L2R HEAD and ReMIND2Reg), and the zero field. The organisers' code: "
         f"{results['theirs_python']}; ours: Python {results['machine']['python']}. `bench/parity_brain.py`.", "",
         "| rule set | field set | their exit | our exit | differences (1e-6 rel.) | max relative difference | max abs. difference near 0 | their s / our s |",
         "|---|---|---|---|---|---|---|---|",
