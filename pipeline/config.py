@@ -206,6 +206,7 @@ class PredictConfig(_Checked):
     instance_opt_unfold: bool = True
     instance_opt_similarity: str = _spec("mind", choices=("mind", "lncc"))  # sampled MIND-SSC, or dense local NCC (mono-modal)
     instance_opt_levels: int = _spec(1, ge=1, le=4)  # coarse-to-fine levels (1: the fixed grid only; 2: half, then full)
+    instance_opt_window: int = _spec(9, ge=1, le=31)  # lncc: the local window (voxels, odd); 3-5 follow finer detail
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
     input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale
     target_spacing: float | None = _spec(None, gt=0)  # mm; network grid spacing per axis, from the fixed image's spacing
@@ -252,7 +253,7 @@ class RunConfig(_Checked):
 #: its default out, so that earlier outputs keep their hash and earlier runs can be resumed.
 LATER_KEYS: dict[str, Any] = {"predict.network": "lapirn", "predict.instance_opt_levels": 1, "predict.instance_opt_similarity": "mind",
                               "predict.affine_max_rotation_deg": 15.0, "predict.affine_max_translation": 0.2,
-                              "predict.affine_on_implausible": "fallback"}
+                              "predict.affine_on_implausible": "fallback", "predict.instance_opt_window": 9}
 
 
 def with_later_keys(resolved: Any) -> Any:
@@ -393,6 +394,11 @@ def _warmup_fits(c: Any) -> str | None:
     return None if ok else f"train.warmup_steps: {t.warmup_steps} (allowed: {allowed})"
 
 
+def _odd_window(c: Any) -> str | None:
+    w = c.predict.instance_opt_window
+    return None if w % 2 == 1 else f"predict.instance_opt_window: {w} (allowed: an odd number of voxels, centred on each voxel)"
+
+
 def _one_grid_rule(c: Any) -> str | None:
     p = c.predict
     if p.target_spacing is None or p.input_scale == 1:
@@ -407,6 +413,7 @@ _RULES: tuple[tuple[tuple[str, ...], Callable[[Any], str | None]], ...] = (
     (("train.lr_schedule", "train.warmup_steps", "train.steps_per_level"), _warmup_fits),
     (("model.levels", "train.steps_per_level", "train.frozen_levels"), _frozen_levels_exist),
     (("predict.input_scale", "predict.target_spacing"), _one_grid_rule),
+    (("predict.instance_opt_window",), _odd_window),
 )
 
 

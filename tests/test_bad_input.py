@@ -541,7 +541,8 @@ def test_predict_refuses_another_rule_set_for_a_2020_task(trained, tmp_path, cap
 
 def test_a_network_free_configuration_with_an_unknown_network_or_too_many_levels_is_refused_before_any_work(tmp_path, capsys):
     root = remind_task(tmp_path / "task")
-    for key, value, allowed in [("network", "unet", 'one of "lapirn", "none"'), ("instance_opt_levels", 5, "an integer >= 1 and <= 4")]:
+    for key, value, allowed in [("network", "unet", 'one of "lapirn", "none"'), ("instance_opt_levels", 5, "an integer >= 1 and <= 4"),
+                                ("instance_opt_window", 4, "an odd number of voxels, centred on each voxel")]:
         cfg = tmp_path / f"{key}.json"
         cfg.write_text(json.dumps({"predict": {"network": "none", "instance_opt_steps": 2, key: value}}))
         code, _, err = run(capsys, "predict", "--data", str(root), "--config", str(cfg), "--out", str(tmp_path / "sub"), "--device", "cpu")

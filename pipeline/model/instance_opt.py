@@ -78,7 +78,7 @@ class InstanceOptSettings:
         return cls(steps=predict.instance_opt_steps, lr=predict.instance_opt_lr, smooth=predict.instance_opt_smooth,
                    grid_spacing=predict.instance_opt_grid, max_points=predict.instance_opt_points,
                    unfold=predict.instance_opt_unfold, similarity=predict.instance_opt_similarity,
-                   levels=predict.instance_opt_levels)
+                   window=predict.instance_opt_window, levels=predict.instance_opt_levels)
 
 
 def smooth_control(d: torch.Tensor) -> torch.Tensor:

@@ -88,3 +88,29 @@ def test_the_timing_case_builder_makes_task_sized_cases_the_evaluator_scores(tmp
     for values in result["cases"].values():
         assert len(values["HD95"]["detailed"]) == len(values["DSC"]["detailed"]) == 5  # one per label
         assert np.isfinite(values["HD95"]["detailed"]).all() and 0 < values["DSC"]["mean"] <= 1
+
+
+def test_brain_task_labels_sampled_linearly_follow_the_interpolated_majority(monkeypatch):
+    """``make_brain_task.sample_subject``: on the atlas grid both samplings give the atlas; at
+    (0.6, 0.6, 0.6) between a corner voxel of label 2 at (1, 1, 1) and seven of label 1, nearest
+    picks the corner (2), linear the label whose interpolated indicator is largest (1: 0.784 vs 0.216)."""
+    import dataclasses
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("make_brain_task", REPO / "bench" / "make_brain_task.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_brain_task", module)  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    labels = np.ones((4, 4, 4), dtype=np.uint8)
+    labels[1, 1, 1] = 2
+    ones, eye = np.ones((4, 4, 4), np.float32), np.eye(4)
+    fields = {f.name: None for f in dataclasses.fields(module.Reference)}
+    ref = module.Reference(**{**fields, "grid": eye, "image_src": ones, "mask_src": ones, "image_aff": eye, "labels_src": labels, "labels_aff": eye})
+    on_grid = np.indices((4, 4, 4), dtype=np.float64)
+    for how in ("nearest", "linear"):
+        assert (module.sample_subject(ref, on_grid, how)[2] == labels).all()
+    point = np.full((3, 1, 1, 1), 0.6)
+    assert module.sample_subject(ref, point, "nearest")[2].item() == 2
+    assert module.sample_subject(ref, point, "linear")[2].item() == 1

@@ -245,3 +245,15 @@ def test_a_command_line_override_is_checked_and_named(tmp_path, capsys, task):
     err = capsys.readouterr().err
     assert f"error: {path} with --instance-opt-steps -1: predict.instance_opt_steps: -1 (allowed: an integer >= 0)" in err
     assert not out.exists()
+
+
+def test_the_lncc_window_reaches_instance_optimisation_and_its_default_keeps_earlier_hashes():
+    """``predict.instance_opt_window`` (a later key): 5 reaches the settings of instance optimisation;
+    the default 9 (what the local NCC used before the key) leaves the configuration hash as it was."""
+    from pipeline.model.instance_opt import InstanceOptSettings
+
+    five = config_from_dict({"predict": {"instance_opt_similarity": "lncc", "instance_opt_window": 5}})
+    assert InstanceOptSettings.from_predict(five.predict).window == 5
+    assert InstanceOptSettings.from_predict(config_from_dict({}).predict).window == InstanceOptSettings(steps=0).window == 9
+    assert config_from_dict({"predict": {"instance_opt_window": 9}}).digest() == config_from_dict({}).digest()
+    assert five.digest() != config_from_dict({"predict": {"instance_opt_similarity": "lncc"}}).digest()

@@ -75,6 +75,6 @@ def test_a_pair_set_too_large_to_list_is_described_and_resumes(blob_task, tmp_pa
 def test_a_run_from_before_predict_network_existed_resumes(tmp_path):
     cfg = config_from_dict(QUICK)
     old = cfg.to_dict()
-    del old["predict"]["network"], old["predict"]["instance_opt_levels"]  # keys added later, at their defaults
+    del old["predict"]["network"], old["predict"]["instance_opt_levels"], old["predict"]["instance_opt_window"]  # keys added later
     (tmp_path / "config.json").write_text(json.dumps(old))
     check_resume(tmp_path, cfg, {})  # no difference reported
