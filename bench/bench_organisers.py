@@ -144,13 +144,17 @@ def machine() -> dict[str, Any]:
 
 
 def run_rounds(
-    case: Path, work: Path, repeats: int, theirs: tuple[Path, Path] | None, baseline: Path | None = None
+    cases: dict[str, Path], work: Path, repeats: int, theirs: tuple[Path, Path] | None, baseline: Path | None = None,
+    imports: bool = True,
 ) -> dict[str, dict[str, list[dict]]]:
-    """``repeats`` interleaved rounds of every (rule set, ours/baseline/theirs) and the import floor."""
-    runs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "theirs": [], "baseline": []} for name in RUNS}
-    runs["imports"] = {label: [] for label in IMPORTS}
+    """``repeats`` interleaved rounds of every (rule set, ours/baseline/theirs), each rule set on
+    its case in ``cases``, and (``imports``) the import floor."""
+    runs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "theirs": [], "baseline": []} for name in cases}
+    if imports:
+        runs["imports"] = {label: [] for label in IMPORTS}
     for r in range(repeats):
-        for name, (script, args, extra) in RUNS.items():
+        for name, case in cases.items():
+            script, args, extra = RUNS[name]
             ours = work / f"ours_{name}.json"
             runs[name]["ours"].append(timed([sys.executable, "-m", "evaluation.evaluate", *args, *extra, "-o", str(ours)], case, ours))
             if baseline is not None:
@@ -160,24 +164,10 @@ def run_rounds(
             if theirs is not None:
                 out = work / f"theirs_{name}.json"
                 runs[name]["theirs"].append(timed([str(theirs[0]), str(theirs[1] / script), *args, "-o", str(out)], case, out))
-        for label, code in IMPORTS.items():
-            runs["imports"][label].append(timed([sys.executable, "-c", code], REPO))
+        if imports:
+            for label, code in IMPORTS.items():
+                runs["imports"][label].append(timed([sys.executable, "-c", code], REPO))
         print(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {v['ours'][-1]['wall_s']:.2f} s" for n, v in runs.items() if n != "imports"), flush=True)
-    return runs
-
-
-def run_task_rounds(cases: dict[str, Path], work: Path, repeats: int, theirs: tuple[Path, Path] | None) -> dict[str, dict[str, list[dict]]]:
-    """``repeats`` interleaved rounds of (rule set, ours/theirs), each rule set on its own case."""
-    runs: dict[str, dict[str, list[dict]]] = {name: {"ours": [], "theirs": []} for name in cases}
-    for r in range(repeats):
-        for name, case in cases.items():
-            script, args, extra = RUNS[name]
-            ours = work / f"ours_{name}.json"
-            runs[name]["ours"].append(timed([sys.executable, "-m", "evaluation.evaluate", *args, *extra, "-o", str(ours)], case, ours))
-            if theirs is not None:
-                out = work / f"theirs_{name}.json"
-                runs[name]["theirs"].append(timed([str(theirs[0]), str(theirs[1] / script), *args, "-o", str(out)], case, out))
-        print(f"round {r + 1}/{repeats}: " + ", ".join(f"{n} {v['ours'][-1]['wall_s']:.2f} s" for n, v in runs.items()), flush=True)
     return runs
 
 
@@ -257,14 +247,19 @@ def median(values: list[dict], key: str) -> float:
     return statistics.median(v[key] for v in values)
 
 
+def machine_line(results: dict[str, Any]) -> str:
+    """The machine, both Pythons and the load of a results file's run (its markdown's first line)."""
+    m = results["machine"]
+    return (f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs); Python {m['python']} (ours: numpy {results['numpy']}, "
+            f"theirs: {results.get('theirs_python', 'not run')}). Load average before {tuple(round(x, 1) for x in m['load_avg_before'])}, "
+            f"after {tuple(round(x, 1) for x in results['load_avg_after'])}.")
+
+
 def write_results(results: dict[str, Any], out_dir: Path) -> None:
     io.write_json(out_dir / "organisers_vs_ours_cpu.json", results)
-    m = results["machine"]
     lines = [
         "# Our evaluator vs the organisers' own, whole process (CPU)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs); Python {m['python']} (ours: numpy {results['numpy']}, "
-        f"theirs: {results.get('theirs_python', 'not run')}). Load average before {tuple(round(x, 1) for x in m['load_avg_before'])}, "
-        f"after {tuple(round(x, 1) for x in results['load_avg_after'])}.",
+        machine_line(results),
         f"Case: `make_cases.py --timing` (six 80x96x80 LUMIR-like pairs, 8 label ids incl. 0, 6 landmarks; smooth float32 fields). "
         f"{results['repeats']} interleaved rounds; medians; every run a fresh process (interpreter start and imports included), "
         f"environment {' '.join(f'{k}={v}' for k, v in ENV.items())}; ours with its default workers (`evaluate.pool_size`: "
@@ -313,14 +308,11 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
 
 def write_task_results(results: dict[str, Any], out_dir: Path) -> None:
     io.write_json(out_dir / "organisers_vs_ours_tasksize_cpu.json", results)
-    m = results["machine"]
     lines = [
         "# Our evaluator vs the organisers' own at the tasks' own sizes, whole process (CPU)", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores (shared); Python {m['python']} (ours: numpy {results['numpy']}, "
-        f"theirs: {results.get('theirs_python', 'not run')}). Load average before {tuple(round(x, 1) for x in m['load_avg_before'])}, "
-        f"after {tuple(round(x, 1) for x in results['load_avg_after'])}.",
-        f"The rule sets whose small-case runs (`organisers_vs_ours_cpu.md`: six 80x96x80 pairs) last only ~2.7 (ReMIND2Reg) and "
-        f"~6.5 (L2R) CPU s, so that interpreter start-up and imports weigh in the ratio, here on cases of their tasks' size: "
+        machine_line(results),
+        f"The rule sets whose small-case runs (`organisers_vs_ours_cpu.md`: six 80x96x80 pairs) last only a few CPU seconds "
+        f"(ReMIND2Reg, L2R), so that interpreter start-up and imports weigh in the ratio, here on cases of their tasks' size: "
         f"`make_cases.py --timing --shape ... --pairs ... [--labels ...]` (smooth float32 fields, 6 CSV landmarks per image, "
         f"Voronoi label maps of two different subjects, so the label surfaces of a pair lie far apart: a hard case for HD95). "
         f"{results['repeats']} interleaved rounds; medians; every run a fresh process, environment "
@@ -368,7 +360,7 @@ def task_size(args: argparse.Namespace, theirs: tuple[Path, Path] | None, result
             cases[name] = root / "lumir24"
         work = Path(tmp) / "out"
         work.mkdir()
-        results["runs"] = run_task_rounds(cases, work, args.repeats, theirs)
+        results["runs"] = run_rounds(cases, work, args.repeats, theirs, imports=False)
         results["agreement"] = compare(work, list(cases))
     results["load_avg_after"] = os.getloadavg()
     results["notes"] = TASK_NOTES
@@ -427,7 +419,7 @@ def main() -> None:
         case = root / "lumir24" if (root / "lumir24").is_dir() else root
         work = Path(tmp) / "out"
         work.mkdir()
-        results["runs"] = run_rounds(case, work, args.repeats, theirs, args.baseline)
+        results["runs"] = run_rounds(dict.fromkeys(RUNS, case), work, args.repeats, theirs, args.baseline)
         results["agreement"] = compare(work)
         results["components"] = components(case)
     results["load_avg_after"] = os.getloadavg()
