@@ -36,7 +36,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +44,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_organisers import timed  # noqa: E402  (this folder is the script's: on the path)
+
 from learn2reg import io  # noqa: E402
 from learn2reg.io import load_nifti, read_points  # noqa: E402
 from tests.evaluation.test_organisers import OURS, differences, max_difference  # noqa: E402
+from tests.fixtures.organisers.make_cases import fold_bumps, full, landmark_volume, lazy  # noqa: E402
 
 SCRIPTS = {
     "lumir24": "LUMIR_L2R/L2R_LUMIR_Eval/evaluation.py",
@@ -55,50 +57,22 @@ SCRIPTS = {
     "remind2reg": "ReMIND2Reg/evaluation/evaluation.py",
     "l2r": "L2R/evaluation/evaluation.py",
 }
-ENV = {"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 BALL = 1.5  # landmark ball radius (voxels) of the LUMIR landmark volumes
 
 
-def ids(path: str) -> tuple[str, str]:
-    """``(subject, modality)`` of a ``..._SSSS_MMMM.nii.gz`` path, as every organiser slices it."""
-    return path[-16:-12], path[-11:-7]
-
-
 def full_name(pair: dict[str, str]) -> str:
-    (fs, fm), (ms, mm) = ids(pair["fixed"]), ids(pair["moving"])
-    return f"disp_{fs}_{fm}_{ms}_{mm}.nii.gz"
+    """``disp_{fixS}_{fixM}_{movS}_{movM}.nii.gz`` (L2R HEAD, ReMIND2Reg)."""
+    return f"{full(pair)}.nii.gz"
 
 
 def short_name(pair: dict[str, str]) -> str:
-    return f"disp_{ids(pair['fixed'])[0]}_{ids(pair['moving'])[0]}.nii.gz"
+    """``disp_{fixS}_{movS}.nii.gz`` (LUMIR, equal modalities)."""
+    return f"{lazy(pair)}.nii.gz"
 
 
 def fold(u: np.ndarray, seed: int) -> np.ndarray:
     """``u`` plus two compressive Gaussian bumps that fold the field (det J < 0 at their centres)."""
-    rng = np.random.default_rng(seed)
-    shape = u.shape[:3]
-    g = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij"))
-    out = u.astype(np.float64)
-    for strength, pos in ((5.0, (0.45, 0.5, 0.5)), (3.0, (0.3, 0.7, 0.6))):
-        c = np.array(shape) * np.array(pos) + rng.uniform(-1, 1, 3)
-        s = min(shape) / 9.0
-        w = np.exp(-sum((g[k] - c[k]) ** 2 for k in range(3)) / (2 * s * s))
-        axis = int(rng.integers(0, 3))
-        out[..., axis] += -strength * (g[axis] - c[axis]) * w
-    return out.astype(np.float32)
-
-
-def landmark_volume(points: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Label volume with a ball of radius ``BALL`` around each point (id = row + 1, later rows win)."""
-    vol = np.zeros(shape, dtype=np.int16)
-    r = int(np.ceil(BALL))
-    for i, p in enumerate(points, start=1):
-        lo = np.maximum(np.floor(p).astype(int) - r, 0)
-        hi = np.minimum(np.floor(p).astype(int) + r + 2, shape)
-        g = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"))
-        ball = ((g - p[:, None, None, None]) ** 2).sum(0) <= BALL**2
-        vol[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]][ball] = i
-    return vol
+    return fold_bumps(u.astype(np.float64), np.random.default_rng(seed)).astype(np.float32)
 
 
 def _link(source: str, target: str) -> None:
@@ -121,7 +95,8 @@ def layout(task: Path, root: Path, field_sets: dict[str, Path]) -> dict[str, Any
     shape = load_nifti(task / images[0], dtype=None)[0].shape
     for image in images:
         points = read_points(task / image.replace("imagesTr", "landmarksTr").replace(".nii.gz", ".csv"))
-        io.save_nifti(root / image.replace("imagesTr", "lmvolTr"), landmark_volume(points, shape), io.read_nifti_header(task / image))
+        balls = landmark_volume(shape, points, range(1, len(points) + 1), BALL)  # id = row + 1, later rows win
+        io.save_nifti(root / image.replace("imagesTr", "lmvolTr"), balls, io.read_nifti_header(task / image))
     common = {"expected_shape": [*shape, 3], "eval_pairs": pairs, "eval_config_version": 0.2, "masked_evaluation": False}
     labels = list(range(1, n_labels + 1))
     configs = {
@@ -170,7 +145,7 @@ def layout(task: Path, root: Path, field_sets: dict[str, Path]) -> dict[str, Any
 
 def command_lines(field_set: str) -> dict[str, list[str]]:
     """Each rule set's command line (the organiser's) on one field set (relative to the layout)."""
-    short = f"disp/{field_set}_short/" if field_set != "zero" else "disp/zero_short/"
+    short = f"disp/{field_set}_short/"
     lumir = ["-c1", "lumir_landmark_config.json", "-c2", "lumir_seg_config.json", "-i", short, "-d", "./"]
     lumir25 = ["-l1", "lumir_landmark_config.json", "-s1", "lumir_seg1_config.json", "-s2", "lumir_seg2_config.json",
                "-s3", "lumir_seg3_config.json", "-i", short, "-d", "./"]  # fmt: skip
@@ -185,15 +160,6 @@ def command_lines(field_set: str) -> dict[str, list[str]]:
     if field_set != "zero":
         runs["lumir24 (channel-first)"] = [*lumir[:-4], "-i", short.replace("_short/", "_cf/"), "-d", "./"]
     return runs
-
-
-def run(cmd: list[str], cwd: Path, out: Path, code: Path | None = None) -> tuple[int, float]:
-    env = {**os.environ, **ENV, **({"PYTHONPATH": str(code)} if code else {})}
-    out.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    with open(out.with_suffix(".log"), "w") as log:
-        rc = subprocess.run([*cmd, "-o", str(out)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    return rc, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -221,11 +187,14 @@ def main() -> None:
             theirs_out, ours_out = root / f"theirs_{tag}_{field_set}.json", root / f"ours_{tag}_{field_set}.json"
             seconds = theirs_out.with_suffix(".seconds")
             if not theirs_out.is_file():  # a --work folder keeps the organisers' results (and times) of an earlier run
-                trc, tsec = run([str(args.organisers_python), str(args.organisers_root / SCRIPTS[rules]), *arguments], root, theirs_out)
+                theirs = timed([str(args.organisers_python), str(args.organisers_root / SCRIPTS[rules]), *arguments, "-o", str(theirs_out)],
+                               root, theirs_out, check=False)
+                trc, tsec = int(theirs["rc"]), float(theirs["wall_s"])
                 seconds.write_text(f"{tsec}\n")
             else:
                 trc, tsec = 0, float(seconds.read_text()) if seconds.is_file() else float("nan")
-            orc, osec = run([sys.executable, "-m", "evaluation.evaluate", *arguments, "--rules", rules], root, ours_out, REPO)
+            ours = timed([sys.executable, "-m", "evaluation.evaluate", *arguments, "--rules", rules, "-o", str(ours_out)], root, ours_out, check=False)
+            orc, osec = int(ours["rc"]), float(ours["wall_s"])
             row: dict[str, Any] = {"rules": name, "field_set": field_set, "theirs_rc": trc, "ours_rc": orc, "theirs_s": tsec, "ours_s": osec}
             if trc == 0 and orc == 0:
                 ours, expected = json.loads(ours_out.read_text()), json.loads(theirs_out.read_text())
