@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_organisers import timed  # noqa: E402  (this folder is the script's: on the path)
+from bench_organisers import machine, timed  # noqa: E402  (this folder is the script's: on the path)
 
 from learn2reg import io  # noqa: E402
 from learn2reg.io import load_nifti, read_points  # noqa: E402
@@ -206,7 +205,7 @@ def main() -> None:
             rows.append(row)
             print(f"{name:24s} {field_set:14s} theirs rc {trc} ({tsec:.0f} s), ours rc {orc} ({osec:.1f} s): "
                   f"{row.get('differences', '-')} differences, max relative {row.get('max_relative', float('nan')):.1e}", flush=True)  # fmt: skip
-    results = {"machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+    results = {"machine": machine(),
                "theirs_python": version, "task": str(args.task.name), "case": case, "fields": field_sets, "runs": rows}  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     io.write_json(args.out / "organisers_parity_brain.json", results)
@@ -226,7 +225,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{'x'.join(map(str, c['shape']))} at 2 mm, labels 1..{c['labels']}, {c['landmarks']} landmarks per image). Field sets: "
         + ", ".join(f"`{k}` ({v})" for k, v in results["fields"].items())
         + "; each also with two folding bumps added (`_fold`) and channel-first (LUMIR 2024 reads them), the first also as `.npz` (`_npz`: L2R HEAD and ReMIND2Reg), and the zero field. The organisers' code: "
-        f"{results['theirs_python']}; ours: Python {results['machine']['python']}. `bench/parity_brain.py`.", "",
+        f"{results['theirs_python']}; ours: Python {results['machine']['python']}; {results['machine']['cpu']}, "
+        f"{results['machine']['cores']} cores. `bench/parity_brain.py`.", "",
         "| rule set | field set | their exit | our exit | differences (1e-6 rel.) | max relative difference | max abs. difference near 0 | their s / our s |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
