@@ -207,6 +207,7 @@ class PredictConfig(_Checked):
     instance_opt_similarity: str = _spec("mind", choices=("mind", "lncc"))  # sampled MIND-SSC, or dense local NCC (mono-modal)
     instance_opt_levels: int = _spec(1, ge=1, le=4)  # coarse-to-fine levels (1: the fixed grid only; 2: half, then full)
     instance_opt_window: int = _spec(9, ge=1, le=31)  # lncc: the local window (voxels, odd); 3-5 follow finer detail
+    instance_opt_presmooth: float = _spec(0.0, ge=0)  # Gaussian sigma (fixed-grid voxels) of the start field first; 0 = off
     amp: str = _spec("bf16", choices=("bf16", "fp16", "none"))
     input_scale: float = _spec(1.0, gt=0)  # network grid spacing = preprocessing grid spacing / input_scale
     target_spacing: float | None = _spec(None, gt=0)  # mm; network grid spacing per axis, from the fixed image's spacing
@@ -253,7 +254,8 @@ class RunConfig(_Checked):
 #: its default out, so that earlier outputs keep their hash and earlier runs can be resumed.
 LATER_KEYS: dict[str, Any] = {"predict.network": "lapirn", "predict.instance_opt_levels": 1, "predict.instance_opt_similarity": "mind",
                               "predict.affine_max_rotation_deg": 15.0, "predict.affine_max_translation": 0.2,
-                              "predict.affine_on_implausible": "fallback", "predict.instance_opt_window": 9}
+                              "predict.affine_on_implausible": "fallback", "predict.instance_opt_window": 9,
+                              "predict.instance_opt_presmooth": 0.0}
 
 
 def with_later_keys(resolved: Any) -> Any:

@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -85,7 +86,7 @@ from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import choose_fov, pair_names, with_fov
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.affine.support import outside_region
-from pipeline.config import RunConfig, config_from_dict, differences, with_later_keys
+from pipeline.config import PredictConfig, RunConfig, config_from_dict, differences, with_later_keys
 from pipeline.data.preprocess import load_image, network_image, on_grid
 from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
 from pipeline.model.checkpoint import model_from_checkpoint
@@ -111,6 +112,7 @@ log = logging.getLogger(__name__)
 CONFIG_RECORD = "predict_config.json"
 #: Configuration keys the command line sets -> their option (a refusal names the option).
 OPTION_OF = {"predict.affine": "--affine", "predict.instance_opt_steps": "--instance-opt-steps",
+             "predict.instance_opt_similarity": "--instance-opt-similarity",
              "predict.input_scale": "--input-scale", "predict.target_spacing": "--target-spacing"}
 
 
@@ -144,12 +146,46 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
     else:
         raise DataError("predict needs --run (a training run) or --config (a network-free configuration: predict.network \"none\")")
     raw = read_json(source)
-    given = {k: v for k, v in overrides.items() if k != "config_file" and v is not None}
+    sets = dict(overrides.get("sets") or ())
+    given = {k: v for k, v in overrides.items() if k not in ("config_file", "sets") and v is not None}
     where = str(source)
-    if given and isinstance(raw, dict) and isinstance(raw.get("predict", {}), dict):
-        raw["predict"] = {**raw.get("predict", {}), **given}
-        where += " with " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in given.items())
+    if (sets or given) and isinstance(raw, dict) and isinstance(raw.get("predict", {}), dict):
+        raw["predict"] = {**raw.get("predict", {}), **sets, **given}
+        where += " with " + ", ".join([f"--set {k}={json.dumps(v)}" for k, v in sets.items()]
+                                      + [f"--{k.replace('_', '-')} {v}" for k, v in given.items()])
     return config_from_dict(raw, where=where)
+
+
+#: predict keys that have an option of their own (``--set`` refers to it)
+OWN_OPTION = {"affine": "--affine", "instance_opt_steps": "--instance-opt-steps", "instance_opt_similarity": "--instance-opt-similarity",
+              "input_scale": "--input-scale", "target_spacing": "--target-spacing"}
+
+
+def predict_setting(text: str) -> tuple[str, Any]:
+    """``--set KEY=VALUE`` (argparse type): one key of the configuration's ``predict`` section
+    (``predict.`` in front is optional) and its value, read as JSON (``3``, ``0.5``, ``true``,
+    ``null``), else as a string. An unknown key, or one with an option of its own, is a usage error."""
+    key, sep, value = text.partition("=")
+    key = key.strip().removeprefix("predict.")
+    known = {f.name for f in dataclasses.fields(PredictConfig)}
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. instance_opt_window=3")
+    if key in OWN_OPTION:
+        raise argparse.ArgumentTypeError(f"{text!r}: predict.{key} has its own option: {OWN_OPTION[key]}")
+    if key not in known:
+        raise argparse.ArgumentTypeError(f"{text!r}: predict.{key} is not a key of the predict section "
+                                         f"(keys: {', '.join(sorted(known - set(OWN_OPTION)))})")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE`` (repeatable), shared with ``register``."""
+    parser.add_argument("--set", dest="sets", type=predict_setting, action="append", default=None, metavar="KEY=VALUE",
+                        help="override one key of the configuration's predict section (repeatable; the value as JSON), "
+                             "e.g. --set instance_opt_window=3 --set instance_opt_presmooth=3; recorded with the outputs")
 
 
 def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str,
@@ -573,6 +609,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
     parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
                         help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
+    add_set_argument(parser)
     add_scale_arguments(parser)
     parser.add_argument("--save-warped", action="store_true",
                         help="also write the warped moving image, and its warped labels (nearest) when it has them, "
@@ -592,6 +629,7 @@ def run(args: argparse.Namespace) -> int:
     code = predict(args.data, args.out, args.run, args.split, args.device, args.checkpoint, args.save_warped,
                    args.overwrite, save_jacobian=args.save_jacobian, report=args.report, rules=args.rules,
                    skip_memory_check=args.skip_memory_check, affine=args.affine, instance_opt_steps=args.instance_opt_steps,
+                   instance_opt_similarity=args.instance_opt_similarity, sets=args.sets,
                    input_scale=args.input_scale, target_spacing=args.target_spacing, config_file=args.config)
     if int(os.environ.get("RANK", "0")) == 0 and Path(args.out).is_dir():
         print("\n".join(next_steps(args.data, args.out, args.split, args.report)))

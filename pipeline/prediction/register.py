@@ -37,6 +37,7 @@ naming the moving image. A missing or unreadable file is named, exit code 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ from learn2reg.writers import hold_folder
 from pipeline.distributed import DistInfo, add_device_argument, pick_device
 from pipeline.prediction.memory import check_prediction
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
-from pipeline.prediction.predict import load_predictor, register_images, run_config
+from pipeline.prediction.predict import add_set_argument, load_predictor, register_images, run_config
 from pipeline.prediction.scale import add_scale_arguments, explicit_scale, quiet_grid, trained_spacing
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def register(
     """Register ``moving`` to ``fixed`` with the run in ``run_dir`` (or, ``run_dir=None``, the
     network-free configuration ``config_file``: ``predict.network`` "none"); write the outputs to
     ``out_dir`` and return them by kind. ``overrides``: ``predict`` settings (``affine``,
-    ``instance_opt_steps``, ``input_scale``, ``target_spacing``). ``DataError`` naming the file for
+    ``instance_opt_steps``, ``input_scale``, ``target_spacing``, ``sets``: ``--set`` pairs). ``DataError`` naming the file for
     any bad input, for outputs of an earlier registration in ``out_dir`` unless ``overwrite``, and
     when the estimated peak memory exceeds what the device has free (unless ``skip_memory_check``),
     before any work."""
@@ -119,7 +120,7 @@ def register(
         "moving_label": str(Path(moving_label).resolve()) if moving_label else None,
         "run": str(Path(run_dir).resolve()) if run_dir is not None else None,
         "config": str(Path(config_file).resolve()) if run_dir is None and config_file is not None else None,
-        "checkpoint": p.checkpoint, "config_hash": p.config_hash, "device": str(p.device), "runtimes": timings,
+        "checkpoint": p.checkpoint, "config_hash": p.config_hash, "predict": dataclasses.asdict(cfg.predict), "device": str(p.device), "runtimes": timings,
         "network_grid": p.grid_policy.last if p.grid_policy is not None else None,
         "outputs": {k: v.name for k, v in written.items()}, "memory": memory.record(), "affine": notes.get("affine"),
     }
@@ -145,6 +146,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    add_set_argument(parser)
     add_scale_arguments(parser)
     parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
     parser.add_argument("--no-report", action="store_true", help="skip the visual report")
@@ -157,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
     with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
         written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
                            args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, args.skip_memory_check,
-                           config_file=args.config, affine=args.affine, instance_opt_steps=args.instance_opt_steps, input_scale=args.input_scale,
+                           config_file=args.config, affine=args.affine, instance_opt_steps=args.instance_opt_steps, sets=args.sets,
+                           input_scale=args.input_scale,
                            target_spacing=args.target_spacing)
     for kind, path in written.items():
         print(f"{kind}: {path}")

@@ -257,3 +257,47 @@ def test_the_lncc_window_reaches_instance_optimisation_and_its_default_keeps_ear
     assert InstanceOptSettings.from_predict(config_from_dict({}).predict).window == InstanceOptSettings(steps=0).window == 9
     assert config_from_dict({"predict": {"instance_opt_window": 9}}).digest() == config_from_dict({}).digest()
     assert five.digest() != config_from_dict({"predict": {"instance_opt_similarity": "lncc"}}).digest()
+
+
+def test_the_start_field_smoothing_reaches_instance_optimisation_and_its_default_keeps_earlier_hashes():
+    """``predict.instance_opt_presmooth`` (a later key): 3 reaches the settings; the default 0
+    (no smoothing: what instance optimisation did before the key) leaves the hash as it was."""
+    from pipeline.model.instance_opt import InstanceOptSettings
+
+    three = config_from_dict({"predict": {"instance_opt_presmooth": 3}})
+    assert InstanceOptSettings.from_predict(three.predict).presmooth == 3.0
+    assert InstanceOptSettings.from_predict(config_from_dict({}).predict).presmooth == InstanceOptSettings(steps=0).presmooth == 0.0
+    assert config_from_dict({"predict": {"instance_opt_presmooth": 0.0}}).digest() == config_from_dict({}).digest()
+    assert three.digest() != config_from_dict({}).digest()
+    with pytest.raises(DataError, match=r"predict.instance_opt_presmooth: -1"):
+        config_from_dict({"predict": {"instance_opt_presmooth": -1}})
+
+
+def test_set_overrides_one_predict_key_and_is_checked_named_and_recorded(tmp_path, capsys, task):
+    """``--set KEY=VALUE`` (predict and register): any key of the predict section, recorded with
+    the outputs; a bad value is refused naming the option (exit 1, nothing written); an unknown
+    key, a key with an option of its own or no '=' is a usage error (exit 2)."""
+    path = write(tmp_path, {"predict": {"network": "none", "instance_opt_steps": 1}}, "free.json")
+    out = tmp_path / "sub"
+    base = ["predict", "--config", str(path), "--data", str(task), "--device", "cpu"]
+    assert main([*base, "--out", str(out), "--instance-opt-similarity", "lncc", "--set", "instance_opt_window=3",
+                 "--set", "predict.instance_opt_presmooth=1.5"]) == 0
+    recorded = json.loads((out / "predict_config.json").read_text())["config"]["predict"]
+    assert (recorded["instance_opt_similarity"], recorded["instance_opt_window"], recorded["instance_opt_presmooth"]) == ("lncc", 3, 1.5)
+    capsys.readouterr()
+    bad = tmp_path / "bad"
+    assert main([*base, "--out", str(bad), "--set", "instance_opt_window=4"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {path} with --set instance_opt_window=4: predict.instance_opt_window: 4 (allowed: an odd number" in err
+    assert "Traceback" not in err and not bad.exists()
+    for given, says in [("instance_opt_windw=3", "predict.instance_opt_windw is not a key of the predict section"),
+                        ("affine=rigid", "predict.affine has its own option: --affine"), ("instance_opt_window", "expected KEY=VALUE")]:
+        with pytest.raises(SystemExit) as exc:
+            main([*base, "--out", str(bad), "--set", given])
+        assert exc.value.code == 2 and says in capsys.readouterr().err and not bad.exists()
+    images = task / "imagesTr"
+    fixed, moving = sorted(images.glob("*.nii.gz"))[:2]
+    one = tmp_path / "one"
+    assert main(["register", "--fixed", str(fixed), "--moving", str(moving), "--config", str(path), "--out", str(one),
+                 "--device", "cpu", "--no-report", "--set", "instance_opt_grid=3"]) == 0
+    assert json.loads((one / "register.json").read_text())["predict"]["instance_opt_grid"] == 3

@@ -14,6 +14,7 @@ from pipeline.model.instance_opt import (
     InstanceOptSettings,
     coarse_shape,
     control_shape,
+    gaussian_smooth,
     refine_field,
     repair_folds,
     smooth_control,
@@ -205,3 +206,44 @@ def test_lncc_with_a_mask_of_nothing_makes_no_correction():
     field = torch.from_numpy(np.moveaxis(truth, -1, 0).copy())[None]
     out = refine_field(field, moving, fixed, InstanceOptSettings(steps=3, unfold=False, similarity="lncc"), mask=torch.zeros_like(fixed))
     assert torch.equal(out, field)
+
+
+# ----------------------------------------------------------------------------- smoothing the start
+
+
+def test_gaussian_smoothing_of_a_field_is_scipys_nearest_mode_and_keeps_a_linear_field():
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=(3, 9, 14, 11))
+    for sigma in (0.7, 2.0, 5.0):  # 5: the kernel (radius 20) is wider than every axis
+        ours = gaussian_smooth(torch.from_numpy(u)[None], sigma)[0].numpy()
+        scipy_ = np.stack([ndimage.gaussian_filter(u[k], sigma, mode="nearest") for k in range(3)])
+        assert np.abs(ours - scipy_).max() < 1e-12
+    field = torch.from_numpy(np.moveaxis(identity() @ np.array([[0.1, 0, 0.2], [0, -0.3, 0], [0.05, 0, 0.1]]), -1, 0).copy())[None]
+    core = (..., slice(9, -9), slice(9, -9), slice(9, -9))  # 4 sigma from every face: no edge value repeated
+    assert torch.allclose(gaussian_smooth(field, 2.0)[core], field[core], atol=1e-12)
+    assert gaussian_smooth(field, 0.0) is field
+
+
+@pytest.mark.parametrize("similarity", ["mind", "lncc"])
+def test_a_smoothed_start_loses_the_fine_errors_that_the_correction_would_keep(similarity):
+    """A start with fine (1-voxel) errors: the regulariser acts on the correction, so the
+    optimisation keeps them (measured 0.69 voxel left); smoothing the start first (2 voxels) lets
+    the similarity bring back only what the images support (measured 0.28 MIND / 0.21 local NCC),
+    and the true field stays where it is (0.21 / 0.13)."""
+    fixed, moving, truth = pair_with_known_field()
+    noise = np.random.default_rng(5).normal(size=(*SHAPE, 3))
+    fine = np.stack([ndimage.gaussian_filter(noise[..., k], 1.0, mode="wrap") for k in range(3)], axis=-1)
+    start = truth + (fine * 0.8 / (3 * np.abs(fine).std())).astype(np.float32) + smooth_field(1.0, seed=2)
+    kept = inner_error(run(start, fixed, moving, similarity=similarity), truth)
+    smoothed = inner_error(run(start, fixed, moving, similarity=similarity, presmooth=2.0), truth)
+    truth_kept = inner_error(run(truth, fixed, moving, similarity=similarity, presmooth=2.0), truth)
+    print(f"\n{similarity}: start {inner_error(start, truth):.2f} -> {kept:.2f} voxel as it is, {smoothed:.2f} smoothed first; truth {truth_kept:.2f}")
+    assert kept > 0.55 and smoothed < 0.4 and truth_kept < 0.3
+
+
+def test_nothing_to_optimise_leaves_the_start_unsmoothed():
+    fixed, moving, truth = pair_with_known_field()
+    field = torch.from_numpy(np.moveaxis(truth, -1, 0).copy())[None]
+    for steps, mask in ((0, None), (3, torch.zeros_like(fixed))):
+        out = refine_field(field, moving, fixed, InstanceOptSettings(steps=steps, unfold=False, presmooth=2.0), mask=mask)
+        assert torch.equal(out, field)
