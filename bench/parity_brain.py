@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--organisers-root", type=Path, required=True, help="folder holding LUMIR_L2R/, LUMIR25_L2R25/, ReMIND2Reg/, L2R/")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder to keep (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
+    parser.add_argument("--rounds", type=int, default=0,
+                        help="then time theirs and ours on the first field set, this many interleaved rounds of every "
+                             "rule set (-> organisers_vs_ours_brain_cpu.{json,md}; default 0: parity only)")
     args = parser.parse_args()
     field_sets = dict(item.split("=", 1) for item in args.fields)
     tmp = None if args.work else tempfile.TemporaryDirectory(prefix="parity_brain_")
@@ -211,10 +214,55 @@ def main() -> None:
     io.write_json(args.out / "organisers_parity_brain.json", results)
     write_markdown(results, args.out / "organisers_parity_brain.md")
     print((args.out / "organisers_parity_brain.md").read_text())
+    if args.rounds > 0:
+        timing = time_rounds(root, next(iter(field_sets)), args.rounds, args.organisers_python, args.organisers_root)
+        timing.update(machine=machine(), theirs_python=version, task=str(args.task.name), case=case, fields=field_sets)
+        io.write_json(args.out / "organisers_vs_ours_brain_cpu.json", timing)
+        write_timing(timing, args.out / "organisers_vs_ours_brain_cpu.md")
+        print((args.out / "organisers_vs_ours_brain_cpu.md").read_text())
     if tmp is not None:
         tmp.cleanup()
     elif not any(r.get("differences") for r in rows):
         shutil.rmtree(root / "disp", ignore_errors=True)
+
+
+def time_rounds(root: Path, field_set: str, rounds: int, python: Path, organisers: Path) -> dict[str, Any]:
+    """``rounds`` interleaved rounds, each rule set's command line run by the organiser's code and
+    by ours (fresh processes: interpreter start and imports included) on ``field_set``; the
+    medians of wall and CPU seconds (all processes) and their ratios."""
+    lines = {k: v for k, v in command_lines(field_set).items() if "channel-first" not in k}
+    runs: dict[str, dict[str, list[dict]]] = {name: {"theirs": [], "ours": []} for name in lines}
+    for r in range(rounds):
+        for name, arguments in lines.items():
+            theirs_out, ours_out = root / f"timing_theirs_{name}.json", root / f"timing_ours_{name}.json"
+            runs[name]["theirs"].append(timed([str(python), str(organisers / SCRIPTS[name]), *arguments, "-o", str(theirs_out)], root, theirs_out))
+            runs[name]["ours"].append(timed([sys.executable, "-m", "evaluation.evaluate", *arguments, "--rules", name, "-o", str(ours_out)], root, ours_out))
+        print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v['theirs'][-1]['wall_s']:.1f} / {v['ours'][-1]['wall_s']:.2f} s" for n, v in runs.items()), flush=True)
+    # (no peak memory: a child's ru_maxrss counts this process's pages it was forked with)
+    medians = {name: {side: {key: float(np.median([run[key] for run in sides[side]])) for key in ("wall_s", "cpu_s")}
+                      for side in sides} for name, sides in runs.items()}  # fmt: skip
+    return {"field_set": field_set, "rounds": rounds, "medians": medians, "runs": runs, "load_avg_after": os.getloadavg()}
+
+
+def write_timing(t: dict[str, Any], path: Path) -> None:
+    c, m = t["case"], t["machine"]
+    lines = [
+        "# Our evaluator vs the organisers' own on real brain anatomy, whole process (CPU)", "",
+        f"Task: {t['task']} (`bench/make_brain_task.py`: {c['pairs']} validation pairs, {'x'.join(map(str, c['shape']))} at 2 mm, "
+        f"labels 1..{c['labels']}, {c['landmarks']} landmarks per image), field set `{t['field_set']}` ({t['fields'][t['field_set']]}): "
+        "the fields of a real registration, as a participant submits them. Each rule set's command line as in "
+        "`organisers_parity_brain.md` (parity checked there), theirs and ours in fresh processes, "
+        f"{t['rounds']} interleaved rounds, medians. {m['cpu']}, {m['cores']} cores, load average before {tuple(round(x, 1) for x in m['load_avg_before'])}, "
+        f"after {tuple(round(x, 1) for x in t['load_avg_after'])}; theirs: Python {t['theirs_python']}; ours: Python {m['python']}, "
+        "default workers. `bench/parity_brain.py --rounds`.", "",
+        "| rule set | theirs: wall s | ours: wall s | speed-up (wall) | theirs: CPU s | ours: CPU s | speed-up (CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for name, sides in t["medians"].items():
+        th, ou = sides["theirs"], sides["ours"]
+        lines.append(f"| {name} | {th['wall_s']:.2f} | {ou['wall_s']:.2f} | {th['wall_s'] / ou['wall_s']:.1f}x | {th['cpu_s']:.2f} | "
+                     f"{ou['cpu_s']:.2f} | {th['cpu_s'] / ou['cpu_s']:.1f}x |")  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:

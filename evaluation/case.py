@@ -104,14 +104,40 @@ def preload(jobs: Sequence[CaseJob]) -> None:
 COST_NS = {"field": 18.0, "sdlogj": 16.0, "ndv": 8.0, "dice": 12.0, "hd95": 150.0, "tre": 8.0}
 
 
+# Beyond COST_NS: inflating a field costs more the less it compresses (isal: ~2.5 ns per stored
+# byte on top of the per-voxel part; a real registration's field hardly compresses: 27 ms for
+# 7.4 MB, a smooth one 10 ms), and TRE from CSV points costs per point: the sampling window
+# (``metrics.TRE_RADIUS``), ~0.2 ms per point on an 80x96x80 grid, measured.
+COST_NS_PER_STORED_BYTE = 2.5
+COST_NS_PER_WINDOW_VOXEL = 0.5
+CSV_BYTES_PER_POINT = 30  # "x,y,z" rows of ~10-digit numbers
+
+
 def estimated_seconds(jobs: Sequence[CaseJob]) -> float:
-    """Rough CPU seconds of evaluating ``jobs`` one after the other (``COST_NS``): whether a
-    worker pool, whose processes cost ~0.02-0.05 s to start and end, can pay for itself."""
+    """Rough CPU seconds of evaluating ``jobs`` one after the other (``COST_NS`` and the costs
+    above, from the files' sizes): whether a worker pool, whose processes cost ~0.02-0.05 s to
+    start and end, can pay for itself."""
     total = 0.0
     for job in jobs:
         scored = {m.metric for m in job.methods if m.metric in job.rules.scored}
-        total += math.prod(job.expected_shape[:3]) * (COST_NS["field"] + sum(COST_NS.get(m, 0.0) for m in scored))
+        shape = job.expected_shape[:3]
+        points = "tre" in scored and job.rules.tre != "centroids"
+        per_voxel = COST_NS["field"] + sum(COST_NS.get(m, 0.0) for m in scored if not (m == "tre" and points))
+        total += math.prod(shape) * per_voxel + COST_NS_PER_STORED_BYTE * _size(job.field)
+        if points:
+            window = math.prod(min(2 * metrics.TRE_RADIUS + 2, n) for n in shape) * 3  # voxels x components
+            files = [job.pair.point_files(m.dest or "") for m in job.methods if m.metric == "tre"]
+            stored = sum(_size(found[0]) for found in files if found is not None)  # the fixed points' CSVs
+            total += stored / CSV_BYTES_PER_POINT * window * COST_NS_PER_WINDOW_VOXEL
     return total * 1e-9
+
+
+def _size(path: Path | None) -> int:
+    """Bytes of a file (0 when it is missing: the run reports that itself)."""
+    try:
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
 
 
 def evaluate_case(job: CaseJob) -> tuple[str, dict | None, list[str]]:

@@ -214,12 +214,16 @@ def hd95(
             for values in found.values():
                 values.append(float("inf"))
             continue
-        squared = surface.pair_squared_distances(a, b, grid=f.shape)  # voxel units, exact integers
+        # voxel units, exact integers; -1 for distances beyond what can decide the 95th percentile
+        squared = surface.pair_squared_distances(a, b, grid=f.shape, percent=95.0)
         for spacing, values in found.items():
             if min(spacing) == max(spacing):  # isotropic: the voxel distances, scaled
                 scale = None if spacing[0] == 1.0 else spacing[0]
                 directed = [surface.directed_percentile_squared(sq, s.codes, spacing, 95.0, scale) for sq, s in zip(squared, (a, b), strict=True)]
-                values.append(max(directed))
+                if None in directed:  # the unknown distances could decide it (rounding margin): all of them
+                    squared = surface.pair_squared_distances(a, b, grid=f.shape)
+                    directed = [surface.directed_percentile_squared(sq, s.codes, spacing, 95.0, scale) for sq, s in zip(squared, (a, b), strict=True)]
+                values.append(max(d for d in directed if d is not None))
             else:
                 dist = surface.pair_distances(a, b, spacing)
                 values.append(surface.robust_hausdorff(a, b, 95.0, spacing, surface.surfel_area_table(spacing), dist))

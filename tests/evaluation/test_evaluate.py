@@ -395,3 +395,29 @@ def test_a_small_run_has_no_worker_pool_and_a_large_one_has(monkeypatch):
     assert module.pool_size(small, 2) == 2 and module.pool_size(large[:3], 8) == 3
     # a metric the rule set does not score costs nothing (ReMIND2Reg ignores DSC and HD95)
     assert estimated_seconds(_jobs(6, (80, 96, 80), ("sdlogj", "tre", "hd95"), rulesets.REMIND2REG)) == estimated_seconds(small)
+
+
+def test_the_estimate_counts_what_the_files_hold(tmp_path, monkeypatch):
+    """Inflating a field costs more the less it compresses, and TRE from CSV points costs per
+    point: eight 80x96x80 ReMIND2Reg pairs with a real registration's (barely compressible) fields
+    and 100 landmarks get workers (~0.45 CPU s measured; 0.53 -> 0.37 s of wall time with two), six
+    smooth fields with 6 points stay in the process."""
+    from evaluation import evaluate as module
+    from learn2reg.io import save_nifti, write_points
+
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+    rng = np.random.default_rng(0)
+    grid = np.indices((80, 96, 80), dtype=np.float32).sum(axis=0)
+    smooth = np.stack([np.sin(grid / 40.0)] * 3, axis=-1).astype(np.float32)
+    noisy = (smooth + rng.normal(0, 0.3, smooth.shape)).astype(np.float32)
+    jobs = {}
+    for name, field, points in (("smooth", smooth, 6), ("real", noisy, 100)):
+        save_nifti(tmp_path / f"{name}.nii.gz", field)
+        write_points(tmp_path / f"{name}.csv", rng.uniform(10, 60, (points, 3)))
+        pair = EvalPair("0001_0000", "0002_0000", Path("f.nii.gz"), Path("m.nii.gz"),
+                        points=(("landmarks", tmp_path / f"{name}.csv", tmp_path / f"{name}.csv"),))
+        methods = (Method("LogJacDetStd", "sdlogj"), Method("TRE_lm", "tre", dest="landmarks"))
+        jobs[name] = [CaseJob(pair, tmp_path / f"{name}.nii.gz", "l2r", methods, (80, 96, 80, 3), False, Options(), rulesets.REMIND2REG)]
+    print(f"\nestimates: smooth x 6 {estimated_seconds(jobs['smooth'] * 6):.3f} s, real x 8 {estimated_seconds(jobs['real'] * 8):.3f} s")
+    assert estimated_seconds(jobs["smooth"] * 6) < module.POOL_MIN_SECONDS < estimated_seconds(jobs["real"] * 8)
+    assert module.pool_size(jobs["smooth"] * 6, None) == 1 and module.pool_size(jobs["real"] * 8, None) == 2

@@ -268,3 +268,64 @@ def test_background_surfaces_measured_inside_the_border_give_the_same_integers(c
         got = surface.pair_squared_distances(sa, sb, method, grid=a.shape)
         for x, y in zip(got, expected, strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+# ----------------------------------------------------------------------------- the local search
+
+
+def _brute(sa: surface.Surface, sb: surface.Surface) -> list[np.ndarray]:
+    return [((s.vertices[:, None, :] - t.vertices[None, :, :]) ** 2).sum(-1).min(1) for s, t in ((sa, sb), (sb, sa))]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 8, 9])
+def test_the_local_search_returns_exact_distances_and_leaves_only_farther_ones_unknown(seed):
+    """Given the percentile, the nearest distances are looked up shell by shell: every distance it
+    returns is the brute-force one, every unknown (-1) is farther than all of those, and HD95 from
+    them is DeepMind's (background-like masks that cover the border included)."""
+    a, b = _blob(40 + seed, shape=(22, 25, 21))  # (seeds whose second blob is shifted)
+    if seed >= 4:
+        a, b = ~a, ~b
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    found = surface.pair_squared_distances(sa, sb, grid=a.shape, percent=95.0)
+    unknown = 0
+    for got, exact in zip(found, _brute(sa, sb), strict=True):
+        known = got >= 0
+        np.testing.assert_array_equal(got[known], exact[known])
+        if not known.all():
+            assert exact[~known].min() > exact[known].max()
+        unknown += int((~known).sum())
+    directed = [surface.directed_percentile_squared(sq, s.codes) for sq, s in zip(found, (sa, sb), strict=True)]
+    assert None not in directed and max(directed) == _oracle_hd95(a, b)  # type: ignore[type-var]
+    print(f"\nseed {seed}: {unknown} of {len(sa) + len(sb)} surfels left unknown")
+    assert unknown > 0  # the search stopped before the farthest surfels: the case it is for
+
+
+def test_surfaces_far_apart_take_the_distance_transform():
+    """Two spheres 14 voxels apart: the sample finds nothing near, so every distance is computed
+    (no unknown), as without the percentile."""
+    a, b = _sphere((40, 24, 24), (10, 12, 12), 5), _sphere((40, 24, 24), (24, 12, 12), 5)
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    assert surface._local_squared(sa, sb, 95.0, budget=1.0) is None
+    for got, exact in zip(surface.pair_squared_distances(sa, sb, percent=95.0), _brute(sa, sb), strict=True):
+        np.testing.assert_array_equal(got, exact)
+
+
+def test_the_local_search_gives_way_when_over_its_budget_or_radius():
+    a, b = _blob(41, shape=(22, 25, 21))
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    assert surface._local_squared(sa, sb, 95.0, budget=1.0) is not None
+    assert surface._local_squared(sa, sb, 95.0, budget=1e-9) is None
+    assert surface._local_squared(sa, sb, 100.0, budget=1.0) is None or _brute(sa, sb)[0].max() <= surface.LOCAL_RADIUS**2
+
+
+def test_a_percentile_that_unknown_distances_could_decide_is_not_given():
+    """-1 entries are unknown distances beyond the known ones: the percentile among them, or within
+    rounding of a boundary (their order could move it), gives None; elsewhere the exact value."""
+    codes = np.full(20, 15, np.uint8)  # one area for all
+    squared = np.array([0] * 10 + [4] * 5 + [-1] * 5, np.int64)
+    complete = np.where(squared < 0, 9, squared)
+    for percent in (12.0, 52.0, 72.0):
+        assert surface.directed_percentile_squared(squared, codes, percent=percent) == surface.directed_percentile_squared(complete, codes, percent=percent)
+    assert surface.directed_percentile_squared(squared, codes, percent=95.0) is None  # among the unknown
+    assert surface.directed_percentile_squared(squared, codes, percent=75.0) is None  # 15/20: on the boundary
+    assert surface.directed_percentile_squared(complete, codes, percent=75.0) == 2.0
