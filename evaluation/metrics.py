@@ -204,7 +204,7 @@ def hd95(
     boxes_f, boxes_w = object_boxes(f), object_boxes(w)
     keys = [tuple(float(v) for v in s) for s in spacings]
     found: dict[tuple[float, ...], list[float]] = {k: [] for k in keys}  # a repeated spacing (1 mm images) once
-    for ok, value in zip(counts.present, index, strict=True):
+    for i, (ok, value) in enumerate(zip(counts.present, index, strict=True)):
         if not ok:
             for values in found.values():
                 values.append(float("nan"))
@@ -215,7 +215,9 @@ def hd95(
                 values.append(float("inf"))
             continue
         # voxel units, exact integers; -1 for distances beyond what can decide the 95th percentile
-        squared = surface.pair_squared_distances(a, b, grid=f.shape, percent=95.0)
+        # (the local search, for labels that overlap well: their surfaces lie close)
+        close = 2 * counts.overlap[i] >= surface.LOCAL_MIN_DICE * (counts.fixed[i] + counts.warped[i])
+        squared = surface.pair_squared_distances(a, b, grid=f.shape, percent=95.0 if close else None)
         for spacing, values in found.items():
             if min(spacing) == max(spacing):  # isotropic: the voxel distances, scaled
                 scale = None if spacing[0] == 1.0 else spacing[0]

@@ -204,6 +204,9 @@ LOCAL_RADIUS = 6
 # It does not start when, on a sample of ~512 surfels, the offsets up to this squared length (27)
 # find less than this share of the percentile's area (surfaces mostly farther apart than that).
 LOCAL_EARLY = (3, 0.5)
+# Callers with label statistics try it only for a label whose Dice reaches this (evaluation.metrics.hd95):
+# below, the surfaces mostly lie apart and even the sample is wasted work.
+LOCAL_MIN_DICE = 0.65
 
 
 def pair_squared_distances(
