@@ -146,6 +146,8 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     add_device_argument(parser)
     parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
     parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
+                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
     add_set_argument(parser)
     add_scale_arguments(parser)
     parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
@@ -159,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     with hold_folder(check_output_path(args.out, folder=True)):  # one writer per output folder
         written = register(args.fixed, args.moving, args.run, args.out, args.fixed_label, args.moving_label, args.device,
                            args.checkpoint, not args.no_report, args.save_jacobian, args.overwrite, args.skip_memory_check,
-                           config_file=args.config, affine=args.affine, instance_opt_steps=args.instance_opt_steps, sets=args.sets,
+                           config_file=args.config, affine=args.affine, instance_opt_steps=args.instance_opt_steps,
+                           instance_opt_similarity=args.instance_opt_similarity, sets=args.sets,
                            input_scale=args.input_scale,
                            target_spacing=args.target_spacing)
     for kind, path in written.items():

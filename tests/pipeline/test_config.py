@@ -299,5 +299,6 @@ def test_set_overrides_one_predict_key_and_is_checked_named_and_recorded(tmp_pat
     fixed, moving = sorted(images.glob("*.nii.gz"))[:2]
     one = tmp_path / "one"
     assert main(["register", "--fixed", str(fixed), "--moving", str(moving), "--config", str(path), "--out", str(one),
-                 "--device", "cpu", "--no-report", "--set", "instance_opt_grid=3"]) == 0
-    assert json.loads((one / "register.json").read_text())["predict"]["instance_opt_grid"] == 3
+                 "--device", "cpu", "--no-report", "--instance-opt-similarity", "lncc", "--set", "instance_opt_grid=3"]) == 0
+    recorded = json.loads((one / "register.json").read_text())["predict"]
+    assert (recorded["instance_opt_grid"], recorded["instance_opt_similarity"]) == (3, "lncc")
