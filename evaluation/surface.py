@@ -201,9 +201,11 @@ def pair_distances(a: Surface, b: Surface, spacing: Spacing = (1.0, 1.0, 1.0), m
 LOCAL_PER_TEST = 3e-9
 LOCAL_SHARE = 0.25
 LOCAL_RADIUS = 6
-# It does not start when, on a sample of ~512 surfels, the offsets up to this squared length (27)
-# find less than this share of the percentile's area (surfaces mostly farther apart than that).
+# It does not start when, on a sample of ~512 surfels (of a surface larger than LOCAL_SAMPLE_ABOVE), the
+# offsets up to this squared length (27) find less than this share of the percentile's area (surfaces
+# mostly farther apart than that).
 LOCAL_EARLY = (3, 0.5)
+LOCAL_SAMPLE_ABOVE = 2048  # surfels; smaller surfaces skip the sample (their first shells cost as little)
 # Callers with label statistics try it only for a label whose Dice reaches this (evaluation.metrics.hd95):
 # below, the surfaces mostly lie apart and even the sample is wasted work.
 LOCAL_MIN_DICE = 0.65
@@ -288,10 +290,11 @@ def _local_squared(source: Surface, target: Surface, percent: float, budget: flo
     offsets, lengths, starts = _shells(radius)
     shifts = offsets @ strides
     early, share = LOCAL_EARLY
-    sample = slice(None, None, max(1, len(source) // 512))  # a spread-out sample first: are the surfaces close?
-    near = grid[at[sample, None] + shifts[: starts[int(np.searchsorted(lengths, early, side="right"))]]].any(axis=1)
-    if float(np.sum(areas[sample][near])) < share * percent / 100.0 * float(np.sum(areas[sample])):
-        return None  # mostly farther apart than that: the transform is the cheaper way
+    if len(source) > LOCAL_SAMPLE_ABOVE:  # a spread-out sample first: are the surfaces close?
+        sample = slice(None, None, len(source) // 512)
+        near = grid[at[sample, None] + shifts[: starts[int(np.searchsorted(lengths, early, side="right"))]]].any(axis=1)
+        if float(np.sum(areas[sample][near])) < share * percent / 100.0 * float(np.sum(areas[sample])):
+            return None  # mostly farther apart than that: the transform is the cheaper way
     out = np.full(len(source), -1, dtype=np.int64)
     todo = np.arange(len(source))
     found_area, spent = 0.0, 0.0
@@ -300,10 +303,15 @@ def _local_squared(source: Surface, target: Surface, percent: float, budget: flo
         spent += todo.size * shell.size * LOCAL_PER_TEST
         if spent > budget:
             return None
-        hit = np.zeros(todo.size, dtype=bool)
-        for first in range(0, todo.size, 1 << 14):  # rows of offsets in blocks: bounded memory
-            rows = at[todo[first : first + (1 << 14)]]
-            hit[first : first + rows.size] = grid[rows[:, None] + shell].any(axis=1)
+        if k == 0:  # on the other surface itself
+            hit = grid[at]
+        elif todo.size <= 1 << 14:
+            hit = grid[at[todo][:, None] + shell].any(axis=1)
+        else:
+            hit = np.zeros(todo.size, dtype=bool)
+            for first in range(0, todo.size, 1 << 14):  # rows of offsets in blocks: bounded memory
+                rows = at[todo[first : first + (1 << 14)]]
+                hit[first : first + rows.size] = grid[rows[:, None] + shell].any(axis=1)
         found = todo[hit]
         out[found] = length
         found_area += float(np.sum(areas[found]))

@@ -20,6 +20,7 @@ import errno
 import grp
 import os
 import pwd
+import resource
 import shutil
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def size_text(nbytes: float) -> str:
         if abs(nbytes) >= scale:
             return f"{nbytes / scale:.1f} {unit}"
     return f"{int(nbytes)} B"
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory since it started its program (bytes): Linux's
+    ``VmHWM``. Not ``ru_maxrss``, which after ``exec`` keeps the high-water mark of the process
+    it was forked from (a command started by a large Python process would report that one's
+    memory as its own peak); ``ru_maxrss`` only where there is no ``/proc``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux and most Unixes report KiB
 
 
 def existing_ancestor(path: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from learn2reg import rules
 from learn2reg.dataset import read_description
+from learn2reg.faults import peak_resident_bytes
 from learn2reg.io import DataError, Geometry, read_nifti_header, save_nifti
 from learn2reg.task import Case, derived_path
 from pipeline.affine.fov import modality_name
@@ -219,8 +219,8 @@ def write_field(contract: Contract, path: Path, u: np.ndarray, moving: Case) -> 
 
 
 def peak_memory_gib() -> float:
-    """This process's peak resident memory (GiB; Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """This process's peak resident memory (GiB; ``learn2reg.faults.peak_resident_bytes``)."""
+    return peak_resident_bytes() / 2**30
 
 
 def summary_line(record: dict[str, Any]) -> str:

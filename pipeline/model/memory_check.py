@@ -12,7 +12,8 @@ what is free and the options that would make it fit); above :data:`WARN_FRACTION
 otherwise it fits. ``skip`` (``--skip-memory-check``) logs the verdict and goes on.
 
 Measured peak (:func:`measured_peak`): on the CPU the process's peak resident set
-(``ru_maxrss``), on a GPU ``torch.cuda.max_memory_allocated``. :meth:`MemoryCheck.record` puts
+(``VmHWM``: its own, not that of a process it was started from), on a GPU
+``torch.cuda.max_memory_allocated``. :meth:`MemoryCheck.record` puts
 both beside the estimate (GB = 2^30 bytes) for ``runtimes.json``, ``register.json`` and the run
 folder's ``memory.json``.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from learn2reg.faults import peak_resident_bytes
 from learn2reg.io import DataError
 
 log = logging.getLogger(__name__)
@@ -115,10 +116,11 @@ def free_bytes(device: torch.device) -> int:
 
 
 def measured_peak(device: torch.device) -> int:
-    """The process's peak so far: resident set (``ru_maxrss``) on the CPU, allocated tensors on a GPU."""
+    """The process's peak so far: resident set on the CPU (``learn2reg.faults.peak_resident_bytes``:
+    its own, not that of the process it was started from), allocated tensors on a GPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return peak_resident_bytes()
 
 
 def in_use(device: torch.device) -> int:

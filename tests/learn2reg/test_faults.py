@@ -104,3 +104,22 @@ def test_a_fault_wrapped_by_a_library_is_found_and_reported(tmp_path, capsys):
     assert execute(run, argparse.Namespace()) == 1
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'last.pt'}: cannot be written: no space left on device (")
     assert faults.machine_fault(RuntimeError("a bug")) is None
+
+
+def test_the_peak_a_command_reports_is_its_own_not_that_of_the_process_that_started_it():
+    """A command started by a large process (a test runner, a notebook): ru_maxrss after exec keeps
+    the starter's high-water mark on Linux, VmHWM is the command's own."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from learn2reg.faults import peak_resident_bytes
+    from tests.paths import REPO
+
+    held = np.ones(400 * 2**20, dtype=np.uint8)  # 400 MiB resident here
+    code = "from learn2reg.faults import peak_resident_bytes; print(peak_resident_bytes())"
+    child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout)
+    assert peak_resident_bytes() >= held.nbytes
+    assert child < 200 * 2**20  # a Python with numpy: ~30-60 MiB
+    del held
