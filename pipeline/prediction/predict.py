@@ -157,8 +157,7 @@ def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
 
 
 #: predict keys that have an option of their own (``--set`` refers to it)
-OWN_OPTION = {"affine": "--affine", "instance_opt_steps": "--instance-opt-steps", "instance_opt_similarity": "--instance-opt-similarity",
-              "input_scale": "--input-scale", "target_spacing": "--target-spacing"}
+OWN_OPTION = {key.removeprefix("predict."): option for key, option in OPTION_OF.items()}
 
 
 def predict_setting(text: str) -> tuple[str, Any]:
