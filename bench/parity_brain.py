@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench_organisers import machine, timed  # noqa: E402  (this folder is the script's: on the path)
+from bench_organisers import machine, median, timed  # noqa: E402  (this folder is the script's: on the path)
 
 from learn2reg import io  # noqa: E402
 from learn2reg.io import load_nifti, read_points  # noqa: E402
@@ -239,7 +239,7 @@ def time_rounds(root: Path, field_set: str, rounds: int, python: Path, organiser
             runs[name]["ours"].append(timed([sys.executable, "-m", "evaluation.evaluate", *arguments, "--rules", name, "-o", str(ours_out)], root, ours_out))
         print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {v['theirs'][-1]['wall_s']:.1f} / {v['ours'][-1]['wall_s']:.2f} s" for n, v in runs.items()), flush=True)
     # (no peak memory: a child's ru_maxrss counts this process's pages it was forked with)
-    medians = {name: {side: {key: float(np.median([run[key] for run in sides[side]])) for key in ("wall_s", "cpu_s")}
+    medians = {name: {side: {key: median(sides[side], key) for key in ("wall_s", "cpu_s")}
                       for side in sides} for name, sides in runs.items()}  # fmt: skip
     return {"field_set": field_set, "rounds": rounds, "medians": medians, "runs": runs, "load_avg_after": os.getloadavg()}
 

@@ -125,7 +125,7 @@ def estimated_seconds(jobs: Sequence[CaseJob]) -> float:
         per_voxel = COST_NS["field"] + sum(COST_NS.get(m, 0.0) for m in scored if not (m == "tre" and points))
         total += math.prod(shape) * per_voxel + COST_NS_PER_STORED_BYTE * _size(job.field)
         if points:
-            window = math.prod(min(2 * metrics.TRE_RADIUS + 2, n) for n in shape) * 3  # voxels x components
+            window = metrics.window_voxels(shape) * 3  # voxels x components
             files = [job.pair.point_files(m.dest or "") for m in job.methods if m.metric == "tre"]
             stored = sum(_size(found[0]) for found in files if found is not None)  # the fixed points' CSVs
             total += stored / CSV_BYTES_PER_POINT * window * COST_NS_PER_WINDOW_VOXEL

@@ -221,15 +221,22 @@ def hd95(
         for spacing, values in found.items():
             if min(spacing) == max(spacing):  # isotropic: the voxel distances, scaled
                 scale = None if spacing[0] == 1.0 else spacing[0]
-                directed = [surface.directed_percentile_squared(sq, s.codes, spacing, 95.0, scale) for sq, s in zip(squared, (a, b), strict=True)]
+                directed = _directed_hd95(squared, (a, b), spacing, scale)
                 if None in directed:  # the unknown distances could decide it (rounding margin): all of them
                     squared = surface.pair_squared_distances(a, b, grid=f.shape)
-                    directed = [surface.directed_percentile_squared(sq, s.codes, spacing, 95.0, scale) for sq, s in zip(squared, (a, b), strict=True)]
-                values.append(max(d for d in directed if d is not None))
+                    directed = _directed_hd95(squared, (a, b), spacing, scale)
+                values.append(max(d for d in directed if d is not None))  # complete distances: never None
             else:
                 dist = surface.pair_distances(a, b, spacing)
                 values.append(surface.robust_hausdorff(a, b, 95.0, spacing, surface.surfel_area_table(spacing), dist))
     return [list(found[k]) for k in keys]
+
+
+def _directed_hd95(squared: tuple[np.ndarray, np.ndarray], surfaces: tuple[surface.Surface, surface.Surface],
+                   spacing: tuple[float, ...], scale: float | None) -> list[float | None]:
+    """Both directions' 95th percentiles (``surface.directed_percentile_squared``; ``None`` where
+    unknown distances could decide one)."""
+    return [surface.directed_percentile_squared(sq, s.codes, spacing, 95.0, scale) for sq, s in zip(squared, surfaces, strict=True)]
 
 
 def nonzero_box(*maps: np.ndarray) -> tuple[slice, ...] | None:
@@ -334,7 +341,7 @@ def sample_cubic(u: np.ndarray, points: np.ndarray, method: str = "auto") -> np.
         return np.zeros((0, 3))
     lo, hi = _crop_box(u.shape[:3], points)
     if method == "auto":
-        window = math.prod(min(2 * TRE_RADIUS + 2, n) for n in u.shape[:3])  # a window never exceeds the grid
+        window = window_voxels(u.shape[:3])
         method = "kernel" if points.shape[0] * window < 40 * int(np.prod(hi - lo)) else "crop"
     if method == "full":
         return contract.sample_field(u.astype(np.float64), points)
@@ -427,6 +434,12 @@ def aggregate(values: Sequence[float], kind: str, variant: str = "l2r") -> dict[
 # TREs of 0.06 mm 2e-7 relative off the organisers' full prefilter (bench/results/organisers_parity_brain.md).
 TRE_RADIUS = 24
 POLE = 3.0**0.5 - 2.0  # the pole of the cubic B-spline prefilter
+
+
+def window_voxels(shape: Sequence[int]) -> int:
+    """Voxels of one point's sampling window (:func:`sample_window`) on a grid of ``shape``: a
+    window never exceeds the grid."""
+    return math.prod(min(2 * TRE_RADIUS + 2, int(n)) for n in shape)
 
 
 def mirror(k: np.ndarray, n: int) -> np.ndarray:

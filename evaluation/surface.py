@@ -499,13 +499,13 @@ def directed_percentile_squared(
     p = percent / 100.0
     idx = min(int(np.searchsorted(cumulative, p)), n - 1)
     bucket = int(np.searchsorted(np.cumsum(counts), idx, side="right"))
-    if bucket // len(values) == len(distinct) - 1:
-        if unknown.any():
+    if unknown.any():
+        if bucket // len(values) == len(distinct) - 1:
             return None  # the percentile lies among the unknown distances
-    elif unknown.any() and not (cumulative[idx] - p > 1e-12 and (idx == 0 or p - cumulative[idx - 1] > 1e-12)):
-        # the unknown ones are summed in another order than the reference's: its total may differ
-        # in the last bits, which could move a percentile this close to a boundary
-        return None
+        if not (cumulative[idx] - p > 1e-12 and (idx == 0 or p - cumulative[idx - 1] > 1e-12)):
+            # the unknown ones are summed in another order than the reference's: its total may differ
+            # in the last bits, which could move a percentile this close to a boundary
+            return None
     distance = np.sqrt(np.float64(distinct[bucket // len(values)]))
     return float(distance if scale is None else distance * scale)
 

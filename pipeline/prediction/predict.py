@@ -180,8 +180,13 @@ def predict_setting(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def add_set_argument(parser: argparse.ArgumentParser) -> None:
-    """``--set KEY=VALUE`` (repeatable), shared with ``register``."""
+def add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that override the configuration's ``predict`` section (``OPTION_OF``'s, but the
+    grid's: ``add_scale_arguments``) and ``--set KEY=VALUE`` (repeatable), shared with ``register``."""
+    parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
+    parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
+    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
+                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
     parser.add_argument("--set", dest="sets", type=predict_setting, action="append", default=None, metavar="KEY=VALUE",
                         help="override one key of the configuration's predict section (repeatable; the value as JSON), "
                              "e.g. --set instance_opt_window=3 --set instance_opt_presmooth=3; recorded with the outputs")
@@ -604,11 +609,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                         help="whose file names to write (default: the task folder's rule set: lumir24/lumir25 for LUMIR, "
                              "remind2reg for ReMIND2Reg, else l2r)")
     add_device_argument(parser)
-    parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
-    parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
-    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
-                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
-    add_set_argument(parser)
+    add_override_arguments(parser)
     add_scale_arguments(parser)
     parser.add_argument("--save-warped", action="store_true",
                         help="also write the warped moving image, and its warped labels (nearest) when it has them, "

@@ -53,7 +53,7 @@ from learn2reg.writers import hold_folder
 from pipeline.distributed import DistInfo, add_device_argument, pick_device
 from pipeline.prediction.memory import check_prediction
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
-from pipeline.prediction.predict import add_set_argument, load_predictor, register_images, run_config
+from pipeline.prediction.predict import add_override_arguments, load_predictor, register_images, run_config
 from pipeline.prediction.scale import add_scale_arguments, explicit_scale, quiet_grid, trained_spacing
 
 log = logging.getLogger(__name__)
@@ -144,11 +144,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--moving-label", type=Path, default=None, help="moving label map (also written warped)")
     parser.add_argument("--checkpoint", default="best", help="best | last | PATH")
     add_device_argument(parser)
-    parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
-    parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
-    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
-                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
-    add_set_argument(parser)
+    add_override_arguments(parser)
     add_scale_arguments(parser)
     parser.add_argument("--save-jacobian", action="store_true", help="also write the Jacobian determinant map")
     parser.add_argument("--no-report", action="store_true", help="skip the visual report")
