@@ -72,6 +72,9 @@ COPY pipeline/ pipeline/
 # the authors' published LapIRN weights and their MIT notice (import-weights /app/weights/...)
 COPY weights/ weights/
 COPY docker/entrypoint.sh docker/entrypoint.sh
+# byte-code compiled once here: PYTHONDONTWRITEBYTECODE (above) and a read-only /app would otherwise make
+# every command compile every module it imports at each start
+RUN python -m compileall -q learn2reg evaluation pipeline
 
 # compose runs the stages as the host user, who has no entry in /etc/passwd: give any user a
 # writable home and a login name (getpass.getuser(), used by torch.compile's cache, needs one).

@@ -160,7 +160,7 @@ def case_metrics(job: CaseJob, u: np.ndarray) -> dict[str, dict[str, Any]]:
     found: dict[str, Any] = {}
     ours: dict[str, Any] = {}
     if any(m.metric == "sdlogj" for m in methods):
-        stats = jacobian.jacobian_stats(u, _load_mask(pair, u) if job.masked else None)
+        stats = jacobian.jacobian_stats(u, _load_mask(pair, u) if job.masked else None, true=extras)
         found["sdlogj"] = stats
         ours.update(SDlogJ_true=stats.sdlogj_true, num_foldings_true=stats.num_foldings_true, folding_fraction=stats.folding_fraction)
     label_methods = [m for m in methods if m.metric in ("dice", "hd95")]

@@ -56,19 +56,20 @@ class JacobianStats:
     ``sdlogj`` and ``num_foldings`` are the official numbers (+3 quirk; the latter is always 0);
     the ``*_true`` ones use det(I + grad u) itself: ``sdlogj_true`` over the voxels with det > 0
     (population std of log det), ``num_foldings_true`` counts det <= 0, ``folding_fraction`` is
-    that count over the number of voxels in the region.
+    that count over the number of voxels in the region (all three ``None`` when not asked for).
     """
 
     sdlogj: float
     num_foldings: float
-    sdlogj_true: float
-    num_foldings_true: int
-    folding_fraction: float
+    sdlogj_true: float | None
+    num_foldings_true: int | None
+    folding_fraction: float | None
     voxels: int
 
 
-def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None) -> JacobianStats:
-    """Official SDlogJ (bit-identical determinants) and our corrected statistics.
+def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None, true: bool = True) -> JacobianStats:
+    """Official SDlogJ (bit-identical determinants) and, if ``true``, our corrected statistics
+    (rule sets without our extras skip their logarithms: ~15 % of the time).
 
     ``u``: ``X x Y x Z x 3`` voxel field; ``mask``: fixed mask on the same grid (voxels == 1
     count) or ``None``. Central differences ``(u[i+1] - u[i-1]) / 2`` on the interior equal the
@@ -81,7 +82,7 @@ def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None) -> JacobianSta
     if min(u.shape[:3]) <= 2 * CROP:
         raise ValueError(f"field {u.shape[:3]} is too small for the {CROP}-voxel crop of SDlogJ")
     planes = _DetPlanes(u, mask)
-    official, true = _Moments(), _Moments()
+    official, logs = _Moments(), _Moments()
     shifted = np.empty(planes.plane_size)
     for p in planes.indices():
         det = planes.values(p)  # region voxels of plane p, in memory order
@@ -89,15 +90,17 @@ def jacobian_stats(u: np.ndarray, mask: np.ndarray | None = None) -> JacobianSta
         np.add(det, DET_SHIFT, out=log_shifted)
         np.clip(log_shifted, *LOG_CLIP, out=log_shifted)
         official.add(np.log(log_shifted, out=log_shifted))
-        positive = det > 0
-        true.add(np.log(det, out=det) if positive.all() else np.log(det[positive]))
+        if true:
+            positive = det > 0
+            logs.add(np.log(det, out=det) if positive.all() else np.log(det[positive]))
     voxels = official.n
-    folds = voxels - true.n
-    sdlogj, true_std = official.std(), true.std()
-    fraction = folds / voxels if voxels else float("nan")
     # The official num_foldings counts det + 3 <= 0 after the clip to [1e-9, 1e9]: 0 by construction
     # (finite fields give finite determinants), so it is not counted voxel by voxel.
-    return JacobianStats(sdlogj, 0.0, true_std, folds, fraction, voxels)
+    if not true:
+        return JacobianStats(official.std(), 0.0, None, None, None, voxels)
+    folds = voxels - logs.n
+    fraction = folds / voxels if voxels else float("nan")
+    return JacobianStats(official.std(), 0.0, logs.std(), folds, fraction, voxels)
 
 
 def jacobian_det_interior(u: np.ndarray) -> np.ndarray:

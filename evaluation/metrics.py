@@ -499,16 +499,26 @@ def sample_window(u: np.ndarray, points: np.ndarray) -> np.ndarray:
 
     Points are visited along the field's slowest axis in memory, so that consecutive windows
     share their planes in the cache (the windows are memory-bound: ~1.6x faster than file order).
+    Where the windows overlap (more window voxels than the box of all windows holds), that box is
+    converted to float64 once rather than window by window: the same values, so the same sums
+    (100 landmarks on an 80x96x80 grid: 23 -> 14 ms).
     """
     shape = u.shape[:3]
     weights = [axis_weights(shape[a], points[:, a]) for a in range(3)]
     length = 2 * TRE_RADIUS + 2
     start = np.floor(np.where(np.isfinite(points), points, 0.0)).astype(int) - TRE_RADIUS  # NaN: weights 0
     start = np.clip(start, 0, np.maximum(np.asarray(shape) - length, 0))
+    stop = np.minimum(start + length, shape)
+    if u.dtype != np.float64 and points.shape[0] > 0:
+        lo, hi = start.min(axis=0), stop.max(axis=0)
+        if points.shape[0] * window_voxels(shape) > math.prod((hi - lo).tolist()):
+            u = np.asarray(u[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))], dtype=np.float64, order="K")
+            weights = [w[:, int(lo[a]) : int(hi[a])] for a, w in enumerate(weights)]
+            start, stop = start - lo, stop - lo
     fortran = contract.memory_order(u) == "F"
     out = np.empty((points.shape[0], 3))
     for p in np.argsort(points[:, contract.walk_order(u)[0]], kind="stable"):
-        sl = tuple(slice(int(start[p, a]), int(min(start[p, a] + length, shape[a]))) for a in range(3))
+        sl = tuple(slice(int(start[p, a]), int(stop[p, a])) for a in range(3))
         wx, wy, wz = (weights[a][p, sl[a]] for a in range(3))
         if fortran:  # NIfTI layout: per component, x runs are contiguous; contract x first
             for c in range(3):

@@ -18,7 +18,6 @@ import gzip
 import json
 import mmap
 import os
-import tempfile
 import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -406,6 +405,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent, path.name)
+        import tempfile  # here: only writers pay for its import (random, shutil)
+
         fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
     except OSError as exc:
         if exc.errno not in FAULTS:

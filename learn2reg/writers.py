@@ -30,13 +30,10 @@ import errno
 import fcntl
 import functools
 import glob
-import hashlib
 import json
 import logging
 import os
 import re
-import shlex
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -59,6 +56,9 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 @functools.lru_cache(maxsize=1)
 def machine_id() -> str:
     """8 hex digits naming where a pid means one process: host, boot and pid namespace."""
+    import hashlib  # here, as socket below: ~4 ms of start-up that a command writing no file never needs
+    import socket
+
     parts = [socket.gethostname()]
     for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
         try:
@@ -135,6 +135,9 @@ def torchrun_job() -> str | None:
 
 def holder_record() -> dict[str, Any]:
     """What the lock file says about its holder."""
+    import shlex
+    import socket
+
     return {
         "pid": os.getpid(), "host": socket.gethostname(), "machine": machine_id(), "uid": os.geteuid(),
         "command": shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]),

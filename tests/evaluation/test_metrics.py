@@ -58,6 +58,9 @@ def test_folded_field_true_fraction_while_official_count_stays_zero():
     assert stats.folding_fraction == pytest.approx(6 / 12)
     _, ref_folds, ref_fraction = ref.true_jacobian(ref.sdlogj(u.astype(np.float64), None)[2], None)
     assert (stats.num_foldings_true, stats.folding_fraction) == (ref_folds, ref_fraction)
+    official = jacobian.jacobian_stats(u, true=False)  # rule sets without our extras: official numbers only
+    assert (official.sdlogj, official.num_foldings, official.voxels) == (stats.sdlogj, 0.0, stats.voxels)
+    assert (official.sdlogj_true, official.num_foldings_true, official.folding_fraction) == (None, None, None)
 
 
 @pytest.mark.parametrize("masked", [None, "box", "blobs"])

@@ -65,3 +65,22 @@ def test_the_window_truncation_on_a_long_axis_is_round_off():
     oracle = np.stack([ndimage.map_coordinates(u[..., k].astype(np.float64), pts.T, order=3) for k in range(3)], axis=1)
     assert u.shape[0] / 2 > 2 * metrics.TRE_RADIUS + 2
     np.testing.assert_allclose(metrics.sample_window(u, pts), oracle, rtol=0, atol=1e-12 * np.abs(u).max())
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_overlapping_windows_read_from_one_float64_box_give_the_same_samples(order):
+    """Many points: the box of all windows is converted to float64 once; two points: each window
+    is converted by itself. Windows clipped at both ends of a long axis and integer coordinates
+    (a window one voxel past the points' own box) included: scipy's values either way."""
+    rng = np.random.default_rng(11)
+    u = np.asarray(rng.normal(0, 3, (130, 10, 9, 3)), dtype=np.float32, order=order)
+    ends = [[0, 0, 0], [129, 9, 8], [3.0, 4, 4], [126.5, 2, 7], [64, 5, 4], [np.nan, 1, 1], [-3, 1, 1]]
+    pts = np.vstack([rng.uniform(0, [129, 9, 8], (40, 3)), ends])
+    oracle = np.stack([ndimage.map_coordinates(u[..., k].astype(np.float64), pts.T, order=3) for k in range(3)], axis=1)
+    many = metrics.sample_window(u, pts)
+    assert len(pts) * metrics.window_voxels(u.shape[:3]) > u[..., 0].size  # the box path
+    np.testing.assert_allclose(many, oracle, rtol=0, atol=1e-12 * np.abs(u).max())
+    for i in range(40, len(pts) - 1):  # alone with a point at the other end: the per-window path
+        pair = pts[[i, 1 if i != 41 else 0]]
+        assert 2 * metrics.window_voxels(u.shape[:3]) < u[..., 0].size
+        np.testing.assert_allclose(metrics.sample_window(u, pair)[0], many[i], rtol=0, atol=1e-13 * np.abs(u).max())
