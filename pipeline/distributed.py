@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ import torch.distributed as dist
 from learn2reg.errors import DataError, OutputError
 from learn2reg.writers import FolderLock
 from learn2reg.writers import hold_folder as hold_folder_alone
+
+log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -151,6 +155,21 @@ def hold_folder(folder: Path, info: DistInfo, device: torch.device) -> Iterator[
         yield lock
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+def shutdown(info: DistInfo, clean: bool | None = None) -> None:
+    """Leave the process group (a no-op outside ``torchrun``). After a clean end of this rank
+    (``clean``; default: no exception is being raised through the caller's ``finally``) every
+    rank first waits for the others at a barrier, so that none tears down its connections while a
+    peer still uses them (gloo's threads then abort the peer at exit, "terminate called without an
+    active exception", after the work was done). After an error it leaves at once: a peer may be
+    dead or waiting in a collective that this rank will never join (torchrun ends the others)."""
+    if not (info.enabled and dist.is_initialized()):
+        return
+    if clean is None:
+        clean = sys.exc_info()[0] is None
+    try:
+        if clean:
+            dist.barrier()
+    except RuntimeError as exc:  # a peer that left without the barrier (its own error, reported by it)
+        log.warning("rank %d: not every rank reached the end (%s); leaving the process group", info.rank, exc)
+    finally:
         dist.destroy_process_group()
