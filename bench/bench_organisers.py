@@ -102,10 +102,10 @@ NOTES = [
     "directly. The organisers' ~1.1 s start-up is mostly evalutils' imports.",
     "- 10x is reached by LUMIR 2024 and 2025 (NDV, which dominates their evaluators at ~0.9 s per pair, twelve times "
     "here, takes us ~0.005 s). It is not reached by ReMIND2Reg and L2R on this case, whose organisers' runs are short: "
-    "ReMIND2Reg's 10x means a whole run within a tenth of their ~2.2 CPU s, while a fresh interpreter importing our "
-    "evaluator already costs ~0.14 (numpy alone ~0.09), inflating the six 7.4 MB gzip fields ~0.06 (isal, the fastest "
+    "ReMIND2Reg's 10x means a whole run within a tenth of their ~2.5 CPU s, while a fresh interpreter importing our "
+    "evaluator already costs ~0.15 (numpy alone ~0.10), inflating the six 7.4 MB gzip fields ~0.06 (isal, the fastest "
     "inflate we know of) and SDlogJ ~0.06 (float64 determinants, bit-identical to theirs). L2R's 10x (a tenth of "
-    "their ~4.9 CPU s) is less than HD95 alone costs us (~0.1 s per pair, the step table): DeepMind's definition "
+    "their ~5.2 CPU s) is less than HD95 alone costs us (~0.1 s per pair, the step table): DeepMind's definition "
     "needs each label's exact nearest-surfel distances both ways, which we take from exact Euclidean distance "
     "transforms (edt package) over the box of both surfaces. At the tasks' own sizes (`--task-size`, "
     "`organisers_vs_ours_tasksize_cpu.md`) ReMIND2Reg is ~25x (CPU) faster; L2R stays below 10x in CPU (~8x), "
