@@ -55,6 +55,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from evaluation.evaluate import POOL_MIN_SECONDS  # noqa: E402
 from learn2reg import io  # noqa: E402
 
 MAKE_CASES = REPO / "tests" / "fixtures" / "organisers" / "make_cases.py"
@@ -92,8 +93,9 @@ IMPORTS = {"python (nothing)": "pass", "numpy": "import numpy", "numpy + nibabel
 NOTES = [
     "Reading the numbers:",
     "- The organisers' evaluators run single-threaded. Ours evaluates the pairs in min(cores, pairs) worker processes "
-    "when the run is estimated at 0.25 CPU s or more (LUMIR and L2R here), and in its own process otherwise (ReMIND2Reg "
-    "here: starting and ending workers would cost more than they save). On a shared machine whose other jobs keep the "
+    "when the run is estimated at evaluate.POOL_MIN_SECONDS of CPU or more (every rule set here), and in its own process "
+    "otherwise (a run of a few small pairs: starting and ending workers would cost more than they save; measured beside "
+    "that constant). On a shared machine whose other jobs keep the "
     "cores busy, a second worker buys little, so the CPU columns (all processes of a run) are the steadier comparison.",
     "- Start-up: importing our evaluator loads numpy, isal and our modules (the floor table; numpy's own import is most "
     "of it); the edt package and the worker pool only for runs that use them. No run on this case imports scipy or "
@@ -267,7 +269,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> None:
         f"Case: `make_cases.py --timing` (six 80x96x80 LUMIR-like pairs, 8 label ids incl. 0, 6 landmarks; smooth float32 fields). "
         f"{results['repeats']} interleaved rounds; medians; every run a fresh process (interpreter start and imports included), "
         f"environment {' '.join(f'{k}={v}' for k, v in ENV.items())}; ours with its default workers (`evaluate.pool_size`: "
-        f"min(cores, pairs) processes, or the process alone for a run estimated under 0.25 CPU s: here ReMIND2Reg).", "",
+        f"min(cores, pairs) processes, or the process alone for a run estimated under {results.get('pool_min_seconds', 0.25)} CPU s).", "",
         "| rule set (their command line) | theirs: wall s | ours: wall s (runs: min - max) | speed-up (wall) | theirs: CPU s | ours: CPU s (all processes) | speed-up (CPU) | peak MB theirs / ours (largest process) |",
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
@@ -405,7 +407,7 @@ def main() -> None:
         theirs = (args.organisers_python, args.organisers_root)
     import numpy
 
-    results: dict[str, Any] = {"machine": machine(), "numpy": numpy.__version__, "repeats": args.repeats}
+    results: dict[str, Any] = {"machine": machine(), "numpy": numpy.__version__, "repeats": args.repeats, "pool_min_seconds": POOL_MIN_SECONDS}
     for code in [REPO] + ([args.baseline] if args.baseline else []):  # every run reads byte code, none compiles
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(code / "evaluation"), str(code / "learn2reg")], check=True)
     if args.baseline and not args.task_size:
