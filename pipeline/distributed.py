@@ -167,7 +167,9 @@ def shutdown(info: DistInfo, clean: bool | None = None) -> None:
     if clean is None:
         clean = sys.exc_info()[0] is None
     try:
-        if clean:
+        if clean and dist.get_backend() == "nccl":  # on this rank's GPU (else nccl guesses one from the rank)
+            dist.barrier(device_ids=[info.local_rank])
+        elif clean:
             dist.barrier()
     except RuntimeError as exc:  # a peer that left without the barrier (its own error, reported by it)
         log.warning("rank %d: not every rank reached the end (%s); leaving the process group", info.rank, exc)
