@@ -23,6 +23,7 @@ and ``TRE_lm``; ``lumir*``: NDV, DSC/HD95 with label 0, ``TRE_lm`` from the land
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -144,10 +145,10 @@ def build_config(
 
 
 def _rel(path: Path, root: Path) -> str:
-    try:
-        return "./" + path.resolve().relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
+    for candidate in (path, path.resolve()):  # as written (a symlink in the folder), else where it leads
+        if candidate.is_relative_to(root):
+            return "./" + candidate.relative_to(root).as_posix()
+    return str(path)
 
 
 def read_config(path: str | Path, data_dir: str | Path, rules: rulesets.Rules = rulesets.L2R) -> EvalConfig:
@@ -265,7 +266,9 @@ def _official_pair(
 
 
 def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | None:
-    path = (root / rel).resolve()
+    """A config path under ``root`` (``learn2reg.task._inside``: ``..`` and absolute paths refused,
+    symlinks in the folder followed when read)."""
+    path = Path(os.path.normpath(root / rel))
     if Path(rel).is_absolute() or not path.is_relative_to(root):
         problems.append(f"{where}: path {rel!r} is outside the data folder {root}")
         return None

@@ -38,6 +38,7 @@ organisers' rule set (evaluator, file names) a folder follows is :attr:`Task.rul
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -204,18 +205,21 @@ def load_task(root: str | Path) -> Task:
 
 
 def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | None:
-    """Resolve a json path; record a problem if it is empty or escapes ``root`` (.., absolute, symlink)."""
+    """A json path under ``root``, normalised as written (``..`` collapsed, symlinks kept); a
+    problem is recorded if it is empty, absolute or leaves ``root`` through ``..``. A symlink in
+    the folder is followed when the file is read, wherever it points: large datasets are linked
+    rather than copied, and the organisers' evaluators follow links too."""
     if not rel:
         problems.append(f"{where}: missing path")
         return None
     if Path(rel).is_absolute():
         problems.append(f"{where}: absolute path {rel!r} is not allowed (must stay inside {root})")
         return None
-    resolved = (root / rel).resolve()
-    if not resolved.is_relative_to(root):
+    path = Path(os.path.normpath(root / rel))
+    if not path.is_relative_to(root):
         problems.append(f"{where}: path {rel!r} escapes the task folder {root}")
         return None
-    return resolved
+    return path
 
 
 def _case_id(path: Path) -> str:

@@ -55,9 +55,6 @@ def load_2020(root: Path) -> Task:
         if not match:
             problems.append(f"{image}: name does not match img{{SSSS}}[_fixed|_moving].nii.gz")
             continue
-        if image.is_symlink() and not image.resolve().is_relative_to(root):
-            problems.append(f"{image}: symlink points outside the task folder {root}")
-            continue
         role = match[2] or ""
         roles.add(role)
         case_id = f"{match[1]}_{'0001' if role == 'moving' else '0000'}"

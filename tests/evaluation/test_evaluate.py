@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,23 @@ def test_equals_official_reference_current_format(task, official_config, tmp_pat
     ours = evaluate(tmp_path / "sub", task, official_config, workers=1)
     assert_same_result(ours, evaluate_reference(tmp_path / "sub", task, official_config))
     assert ours["cases"]["0001_0000<--0002_0000"]["DSC"]["detailed"][2] != ours["cases"]["0001_0000<--0002_0000"]["DSC"]["detailed"][2]  # NaN: label 3 absent in moving
+
+
+def test_a_data_folder_linked_from_elsewhere_scores_the_same(task, official_config, tmp_path):
+    """Ground truth linked into the data folder (a sub-folder and single files pointing elsewhere,
+    as large datasets are laid out): read through the links, as the organisers' evaluators do."""
+    write_submission(tmp_path / "sub", derive_config(task), "nii")
+    linked, store = tmp_path / "linked", tmp_path / "store"
+    shutil.copytree(task, linked, symlinks=True)
+    store.mkdir()
+    for folder in ("labelsTr", "keypointsTr"):  # whole folders
+        (linked / folder).rename(store / folder)
+        (linked / folder).symlink_to(store / folder, target_is_directory=True)
+    for path in sorted((linked / "imagesTr").iterdir()):  # and each file of another
+        path.rename(store / path.name)
+        path.symlink_to(store / path.name)
+    plain = evaluate(tmp_path / "sub", task, official_config, workers=1)
+    assert_same_result(evaluate(tmp_path / "sub", linked, official_config, workers=1), plain, rtol=0)
 
 
 def test_equals_official_reference_2020_format_and_pool(task, official_config, tmp_path):

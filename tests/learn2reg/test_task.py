@@ -126,6 +126,33 @@ def test_paths_escaping_the_task_folder_are_problems_not_crashes(tmp_path):
     assert "absolute path" in joined and task.pairs["val"] == ()
 
 
+@pytest.mark.parametrize("layout", ["l2r", "2020"])
+def test_images_linked_from_elsewhere_are_read_through_their_links(tmp_path, layout):
+    """Large datasets are linked into a task folder rather than copied: a symlink in the folder
+    (to a file or a whole sub-folder elsewhere) is followed, as the organisers' evaluators do;
+    the paths stay the folder's own (a `..` in the json is still refused, the test above)."""
+    root = make_l2r(tmp_path / "a", paired=False) if layout == "l2r" else make_2020(tmp_path / "a", paired=False)
+    plain = load_task(root)
+    before = {k: load_nifti(c.image)[0] for k, c in plain.cases.items()}
+    images = root / ("imagesTr" if layout == "l2r" else "images")
+    store = tmp_path / "store"
+    store.mkdir()
+    first = sorted(images.glob("*.nii.gz"))[0]
+    first.rename(store / first.name)
+    first.symlink_to(store / first.name)  # one file linked
+    if layout == "l2r":
+        (root / "labelsTr").rename(store / "labelsTr")
+        (root / "labelsTr").symlink_to(store / "labelsTr", target_is_directory=True)  # a whole folder linked
+    task = load_task(root)
+    assert task.problems == plain.problems == ()
+    assert sorted(task.cases) == sorted(plain.cases) and task.pairs == plain.pairs
+    for case in task.cases.values():
+        assert case.image.is_relative_to(root.resolve()) and case.image.exists()
+        assert np.array_equal(load_nifti(case.image)[0], before[case.case_id])
+    linked = next(c for c in task.cases.values() if c.image.name == first.name)
+    assert linked.image.is_symlink()
+
+
 def test_not_a_task_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="neither"):
         load_task(tmp_path)
