@@ -5,7 +5,9 @@ anything is reported, so one run names every problem at once, each with its file
 
 * the dataset description: ``{TASK}_dataset.json`` keys (current layout) or ``task.json``
   (2020 layout), paths escaping the folder, unreadable pair lists (``Task.problems``);
-* symlinks (files or folders) that resolve outside the task folder;
+* broken symlinks (files or folders); a symlink that leads outside the task folder is read
+  through (datasets are linked rather than copied), with a warning that a container must mount
+  its target too;
 * missing images, labels, masks and point files, pairs naming unknown cases;
 * NIfTI files that cannot be read completely (truncated gzip), image shape against the task
   shape, label/mask grid against their image's (shape; spacing, direction and origin within
@@ -67,7 +69,8 @@ ORIGIN_TOL = 1e-4  # mm
 
 
 def check_symlinks(root: Path) -> list[Problem]:
-    """Symlinks anywhere under ``root`` (files or folders) that resolve outside it or nowhere."""
+    """Symlinks anywhere under ``root`` (files or folders) that lead nowhere (errors) or outside it
+    (warnings: they are read through, but a container sees only what is mounted)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         for name in sorted(dirnames + filenames):
@@ -75,10 +78,11 @@ def check_symlinks(root: Path) -> list[Problem]:
             if not path.is_symlink():
                 continue
             target = path.resolve()
-            if not target.is_relative_to(root):
-                found.append(Problem(path, f"symlink resolves to {target}, outside the task folder {root}"))
-            elif not target.exists():
+            if not target.exists():
                 found.append(Problem(path, f"broken symlink (target {target} does not exist)"))
+            elif not target.is_relative_to(root):
+                found.append(Problem(path, f"symlink to {target}, outside the task folder {root}: read through the link; "
+                                           "a container must mount its target too", WARNING))  # fmt: skip
     return found
 
 
@@ -369,7 +373,7 @@ def validate_task(root: str | Path, progress: bool = False) -> list[Problem]:
             found.append(Problem(root, f"task description cannot be read ({type(exc).__name__}: {exc})"))
         return found
     found += [problem_from_text(text, root) for text in task.problems]
-    named = {str(p.path) for p in found}  # a 2020 image symlink is already in task.problems
+    named = {str(p.path) for p in found}  # a file named already keeps its first problem
     found += [p for p in check_symlinks(root) if str(p.path) not in named]
     if task.layout == Layout.L2R2020:
         found += [Problem(root / name, f"not found: {why}", WARNING) for name, why in _OPTIONAL_2020 if not (root / name).exists()]

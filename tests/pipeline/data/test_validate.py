@@ -284,6 +284,12 @@ def _symlink_folder(task: Path) -> None:
     folder.symlink_to(task.parent / "masks_elsewhere", target_is_directory=True)
 
 
+def _symlink_broken(task: Path) -> None:
+    label = task / "labelsTr" / f"{_stem(1)}.nii.gz"
+    label.unlink()
+    label.symlink_to(task.parent / "nowhere.nii.gz")
+
+
 def _missing_image(task: Path) -> None:
     (task / "imagesTr" / f"{_stem(1)}.nii.gz").unlink()
 
@@ -328,8 +334,9 @@ CASES: list[tuple[Callable[[Path], None], str, str, int]] = [
     (_row_mismatch, POINTS, f"6 keypoints rows, but moving file {{task}}/keypointsTr/{_stem(2)}.csv has 5", 1),
     (_points_outside, POINTS, "1 of 5 point(s) outside the image grid (8, 8, 8) (first: line 2", 1),
     (_absolute_path, JSON, "absolute path", 1),
-    (_symlink_outside, LABEL, "outside the task folder", 2),  # and the json's label path escapes
-    (_symlink_folder, "masksTr", "outside the task folder", 5),  # and each json mask path escapes
+    (_symlink_outside, LABEL, "read through the link; a container must mount its target too", 0),  # a warning: linked data are read
+    (_symlink_folder, "masksTr", "read through the link; a container must mount its target too", 0),
+    (_symlink_broken, LABEL, "broken symlink", 2),  # and the label it should be is missing
     (_missing_image, IMAGE, "image of case 0001_0000 not found", 1),
     (_unknown_case, f"imagesTr/{_stem(9)}.nii.gz", "image of case 0009_0000 not found", 1),
     (_bad_shape_key, JSON, "three positive integers", 1),
