@@ -23,7 +23,6 @@ and ``TRE_lm``; ``lumir*``: NDV, DSC/HD95 with label 0, ``TRE_lm`` from the land
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ import numpy as np
 
 from learn2reg import rules as rulesets
 from learn2reg.io import DataError, load_nifti, read_json, read_nifti_header
-from learn2reg.task import Case, Pair, Task, derived_path, load_task
+from learn2reg.task import Case, Pair, Task, derived_path, load_task, path_within
 
 log = logging.getLogger(__name__)
 
@@ -266,12 +265,10 @@ def _official_pair(
 
 
 def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | None:
-    """A config path under ``root`` (``learn2reg.task._inside``: ``..`` and absolute paths refused,
-    symlinks in the folder followed when read)."""
-    path = Path(os.path.normpath(root / rel))
-    if Path(rel).is_absolute() or not path.is_relative_to(root):
+    """A config path under ``root`` (``learn2reg.task.path_within``), or a problem."""
+    path = path_within(root, rel)
+    if path is None:
         problems.append(f"{where}: path {rel!r} is outside the data folder {root}")
-        return None
     return path
 
 

@@ -204,21 +204,27 @@ def load_task(root: str | Path) -> Task:
     raise DataError(f"{root}: neither a *_dataset.json (current layout) nor images/ + pairs_val.csv (2020 layout){hint}")
 
 
+def path_within(root: Path, rel: str) -> Path | None:
+    """``root / rel`` normalised as written (``..`` collapsed, symlinks kept), or ``None`` when
+    ``rel`` is absolute or leaves ``root`` through ``..``. A symlink in the folder is followed when
+    the file is read, wherever it points: large datasets are linked rather than copied, and the
+    organisers' evaluators follow links too."""
+    path = Path(os.path.normpath(root / rel))
+    return None if Path(rel).is_absolute() or not path.is_relative_to(root) else path
+
+
 def _inside(root: Path, rel: str, problems: list[str], where: str) -> Path | None:
-    """A json path under ``root``, normalised as written (``..`` collapsed, symlinks kept); a
-    problem is recorded if it is empty, absolute or leaves ``root`` through ``..``. A symlink in
-    the folder is followed when the file is read, wherever it points: large datasets are linked
-    rather than copied, and the organisers' evaluators follow links too."""
+    """A json path under ``root`` (:func:`path_within`); a problem is recorded if it is empty,
+    absolute or leaves ``root``."""
     if not rel:
         problems.append(f"{where}: missing path")
         return None
     if Path(rel).is_absolute():
         problems.append(f"{where}: absolute path {rel!r} is not allowed (must stay inside {root})")
         return None
-    path = Path(os.path.normpath(root / rel))
-    if not path.is_relative_to(root):
+    path = path_within(root, rel)
+    if path is None:
         problems.append(f"{where}: path {rel!r} escapes the task folder {root}")
-        return None
     return path
 
 
