@@ -8,20 +8,6 @@ image's spacing) or, under the LUMIR rules, from landmark label volumes (centroi
 LUMIR's NDV (``evaluation.jacobian``, mask = the moving (2024) or fixed (2025) image > 0). A metric the
 rule set does not score is left out; ours (``SDlogJ_true``, ``num_foldings_true``,
 ``folding_fraction``, ``<HD95>_mm``) are added only under the ``l2r`` rules.
-
-The worker pool (the last part of this module): the evaluator's worker processes: pairs evaluated in a pool, and a worker that dies named by its pair.
-
-A worker killed from outside (the out-of-memory killer, ``kill -9``) breaks a
-``ProcessPoolExecutor``: every pending pair fails with ``BrokenProcessPool`` and nothing says which
-pair the dead worker held. Each worker therefore records, in memory shared with the parent, its pid
-against the index of every job it starts; when the pool breaks, the pairs started and not finished
-are the ones in flight, and :func:`run_pool` raises a ``DataError`` naming them (exit code 1, nothing
-written: the evaluator writes its output only at the end), never a hang or a traceback.
-
-fork starts the workers (in milliseconds, with everything imported, no ``__main__`` guard needed);
-the executor forks them all at the first submit, before its manager thread exists; the only other
-threads are the BLAS pool's (fork-safe via its atfork handlers), hence Python >= 3.12's
-"multi-threaded fork" DeprecationWarning is silenced. Where there is no fork: forkserver, else spawn.
 """
 
 from __future__ import annotations
@@ -29,16 +15,14 @@ from __future__ import annotations
 import importlib
 import logging
 import math
-import os
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 
-from evaluation import jacobian, metrics, surface
+from evaluation import jacobian, metrics, spline, surface
 from learn2reg import contract
 from learn2reg import rules as rulesets
 from learn2reg.eval_config import EvalPair, Method
@@ -47,9 +31,6 @@ from learn2reg.rules import Rules
 from learn2reg.segmentation import check_label_map, label_dtype, max_label
 from learn2reg.submission import load_field
 from learn2reg.task import Layout
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
@@ -106,10 +87,11 @@ COST_NS = {"field": 18.0, "sdlogj": 16.0, "ndv": 8.0, "dice": 12.0, "hd95": 150.
 
 # Beyond COST_NS: inflating a field costs more the less it compresses (isal: ~2.5 ns per stored
 # byte on top of the per-voxel part; a real registration's field hardly compresses: 27 ms for
-# 7.4 MB, a smooth one 10 ms), and TRE from CSV points costs per point: the sampling window
-# (``metrics.TRE_RADIUS``), ~0.2 ms per point on an 80x96x80 grid, measured.
+# 7.4 MB, a smooth one 10 ms), and TRE from CSV points costs per point: its sampling window, at
+# most ``spline.TRE_RADIUS`` wide, counted here at that width (the windows ``spline.tre_radii``
+# picks for real-anatomy TREs hold ~0.4 of it: ~0.06 ms per point on an 80x96x80 grid, measured).
 COST_NS_PER_STORED_BYTE = 2.5
-COST_NS_PER_WINDOW_VOXEL = 0.5
+COST_NS_PER_WINDOW_VOXEL = 0.2
 CSV_BYTES_PER_POINT = 30  # "x,y,z" rows of ~10-digit numbers
 
 
@@ -125,7 +107,7 @@ def estimated_seconds(jobs: Sequence[CaseJob]) -> float:
         per_voxel = COST_NS["field"] + sum(COST_NS.get(m, 0.0) for m in scored if not (m == "tre" and points))
         total += math.prod(shape) * per_voxel + COST_NS_PER_STORED_BYTE * _size(job.field)
         if points:
-            window = metrics.window_voxels(shape) * 3  # voxels x components
+            window = spline.window_voxels(shape) * 3  # voxels x components
             files = [job.pair.point_files(m.dest or "") for m in job.methods if m.metric == "tre"]
             stored = sum(_size(found[0]) for found in files if found is not None)  # the fixed points' CSVs
             total += stored / CSV_BYTES_PER_POINT * window * COST_NS_PER_WINDOW_VOXEL
@@ -262,54 +244,3 @@ def _load_mask(pair: EvalPair, u: np.ndarray) -> np.ndarray | None:
     if mask.shape != u.shape[:3]:
         raise DataError(f"{pair.fixed_mask}: mask shape {mask.shape} differs from the field grid {u.shape[:3]}")
     return mask
-
-
-# ----------------------------------------------------------------------------- the worker pool
-
-Job = TypeVar("Job")
-Result = TypeVar("Result")
-_started: Any = None  # in a worker: the shared array job index -> pid of the worker that took it
-
-
-def _remember(started: Any) -> None:
-    global _started  # the pool's initializer is the only way to hand a worker shared memory
-    _started = started
-
-
-def _tracked(fn: Callable[[Any], Any], index: int, job: Any) -> Any:
-    _started[index] = os.getpid()
-    return fn(job)
-
-
-def run_pool(fn: Callable[[Job], Result], jobs: Sequence[Job], keys: Sequence[str], workers: int,
-             bar: Callable[[Iterable[Future]], Iterable[Future]] = iter) -> list[Result]:
-    """``[fn(job) for job in jobs]`` in ``workers`` processes, in order; ``keys`` name the jobs
-    (pair keys) in the error when a worker dies (module docstring). ``bar`` wraps the futures
-    (a progress bar). multiprocessing and concurrent.futures are imported here, when a pool
-    starts (~0.01 s that a run without one does not pay)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("fork" if "fork" in methods else "forkserver" if "forkserver" in methods else "spawn")
-    started = ctx.Array("q", len(jobs), lock=False)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_remember, initargs=(started,)) as pool:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
-            futures = [pool.submit(_tracked, fn, i, job) for i, job in enumerate(jobs)]
-        try:
-            return [f.result() for f in bar(futures)]
-        except BrokenProcessPool as exc:
-            finished = {i for i, f in enumerate(futures) if f.done() and not f.cancelled() and f.exception() is None}
-            raise DataError(died_message(keys, [started[i] for i in range(len(jobs))], finished)) from exc
-
-
-def died_message(keys: Sequence[str], started_by: Sequence[int], finished: set[int]) -> str:
-    """What a dead worker leaves: the pairs it may have held (started, not finished), how many
-    pairs were done, and what to do."""
-    in_flight = [keys[i] for i, pid in enumerate(started_by) if pid and i not in finished]
-    where = (f"while evaluating {' or '.join(in_flight)}" if in_flight else "before it started a pair")
-    return (f"an evaluator worker process died {where} (killed from outside: the out-of-memory killer or a signal); "
-            f"{len(finished)} of {len(keys)} pair(s) were finished; nothing was written: rerun the same command, with "
-            "fewer workers (-j 1) if memory is short")

@@ -30,13 +30,13 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from evaluation import aggregate
 from evaluation.aggregate import print_summary
-from evaluation.case import CaseJob, Options, estimated_seconds, evaluate_case, preload, run_pool
+from evaluation.case import CaseJob, Options, estimated_seconds, evaluate_case, preload
+from evaluation.pool import run_pool
 from learn2reg import rules as rulesets
 from learn2reg.cli import add_overwrite_argument, refuse_existing, run_cli
 from learn2reg.eval_config import EvalConfig, EvalPair, config_from_dict, derive_config
@@ -293,7 +293,7 @@ def _run(jobs: list[CaseJob], workers: int | None, progress: bool) -> list[tuple
     # writes would otherwise copy those pages into every worker (~0.05 CPU s per worker measured).
     gc.freeze()
     try:
-        # a worker that dies (out of memory, killed) is named by the pair it held (evaluation.case.run_pool)
+        # a worker that dies (out of memory, killed) is named by the pair it held (evaluation.pool)
         return run_pool(evaluate_case, jobs, [job.pair.key for job in jobs], workers, bar)
     finally:
         gc.unfreeze()
@@ -385,6 +385,8 @@ def config_source(args: argparse.Namespace) -> ConfigSource:
 def run(args: argparse.Namespace) -> int:
     """Evaluate, write the json atomically, print the aggregates. ``DataError`` propagates."""
     options = Options(extras=not args.official_only, aggregate=args.aggregate, tre_method=args.tre_method)
+    from datetime import datetime  # here: only an output folder needs a timestamped name
+
     out = Path(args.output_path)
     out = out / (datetime.now().strftime("%Y%m%d_%H%M") + ".json") if out.is_dir() else check_output_path(out, folder=False)
     refuse_existing([out], args.overwrite, "-o")

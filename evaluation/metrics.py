@@ -12,42 +12,18 @@ clipping and is therefore always 0. Ours, named as such: ``SDlogJ_true`` (std of
 voxels of the same region with det J > 0), ``num_foldings_true`` and ``folding_fraction`` (det J <= 0),
 ``*_mm`` HD95 with the fixed image's spacing. The Jacobian statistics live in ``evaluation.jacobian``.
 
-The cubic sampling of the TRE (the last part of this module):
-
-The official TRE's cubic B-spline sampling at a few points, in numpy (no scipy import).
-
-The organisers' evaluators sample ``u`` at the fixed points with
-``scipy.ndimage.map_coordinates(u[..., c], points.T, order=3)``: defaults ``prefilter=True`` and
-``mode='constant'``, whose rules (scipy >= 1.6, checked against scipy 1.13 and 1.17) are, along
-each axis of ``n`` samples ``f_0 .. f_{n-1}``:
-
-- the prefilter finds coefficients ``c`` with ``f_i = sum_k B(i - k) c_{m(k)}``, where ``B`` is
-  the cubic B-spline (``B(0) = 2/3``, ``B(+-1) = 1/6``) and ``m`` mirrors an index about the end
-  samples (``... c_2 c_1 | c_0 c_1 .. c_{n-1} | c_{n-2} ...``): ``c = A^-1 f`` for the
-  tridiagonal ``A`` of these conditions (its inverse in closed form: :func:`coefficient_rows`);
-- the value at ``x`` in ``[0, n - 1]`` is ``sum_k B(x - k) c_{m(k)}`` over the four knots
-  ``k = floor(x) - 1 .. floor(x) + 2``; outside ``[0, n - 1]`` it is 0 (``cval``).
-
-Both steps are linear in ``f``, so the value is ``w(x) . f`` with ``w(x) = b(x) A^-1`` (``b``: the
-four B-spline taps folded by ``m``), and the 3-D value is ``sum w_x w_y w_z u``: the exact
-weights of scipy's separable filter and interpolation, to round-off (the tests compare them with
-scipy's). Importing ``scipy.ndimage`` costs ~0.2 CPU s, more than ReMIND2Reg's whole computation
-on six pairs; these weights cost microseconds.
-
-Frames and units: ``u`` is ``X x Y x Z x 3`` (voxels, ``learn2reg.contract``), points are ``N x 3``
-voxel coordinates.
+The official TRE's cubic sampling at the points: ``evaluation.spline``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from evaluation import surface
+from evaluation import spline, surface
 from learn2reg import contract
 
 # ----------------------------------------------------------------------------- labels
@@ -318,44 +294,72 @@ def tre(
 
     ``u`` is sampled with the official cubic B-spline (``learn2reg.contract.sample_field``
     semantics). ``method``: ``"full"`` prefilters the whole field (as the reference),
-    ``"crop"`` only the points' bounding box plus a ``TRE_RADIUS`` margin (both with scipy),
-    ``"kernel"`` sums the exact separable weights over a ``2 * TRE_RADIUS + 2`` window per point
-    (numpy, :func:`sample_window`: no scipy import); ``"auto"`` picks the cheaper of the last two.
-    All agree to ~1e-13 of max |u|. ``sample_dtype``: the samples are rounded to it first
-    (``np.float32``: as ``map_coordinates`` returns them for a float32 field, L2R HEAD's ``.npz``).
+    ``"crop"`` only the points' bounding box plus a ``spline.TRE_RADIUS`` margin (both with
+    scipy),
+    ``"kernel"`` sums the exact separable weights over a window per point (numpy,
+    :func:`spline.sample_window`: no scipy import), as small as :func:`spline.tre_radii` can
+    prove harmless (each TRE within ``spline.TRE_RELATIVE`` of the exact one); ``"auto"`` picks the
+    cheaper of the last two. All agree to ~1e-13 of max |u| or ``spline.TRE_RELATIVE`` of each TRE. ``sample_dtype``: the
+    samples are rounded to it first (``np.float32``: as ``map_coordinates`` returns them for a
+    float32 field, L2R HEAD's ``.npz``).
     """
     fixed_points = np.asarray(fixed_points, dtype=np.float64).reshape(-1, 3)
     moving_points = np.asarray(moving_points, dtype=np.float64).reshape(-1, 3)
     if fixed_points.shape != moving_points.shape:
         raise ValueError(f"fixed and moving point counts differ: {fixed_points.shape[0]} vs {moving_points.shape[0]}")
-    disp = sample_cubic(u, fixed_points, method)
-    if sample_dtype is not None:
-        disp = disp.astype(sample_dtype).astype(np.float64)
-    return np.linalg.norm((fixed_points + disp - moving_points) * np.asarray(spacing, dtype=np.float64), axis=1)
+    mm = np.asarray(spacing, dtype=np.float64)
+
+    def errors(disp: np.ndarray, which: Any = slice(None)) -> np.ndarray:
+        if sample_dtype is not None:
+            disp = disp.astype(sample_dtype).astype(np.float64)
+        return np.linalg.norm((fixed_points[which] + disp - moving_points[which]) * mm, axis=1)
+
+    contract.check_field(u)
+    if fixed_points.shape[0] == 0 or _sampler(u.shape[:3], fixed_points, method) != "kernel":
+        return errors(sample_cubic(u, fixed_points, method))
+    weights = [spline.axis_weights(u.shape[a], fixed_points[:, a]) for a in range(3)]
+    radii, bound = spline.tre_radii(u, fixed_points, moving_points, mm, weights)
+    values = errors(spline.sample_window(u, fixed_points, radii, weights))
+    # the window's truncation moves each TRE by at most bound (rigorous); where that is not
+    # spline.TRE_RELATIVE of it (the estimate behind the radius was off), the point is sampled again
+    # with the full spline.TRE_RADIUS window: round-off, as every point was before
+    again = (bound > spline.TRE_RELATIVE * (values - bound)) & (radii < spline.TRE_RADIUS)
+    if again.any():
+        full = np.full(int(again.sum()), spline.TRE_RADIUS)
+        values[again] = errors(spline.sample_window(u, fixed_points[again], full, [w[again] for w in weights]), again)
+    return values
 
 
 def sample_cubic(u: np.ndarray, points: np.ndarray, method: str = "auto") -> np.ndarray:
-    """Field values at voxel ``points`` (``N x 3``) by prefiltered cubic B-spline -> ``N x 3``."""
+    """Field values at voxel ``points`` (``N x 3``) by prefiltered cubic B-spline -> ``N x 3``
+    (``"kernel"``: the full ``spline.TRE_RADIUS`` window, round-off)."""
     contract.check_field(u)
     if points.shape[0] == 0:
         return np.zeros((0, 3))
+    method = _sampler(u.shape[:3], points, method)
     lo, hi = _crop_box(u.shape[:3], points)
-    if method == "auto":
-        window = window_voxels(u.shape[:3])
-        method = "kernel" if points.shape[0] * window < 40 * int(np.prod(hi - lo)) else "crop"
     if method == "full":
         return contract.sample_field(u.astype(np.float64), points)
     if method == "crop":
         sl = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
         return contract.sample_field(u[sl].astype(np.float64), points - lo)
     if method == "kernel":
-        return sample_window(u, points)
+        return spline.sample_window(u, points)
     raise ValueError(f"unknown TRE sampling method {method!r} (auto, full, crop, kernel)")
 
 
+def _sampler(shape: Sequence[int], points: np.ndarray, method: str) -> str:
+    """``method``, with ``"auto"`` resolved: the window sampler unless the windows would hold
+    more than 40x the voxels of the points' crop (many points on a small grid)."""
+    if method != "auto":
+        return method
+    lo, hi = _crop_box(shape, points)
+    return "kernel" if points.shape[0] * spline.window_voxels(shape) < 40 * int(np.prod(hi - lo)) else "crop"
+
+
 def _crop_box(shape: Sequence[int], points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    lo = np.clip(np.floor(points.min(axis=0)).astype(int) - TRE_RADIUS, 0, None)
-    hi = np.minimum(np.ceil(points.max(axis=0)).astype(int) + TRE_RADIUS + 1, np.asarray(shape))
+    lo = np.clip(np.floor(points.min(axis=0)).astype(int) - spline.TRE_RADIUS, 0, None)
+    hi = np.minimum(np.ceil(points.max(axis=0)).astype(int) + spline.TRE_RADIUS + 1, np.asarray(shape))
     return lo, np.maximum(hi, lo + 1)
 
 
@@ -423,116 +427,3 @@ def aggregate(values: Sequence[float], kind: str, variant: str = "l2r") -> dict[
         raise ValueError(f"unknown aggregate variant {variant!r} (l2r, 2020)")
     q = 0.7 if kind in QUANTILE_HIGH else 0.3
     return {"mean": float(arr.mean()), "std": float(arr.std()), "30": float(np.quantile(arr, q))}
-
-
-# ---------------------------------------------------------------------- the official TRE's cubic B-spline sampling, in numpy
-
-
-# Half-width (voxels) of the sampling window, and the crop's margin: the weights decay as |pole|^d,
-# so the truncation is ~5e-14 of max |u| (|pole|^24 ~ 2e-14), round-off for the organisers' 1e-6
-# relative comparison of any TRE above ~1e-5 mm. 14 (truncation ~1e-8 of max |u|) gave real-anatomy
-# TREs of 0.06 mm 2e-7 relative off the organisers' full prefilter (bench/results/organisers_parity_brain.md).
-TRE_RADIUS = 24
-POLE = 3.0**0.5 - 2.0  # the pole of the cubic B-spline prefilter
-
-
-def window_voxels(shape: Sequence[int]) -> int:
-    """Voxels of one point's sampling window (:func:`sample_window`) on a grid of ``shape``: a
-    window never exceeds the grid."""
-    return math.prod(min(2 * TRE_RADIUS + 2, int(n)) for n in shape)
-
-
-def mirror(k: np.ndarray, n: int) -> np.ndarray:
-    """Indices ``k`` (any integers) mirrored about the end samples of ``0 .. n - 1`` (scipy's
-    ``'mirror'``: ``.. 2 1 | 0 1 .. n-1 | n-2 ..``)."""
-    if n == 1:
-        return np.zeros_like(k)
-    period = 2 * n - 2
-    k = np.mod(k, period)
-    return np.where(k >= n, period - k, k)
-
-
-def coefficient_rows(k: np.ndarray, n: int) -> np.ndarray:
-    """Rows ``k`` of ``A^-1`` (``len(k) x n``, float64): ``c_k = sum_j A^-1[k, j] f_j``.
-
-    Closed form, no linear solve: mirrored, the samples are periodic with period ``N = 2n - 2``
-    (``f_j`` at ``j`` and ``N - j``), and on a period the inverse of ``[1/6, 2/3, 1/6]`` is the
-    periodised ``sqrt(3) z^|m|`` with the pole ``z = sqrt(3) - 2``:
-    ``h(m) = sqrt(3) (z^m + z^(N - m)) / (1 - z^N)`` for ``m`` in ``0 .. N - 1``, so
-    ``A^-1[k, j] = h(k - j) + h(k + j)`` (indices mod ``N``; the second term only for the
-    samples ``0 < j < n - 1``, which appear twice in a period)."""
-    k = np.asarray(k, dtype=np.int64).reshape(-1)
-    if n == 1:
-        return np.ones((k.size, 1))
-    period, j = 2 * n - 2, np.arange(n)
-    powers = np.cumprod(np.concatenate([[1.0], np.full(period, POLE)]))  # z^0 .. z^N
-    h = np.sqrt(3.0) * (powers[:-1] + powers[:0:-1]) / (1.0 - powers[-1])  # h(m), m = 0 .. N - 1
-
-    rows = h[np.mod(k[:, None] - j, period)]
-    twice = (j > 0) & (j < n - 1)
-    rows[:, twice] += h[np.mod(k[:, None] + j[twice], period)]
-    return rows
-
-
-def axis_weights(n: int, coords: np.ndarray) -> np.ndarray:
-    """``P x n`` weights ``w[p, m]``: the value at ``coords[p]`` of scipy's prefiltered cubic
-    spline (``mode='constant'``) through the unit impulse at sample ``m`` of a line of ``n``;
-    rows of points outside ``[0, n - 1]`` (or not finite) are 0 (module docstring)."""
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1)
-    outside = ~((coords >= 0) & (coords <= n - 1))  # NaN too: scipy gives 0 there
-    coords = np.where(outside, 0.0, coords)  # a placeholder; those rows are zeroed below
-    base = np.floor(coords)
-    t = coords - base
-    t2, t3 = t * t, t * t * t
-    taps = np.stack([(1 - t) ** 3 / 6, (4 - 6 * t2 + 3 * t3) / 6, (1 + 3 * t + 3 * t2 - 3 * t3) / 6, t3 / 6], axis=1)
-    knots = mirror(base.astype(np.int64)[:, None] + np.arange(-1, 3), n)  # P x 4
-    rows = coefficient_rows(knots, n).reshape(coords.size, 4, n)
-    weights = np.einsum("pt,ptm->pm", taps, rows)
-    weights[outside] = 0.0
-    return weights
-
-
-def sample_window(u: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``u`` at voxel ``points`` (``N x 3``) -> ``N x 3`` (float64), summing the exact separable
-    weights over a ``L^3`` window per point (``L = 2 * TRE_RADIUS + 2``; the weights decay as
-    ``0.268^distance``).
-
-    Points are visited along the field's slowest axis in memory, so that consecutive windows
-    share their planes in the cache (the windows are memory-bound: ~1.6x faster than file order).
-    Where the windows overlap (more window voxels than the box of all windows holds), that box is
-    converted to float64 once, one component at a time (NIfTI layout), rather than window by
-    window: the same values, so the same sums (100 landmarks on an 80x96x80 grid: 23 -> 14 ms).
-    """
-    shape = u.shape[:3]
-    weights = [axis_weights(shape[a], points[:, a]) for a in range(3)]
-    length = 2 * TRE_RADIUS + 2
-    start = np.floor(np.where(np.isfinite(points), points, 0.0)).astype(int) - TRE_RADIUS  # NaN: weights 0
-    start = np.clip(start, 0, np.maximum(np.asarray(shape) - length, 0))
-    stop = np.minimum(start + length, shape)
-    box: tuple[slice, ...] | None = None
-    if u.dtype != np.float64 and points.shape[0] > 0:
-        lo, hi = start.min(axis=0), stop.max(axis=0)
-        if points.shape[0] * window_voxels(shape) > math.prod((hi - lo).tolist()):
-            box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-            weights = [w[:, int(lo[a]) : int(hi[a])] for a, w in enumerate(weights)]
-            start, stop = start - lo, stop - lo
-    order = np.argsort(points[:, contract.walk_order(u)[0]], kind="stable")
-    windows = [tuple(slice(int(start[p, a]), int(stop[p, a])) for a in range(3)) for p in range(points.shape[0])]
-    out = np.empty((points.shape[0], 3))
-    if contract.memory_order(u) == "F":  # NIfTI layout: per component, x runs are contiguous; contract x first
-        for c in range(3):
-            part = u[..., c]
-            if box is not None:  # this component's box, converted once
-                part = np.asarray(part[box], dtype=np.float64, order="F")
-            for p in order:
-                wx, wy, wz = (weights[a][p, windows[p][a]] for a in range(3))
-                block = np.asarray(part[windows[p]].T, dtype=np.float64)
-                out[p, c] = ((block @ wx) @ wy) @ wz
-        return out
-    if box is not None:
-        u = np.asarray(u[box], dtype=np.float64)
-    for p in order:
-        wx, wy, wz = (weights[a][p, windows[p][a]] for a in range(3))
-        block = np.asarray(u[windows[p]], dtype=np.float64)  # x, y, z, component; C order
-        out[p] = wz @ np.tensordot(wy, np.tensordot(wx, block, axes=(0, 0)), axes=(0, 0))
-    return out
