@@ -21,7 +21,6 @@ import grp
 import os
 import pwd
 import resource
-import shutil
 from pathlib import Path
 
 from learn2reg.errors import OutputError
@@ -68,6 +67,8 @@ def existing_ancestor(path: Path) -> Path:
 def free_bytes(path: str | Path) -> int | None:
     """Bytes a non-root writer may still use on the file system of ``path`` (or of its nearest
     existing parent); ``None`` when that cannot be known."""
+    import shutil  # here, as below: only a write that fails needs it
+
     try:
         return shutil.disk_usage(existing_ancestor(Path(path))).free
     except OSError:
@@ -76,6 +77,8 @@ def free_bytes(path: str | Path) -> int | None:
 
 def space_text(path: Path, needed: int | None = None) -> str:
     """``"0 B free on the file system of /out (3.0 MB in all)"``, with what was needed when known."""
+    import shutil
+
     where = existing_ancestor(path)
     try:
         usage = shutil.disk_usage(where)

@@ -28,7 +28,7 @@ import numpy as np
 
 from learn2reg.errors import DataError as DataError  # defined there, imported from here by every stage
 from learn2reg.faults import FAULTS, error_path, machine_fault, output_error, permission_fix
-from learn2reg.writers import claim_temporary, remove_stale_temporaries, temporary_prefix
+from learn2reg.writers import claim_temporary, make_temporary, remove_stale_temporaries
 
 _GzipReader: Any
 try:  # Intel ISA-L: gzip decoding ~1.4x faster than zlib (the largest cost of reading a field)
@@ -405,20 +405,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path.parent, path.name)
-        import tempfile  # here: only writers pay for its import (random, shutil)
-
-        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=f".tmp{suffix}", dir=path.parent)
+        fd, tmp_path = make_temporary(path.parent, path.name, suffix)
     except OSError as exc:
         if exc.errno not in FAULTS:
             raise
         raise output_error(exc, path) from exc
     claim_temporary(fd)  # held until the rename: another process sees a live writer
-    tmp_path = Path(tmp)
     umask = os.umask(0)
     os.umask(umask)
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600; give the file a normal mode
+        os.chmod(tmp_path, 0o666 & ~umask)  # made 0600; give the file a normal mode
         os.replace(tmp_path, path)
     except Exception as exc:  # a writer (torch, say) may wrap the OSError in its own error
         fault = machine_fault(exc)

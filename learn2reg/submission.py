@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import math
 import re
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +239,8 @@ def _any_rules_names(pair: EvalPair) -> list[str]:
 def npz_header(path: Path, key: str | None = None, owner: str = "2020 fields") -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of the single array in an ``.npz`` without reading its data; ``key``
     (e.g. ``arr_0``) is the name that array must have, any name if ``None``."""
+    import zipfile  # here: only .npz submissions need it
+
     try:
         with zipfile.ZipFile(path) as zf:
             members = [n for n in zf.namelist() if n.endswith(".npy")]
@@ -267,6 +268,8 @@ def _check_key(path: Path, found: str, expected: str | None, owner: str = "2020 
 
 def _load_npz(path: Path, key: str | None = None, owner: str = "2020 fields") -> np.ndarray:
     """The single array of an ``.npz``; ``key``: the name it must have (any if ``None``)."""
+    import zipfile  # here: only .npz submissions need it (np.load imports it too)
+
     try:
         with np.load(path, allow_pickle=False) as data:
             if len(data.files) != 1:

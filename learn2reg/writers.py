@@ -37,7 +37,6 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,23 +53,50 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def machine_id() -> str:
-    """8 hex digits naming where a pid means one process: host, boot and pid namespace."""
-    import hashlib  # here, as socket below: ~4 ms of start-up that a command writing no file never needs
-    import socket
+    """8 hex digits naming where a pid means one process: host, boot and pid namespace (their
+    CRC-32: zlib is loaded anyway, where hashlib and socket would cost ~5 ms of every command
+    that writes a file)."""
+    import zlib
 
-    parts = [socket.gethostname()]
+    parts = [hostname()]
     for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
         try:
             parts.append(Path(source).read_text().strip() if "boot_id" in source else os.readlink(source))
         except OSError:
             parts.append("")
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+    return f"{zlib.crc32('|'.join(parts).encode()):08x}"
+
+
+def hostname() -> str:
+    """This machine's network name (``socket.gethostname()``, without importing socket where
+    ``os.uname`` has it)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
 
 
 def temporary_prefix(name: str) -> str:
-    """The start of this process's temporary names for the file ``name`` (``tempfile`` adds the rest)."""
+    """The start of this process's temporary names for the file ``name`` (:func:`make_temporary` adds the rest)."""
     return f".{name}.{machine_id()}-{os.getpid()}-"
+
+
+def make_temporary(folder: Path, name: str, suffix: str) -> tuple[int, Path]:
+    """Create this process's new temporary for the file ``name`` in ``folder`` -> (open fd, path):
+    ``temporary_prefix`` + 8 random hex digits + ``.tmp`` + ``suffix``, mode 0600, never an
+    existing file (``O_EXCL``; what ``tempfile.mkstemp`` does, without importing tempfile and
+    random)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = Path(folder) / f"{temporary_prefix(name)}{os.urandom(4).hex()}.tmp{suffix}"
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary name", str(Path(folder) / f"{temporary_prefix(name)}*"))
 
 
 def pid_alive(pid: int) -> bool:
@@ -136,10 +162,10 @@ def torchrun_job() -> str | None:
 def holder_record() -> dict[str, Any]:
     """What the lock file says about its holder."""
     import shlex
-    import socket
+    from datetime import datetime
 
     return {
-        "pid": os.getpid(), "host": socket.gethostname(), "machine": machine_id(), "uid": os.geteuid(),
+        "pid": os.getpid(), "host": hostname(), "machine": machine_id(), "uid": os.geteuid(),
         "command": shlex.join(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv]),
         "started": datetime.now().astimezone().isoformat(timespec="seconds"), "torchrun_job": torchrun_job(),
     }

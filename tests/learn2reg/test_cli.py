@@ -59,3 +59,24 @@ def test_outside_the_container_nothing_is_added(monkeypatch, capsys):
 
     assert cli.execute(fails, argparse.Namespace()) == 1
     assert capsys.readouterr().err == "error: /data/x: missing\n"
+
+
+END = """
+import gc, sys
+from learn2reg import cli
+sys.argv = ["tool", *sys.argv[1:]]
+code = cli.run_cli("tool", "t", lambda p: p.add_argument("--x", type=int, default=0), lambda a: a.x, None if sys.argv[1:] else ["--x", "5"])
+print(code, gc.isenabled())
+"""
+
+
+def test_a_command_process_ends_without_the_exit_collection_and_a_caller_keeps_its_collector():
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+
+    as_command = subprocess.run([sys.executable, "-c", END, "--x", "3"], cwd=REPO, capture_output=True, text=True, check=True)
+    assert as_command.stdout.split() == ["3", "False"]  # its exit code, and no collection at exit
+    as_call = subprocess.run([sys.executable, "-c", END], cwd=REPO, capture_output=True, text=True, check=True)
+    assert as_call.stdout.split() == ["5", "True"]  # argv given (a test, a caller): the collector stays on

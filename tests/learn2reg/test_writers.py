@@ -157,3 +157,19 @@ def test_an_unwritable_folder_is_named_with_its_owner_and_the_fix(tmp_path):
     with pytest.raises(Exception, match=r"cannot be written: no write permission .*chmod u\+rwx"):
         write_json(locked / "x.json", {})
     assert not list(Path(locked).iterdir())
+
+
+def test_temporaries_are_new_private_files_named_after_their_writer(tmp_path, monkeypatch):
+    from learn2reg.writers import make_temporary
+
+    fd, path = make_temporary(tmp_path, "out.nii.gz", ".nii.gz")
+    os.close(fd)
+    assert path.parent == tmp_path and path.name.startswith(temporary_prefix("out.nii.gz")) and path.name.endswith(".tmp.nii.gz")
+    assert path.stat().st_mode & 0o777 == 0o600 and not is_stale(path)  # ours, and we are alive
+    assert len(machine_id()) == 8 and int(machine_id(), 16) >= 0
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(n))  # every try draws the same name: it exists
+    fd, first = make_temporary(tmp_path, "x.json", "")
+    os.close(fd)
+    with pytest.raises(FileExistsError):
+        make_temporary(tmp_path, "x.json", "")  # never opens a file that exists
+    assert first.read_bytes() == b""
