@@ -87,7 +87,7 @@ TASK_CASES: dict[str, tuple[tuple[int, int, int], int, int | None]] = {
 ENV = {"PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 IMPORTS = {"python (nothing)": "pass", "numpy": "import numpy", "numpy + nibabel": "import nibabel", "numpy + scipy.ndimage": "import scipy.ndimage",
            "evaluation.evaluate (all of ours: what a ReMIND2Reg run imports)": "import evaluation.evaluate",
-           "evaluation.evaluate + edt + the pool (what a run with HD95 imports)": "import evaluation.evaluate, concurrent.futures, multiprocessing, edt"}  # fmt: skip
+           "evaluation.evaluate + edt + the pool (what a run with HD95 imports)": "import evaluation.evaluate, evaluation.pool, select, pickle, edt"}  # fmt: skip
 
 
 NOTES = [
@@ -99,19 +99,27 @@ NOTES = [
     "cores busy, a second worker buys little, so the CPU columns (all processes of a run) are the steadier comparison.",
     "- Start-up: importing our evaluator loads numpy, isal and our modules (the floor table; numpy's own import is most "
     "of it); the edt package and the worker pool only for runs that use them. No run on this case imports scipy or "
-    "nibabel: the cubic TRE at the CSV points (ReMIND2Reg, L2R) is computed in numpy (evaluation.metrics: the exact "
+    "nibabel: the cubic TRE at the CSV points (ReMIND2Reg, L2R) is computed in numpy (evaluation.spline: the exact "
     "weights of map_coordinates(order=3, mode='constant'), equal to scipy's to 1e-14), plain NIfTI headers are read "
     "directly. The organisers' ~1.1 s start-up is mostly evalutils' imports.",
     "- 10x is reached by LUMIR 2024 and 2025 (NDV, which dominates their evaluators at ~0.9 s per pair, twelve times "
-    "here, takes us ~0.005 s). It is not reached by ReMIND2Reg and L2R on this case, whose organisers' runs are short: "
-    "ReMIND2Reg's 10x means a whole run within a tenth of their ~2.5 CPU s, while a fresh interpreter importing our "
-    "evaluator already costs ~0.15 (numpy alone ~0.10), inflating the six 7.4 MB gzip fields ~0.06 (isal, the fastest "
-    "inflate we know of) and SDlogJ ~0.06 (float64 determinants, bit-identical to theirs). L2R's 10x (a tenth of "
-    "their ~5.2 CPU s) is less than HD95 alone costs us (~0.1 s per pair, the step table): DeepMind's definition "
-    "needs each label's exact nearest-surfel distances both ways, which we take from exact Euclidean distance "
-    "transforms (edt package) over the box of both surfaces. At the tasks' own sizes (`--task-size`, "
-    "`organisers_vs_ours_tasksize_cpu.md`) ReMIND2Reg is ~25x (CPU) faster; L2R stays below 10x in CPU (~8x), "
-    "bounded by the same distance transforms.",
+    "here, takes us ~0.005 s). It is not reached by ReMIND2Reg and L2R on this case (~9x), whose organisers' runs are "
+    "short: ReMIND2Reg's 10x means a whole run within a tenth of their ~2.4 s, while a fresh interpreter importing "
+    "our evaluator costs ~0.15-0.19 s on this machine (the floor table; numpy alone ~0.10-0.12, then argparse, "
+    "logging, pathlib, json and our modules, ~15 ms of which is Python creating their dataclasses), inflating the six "
+    "7.4 MB gzip fields ~0.06 CPU s (isal; libdeflate measured no faster on these smooth fields, 12 % on a real "
+    "registration's) and SDlogJ ~0.06 CPU s (float64 determinants, bit-identical to theirs; in slabs of planes it "
+    "ran slower, out of the cache). L2R's 10x (a tenth of their ~5.4 s) is about what HD95 alone costs us (~0.1 s "
+    "per pair, the step table): DeepMind's definition needs each label's exact nearest-surfel distances both ways, "
+    "which we take from exact Euclidean distance transforms (edt package, ~55 ns per voxel) over the box of both "
+    "surfaces. At the tasks' own sizes (`--task-size`, `organisers_vs_ours_tasksize_cpu.md`) ReMIND2Reg is ~25x "
+    "(CPU) faster; L2R stays below 10x in CPU (~8x), bounded by the same distance transforms.",
+    "- Against a1b33f4 (the before/after table, same rounds): the workers are forked and fed pair indices over pipes "
+    "(`evaluation/pool.py`: no multiprocessing or concurrent.futures, whose imports, manager thread, queues and "
+    "pickled jobs cost ~0.02-0.03 s a run), a write no longer imports socket, hashlib and tempfile (~5 ms), the "
+    "process skips the garbage collection of the interpreter's exit (~15-30 ms), and each TRE point gets the "
+    "smallest sampling window proved to move its TRE by at most 1e-9 of it (a third of the full window's voxels at "
+    "real-anatomy TREs). Outputs: within 3e-11 relative of a1b33f4's (the TREs; the rest byte-identical).",
     "- HD95 is our largest per-pair cost: the surfels per label's own box, the 95th percentile by counting (no sort), "
     "background (label 0, whose surface includes the grid's border) on the brain's box only, and a k-d tree instead "
     "where the box is large and the surfaces small. Where the two surfaces lie close (a registration worth scoring), "
@@ -120,8 +128,9 @@ NOTES = [
     "label surfaces lie far apart (Dice ~0.6), so it takes the distance transforms as before.",
     "- Parity: every difference is round-off. L2R HEAD casts an `.npz` to float32 and its cubic TRE sampling then "
     "returns float32 values: ours rounds its samples the same way (sampled in float64 they were 1.2e-8 relative off). "
-    "The sampling window's half-width is 24 voxels (truncation ~1e-13 of max |u|; 14 left 2e-7 relative on the "
-    "real-anatomy TREs of `organisers_parity_brain.md`).",
+    "The sampling window's half-width is chosen per point (`evaluation/spline.py`: the smallest of 4..24 whose "
+    "truncation provably moves that TRE by at most 1e-9 of it, else 24: ~1e-13 of max |u|; a fixed 14 left 2e-7 "
+    "relative on the real-anatomy TREs of `organisers_parity_brain.md`).",
 ]
 
 

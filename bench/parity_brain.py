@@ -270,16 +270,18 @@ def write_timing(t: dict[str, Any], path: Path) -> None:
 
 TIMING_NOTES = [
     "Reading the numbers:",
-    "- LUMIR 2024/2025 and L2R are 10x faster or more in wall time (L2R: 9-10x in CPU; HD95 over 120 labels, searched "
-    "locally where the surfaces lie close). ReMIND2Reg is not: its evaluator is short on this grid (~1.1 s of "
-    "start-up, mostly evalutils' imports, then ~0.2 s per pair), so 10x means a whole run within ~0.27 s. Ours has a "
-    "floor above that: a fresh interpreter importing our evaluator ~0.115 s (numpy alone ~0.065), then per pair, "
-    "in-process (best of 5, median over the 8 pairs): inflating the field 19.7 ms (6.75 MB stored of 7.4 MB: the "
-    "field of a real registration hardly compresses; isal, the fastest inflate we know of), SDlogJ 8.4 ms (float64 "
-    "determinants, bit-identical to theirs) and the cubic TRE at 100 landmarks 13.7 ms (exact spline weights over a "
-    "50^3 window per point): ~0.33 CPU s for 8 pairs, >= 0.17 s of wall on 2 cores, plus starting and ending two "
-    "workers. The window could shrink to ~42^3 for a 1e-9 relative bound on each TRE (~5 ms a pair less), which "
-    "still leaves the floor above 0.27 s.",
+    "- LUMIR 2024/2025 and L2R are 10x faster or more in wall time (L2R: ~11x in CPU; HD95 over 120 labels, "
+    "searched locally where the surfaces lie close). ReMIND2Reg is not (8.2x; 7.3x before the changes of "
+    "2026-12-08): its evaluator is short on this grid (~1.1 s of start-up, mostly evalutils' imports, then ~0.2 s per "
+    "pair), so 10x means a whole run within ~0.28 s. Ours: a fresh interpreter importing our evaluator ~0.10-0.17 s "
+    "as the machine's pace varies (numpy alone ~0.07-0.12; then argparse, logging, pathlib, json and our modules), "
+    "then per pair, in-process (best of 5, median over the 8 pairs): inflating the field ~20 ms (6.75 MB stored of "
+    "7.4 MB: the field of a real registration hardly compresses; isal; libdeflate measured 12 % faster, not worth a "
+    "dependency), SDlogJ ~8.5 ms (float64 determinants, bit-identical to theirs) and the cubic TRE at 100 landmarks "
+    "6-8 ms (was 10-14: each point's window is the smallest proved to move its TRE by at most 1e-9 of it, median "
+    "half-width 17 of 24): ~0.28 CPU s for 8 pairs, >= 0.14 s of wall on 2 cores. Forking the two workers costs ~3 ms "
+    "(concurrent.futures took ~18 ms to start the first pair), and the exit no longer collects garbage (~15-30 ms). "
+    "What is left above 0.28 s is start-up and inflating.",
     "- At ReMIND2Reg's own grid (256^3 at 0.5 mm, `organisers_vs_ours_tasksize_cpu.md`) the ratio is ~38x in wall "
     "time with smooth fields, and 29x with fields that hardly compress as a real registration's (those fields plus "
     "N(0, 0.01) voxel noise, 185 MB stored of 201 MB; 3 pairs, one run of theirs 54.7 s wall / 54.5 CPU s, ours median "
