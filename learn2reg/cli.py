@@ -27,6 +27,7 @@ from learn2reg.faults import describe, machine_fault
 DISTRIBUTION = "l2r-lapirn"  # [project] name in pyproject.toml
 #: container folder -> the variable in which docker-compose.yml names the host folder mounted there
 CONTAINER_MOUNTS = {"/data": "L2R_HOST_DATA", "/runs": "L2R_HOST_RUNS", "/outputs": "L2R_HOST_OUTPUTS"}
+OVERWRITE_VARIABLE = "L2R_OVERWRITE"  # 1: --overwrite by default (docker-compose.yml: OVERWRITE)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -64,8 +65,24 @@ def package_version() -> str:
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str = "outputs that already exist") -> None:
-    """``--overwrite``: the one way every command replaces outputs that exist (default: refuse)."""
-    parser.add_argument("--overwrite", action="store_true", help=f"replace {what} (default: refuse)")
+    """``--overwrite``: the one way every command replaces outputs that exist (default: refuse;
+    on where ``L2R_OVERWRITE`` is set: :func:`overwrite_by_default`)."""
+    parser.add_argument("--overwrite", action="store_true", default=overwrite_by_default(),
+                        help=f"replace {what} (default: refuse; on where {OVERWRITE_VARIABLE}=1, as docker compose's OVERWRITE=1 sets)")
+
+
+def overwrite_by_default(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``L2R_OVERWRITE`` asks every command to replace what exists (``1``, ``true``,
+    ``yes``): how ``OVERWRITE=1 docker compose run --rm STAGE`` reaches a stage, whose command
+    line compose fixes (extra arguments would replace the whole command)."""
+    return environ.get(OVERWRITE_VARIABLE, "").strip().lower() in ("1", "true", "yes")
+
+
+def overwrite_hint(environ: Mapping[str, str] = os.environ) -> str:
+    """How to replace an output that exists: ``--overwrite``, and in a compose stage (the
+    container's host folders are known) the variable that sets it there."""
+    in_compose = any(environ.get(variable) for variable in CONTAINER_MOUNTS.values())
+    return "--overwrite (docker compose: OVERWRITE=1 docker compose run --rm ...)" if in_compose else "--overwrite"
 
 
 def refuse_existing(paths: Iterable[str | Path], overwrite: bool, option: str = "--out") -> None:
@@ -76,7 +93,7 @@ def refuse_existing(paths: Iterable[str | Path], overwrite: bool, option: str = 
         return
     named = ", ".join(str(p) for p in present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
     one = len(present) == 1
-    raise DataError(f"{named}: already exist{'s' if one else ''}; pass --overwrite to replace {'it' if one else 'them'},"
+    raise DataError(f"{named}: already exist{'s' if one else ''}; pass {overwrite_hint()} to replace {'it' if one else 'them'},"
                     f" or choose another {option}")
 
 

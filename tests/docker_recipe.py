@@ -22,7 +22,7 @@ README_BLOCKS = ("no-registry", "run")
 #: every variable docker-compose.yml and docker-compose.cpu.yml read (the README documents each one)
 COMPOSE_VARIABLES = (
     "TASK", "RUN", "SPLIT", "CONFIG", "SEED", "DEMO_TASKS", "DATA_DIR", "RUNS_DIR", "OUTPUTS_DIR",
-    "UID", "GID", "IMAGE", "BASE_IMAGE", "TORCH_WHEEL", "TORCH_INDEX", "METHOD", "LEADERBOARD_ARGS",
+    "UID", "GID", "IMAGE", "BASE_IMAGE", "TORCH_WHEEL", "TORCH_INDEX", "METHOD", "LEADERBOARD_ARGS", "OVERWRITE",
 )
 _BLOCK = re.compile(r"<!-- container-block: ([\w-]+) -->\n```sh\n(.*?)```\n<!-- /container-block -->", re.S)
 

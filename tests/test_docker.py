@@ -345,6 +345,16 @@ def test_later_stages_run_through_compose(stack, demo_data):
         _check_stage(stack, stage)
         for written in (stack.runs, stack.outputs):
             assert all(p.stat().st_uid == STAGE_UID for p in written.rglob("*") if p != config), stage
+    # a rerun: refused, naming the output and the compose variable; with OVERWRITE=1 it replaces it
+    result = stack.outputs / "pytest" / f"{TASK}.json"
+    before = result.stat().st_mtime_ns
+    again = run_stage(stack, "evaluate")
+    assert again.returncode == 1 and "Traceback" not in again.stderr, output(again)
+    assert "already exists" in again.stderr and "OVERWRITE=1 docker compose run" in again.stderr, output(again)
+    assert result.stat().st_mtime_ns == before
+    replaced = run_stage(stack, "evaluate", OVERWRITE="1")
+    assert replaced.returncode == 0, output(replaced)
+    assert result.stat().st_mtime_ns != before and "aggregates" in json.loads(result.read_text())
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from scipy import ndimage
 
 from evaluation.pair_reports.stage import REPORT_DIR, write_index
 from learn2reg import rules as rulesets
+from learn2reg.cli import add_overwrite_argument, overwrite_hint
 from learn2reg.contract import (
     compose_affine,
     disp_filename_2020,
@@ -492,7 +493,7 @@ def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, in
         old = read_manifest(next(iter(foreign)))
         raise DataError(
             f"{out_dir}: holds {len(present)} field(s) predicted under another configuration: "
-            f"{what_differs(out_dir, p, old)}; choose another --out, or pass --overwrite to replace them"
+            f"{what_differs(out_dir, p, old)}; choose another --out, or pass {overwrite_hint()} to replace them"
         )
     if info.is_main:
         for path in present + list(foreign):
@@ -619,8 +620,7 @@ def build_parser(parser: argparse.ArgumentParser) -> None:
                              "in OUT/jacobian/")
     parser.add_argument("--report", action="store_true",
                         help="also write a visual report per pair and an index, in OUT/report/ (as `python -m pipeline report`)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace fields that --out holds from another configuration (default: refuse)")
+    add_overwrite_argument(parser, "fields that --out holds from another configuration")
     parser.add_argument("--skip-memory-check", action="store_true",
                         help="run even when the estimated peak memory exceeds what the device has free")
 

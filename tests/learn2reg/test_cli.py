@@ -80,3 +80,23 @@ def test_a_command_process_ends_without_the_exit_collection_and_a_caller_keeps_i
     assert as_command.stdout.split() == ["3", "False"]  # its exit code, and no collection at exit
     as_call = subprocess.run([sys.executable, "-c", END], cwd=REPO, capture_output=True, text=True, check=True)
     assert as_call.stdout.split() == ["5", "True"]  # argv given (a test, a caller): the collector stays on
+
+
+def test_l2r_overwrite_makes_overwrite_the_default_and_compose_stages_say_so(monkeypatch, tmp_path):
+    assert [cli.overwrite_by_default({"L2R_OVERWRITE": v}) for v in ("1", "true", "YES", "0", "", "no")] == [True] * 3 + [False] * 3
+    monkeypatch.setenv("L2R_OVERWRITE", "1")
+    parser = argparse.ArgumentParser()
+    cli.add_overwrite_argument(parser)
+    assert parser.parse_args([]).overwrite is True
+    monkeypatch.delenv("L2R_OVERWRITE")
+    parser = argparse.ArgumentParser()
+    cli.add_overwrite_argument(parser)
+    assert parser.parse_args([]).overwrite is False and parser.parse_args(["--overwrite"]).overwrite is True
+    out = tmp_path / "result.json"
+    out.write_text("{}")
+    with pytest.raises(DataError, match=r"already exists; pass --overwrite to replace it, or choose another -o$"):
+        cli.refuse_existing([out], False, "-o")
+    monkeypatch.setenv("L2R_HOST_OUTPUTS", "./outputs")  # a compose stage: its command line is fixed
+    with pytest.raises(DataError, match=r"pass --overwrite \(docker compose: OVERWRITE=1 docker compose run --rm \.\.\.\) to replace it"):
+        cli.refuse_existing([out], False, "-o")
+    cli.refuse_existing([out], True, "-o")  # asked for: nothing refused
