@@ -33,7 +33,8 @@ from learn2reg.io import Geometry, save_nifti  # noqa: E402
 from learn2reg.task import load_task  # noqa: E402
 from pipeline.config import config_from_dict  # noqa: E402
 from pipeline.model.lapirn import LapIRN, LapIRNConfig  # noqa: E402
-from pipeline.prediction.predict import Predictor, predict_pair  # noqa: E402
+from pipeline.prediction.predict import predict_pair  # noqa: E402
+from pipeline.prediction.predictor import Predictor  # noqa: E402
 
 SETTINGS = {
     "task3": {"shape": (192, 160, 256), "half": True, "start_channel": 28, "window": [-500, 800]},

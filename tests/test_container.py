@@ -46,7 +46,8 @@ from pipeline.container import contracts
 from pipeline.container.contracts import CONTRACTS, Deltas, checked_command, organiser_command
 from pipeline.container.handin import run_docker
 from pipeline.container.jobs import case_of, parse_summary
-from pipeline.prediction.predict import load_predictor, register_images, run_config
+from pipeline.prediction.predict import register_images
+from pipeline.prediction.predictor import load_predictor, run_config
 from tests import docker_engine
 from tests.container_tasks import demo_runs, demo_tasks, flat_input, owned_by, results_json
 from tests.docker_engine import Engine, sh

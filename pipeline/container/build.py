@@ -81,7 +81,7 @@ def resolve_source(run_dir: Path | None, config_file: Path | None, checkpoint: s
                    overrides: Mapping[str, Any]) -> Source:
     """The run's resolved configuration and checkpoint (``predict``'s rules); ``DataError`` when the
     contract cannot use them (a configuration with a network but no weights, outside OncoReg)."""
-    from pipeline.prediction.predict import run_config  # torch: only once the arguments are known
+    from pipeline.prediction.predictor import run_config  # torch: only once the arguments are known
     from pipeline.prediction.scale import GridPolicy, explicit_scale, trained_spacing
 
     cfg = run_config(run_dir, {**overrides, "config_file": config_file})

@@ -35,7 +35,8 @@ from pipeline.container.jobs import (
     write_field,
 )
 from pipeline.distributed import DistInfo, pick_device
-from pipeline.prediction.predict import Predictor, load_predictor, register_images, run_config
+from pipeline.prediction.predict import register_images
+from pipeline.prediction.predictor import Predictor, load_predictor, run_config
 from pipeline.prediction.scale import explicit_scale
 from pipeline.training.train import train
 

@@ -23,7 +23,8 @@ checkpoint and a configuration hash, and ``OUT/predict_config.json`` the resolve
 behind that hash; pairs already written under the same hash are skipped, so an interrupted
 prediction resumes (a run with nothing left to do says so). A folder holding fields of another
 configuration is refused, naming the options that differ (``--overwrite`` removes them first), so
-every field in it keeps its record. The command ends with where it wrote and what to run next. A pair that cannot
+every field in it keeps its record (the folder's names, records and checks:
+``pipeline.prediction.folder``; the configuration and the model: ``pipeline.prediction.predictor``). The command ends with where it wrote and what to run next. A pair that cannot
 be processed, or a pair entry of the task that cannot be read, is reported by name with the
 reason on stderr; the others still run and the command exits 1. With ``predict.affine`` the
 fields of view come from the images (``pipeline.affine.fov``) and an implausible
@@ -43,9 +44,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
 import os
 import sys
@@ -60,45 +58,48 @@ from scipy import ndimage
 
 from evaluation.pair_reports.stage import REPORT_DIR, write_index
 from learn2reg import rules as rulesets
-from learn2reg.cli import add_overwrite_argument, overwrite_hint
+from learn2reg.cli import add_overwrite_argument
 from learn2reg.contract import (
     compose_affine,
-    disp_filename_2020,
     field_on_grid,
     grid_scale,
     warp,
 )
 from learn2reg.errors import OutputError
-from learn2reg.faults import require_space, size_text
 from learn2reg.io import (
     DataError,
     Geometry,
     atomic_path,
     check_output_path,
     load_nifti,
-    read_json,
-    read_nifti_header,
     save_nifti,
     write_json,
 )
 from learn2reg.progress import progress
-from learn2reg.submission import read_manifest, submission_shape, write_manifest
+from learn2reg.submission import submission_shape, write_manifest
 from learn2reg.task import Case, Layout, Pair, Task, load_task
 from pipeline.affine.fov import choose_fov, pair_names, with_fov
 from pipeline.affine.registration import AffineConfig, register_affine
 from pipeline.affine.support import outside_region
-from pipeline.config import PredictConfig, RunConfig, config_from_dict, differences, with_later_keys
 from pipeline.data.preprocess import load_image, network_image, on_grid
 from pipeline.distributed import DistInfo, add_device_argument, hold_folder, init_distributed, pick_device, shutdown
-from pipeline.model.checkpoint import model_from_checkpoint
 from pipeline.model.contract import field_from_numpy, field_to_numpy
 from pipeline.model.field import predict_field
 from pipeline.model.instance_opt import InstanceOptSettings, refine_field
-from pipeline.model.lapirn import LapIRN
+from pipeline.prediction.folder import (
+    CONFIG_RECORD,
+    check_field_space,
+    merge_rank_manifests,
+    output_name,
+    prepare_out_dir,
+    resume_advice,
+    resume_manifest,
+    task_rules,
+)
 from pipeline.prediction.memory import check_task_prediction
 from pipeline.prediction.outputs import Outputs, missing, write_pair_outputs
+from pipeline.prediction.predictor import Predictor, add_override_arguments, load_predictor, run_config
 from pipeline.prediction.scale import (
-    GridPolicy,
     add_scale_arguments,
     explicit_scale,
     network_grid,
@@ -108,133 +109,6 @@ from pipeline.prediction.scale import (
 )
 
 log = logging.getLogger(__name__)
-
-#: The resolved configuration of the fields in a submission folder (beside runtimes.json).
-CONFIG_RECORD = "predict_config.json"
-#: Configuration keys the command line sets -> their option (a refusal names the option).
-OPTION_OF = {"predict.affine": "--affine", "predict.instance_opt_steps": "--instance-opt-steps",
-             "predict.instance_opt_similarity": "--instance-opt-similarity",
-             "predict.input_scale": "--input-scale", "predict.target_spacing": "--target-spacing"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Predictor:
-    """Everything one prediction run needs; ``model`` is ``None`` for network-free configs;
-    ``task`` is ``None`` for a single pair (``register``)."""
-
-    task: Task | None
-    cfg: RunConfig
-    model: LapIRN | None
-    device: torch.device
-    checkpoint: str
-    config_hash: str
-    grid_policy: GridPolicy | None = None  # the network's grid (pipeline.prediction.scale); None: affine-only
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
-def run_config(run_dir: Path | None, overrides: dict) -> RunConfig:
-    """The configuration of a run folder (``run_dir/config.json``), else of ``config_file``, with
-    the command line's ``predict`` overrides; ``DataError`` naming the file lists every problem."""
-    if run_dir is not None:
-        source = run_dir / "config.json"
-        if not source.is_file():
-            raise DataError(f"{run_dir}: not a run folder (no config.json)")
-    elif overrides.get("config_file"):
-        source = Path(overrides["config_file"])
-    else:
-        raise DataError("predict needs --run (a training run) or --config (a network-free configuration: predict.network \"none\")")
-    raw = read_json(source)
-    sets = dict(overrides.get("sets") or ())
-    given = {k: v for k, v in overrides.items() if k not in ("config_file", "sets") and v is not None}
-    where = str(source)
-    if (sets or given) and isinstance(raw, dict) and isinstance(raw.get("predict", {}), dict):
-        raw["predict"] = {**raw.get("predict", {}), **sets, **given}
-        where += " with " + ", ".join([f"--set {k}={json.dumps(v)}" for k, v in sets.items()]
-                                      + [f"--{k.replace('_', '-')} {v}" for k, v in given.items()])
-    return config_from_dict(raw, where=where)
-
-
-#: predict keys that have an option of their own (``--set`` refers to it)
-OWN_OPTION = {key.removeprefix("predict."): option for key, option in OPTION_OF.items()}
-
-
-def predict_setting(text: str) -> tuple[str, Any]:
-    """``--set KEY=VALUE`` (argparse type): one key of the configuration's ``predict`` section
-    (``predict.`` in front is optional) and its value, read as JSON (``3``, ``0.5``, ``true``,
-    ``null``), else as a string. An unknown key, or one with an option of its own, is a usage error."""
-    key, sep, value = text.partition("=")
-    key = key.strip().removeprefix("predict.")
-    known = {f.name for f in dataclasses.fields(PredictConfig)}
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. instance_opt_window=3")
-    if key in OWN_OPTION:
-        raise argparse.ArgumentTypeError(f"{text!r}: predict.{key} has its own option: {OWN_OPTION[key]}")
-    if key not in known:
-        raise argparse.ArgumentTypeError(f"{text!r}: predict.{key} is not a key of the predict section "
-                                         f"(keys: {', '.join(sorted(known - set(OWN_OPTION)))})")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
-def add_override_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that override the configuration's ``predict`` section (``OPTION_OF``'s, but the
-    grid's: ``add_scale_arguments``) and ``--set KEY=VALUE`` (repeatable), shared with ``register``."""
-    parser.add_argument("--affine", choices=("none", "rigid", "affine"), default=None, help="override predict.affine")
-    parser.add_argument("--instance-opt-steps", type=int, default=None, help="override predict.instance_opt_steps")
-    parser.add_argument("--instance-opt-similarity", choices=("mind", "lncc"), default=None,
-                        help="override predict.instance_opt_similarity: mind (MIND-SSC, any modality) or lncc (local NCC, mono-modal)")
-    parser.add_argument("--set", dest="sets", type=predict_setting, action="append", default=None, metavar="KEY=VALUE",
-                        help="override one key of the configuration's predict section (repeatable; the value as JSON), "
-                             "e.g. --set instance_opt_window=3 --set instance_opt_presmooth=3; recorded with the outputs")
-
-
-def load_predictor(cfg: RunConfig, run_dir: Path | None, task: Task | None, device: torch.device, checkpoint: str,
-                   scale: str | None = None) -> Predictor:
-    """Model of a run folder (``run_dir=None``: a network-free configuration, ``predict.network``
-    "none" or ``affine_only``: no checkpoint is read). ``scale``: the network scale the user gave
-    (:func:`explicit_scale`); without one the network runs at the spacing the run was trained at
-    (``pipeline.prediction.scale``)."""
-    ckpt_path = None
-    model = None
-    stamp = ""
-    policy = None
-    if cfg.predict.uses_network:
-        if checkpoint not in ("best", "last"):
-            ckpt_path = Path(checkpoint)
-        elif run_dir is None:
-            raise DataError("--config: the configuration uses a network (predict.network \"lapirn\"), which needs --run; "
-                            "for registration without a network set predict.network to \"none\"")
-        else:
-            ckpt_path = run_dir / "checkpoints" / f"{checkpoint}.pt"
-        model, _ = model_from_checkpoint(ckpt_path, device)
-        policy = GridPolicy(trained_spacing(run_dir), scale)
-        stamp = hashlib.sha256(ckpt_path.read_bytes()).hexdigest() + policy.stamp()
-    names = task_rules(task)  # the file names depend on it: l2r's (and 2020's) keep their earlier hashes
-    digest = hashlib.sha256((cfg.digest() + stamp + ("" if names == rulesets.L2R.name else f"rules={names}")).encode()).hexdigest()[:16]
-    return Predictor(task, cfg, model, device, str(ckpt_path) if ckpt_path else network_free_name(cfg), digest, policy)
-
-
-def task_rules(task: Task | None) -> str:
-    """The rule set whose file names a prediction writes: the task's (``l2r`` for a 2020 task or none)."""
-    return task.rules if task is not None and task.layout == Layout.L2R else rulesets.L2R.name
-
-
-def network_free_name(cfg: RunConfig) -> str:
-    """What stands for the checkpoint of a network-free prediction (manifest, records)."""
-    return "affine-only" if cfg.predict.instance_opt_steps == 0 else "network-free (instance optimisation)"
-
-
-def output_name(task: Task, pair: Pair) -> str:
-    """The field's file name: the 2020 name, or the one the task's rule set reads (``rules.disp_name``)."""
-    if task.layout == Layout.L2R2020:
-        return disp_filename_2020(pair.fixed, pair.moving)
-    return rulesets.disp_name(task.rules, pair.fixed, pair.moving)
-
 
 def write_field(path: Path, u: np.ndarray, task: Task) -> None:
     """The task's challenge format, atomically; ``u`` is already on the submission grid."""
@@ -412,7 +286,7 @@ def predict(
         manifest_path = out_dir / (f"runtimes.rank{info.rank}.json" if info.enabled else "runtimes.json")
         held.enter_context(hold_folder(out_dir, info, p.device))
         prepare_out_dir(out_dir, p, task, overwrite, info)
-        manifest = _resume_manifest(out_dir / "runtimes.json", manifest_path, p)
+        manifest = resume_manifest(out_dir / "runtimes.json", manifest_path, p)
         check_field_space(out_dir, p, task, [q for q in pairs if q.key not in manifest["runtimes"]])  # every rank: all stop
         if info.is_main:  # after the checks: a refused start leaves nothing behind
             write_json(out_dir / CONFIG_RECORD, {"config_hash": p.config_hash, "checkpoint": p.checkpoint, "rules": task_rules(task),
@@ -447,7 +321,7 @@ def predict(
         if info.enabled:
             torch.distributed.barrier()
             if info.is_main:
-                _merge_rank_manifests(out_dir, info.world_size)
+                merge_rank_manifests(out_dir, info.world_size)
         if outputs.report and info.is_main and (out_dir / REPORT_DIR).is_dir():
             write_index(out_dir / REPORT_DIR, task.name)
         for problem in problems:
@@ -475,125 +349,6 @@ def next_steps(data_dir: Path, out_dir: Path, split: str, report: bool) -> list[
     lines.append(f"{'then' if split == 'val' else 'next'}: the zip to upload: python -m pipeline package --data {data_dir} "
                  f"--submission {out_dir}{'' if split == 'val' else ' --split test'} --out {out_dir.with_suffix('.zip')}")
     return lines
-
-
-def prepare_out_dir(out_dir: Path, p: Predictor, task: Task, overwrite: bool, info: DistInfo) -> None:
-    """Keep ``out_dir`` consistent before writing (its writer lock held, which also removed the
-    temporaries of a killed earlier run): fields predicted under another configuration (recorded
-    in a manifest there) are refused, or removed with their manifests when ``overwrite`` (every
-    rank decides the same; rank 0 deletes)."""
-    manifests = [m for m in (out_dir / "runtimes.json", *sorted(out_dir.glob("runtimes.rank*.json"))) if m.is_file()]
-    foreign = {}
-    for path in manifests:
-        old = read_manifest(path)
-        if old.get("config_hash") != p.config_hash:
-            foreign[path] = [out_dir / name for key in old.get("runtimes", {}) for name in _field_names(task, key)]
-    present = sorted({f for fields in foreign.values() for f in fields if f.exists()})
-    if present and not overwrite:
-        old = read_manifest(next(iter(foreign)))
-        raise DataError(
-            f"{out_dir}: holds {len(present)} field(s) predicted under another configuration: "
-            f"{what_differs(out_dir, p, old)}; choose another --out, or pass {overwrite_hint()} to replace them"
-        )
-    if info.is_main:
-        for path in present + list(foreign):
-            log.info("removing %s (another configuration; --overwrite)", path)
-            path.unlink(missing_ok=True)
-    if info.enabled:
-        torch.distributed.barrier()
-
-
-def what_differs(out_dir: Path, p: Predictor, old_manifest: dict) -> str:
-    """The options and configuration keys whose values differ from those the fields in ``out_dir``
-    were predicted with (``CONFIG_RECORD``), else the two checkpoints and hashes."""
-    record_path = out_dir / CONFIG_RECORD
-    record = read_json(record_path) if record_path.is_file() else None
-    found = []
-    if isinstance(record, dict) and isinstance(record.get("config"), dict):
-        for key, was, now in differences(with_later_keys(record["config"]), p.cfg.to_dict()):
-            found.append(f"{OPTION_OF.get(key, key)} was {was!r}, now {now!r}" + ("" if key in OPTION_OF else f" ({key} of the configuration)"))
-        if record.get("rules", rulesets.L2R.name) != task_rules(p.task):  # the file names differ
-            found.append(f"--rules was {record.get('rules', rulesets.L2R.name)!r}, now {task_rules(p.task)!r}")
-        if record.get("checkpoint") != p.checkpoint:
-            found.append(f"--run/--checkpoint was {record.get('checkpoint')}, now {p.checkpoint}")
-        elif not found:
-            found.append(f"the weights of {p.checkpoint} changed since (config hash {old_manifest.get('config_hash')}, now {p.config_hash})")
-        return "; ".join(found)
-    return (f"checkpoint {old_manifest.get('checkpoint')}, config hash {old_manifest.get('config_hash')}; this run: "
-            f"{p.checkpoint}, {p.config_hash}")
-
-
-#: a field file is at least this fraction of its raw size (float32, or float16 for 2020): gzip/zip
-#: shrink displacement fields to about 60-95 % (their mantissas are noise); zero fields are exempt
-MIN_COMPRESSED = 0.25
-
-
-def fields_bytes(task: Task, pairs: Sequence[Pair]) -> int:
-    """The raw size of the fields of ``pairs`` (float32, or float16 for 2020; files are smaller),
-    from the fixed images' headers (an unreadable one is that pair's problem, reported later)."""
-    itemsize = 2 if task.layout == Layout.L2R2020 else 4
-    total = 0
-    for pair in pairs:
-        with contextlib.suppress(DataError, OSError, KeyError):
-            total += int(np.prod(submission_shape(task, read_nifti_header(task.case(pair.fixed).image).shape))) * 3 * itemsize
-    return total
-
-
-def check_field_space(out_dir: Path, p: Predictor, task: Task, pairs: Sequence[Pair]) -> None:
-    """Refuse before the work (``OutputError``) when ``out_dir`` cannot hold the fields of
-    ``pairs`` (those not yet written) at :data:`MIN_COMPRESSED` of their raw size."""
-    if p.model is None and p.cfg.predict.affine == "none":
-        return  # zero fields compress to almost nothing
-    require_space(out_dir, int(fields_bytes(task, pairs) * MIN_COMPRESSED), f"the fields of the {len(pairs)} pair(s) still to predict")
-
-
-def resume_advice(out_dir: Path, task: Task, pairs: Sequence[Pair]) -> str:
-    """What a failed write of a prediction leaves safe, what the rest needs and how to go on."""
-    left = [q for q in pairs if not (out_dir / output_name(task, q)).exists()]
-    return (f"{len(pairs) - len(left)} of {len(pairs)} field(s) are in {out_dir}, complete and kept with their records; "
-            f"the {len(left)} left need up to {size_text(fields_bytes(task, left))}: free space (or choose another --out), "
-            "then rerun the same command: the pairs already written are skipped")
-
-
-def _field_names(task: Task, key: str) -> list[str]:
-    """Every name the field of a pair may have in a submission folder: the 2020 one, or those of
-    every rule set (a folder predicted under other ``--rules``)."""
-    fixed, _, moving = key.partition("<--")
-    if task.layout == Layout.L2R2020:
-        return [output_name(task, Pair(fixed, moving))]
-    return list(dict.fromkeys(rulesets.disp_name(r, fixed, moving) for r in rulesets.RULE_SETS))
-
-
-def _resume_manifest(merged: Path, own: Path, p: Predictor) -> dict:
-    """Start from the earlier manifest when it was made under the same configuration."""
-    runtimes: dict[str, Any] = {}
-    fresh: dict[str, Any] = {"device": str(p.device) if p.device.type == "cpu" else torch.cuda.get_device_name(p.device),
-             "checkpoint": p.checkpoint, "config_hash": p.config_hash, "runtimes": runtimes}
-    for path in (own, merged):
-        if path.exists():
-            old = read_manifest(path)
-            if old.get("config_hash") == p.config_hash:
-                runtimes.update(old.get("runtimes", {}))
-                if "memory" in old:
-                    fresh.setdefault("memory", old["memory"])
-                if "affine" in old:  # pre-alignment outcomes (pipeline.affine.bounds)
-                    fresh["affine"] = {**old["affine"], **fresh.get("affine", {})}
-                if "network_grid" in old:
-                    pairs = fresh.get("network_grid", {}).get("pairs", {})
-                    fresh["network_grid"] = {**old["network_grid"], "pairs": {**old["network_grid"].get("pairs", {}), **pairs}}
-    return fresh
-
-
-def _merge_rank_manifests(out_dir: Path, world: int) -> None:
-    parts = [read_manifest(out_dir / f"runtimes.rank{r}.json") for r in range(world)]
-    merged = {**parts[0], "runtimes": {k: v for part in parts for k, v in part["runtimes"].items()}}
-    affine = {k: v for part in parts for k, v in part.get("affine", {}).items()}
-    if affine:
-        merged["affine"] = affine
-    grids = [part["network_grid"] for part in parts if "network_grid" in part]
-    if grids:
-        merged["network_grid"] = {**grids[0], "pairs": {k: v for g in grids for k, v in g.get("pairs", {}).items()}}
-    write_manifest(out_dir / "runtimes.json", merged)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:

@@ -53,7 +53,8 @@ from learn2reg.writers import hold_folder
 from pipeline.distributed import DistInfo, add_device_argument, pick_device
 from pipeline.prediction.memory import check_prediction
 from pipeline.prediction.outputs import write_jacobian, write_warped_image, write_warped_labels
-from pipeline.prediction.predict import add_override_arguments, load_predictor, register_images, run_config
+from pipeline.prediction.predict import register_images
+from pipeline.prediction.predictor import add_override_arguments, load_predictor, run_config
 from pipeline.prediction.scale import add_scale_arguments, explicit_scale, quiet_grid, trained_spacing
 
 log = logging.getLogger(__name__)

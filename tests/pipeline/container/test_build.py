@@ -19,7 +19,7 @@ from pipeline.cli import main
 from pipeline.container import build, contracts
 from pipeline.container.build import build_settings, resolve_source, stage_context
 from pipeline.container.run import predictor as image_predictor
-from pipeline.prediction.predict import load_predictor, run_config
+from pipeline.prediction.predictor import load_predictor, run_config
 from tests.paths import REPO
 from tests.pipeline.training.test_train import trained_blob_run
 

@@ -19,7 +19,8 @@ from learn2reg.task import Case
 from pipeline.container import entry
 from pipeline.container import run as run_module
 from pipeline.container.jobs import Mounts, parse_summary
-from pipeline.prediction.predict import load_predictor, register_images, run_config
+from pipeline.prediction.predict import register_images
+from pipeline.prediction.predictor import load_predictor, run_config
 from tests.pipeline.training.test_train import trained_blob_run
 
 

@@ -19,7 +19,8 @@ from learn2reg.task import load_task
 from pipeline.config import config_from_dict
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.prediction import predict as predict_module
-from pipeline.prediction.predict import load_predictor, predict, run_config
+from pipeline.prediction.predict import predict
+from pipeline.prediction.predictor import load_predictor, run_config
 from pipeline.training.train import train
 from tests.paths import REPO
 from tests.pipeline.training.test_train import FAST, SHAPE, make_blob_task, trained_blob_run
