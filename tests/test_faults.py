@@ -33,7 +33,7 @@ from learn2reg.io import Geometry, save_nifti
 from learn2reg.writers import LOCK_NAME
 from pipeline.cli import main
 from pipeline.prediction import predict as predict_stage
-from pipeline.training import train as train_stage
+from pipeline.training import trainer as train_steps
 from tests.paths import REPO
 from tests.pipeline.training.test_train import FAST, TINY, trained_blob_run
 
@@ -176,14 +176,14 @@ def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_resume_completes(tra
     task, _ = trained
     cfg = config(tmp_path, TINY)
     run_dir = disk.root / "run"
-    real_save = train_stage.save_checkpoint
+    real_save = train_steps.save_checkpoint
 
     def save_then_fill(path, payload):
         real_save(path, payload)
         if payload["state"]["global_step"] == 2:
             disk.fill()  # something else fills the disk after step 2's checkpoint: step 3's cannot be written
 
-    monkeypatch.setattr(train_stage, "save_checkpoint", save_then_fill)
+    monkeypatch.setattr(train_steps, "save_checkpoint", save_then_fill)
     argv = ("train", "--data", str(task), "--config", str(cfg), "--out", str(run_dir), "--device", "cpu")
     code, err = run(capsys, *argv)
     last = run_dir / "checkpoints" / "last.pt"
@@ -191,7 +191,7 @@ def test_train_on_a_full_disk_keeps_the_last_checkpoint_and_resume_completes(tra
     assert f"; {last} (global step 2) is complete and kept" in err and "--resume" in err
     assert not temporaries(run_dir)
     disk.free()
-    monkeypatch.setattr(train_stage, "save_checkpoint", real_save)
+    monkeypatch.setattr(train_steps, "save_checkpoint", real_save)
     assert run(capsys, *argv, "--resume")[0] == 0
     assert json.loads((run_dir / "final.json").read_text())["state"]["global_step"] == 12
 

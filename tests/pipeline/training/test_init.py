@@ -17,7 +17,8 @@ from pipeline.config import config_from_dict, load_config
 from pipeline.model.authors import sha256_file
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.training.import_weights import import_weights
-from pipeline.training.train import Trainer, train
+from pipeline.training.train import train
+from pipeline.training.trainer import Trainer
 from tests.paths import REPO
 from tests.pipeline.training.test_train import TINY, make_blob_task
 

@@ -21,10 +21,11 @@ from learn2reg.task import load_task
 from pipeline.config import config_from_dict
 from pipeline.distributed import DistInfo
 from pipeline.model.checkpoint import save_checkpoint
-from pipeline.training import train as train_module
+from pipeline.training import trainer as trainer_module
 from pipeline.training import validation as validation_module
 from pipeline.training.pairs import load_training_data
-from pipeline.training.train import Trainer, use_deterministic_algorithms
+from pipeline.training.train import use_deterministic_algorithms
+from pipeline.training.trainer import Trainer
 from tests.devices import STAND_IN_AND_CUDA
 from tests.pipeline.training.test_train import TINY, make_blob_task
 
@@ -70,7 +71,7 @@ def test_a_bf16_training_step_computes_float32_fields_and_losses(blob_task, tmp_
     cuda runs the Trainer's own (train.amp "bf16") on the GPU. With zero residuals the Dice term
     is exactly 1 - Dice of the unwarped label maps, as in float32."""
     if device == "cpu":
-        monkeypatch.setattr(train_module, "autocast", lambda device, amp: torch.autocast("cpu", dtype=torch.bfloat16))
+        monkeypatch.setattr(trainer_module, "autocast", lambda device, amp: torch.autocast("cpu", dtype=torch.bfloat16))
     trainer = make_trainer(blob_task, tmp_path, device=torch.device(device))
     with torch.no_grad():
         for net in trainer.model.nets:

@@ -16,7 +16,8 @@ from pipeline.distributed import DistInfo
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.training.pairs import load_training_data
 from pipeline.training.run_dir import check_resume
-from pipeline.training.train import Trainer, train
+from pipeline.training.train import train
+from pipeline.training.trainer import Trainer
 from tests.pipeline.training.test_train import FAST, make_blob_task
 
 QUICK = {**FAST, "train": {**FAST["train"], "augment": {"prob": 0.5}}}

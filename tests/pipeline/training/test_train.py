@@ -26,7 +26,8 @@ from pipeline.distributed import DistInfo
 from pipeline.model.checkpoint import load_checkpoint
 from pipeline.model.losses import one_hot, soft_dice
 from pipeline.training.pairs import load_training_data, split_pairs
-from pipeline.training.train import Trainer, learning_rate, train
+from pipeline.training.train import train
+from pipeline.training.trainer import Trainer, learning_rate
 from tests.paths import REPO as ROOT
 
 SHAPE = (20, 16, 24)
