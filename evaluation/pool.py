@@ -114,14 +114,22 @@ class _ForkPool:
         for stream in (sys.stdout, sys.stderr):  # else the worker would print what they buffer again
             with contextlib.suppress(Exception):
                 stream.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no process left to the user, no memory: nothing of this worker stays open
+            for fd in (job_read, job_write, result_read, result_write):
+                os.close(fd)
+            raise
         if pid == 0:  # the worker: it never returns
-            for worker in self.workers.values():  # the parent's ends of the earlier workers' pipes:
-                os.close(worker.to_child)  # held here, a worker would never see the end of its own
-                os.close(worker.from_child)
-            os.close(job_write)
-            os.close(result_read)
-            _work(self.fn, self.jobs, job_read, result_write)
+            try:
+                for worker in self.workers.values():  # the parent's ends of the earlier workers' pipes:
+                    os.close(worker.to_child)  # held here, a worker would never see the end of its own
+                    os.close(worker.from_child)
+                os.close(job_write)
+                os.close(result_read)
+                _work(self.fn, self.jobs, job_read, result_write)
+            finally:
+                os._exit(1)  # (_work leaves by os._exit itself; this is for a failure before it)
         os.close(job_read)
         os.close(result_write)
         self.workers[result_read] = _Worker(pid, job_write, result_read)
