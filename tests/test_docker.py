@@ -162,12 +162,13 @@ def test_compose_files_validate_and_share_the_dockerfile_defaults(engine):
     stages = {"demo", "demo-data", "validate", "preprocess", "align", "train", "predict", "evaluate", "initial", "leaderboard"}
     assert stages == set(base["services"]) == set(cpu["services"])
     default_base = re.search(r"^ARG BASE_IMAGE=(\S+)$", (REPO / "Dockerfile").read_text(), re.M).group(1)
-    host_folders = {"L2R_HOST_DATA": "./data", "L2R_HOST_RUNS": "./runs", "L2R_HOST_OUTPUTS": "./outputs"}
+    # the host folders as mounted (for messages), and OVERWRITE unset: a rerun is refused
+    environment = {"L2R_HOST_DATA": "./data", "L2R_HOST_RUNS": "./runs", "L2R_HOST_OUTPUTS": "./outputs", "L2R_OVERWRITE": ""}
     for name, svc in base["services"].items():
         assert svc["build"]["args"] == {"BASE_IMAGE": default_base, "TORCH_WHEEL": "", "TORCH_INDEX": ""}, name
         assert svc["build"]["target"] == "pipeline" and svc["build"]["network"] == "host", name
         assert svc["image"] == "l2r-lapirn:latest" and svc["user"] == "1000:1000", name
-        assert svc["environment"] == host_folders, name
+        assert svc["environment"] == environment, name
         gpus = svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
         if name in ("train", "predict", "demo"):
             assert gpus == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}], name  # count all = -1

@@ -105,7 +105,7 @@ def test_train_in_a_file_counts_global_steps_names_the_level_and_logs_validation
     for line in lines:
         step, level = map(int, re.search(r"train: step (\d+)/12 \(\d+%\), level (\d), loss -?\d\.\d{4}, ", line).groups())
         assert level == (step - 1) // 4 + 1, line
-    assert lines[-1].startswith("INFO pipeline.training.train: train: step 12/12 (100%), level 3") and "done in" in lines[-1]
+    assert lines[-1].startswith("INFO pipeline.training.trainer: train: step 12/12 (100%), level 3") and "done in" in lines[-1]
     assert f"training Blob on cpu (world size 1) into {run}" in text
     assert "validation of the zero field: Dice " in text
     assert [int(s) for s in re.findall(r"validation at step (\d+) \(level \d, step 4 of 4\): Dice 0\.\d{4}", text)] == [4, 8, 12]
