@@ -212,7 +212,7 @@ LOCAL_MIN_DICE = 0.65
 
 
 def pair_squared_distances(
-    a: Surface, b: Surface, method: str = "auto", grid: Sequence[int] | None = None, percent: float | None = None
+    a: Surface, b: Surface, method: str = "auto", grid: Sequence[int] | None = None, percent: float | tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Squared nearest-surfel distances in voxel units, exact integers (int64), both ways
     (``a -> b``, ``b -> a``); both surfaces non-empty. ``method`` as :func:`pair_distances`;
@@ -227,8 +227,8 @@ def pair_squared_distances(
     ~40-60 % of the grid's).
 
     ``percent`` (with ``method`` "auto"): only the distances that can decide that area percentile
-    of each direction are needed; the others may come back as -1 (unknown: larger than every known
-    one of that direction; module docstring)."""
+    of each direction are needed (one for both, or ``a -> b``'s and ``b -> a``'s); the others may
+    come back as -1 (unknown: larger than every known one of that direction; module docstring)."""
     if grid is not None:
         found = _border_squared_distances(a, b, tuple(int(n) for n in grid), method, percent)
         if found is not None:
@@ -236,7 +236,8 @@ def pair_squared_distances(
     lo, box = _box(a, b)
     if method == "auto" and percent is not None:
         budget = LOCAL_SHARE * EDT_PER_VOXEL / 2 * float(np.prod(box))  # a quarter of one direction's transform
-        local = [_local_squared(a, b, percent, budget), _local_squared(b, a, percent, budget)]
+        shares = (percent, percent) if isinstance(percent, float | int) else percent
+        local = [_local_squared(a, b, shares[0], budget), _local_squared(b, a, shares[1], budget)]
         if all(found is not None for found in local):
             return local[0], local[1]  # type: ignore[return-value]
         missing = [side for side, found in enumerate(local) if found is None]
@@ -322,7 +323,7 @@ def _local_squared(source: Surface, target: Surface, percent: float, budget: flo
 
 
 def _border_squared_distances(
-    a: Surface, b: Surface, grid: tuple[int, ...], method: str, percent: float | None = None
+    a: Surface, b: Surface, grid: tuple[int, ...], method: str, percent: float | tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """:func:`pair_squared_distances` when both surfaces contain every vertex on the border of
     the ``grid``'s vertex lattice (``0 .. n`` per axis), else ``None``."""
@@ -334,9 +335,12 @@ def _border_squared_distances(
     inner = [Surface(s.vertices[~o], s.codes[~o]) for s, o in zip((a, b), on, strict=True)]
     out = [np.zeros(len(a), dtype=np.int64), np.zeros(len(b), dtype=np.int64)]
     if len(inner[0]) and len(inner[1]):
-        # (the inner surfels' percentile share is a stricter need than that of all surfels: the
-        # border's are all known, at 0)
-        nearest = pair_squared_distances(inner[0], inner[1], method, percent=percent)
+        # the border's surfels are all known, at 0: of the percentile's share of a side's area, the
+        # inner surfels need to hold only what the border's do not (per direction)
+        shares = None if percent is None else tuple(
+            _inner_share(percent if isinstance(percent, float | int) else percent[side], s, o) for side, (s, o) in enumerate(zip((a, b), on, strict=True))
+        )
+        nearest = pair_squared_distances(inner[0], inner[1], method, percent=shares)  # type: ignore[arg-type]
     else:  # one side is the border alone
         nearest = (np.full(len(inner[0]), np.iinfo(np.int64).max), np.full(len(inner[1]), np.iinfo(np.int64).max))
     for side, (s, o) in enumerate(zip(inner, on, strict=True)):
@@ -349,6 +353,16 @@ def _border_squared_distances(
             limit = near.max(initial=-1)
             out[side][~o] = np.where(near >= 0, known, np.where(face * face <= limit, face * face, -1))
     return out[0], out[1]
+
+
+def _inner_share(percent: float, side: Surface, on_border: np.ndarray) -> float:
+    """The percent of the inner surfels' area (``~on_border``) that, with the border's surfels
+    (at distance 0), makes ``percent`` of the whole side's area (voxel-unit areas, as the local
+    search counts them); 0 when the border alone holds enough."""
+    areas = _area_table((1.0, 1.0, 1.0))[side.codes]
+    total, border = float(np.sum(areas)), float(np.sum(areas[on_border]))
+    inner = total - border
+    return 0.0 if inner <= 0 else min(100.0, max(0.0, 100.0 * (percent / 100.0 * total - border) / inner))
 
 
 def tree_import_seconds() -> float:

@@ -309,6 +309,30 @@ def test_the_local_search_returns_exact_distances_and_leaves_only_farther_ones_u
     assert unknown > 0  # the search stopped before the farthest surfels: the case it is for
 
 
+def test_inner_surfels_of_a_border_covering_mask_need_only_the_share_the_border_leaves():
+    """Background-like masks: the border's surfels are at distance 0 and count toward the 95 %;
+    the inner surfels' share is what they leave (per side), so the local search stops earlier,
+    with the same HD95."""
+    a, b = _blob(48, shape=(22, 25, 21))
+    a, b = ~a, ~b
+    sa, sb = surface.mask_surface(a), surface.mask_surface(b)
+    top = np.asarray(a.shape)
+    for side in (sa, sb):
+        on = ((side.vertices == 0) | (side.vertices == top)).any(axis=1)
+        areas = surface._area_table((1.0, 1.0, 1.0))[side.codes]
+        share = surface._inner_share(95.0, side, on)
+        assert 0 < share < 95  # the border holds part of the 95 %
+        assert areas[on].sum() + share / 100 * areas[~on].sum() == pytest.approx(0.95 * areas.sum(), rel=1e-12)
+        assert surface._inner_share(1.0, side, on) == 0.0  # the border alone holds 1 %
+    found = surface.pair_squared_distances(sa, sb, grid=a.shape, percent=95.0)
+    directed = [surface.directed_percentile_squared(sq, s.codes) for sq, s in zip(found, (sa, sb), strict=True)]
+    assert None not in directed and max(directed) == _oracle_hd95(a, b)  # type: ignore[type-var]
+    inner = [s.vertices[~((s.vertices == 0) | (s.vertices == top)).any(axis=1)] for s in (sa, sb)]
+    whole = surface.pair_squared_distances(*(surface.Surface(v, s.codes[~((s.vertices == 0) | (s.vertices == top)).any(axis=1)])
+                                             for v, s in zip(inner, (sa, sb), strict=True)), percent=95.0)
+    assert sum(int((f < 0).sum()) for f in found) > sum(int((w < 0).sum()) for w in whole)  # more left unknown
+
+
 def test_surfaces_far_apart_take_the_distance_transform():
     """Two spheres 14 voxels apart: the sample finds nothing near, so every distance is computed
     (no unknown), as without the percentile."""
