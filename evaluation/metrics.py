@@ -293,15 +293,14 @@ def tre(
     """Official TRE per point (mm): ``|| (p_fixed + u(p_fixed) - p_moving) * spacing_moving ||``.
 
     ``u`` is sampled with the official cubic B-spline (``learn2reg.contract.sample_field``
-    semantics). ``method``: ``"full"`` prefilters the whole field (as the reference),
-    ``"crop"`` only the points' bounding box plus a ``spline.TRE_RADIUS`` margin (both with
-    scipy),
+    semantics). ``method``: ``"full"`` prefilters the whole field (as the reference), ``"crop"``
+    only the points' bounding box plus a ``spline.TRE_RADIUS`` margin (both with scipy),
     ``"kernel"`` sums the exact separable weights over a window per point (numpy,
     :func:`spline.sample_window`: no scipy import), as small as :func:`spline.tre_radii` can
-    prove harmless (each TRE within ``spline.TRE_RELATIVE`` of the exact one); ``"auto"`` picks the
-    cheaper of the last two. All agree to ~1e-13 of max |u| or ``spline.TRE_RELATIVE`` of each TRE. ``sample_dtype``: the
-    samples are rounded to it first (``np.float32``: as ``map_coordinates`` returns them for a
-    float32 field, L2R HEAD's ``.npz``).
+    prove harmless (each TRE within ``spline.TRE_RELATIVE`` of the exact one); ``"auto"`` picks
+    the cheaper of the last two. All agree to ~1e-13 of max |u| or ``spline.TRE_RELATIVE`` of
+    each TRE. ``sample_dtype``: the samples are rounded to it first (``np.float32``: as
+    ``map_coordinates`` returns them for a float32 field, L2R HEAD's ``.npz``).
     """
     fixed_points = np.asarray(fixed_points, dtype=np.float64).reshape(-1, 3)
     moving_points = np.asarray(moving_points, dtype=np.float64).reshape(-1, 3)

@@ -236,7 +236,7 @@ def pair_squared_distances(
     lo, box = _box(a, b)
     if method == "auto" and percent is not None:
         budget = LOCAL_SHARE * EDT_PER_VOXEL / 2 * float(np.prod(box))  # a quarter of one direction's transform
-        shares = (percent, percent) if isinstance(percent, float | int) else percent
+        shares = _per_direction(percent)
         local = [_local_squared(a, b, shares[0], budget), _local_squared(b, a, shares[1], budget)]
         if all(found is not None for found in local):
             return local[0], local[1]  # type: ignore[return-value]
@@ -337,10 +337,11 @@ def _border_squared_distances(
     if len(inner[0]) and len(inner[1]):
         # the border's surfels are all known, at 0: of the percentile's share of a side's area, the
         # inner surfels need to hold only what the border's do not (per direction)
-        shares = None if percent is None else tuple(
-            _inner_share(percent if isinstance(percent, float | int) else percent[side], s, o) for side, (s, o) in enumerate(zip((a, b), on, strict=True))
-        )
-        nearest = pair_squared_distances(inner[0], inner[1], method, percent=shares)  # type: ignore[arg-type]
+        shares = None
+        if percent is not None:
+            wanted = _per_direction(percent)
+            shares = (_inner_share(wanted[0], a, on[0]), _inner_share(wanted[1], b, on[1]))
+        nearest = pair_squared_distances(inner[0], inner[1], method, percent=shares)
     else:  # one side is the border alone
         nearest = (np.full(len(inner[0]), np.iinfo(np.int64).max), np.full(len(inner[1]), np.iinfo(np.int64).max))
     for side, (s, o) in enumerate(zip(inner, on, strict=True)):
@@ -353,6 +354,11 @@ def _border_squared_distances(
             limit = near.max(initial=-1)
             out[side][~o] = np.where(near >= 0, known, np.where(face * face <= limit, face * face, -1))
     return out[0], out[1]
+
+
+def _per_direction(percent: float | tuple[float, float]) -> tuple[float, float]:
+    """``percent`` of :func:`pair_squared_distances` as ``(a -> b, b -> a)``."""
+    return (percent, percent) if isinstance(percent, float | int) else percent
 
 
 def _inner_share(percent: float, side: Surface, on_border: np.ndarray) -> float:

@@ -53,7 +53,6 @@ _NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
 @functools.lru_cache(maxsize=1)
-@functools.lru_cache(maxsize=1)
 def machine_id() -> str:
     """8 hex digits naming where a pid means one process: host, boot and pid namespace (their
     CRC-32: zlib is loaded anyway, where hashlib and socket would cost ~5 ms of every command
